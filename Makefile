@@ -1,0 +1,19 @@
+# The two commands a user needs (see README): `make demo` and `make test`.
+PY := .venv/bin/python
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/outputs/mlflow.db
+
+.PHONY: setup demo test bench clean
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) pipelines/demo.py
+
+test: setup
+	$(PY) -m pytest -q -x --timeout=900
+
+bench: setup
+	$(PY) bench/memory_scaling.py
+
+clean:
+	rm -rf outputs
