@@ -1,0 +1,252 @@
+"""The MemoryPack transformer: diffusers' FramePack-F1 MM-DiT + SemanticPack, not a fork.
+
+How ψ enters the backbone. The backbone already joins two kinds of context tokens in front of the
+video tokens: the SigLIP image tokens (through `image_projection`) and the refined text tokens.
+Neither gets RoPE, and the image tokens' attention mask is built from `image_projection`'s output
+length. So a forward hook on `image_projection` that returns `[ψ tokens ; image tokens]` adds ψ as
+extra context tokens with no change to diffusers' code or weight names: FramePack-F1 checkpoints load
+as they are, and with ψ switched off the hook is a no-op — the output is bit-identical to calling
+diffusers directly. ψ is built from timestep-independent features and updated once per section,
+outside the denoising loop; only its projection to the backbone width runs inside each forward.
+
+For batch size 1 (how F1 and the paper train and sample) padded ψ tokens are dropped exactly; with
+a batch they are zero vectors, the best the backbone's image-token mask (all ones) allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import HunyuanVideoFramepackTransformer3DModel
+from torch import nn
+
+from mempack import flow
+from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
+from mempack.model.semantic_pack import SemanticMemory, SemanticPack
+from mempack.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "mempack.json"
+BACKBONE_DIR = "transformer"
+SEMANTIC_PACK_DIR = "semantic_pack"
+
+
+@dataclass
+class Conditioning:
+    """Per-video conditions: prompt tokens + mask, pooled prompt, image tokens, start latent."""
+
+    prompt_embeds: torch.Tensor  # [B, L, text_dim]
+    prompt_mask: torch.Tensor  # [B, L]
+    pooled: torch.Tensor  # [B, pooled_dim]
+    image_embeds: torch.Tensor  # [B, N, image_dim]
+    start_latent: torch.Tensor  # [B, C, 1, h, w]
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        return Conditioning(
+            self.prompt_embeds.to(device=device, dtype=dtype),
+            self.prompt_mask.to(device=device),
+            self.pooled.to(device=device, dtype=dtype),
+            self.image_embeds.to(device=device, dtype=dtype),
+            self.start_latent.to(device=device, dtype=dtype),
+        )
+
+
+@dataclass
+class MemoryPackConfig:
+    """What the wrapper adds to the two diffusers configs; saved as mempack.json."""
+
+    preset: str = "tiny"
+    use_semantic_pack: bool = True
+    rope: str = "absolute"
+    frames_1x: int = 1
+    frames_2x: int = 2
+    frames_4x: int = 16
+    window: int = 9
+
+    @property
+    def layout(self) -> HistoryLayout:
+        return HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x, self.window)
+
+
+def build_backbone(preset: str, device: torch.device | str = "cpu") -> HunyuanVideoFramepackTransformer3DModel:
+    """A randomly initialised backbone of a preset's size (device="meta" allocates nothing)."""
+    with torch.device(device):
+        return HunyuanVideoFramepackTransformer3DModel(**get_preset(preset).transformer)
+
+
+class MemoryPackTransformer(nn.Module):
+    """FramePack-F1 backbone with SemanticPack memory, speaking the paper's flow convention."""
+
+    def __init__(
+        self,
+        backbone: HunyuanVideoFramepackTransformer3DModel,
+        semantic_pack: SemanticPack | None,
+        config: MemoryPackConfig | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.semantic_pack = semantic_pack
+        self.config = config or MemoryPackConfig()
+        self._pending_context: torch.Tensor | None = None
+        backbone.image_projection.register_forward_hook(self._join_memory_tokens)
+
+    # ----- construction and persistence -------------------------------------------------------
+    @classmethod
+    def from_preset(
+        cls, preset: str = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
+        semantic_pack_overrides: dict | None = None, **config_overrides,
+    ) -> "MemoryPackTransformer":
+        """Random-init model of a named size; `framepack-f1` on device="meta" for sizing."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        config = MemoryPackConfig(preset=preset, **config_overrides)
+        backbone = build_backbone(preset, device)
+        semantic_pack = None
+        if config.use_semantic_pack:
+            with torch.device(device):
+                semantic_pack = SemanticPack(**{**get_preset(preset).semantic_pack, **(semantic_pack_overrides or {})})
+        return cls(backbone, semantic_pack, config)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        semantic_pack_overrides: dict | None = None, **config_overrides,
+    ) -> "MemoryPackTransformer":
+        """Load an exported MemoryPack model, or plain FramePack-F1 weights in diffusers layout.
+
+        `path` may be our export (mempack.json + transformer/ + semantic_pack/), or a diffusers
+        transformer folder (config.json + safetensors): then SemanticPack starts fresh at the preset
+        that matches the backbone's width. Nothing is downloaded.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no model folder at {path}")
+        saved = {}
+        if (path / CONFIG_NAME).is_file():
+            saved = json.loads((path / CONFIG_NAME).read_text())
+            backbone_dir = path / BACKBONE_DIR
+        elif (path / "config.json").is_file():
+            backbone_dir = path
+        elif (path / BACKBONE_DIR / "config.json").is_file():
+            backbone_dir = path / BACKBONE_DIR
+        else:
+            raise FileNotFoundError(f"{path} holds neither {CONFIG_NAME} nor a diffusers transformer config.json")
+        config = MemoryPackConfig(**{**saved, **config_overrides})
+        backbone = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+            backbone_dir, torch_dtype=dtype, local_files_only=True
+        ).to(device)
+        semantic_pack = None
+        if config.use_semantic_pack:
+            sp_dir = path / SEMANTIC_PACK_DIR
+            if sp_dir.is_dir():
+                semantic_pack = SemanticPack.from_pretrained(sp_dir, torch_dtype=dtype, local_files_only=True)
+                if semantic_pack_overrides:
+                    semantic_pack.register_to_config(**semantic_pack_overrides)
+            else:
+                log.info("no %s/ under %s: SemanticPack starts from random init", SEMANTIC_PACK_DIR, path)
+                kwargs = {**get_preset(config.preset).semantic_pack, **(semantic_pack_overrides or {})}
+                semantic_pack = SemanticPack(**kwargs).to(dtype)
+            semantic_pack = semantic_pack.to(device)
+        return cls(backbone, semantic_pack, config)
+
+    def save_pretrained(self, path: str | Path, *, safe_serialization: bool = True) -> Path:
+        """Write mempack.json + transformer/ + semantic_pack/ (safetensors), the layout infer loads."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(path / BACKBONE_DIR, safe_serialization=safe_serialization)
+        if self.semantic_pack is not None:
+            self.semantic_pack.save_pretrained(path / SEMANTIC_PACK_DIR, safe_serialization=safe_serialization)
+        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        return path
+
+    # ----- memory ------------------------------------------------------------------------------
+    @property
+    def uses_memory(self) -> bool:
+        return self.semantic_pack is not None and self.config.use_semantic_pack
+
+    def initial_memory(self, cond: Conditioning) -> SemanticMemory | None:
+        """ψ₀ from the prompt and image features (None when SemanticPack is off)."""
+        if not self.uses_memory:
+            return None
+        return self.semantic_pack.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds)
+
+    def update_memory(self, memory: SemanticMemory | None, segment_latents: torch.Tensor) -> SemanticMemory | None:
+        """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)), once per finished section."""
+        if memory is None or not self.uses_memory:
+            return memory
+        return self.semantic_pack.update(memory, segment_latents)
+
+    def _join_memory_tokens(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        if self._pending_context is None:
+            return output
+        return torch.cat([self._pending_context.to(output.dtype), output], dim=1)
+
+    @contextmanager
+    def _memory_tokens(self, memory: SemanticMemory | None):
+        if memory is None or not self.uses_memory:
+            yield
+            return
+        tokens = self.semantic_pack.context_tokens(memory)
+        if tokens.shape[0] == 1:
+            tokens = tokens[:, memory.mask[0]]
+        self._pending_context = tokens
+        try:
+            yield
+        finally:
+            self._pending_context = None
+
+    # ----- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        history: PackedHistory,
+        memory: SemanticMemory | None = None,
+        guidance: float = 1.0,
+    ) -> torch.Tensor:
+        """Velocity v_θ(x_t, t) in the paper's convention (target x − ε) for one section.
+
+        noisy_latents [B, C, window, h, w]; t [B] paper time (1 = data); `guidance` is F1's distilled
+        guidance scale (embedded as scale × 1000).
+        """
+        batch = noisy_latents.shape[0]
+        dtype = self.backbone.dtype
+        t = torch.as_tensor(t, device=noisy_latents.device).reshape(-1).expand(batch)
+        guidance_t = torch.full((batch,), guidance * 1000.0, device=noisy_latents.device, dtype=dtype)
+        history = history.to(device=noisy_latents.device, dtype=dtype)
+        with self._memory_tokens(memory):
+            prediction = self.backbone(
+                hidden_states=noisy_latents.to(dtype),
+                timestep=flow.to_backbone_timestep(t.float()).to(dtype),
+                encoder_hidden_states=cond.prompt_embeds.to(dtype),
+                encoder_attention_mask=cond.prompt_mask,
+                pooled_projections=cond.pooled.to(dtype),
+                image_embeds=cond.image_embeds.to(dtype),
+                guidance=guidance_t,
+                return_dict=False,
+                **history.backbone_kwargs(),
+            )[0]
+        return flow.velocity_from_backbone(prediction)
+
+    # ----- parameter groups --------------------------------------------------------------------
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The final norm and output projection: what Direct Forcing (stage 2) trains."""
+        return list(self.backbone.norm_out.parameters()) + list(self.backbone.proj_out.parameters())
+
+    def set_trainable(self, scope: str) -> int:
+        """'all' (stage 1) or 'head' (stage 2); returns the number of trainable parameters."""
+        if scope not in ("all", "head"):
+            raise ValueError(f"scope must be 'all' or 'head', got {scope!r}")
+        for p in self.parameters():
+            p.requires_grad_(scope == "all")
+        if scope == "head":
+            for p in self.head_parameters():
+                p.requires_grad_(True)
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

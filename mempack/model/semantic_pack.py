@@ -1,0 +1,153 @@
+"""SemanticPack: the long-term memory ψ of MemoryPack (paper §3.1, appendix A.1).
+
+ψ₀ is the prompt's features joined with the reference image's features, projected to the memory
+width (`init="zero"` replaces it with zeros: the paper's ablation). After each finished segment xⁿ:
+
+* **Memorize** patchifies the segment's latents, runs self-attention inside fixed windows of
+  `window_frames` latent frames (never across the whole history, so the cost is that of one
+  segment), and pools each window to `tokens_per_window` embeddings.
+* **Squeeze** is cross-attention + residual + norm (+ a feed-forward block) that folds the
+  Memorize output and ψₙ into ψₙ₊₁. Structure A (default): query = Memorize(xⁿ), key/value = ψₙ.
+  Structure B: query = ψₙ, key/value = Memorize(xⁿ). Structure C: as B, but the first update's
+  query is ψ₀ joined with the first segment's Memorize output.
+
+Every update reads one segment and a ψ of fixed size, so its cost does not grow with the video:
+total cost is linear in the number of segments. ψ is read by the backbone through
+`context_tokens`, a projection to the backbone's width (see `memorypack.py` for how it enters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+Structure = Literal["A", "B", "C"]
+
+
+@dataclass
+class SemanticMemory:
+    """ψ: memory tokens [B, M, D], which of them are real [B, M] (bool), and updates so far."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    step: int = 0
+
+    def detach(self) -> "SemanticMemory":
+        """Cut the graph between clips (stage 2 trains only the head; stage 1 may keep a window)."""
+        return SemanticMemory(self.tokens.detach(), self.mask, self.step)
+
+
+class Memorize(nn.Module):
+    """Windowed self-attention over one segment's tokens, pooled to a compact set of embeddings."""
+
+    def __init__(self, dim: int, num_heads: int, num_layers: int, window_frames: int, tokens_per_window: int):
+        super().__init__()
+        self.window_frames = window_frames
+        self.tokens_per_window = tokens_per_window
+        layer = nn.TransformerEncoderLayer(
+            dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T, N, D] (frames × spatial tokens) → [B, windows · tokens_per_window, D]."""
+        b, t, n, d = tokens.shape
+        pooled = []
+        for window in tokens.split(self.window_frames, dim=1):
+            x = self.blocks(window.reshape(b, -1, d))
+            x = F.adaptive_avg_pool1d(x.transpose(1, 2), self.tokens_per_window).transpose(1, 2)
+            pooled.append(x)
+        return self.norm(torch.cat(pooled, dim=1))
+
+
+class Squeeze(nn.Module):
+    """Cross-attention with residual and norm, then a feed-forward block: one memory write."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, kv_mask: torch.Tensor | None) -> torch.Tensor:
+        padding = None if kv_mask is None else ~kv_mask
+        attended, _ = self.attn(query, key_value, key_value, key_padding_mask=padding, need_weights=False)
+        x = self.norm1(query + attended)
+        return self.norm2(x + self.ff(x))
+
+
+class SemanticPack(ModelMixin, ConfigMixin):
+    """The learned long-term memory: ψ₀ from prompt ⊕ image, ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ))."""
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 16,
+        text_embed_dim: int = 4096,
+        image_embed_dim: int = 1152,
+        context_dim: int = 3072,
+        dim: int = 1024,
+        num_heads: int = 16,
+        patch_size: int = 4,
+        window_frames: int = 3,
+        tokens_per_window: int = 64,
+        memorize_layers: int = 2,
+        structure: str = "A",
+        init: str = "prompt_image",
+    ):
+        super().__init__()
+        if structure not in ("A", "B", "C"):
+            raise ValueError(f"structure must be A, B or C, got {structure!r}")
+        if init not in ("prompt_image", "zero"):
+            raise ValueError(f"init must be 'prompt_image' or 'zero', got {init!r}")
+        self.text_in = nn.Linear(text_embed_dim, dim)
+        self.image_in = nn.Linear(image_embed_dim, dim)
+        self.patchify = nn.Conv3d(latent_channels, dim, (1, patch_size, patch_size), (1, patch_size, patch_size))
+        self.memorize = Memorize(dim, num_heads, memorize_layers, window_frames, tokens_per_window)
+        self.squeeze = Squeeze(dim, num_heads)
+        self.to_context = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, context_dim))
+
+    def initial_memory(
+        self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, image_embeds: torch.Tensor
+    ) -> SemanticMemory:
+        """ψ₀ = [text_in(prompt tokens) ; image_in(image tokens)] — timestep-independent features."""
+        text = self.text_in(prompt_embeds.to(self.dtype))
+        image = self.image_in(image_embeds.to(self.dtype))
+        tokens = torch.cat([text, image], dim=1)
+        mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(image.shape[:2]).bool()], dim=1)
+        if self.config.init == "zero":
+            tokens = torch.zeros_like(tokens)
+        return SemanticMemory(tokens, mask, 0)
+
+    def memorize_segment(self, segment_latents: torch.Tensor) -> torch.Tensor:
+        """Memorize(xⁿ): segment latents [B, C, T, H, W] → compact embeddings [B, K, D]."""
+        x = self.patchify(segment_latents.to(self.dtype))  # [B, D, T, h, w]
+        x = x.flatten(3).permute(0, 2, 3, 1)  # [B, T, h·w, D]
+        return self.memorize(x)
+
+    def update(self, memory: SemanticMemory, segment_latents: torch.Tensor) -> SemanticMemory:
+        """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)) under the configured structure."""
+        visual = self.memorize_segment(segment_latents)
+        visual_mask = torch.ones(visual.shape[:2], dtype=torch.bool, device=visual.device)
+        structure = self.config.structure
+        if structure == "A":
+            tokens, mask = self.squeeze(visual, memory.tokens, memory.mask), visual_mask
+        elif structure == "C" and memory.step == 0:
+            query = torch.cat([memory.tokens, visual], dim=1)
+            tokens, mask = self.squeeze(query, visual, None), torch.cat([memory.mask, visual_mask], dim=1)
+        else:  # B, and C after its first update
+            tokens, mask = self.squeeze(memory.tokens, visual, None), memory.mask
+        return SemanticMemory(tokens, mask, memory.step + 1)
+
+    def context_tokens(self, memory: SemanticMemory) -> torch.Tensor:
+        """ψ projected to the backbone's width, [B, M, context_dim]; padded tokens set to zero."""
+        tokens = self.to_context(memory.tokens)
+        return tokens * memory.mask.unsqueeze(-1).to(tokens.dtype)
