@@ -1,6 +1,5 @@
 # The two commands a user needs (see README): `make demo` and `make test`.
 PY := .venv/bin/python
-export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/outputs/mlflow.db
 
 .PHONY: setup demo test bench clean
 setup:
