@@ -1,0 +1,81 @@
+"""The built-in sample: synthetic videos with known cuts, static and moving stretches, captions.
+
+Each video is a sequence of shots; a shot is a textured background with a coloured square moving at
+a constant speed (zero for a static shot). Consecutive shots differ in palette, so a content
+detector sees a hard cut exactly at the boundary frames returned in `SampleVideo.cuts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mempack.video_io import write_mp4
+
+
+@dataclass
+class SampleShot:
+    frames: int
+    speed: float  # pixels per frame of the moving square; 0 = static shot
+    hue: int
+
+
+@dataclass
+class SampleVideo:
+    name: str
+    caption: str
+    shots: list[SampleShot]
+    fps: float = 16.0
+    size: tuple[int, int] = (96, 128)
+
+    @property
+    def cuts(self) -> list[int]:
+        """First frame of every shot after the first."""
+        return np.cumsum([s.frames for s in self.shots])[:-1].tolist()
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.frames for s in self.shots)
+
+
+SAMPLE_VIDEOS = [
+    SampleVideo("street_two_shots", "a red square drives across a striped street, then a blue one",
+                [SampleShot(140, 1.5, 0), SampleShot(72, -2.0, 120)]),
+    SampleVideo("static_then_moving", "a quiet wall, then a ball rolling across a field",
+                [SampleShot(80, 0.0, 60), SampleShot(140, 1.0, 200)]),
+    SampleVideo("long_single_shot", "a yellow kite sweeps across a long sky", [SampleShot(210, 1.2, 30)]),
+    SampleVideo("static_only", "", [SampleShot(80, 0.0, 90)]),
+]
+
+
+def render_shot(shot: SampleShot, size: tuple[int, int], seed: int) -> np.ndarray:
+    """uint8 [frames, H, W, 3]: a textured background and a moving square, colours from `hue`."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    base = np.array([(shot.hue * 3) % 256, (shot.hue * 5 + 80) % 256, (255 - shot.hue) % 256], dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    stripes = (np.sin(xx / 6.0 + shot.hue) * 0.5 + 0.5)[..., None] * 60
+    background = np.clip(base * 0.6 + stripes + rng.normal(0, 4, (h, w, 3)), 0, 255)
+    frames = np.empty((shot.frames, h, w, 3), dtype=np.uint8)
+    side = h // 4
+    for i in range(shot.frames):
+        img = background.copy()
+        x = int((w // 4 + shot.speed * i) % (w - side))
+        y = h // 2 - side // 2 + int(6 * np.sin(i / 8.0)) * (shot.speed != 0)
+        img[y: y + side, x: x + side] = 255 - base
+        frames[i] = img.astype(np.uint8)
+    return frames
+
+
+def make_sample(folder: str | Path) -> list[SampleVideo]:
+    """Write the sample videos (mp4) with caption sidecars into `folder`; return their ground truth."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, video in enumerate(SAMPLE_VIDEOS):
+        parts = [render_shot(shot, video.size, seed=100 * k + j) for j, shot in enumerate(video.shots)]
+        write_mp4(np.concatenate(parts), folder / f"{video.name}.mp4", video.fps)
+        if video.caption:
+            (folder / f"{video.name}.txt").write_text(video.caption + "\n", encoding="utf-8")
+    return SAMPLE_VIDEOS

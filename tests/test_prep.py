@@ -1,0 +1,198 @@
+"""Data prep: shots, dynamism, clip counts, the Parquet contract, curriculum, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.clips import plan_clips
+from data_prep.decode import decode_frames
+from data_prep.pipeline import PrepConfig, run_prep
+from data_prep.sample import make_sample
+from data_prep.schema import (
+    SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
+)
+from data_prep.shots import detect_shots
+from data_prep.sources import load_inputs
+from mempack.video_io import write_mp4
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sample")
+    return folder, make_sample(folder)
+
+
+@pytest.fixture(scope="module")
+def prepped(ray_local, sample, tmp_path_factory):
+    folder, videos = sample
+    out = tmp_path_factory.mktemp("prep")
+    config = PrepConfig(output=str(out))
+    summary = run_prep(load_inputs(folder), config)
+    return out, summary, config
+
+
+def test_shot_cuts_are_found_within_one_frame(sample):
+    folder, videos = sample
+    for video in videos:
+        info, frames = decode_frames(str(folder / f"{video.name}.mp4"))
+        assert info.num_frames == video.num_frames
+        found = [start for start, _ in detect_shots(frames, info.fps)][1:]
+        assert len(found) == len(video.cuts), video.name
+        assert all(abs(a - b) <= 1 for a, b in zip(found, video.cuts)), (video.name, found, video.cuts)
+
+
+def test_static_shots_are_rejected_and_moving_ones_kept(prepped):
+    out, summary, _ = prepped
+    rejects = read_rejects(out).to_pylist()
+    static = [r for r in rejects if r["stage"] == "dynamism"]
+    assert sorted(r["source_path"].rsplit("/", 1)[-1] for r in static) == ["static_only.mp4", "static_then_moving.mp4"]
+    assert all(r["reason"].startswith("static:") and r["score"] < 0.02 for r in static)
+    kept = set(read_clips(out).column("video_id").to_pylist())
+    assert "folder:static_then_moving:shot001" in kept  # its moving second shot survives
+    assert "folder:static_then_moving:shot000" not in kept
+
+
+def test_clips_per_shot_follow_from_length_and_fps(prepped, sample):
+    out, summary, config = prepped
+    folder, videos = sample
+    clips = read_clips(out)
+    counts = {}
+    for vid, n in zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist()):
+        counts[vid] = n
+    fps, per_clip = config.clip.target_fps, config.clip.clip_frames
+    expected = {}
+    for video in videos:
+        start = 0
+        for k, shot in enumerate(video.shots):
+            if shot.speed:
+                # frames on the target-fps grid inside the shot, then whole clips of 33
+                grid = int(np.floor((shot.frames - 1) / (video.fps / fps))) + 1
+                expected[f"folder:{video.name}:shot{k:03d}"] = grid // per_clip
+            start += shot.frames
+    assert counts == expected
+    assert expected == {"folder:street_two_shots:shot000": 2, "folder:street_two_shots:shot001": 1,
+                        "folder:static_then_moving:shot001": 2, "folder:long_single_shot:shot000": 3}
+    assert summary["clips"] == sum(expected.values()) == clips.num_rows
+    for vid, n in expected.items():  # each video's clips are all present, in order
+        mine = [r for r in clips.to_pylist() if r["video_id"] == vid]
+        assert [r["clip_index"] for r in mine] == list(range(n))
+        assert all(b["start_frame"] - a["start_frame"] == per_clip * 2 for a, b in zip(mine, mine[1:]))
+
+
+def test_latents_read_back_equal_the_encoder_output(prepped, sample):
+    from mempack.encoders import VideoEncoders, resize_center_crop
+
+    out, _, config = prepped
+    folder, _ = sample
+    row = [r for r in read_clips(out).to_pylist() if r["video_id"] == "folder:long_single_shot:shot000"][1]
+    latents = unpack_tensor("latents", row["latents"], row["latents_shape"])
+    assert latents.shape == (16, 9, 8, 8) and latents.dtype == np.float16 and row["latent_dtype"] == "float16"
+    info, frames = decode_frames(str(folder / "long_single_shot.mp4"))
+    idx = plan_clips(0, len(frames), info.fps, config.clip.target_fps, config.clip.clip_frames)[1]
+    encoders = VideoEncoders.build("tiny", seed=config.encoder_seed)
+    expected = encoders.encode_video(resize_center_crop(frames[idx], config.clip.height, config.clip.width))[0]
+    np.testing.assert_array_equal(latents, expected.numpy().astype(np.float16))
+    video = [v for v in read_videos(out).to_pylist() if v["video_id"] == row["video_id"]][0]
+    prompt = encoders.encode_prompt(["a yellow kite sweeps across a long sky"])
+    np.testing.assert_array_equal(unpack_tensor("prompt_embeds", video["prompt_embeds"], video["prompt_embeds_shape"]),
+                                  prompt.prompt_embeds[0].numpy().astype(np.float16))
+    assert unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]).shape == (16, 1, 8, 8)
+
+
+def test_curriculum_partitions_hold_exactly_their_videos(prepped):
+    out, summary, _ = prepped
+    assert summary["clips_per_video_buckets"] == {"1": 1, "2": 2, "3": 1}
+    for bucket in (out / "clips").iterdir():
+        k = int(bucket.name.split("=")[1])
+        table = pq.read_table(bucket)
+        ids = table.column("video_id").to_pylist()
+        assert all(ids.count(v) == k for v in set(ids))  # every video in bucket k has k clips here
+    assert {v["video_id"] for v in read_videos(out).to_pylist()} == set(read_clips(out).column("video_id").to_pylist())
+
+
+def test_a_second_run_replaces_instead_of_duplicating(ray_local, prepped, sample):
+    out, first, config = prepped
+    folder, _ = sample
+    before = read_clips(out).num_rows
+    again = run_prep(load_inputs(folder), config)
+    assert read_clips(out).num_rows == before == again["clips"]
+    assert read_videos(out).num_rows == first["videos"]
+    assert read_rejects(out).num_rows == sum(first["rejects_per_reason"].values())
+
+
+def test_unknown_schema_version_is_refused(prepped, tmp_path):
+    out, _, _ = prepped
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    f = next((copy / "videos").glob("*.parquet"))
+    table = pq.read_table(f)
+    idx = table.schema.get_field_index("schema_version")
+    import pyarrow as pa
+    table = table.set_column(idx, "schema_version", pa.array([99] * table.num_rows, pa.int32()))
+    pq.write_table(table, f)
+    with pytest.raises(SchemaVersionError, match="schema_version \\[.*99\\].*reads version 1"):
+        read_videos(copy)
+
+
+def _bad_inputs(folder):
+    """Every kind of bad input the issue lists, plus two good files with awkward names."""
+    rng = np.random.default_rng(0)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "random.mp4").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (folder / "text.mp4").write_text("this is not a video\n")
+    import PIL.Image
+    PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "image.png")
+    (folder / "image.png").rename(folder / "image.mp4")
+    frames = np.stack([np.roll(np.tile(np.arange(128, dtype=np.uint8)[None, :, None], (96, 1, 3)) * 2, 3 * i, axis=1)
+                       for i in range(120)])
+    frames[:, 30:60, :] = 255 - frames[:, 30:60, :]
+    write_mp4(frames[:1], folder / "one_frame.mp4", 16)
+    write_mp4(frames, folder / "good.mp4", 16)
+    data = (folder / "good.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    write_mp4(frames, folder / "spaced näme ü.mp4", 16)
+    manifest = folder / "mira.csv"
+    header = ["clip_id", "source", "video_url", "video_id", "width", "height", "fps", "seconds", "timestamp",
+              "frame_number", "framestamp", "file_path", "short_caption", "dense_caption", "background_caption",
+              "main_object_caption", "style_caption", "camera_caption"]
+    names = ["empty.mp4", "random.mp4", "text.mp4", "image.mp4", "one_frame.mp4", "truncated.mp4",
+             "spaced näme ü.mp4", "good.mp4", "missing.mp4"]
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for k, name in enumerate(names):
+            caption = "" if name == "good.mp4" else f"clip {k}"
+            w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 7.5, "['0:00:00.0', '0:00:07.5']",
+                        120, "", name, caption, caption, "", "", "", ""])
+    return manifest, names
+
+
+def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
+    manifest, names = _bad_inputs(tmp_path)
+    inputs = load_inputs(manifest)
+    assert [i.source_id for i in inputs][:2] == ["12.00", "12.10"]  # clip_id stays a string
+    summary = run_prep(inputs, PrepConfig(output=str(tmp_path / "out")))
+    assert summary["inputs"] == len(names) == summary["inputs_accepted"] + summary["inputs_rejected"]
+    assert summary["inputs_accepted"] == 2 and summary["captions_missing"] == 1
+    by_file = {}
+    for r in read_rejects(tmp_path / "out").to_pylist():
+        by_file.setdefault(r["source_path"].rsplit("/", 1)[-1], []).append(r["reason"])
+    reasons = {k: v[0].split(":")[0] for k, v in by_file.items()}
+    assert reasons["empty.mp4"] == "empty_file"
+    assert reasons["missing.mp4"] == "missing_file"
+    assert by_file["text.mp4"] == ["not_a_video: text file"]
+    assert by_file["image.mp4"] == ["not_a_video: PNG image"]
+    assert reasons["random.mp4"] in ("unreadable", "no_frames"), by_file["random.mp4"]
+    assert reasons["one_frame.mp4"] == "too_short" and "1 frames" in by_file["one_frame.mp4"][0]
+    assert reasons["truncated.mp4"] in ("too_short", "unreadable", "no_frames")
+    clips = read_clips(tmp_path / "out").to_pylist()
+    assert {r["source_path"].rsplit("/", 1)[-1] for r in clips} == {"good.mp4", "spaced näme ü.mp4"}
+    assert {r["caption"] for r in clips if r["source_path"].endswith("good.mp4")} == {""}
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["inputs"] == summary["inputs"]
