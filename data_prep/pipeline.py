@@ -50,10 +50,11 @@ def _organise(staging: Path, out: Path) -> None:
     """Move staging/table=T/num_clips=K/*.parquet into the contract's layout."""
     for table in TABLES:
         for part in sorted((staging / f"table={table}").glob("num_clips=*")):
-            dest = out / "clips" / part.name if table == "clips" else out / table
+            # clips and videos keep their num_clips partition folders (read back with hive partitioning)
+            dest = out / table if table == "rejects" else out / table / part.name
             dest.mkdir(parents=True, exist_ok=True)
             for f in part.glob("*.parquet"):
-                f.rename(dest / f"{part.name}-{f.name}" if table != "clips" else dest / f.name)
+                f.rename(dest / (f"{part.name}-{f.name}" if table == "rejects" else f.name))
     shutil.rmtree(staging, ignore_errors=True)
 
 

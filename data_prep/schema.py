@@ -2,7 +2,7 @@
 
 Layout of a prep output root:
   clips/num_clips=K/*.parquet   one row per clip (a shot's clips are contiguous sections)
-  videos/*.parquet              one row per training video (= shot): prompt, image embeddings, start latent
+  videos/num_clips=K/*.parquet  one row per training video (= shot): prompt, image embeddings, start latent
   rejects/*.parquet             one row per rejected input or shot: source_path, stage, reason, score
   summary.json                  counts, buckets, rejects per reason, wall time, config
 
@@ -113,7 +113,7 @@ def read_clips(root: str | Path) -> pa.Table:
 
 def read_videos(root: str | Path) -> pa.Table:
     """One row per training video."""
-    return _read(root, "videos", VIDEO_COLUMNS)
+    return _read(root, "videos", VIDEO_COLUMNS, hive=True)
 
 
 def read_rejects(root: str | Path) -> pa.Table:

@@ -8,8 +8,9 @@ Real layout (HunyuanVideo in diffusers layout + FramePack's SigLIP), pointed at 
 The `tiny` preset is the same classes at toy widths (matching `mempack.presets.TINY`) with random
 weights from a seed; its tokenizers are built in-process with the `tokenizers` library (a byte-level
 vocabulary: any text, including non-ASCII, tokenizes without a vocab file), since no hub is reachable.
-Encoding follows diffusers' FramePack pipeline: Llama hidden state two layers before the last, CLIP's
-pooled output, SigLIP's last hidden state, VAE latents times the scaling factor.
+Encoding follows diffusers' `HunyuanVideoFramepackPipeline`: the prompt wrapped in the preset's template,
+the Llama hidden state two layers before the last with the template's prefix cropped off, CLIP's pooled
+output, SigLIP's last hidden state, VAE latents times the scaling factor.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 LLAMA_SKIP_LAYERS = 2  # HunyuanVideo reads hidden_states[-(2 + 1)]
 CLIP_MAX_TOKENS = 77
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder")
+# Above this many pixels per frame the VAE tiles spatially (diffusers' tiles are 256 px with overlap):
+# 480x832 sections decode in bounded memory; small clips stay untiled and bit-reproducible.
+TILE_ABOVE_PIXELS = 512 * 512
+TINY_PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}
 
 
 @dataclass
@@ -40,9 +46,26 @@ class PromptEmbedding:
     pooled: torch.Tensor  # [B, pooled_dim]
 
 
-def _byte_level_tokenizer(model_max_length: int):
-    """A tokenizer with a 256-byte vocabulary plus special tokens, built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def prompt_template_for(preset: Preset) -> dict[str, Any]:
+    """The prompt wrapper the text encoder was trained with; `crop_start` tokens are its prefix.
+
+    Real HunyuanVideo weights expect diffusers' system-prompt template (prefix of 95 Llama tokens);
+    the tiny tokenizer has no such training, so its template is the bare prompt.
+    """
+    if preset.name == "tiny":
+        return dict(TINY_PROMPT_TEMPLATE)
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_framepack import DEFAULT_PROMPT_TEMPLATE
+
+    return dict(DEFAULT_PROMPT_TEMPLATE)
+
+
+def _byte_level_tokenizer(model_max_length: int, add_eos: bool):
+    """A 256-byte vocabulary plus specials, built offline.
+
+    Like the real tokenizers it prepends BOS (Llama) and, for CLIP, appends EOS: CLIPTextModel pools the
+    state at the first EOS, and under its causal mask any earlier position would ignore the prompt's end.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -54,9 +77,14 @@ def _byte_level_tokenizer(model_max_length: int):
         [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), pre_tokenizers.Split("", "isolated")]
     )
     tok.decoder = decoders.ByteLevel()
+    eos = " </s>" if add_eos else ""
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"<s> $A{eos}", pair=f"<s> $A $B{eos}",
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="</s>",
-        model_max_length=model_max_length,
+        model_max_length=model_max_length, padding_side="right",
     )
 
 
@@ -78,49 +106,62 @@ def _tiny_components(preset: Preset, seed: int) -> dict:
         SiglipVisionModel,
     )
 
-    torch.manual_seed(seed)
-    tokenizer = _byte_level_tokenizer(preset.max_prompt_tokens)
-    tokenizer_2 = _byte_level_tokenizer(CLIP_MAX_TOKENS)
+    tokenizer = _byte_level_tokenizer(512, add_eos=False)  # = Llama's positions; prompts pad to the preset
+    tokenizer_2 = _byte_level_tokenizer(CLIP_MAX_TOKENS, add_eos=True)
     vocab = len(tokenizer)
-    vae = AutoencoderKLHunyuanVideo(
-        latent_channels=preset.latent_channels, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, spatial_compression_ratio=preset.vae_spatial,
-        temporal_compression_ratio=preset.vae_temporal,
-    )
-    text_encoder = LlamaModel(LlamaConfig(
-        vocab_size=vocab, hidden_size=preset.text_embed_dim, intermediate_size=2 * preset.text_embed_dim,
-        num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
-    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab, hidden_size=preset.pooled_dim, intermediate_size=2 * preset.pooled_dim,
-        projection_dim=preset.pooled_dim, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=CLIP_MAX_TOKENS, pad_token_id=tokenizer_2.pad_token_id,
-        bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
-    ))
-    image_encoder = SiglipVisionModel(SiglipVisionConfig(
-        hidden_size=preset.image_embed_dim, intermediate_size=2 * preset.image_embed_dim, num_hidden_layers=2,
-        num_attention_heads=2, image_size=32, patch_size=16,
-    ))
+    with torch.random.fork_rng(devices=[]):  # seed the weights without moving the caller's RNG
+        torch.manual_seed(seed)
+        vae = AutoencoderKLHunyuanVideo(  # diffusers' unit-test shape: 4 down blocks, 8 channels each
+            latent_channels=preset.latent_channels, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+            norm_num_groups=4, spatial_compression_ratio=preset.vae_spatial,
+            temporal_compression_ratio=preset.vae_temporal,
+        )
+        text_encoder = LlamaModel(LlamaConfig(
+            vocab_size=vocab, hidden_size=preset.text_embed_dim, intermediate_size=2 * preset.text_embed_dim,
+            num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ))
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab, hidden_size=preset.pooled_dim, intermediate_size=2 * preset.pooled_dim,
+            projection_dim=preset.pooled_dim, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=CLIP_MAX_TOKENS, pad_token_id=tokenizer_2.pad_token_id,
+            bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+        ))
+        image_encoder = SiglipVisionModel(SiglipVisionConfig(
+            hidden_size=preset.image_embed_dim, intermediate_size=2 * preset.image_embed_dim,
+            num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+        ))
     feature_extractor = _image_processor_class()(size={"height": 32, "width": 32})
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                 tokenizer_2=tokenizer_2, image_encoder=image_encoder, feature_extractor=feature_extractor)
 
 
-def _load_components(root: Path, dtype: torch.dtype) -> dict:
-    """Real components from a local folder in diffusers/transformers layout."""
-    from diffusers import AutoencoderKLHunyuanVideo
-    from transformers import (
-        AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel,
+def _feature_extractor_dir(root: Path) -> Path:
+    """`feature_extractor/`, or the image encoder's own folder when the processor config sits there."""
+    if (root / "feature_extractor").is_dir():
+        return root / "feature_extractor"
+    if (root / "image_encoder" / "preprocessor_config.json").is_file():
+        return root / "image_encoder"
+    raise FileNotFoundError(
+        f"encoder weights folder {root} lacks subfolder: feature_extractor (SiglipImageProcessor config)"
     )
 
+
+def _load_components(root: Path, dtype: torch.dtype) -> dict:
+    """Real components from a local folder in diffusers/transformers layout."""
     if not root.is_dir():
         raise FileNotFoundError(f"encoder weights folder not found: {root}")
     missing = [name for name in SUBFOLDERS if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"encoder weights folder {root} lacks subfolder(s): {', '.join(missing)}")
+    extractor_dir = _feature_extractor_dir(root)
+
+    from diffusers import AutoencoderKLHunyuanVideo
+    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
+
     local = dict(local_files_only=True)
-    extractor_dir = root / "feature_extractor"
+    log.info("loading encoders from %s (%s)", root, dtype)
     return dict(
         vae=AutoencoderKLHunyuanVideo.from_pretrained(root / "vae", torch_dtype=dtype, **local),
         text_encoder=LlamaModel.from_pretrained(root / "text_encoder", dtype=dtype, **local),
@@ -128,39 +169,63 @@ def _load_components(root: Path, dtype: torch.dtype) -> dict:
         text_encoder_2=CLIPTextModel.from_pretrained(root / "text_encoder_2", dtype=dtype, **local),
         tokenizer_2=AutoTokenizer.from_pretrained(root / "tokenizer_2", **local),
         image_encoder=SiglipVisionModel.from_pretrained(root / "image_encoder", dtype=dtype, **local),
-        feature_extractor=_image_processor_class().from_pretrained(
-            extractor_dir if extractor_dir.is_dir() else root / "image_encoder", **local
-        ),
+        feature_extractor=_image_processor_class().from_pretrained(extractor_dir, **local),
     )
 
 
-def _as_video_batch(frames) -> torch.Tensor:
-    """uint8 [T,H,W,3] or [B,T,H,W,3] (numpy or torch) → float [B, 3, T, H, W] in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
-    if x.ndim == 4:
+def _check_widths(preset: Preset, components: dict) -> None:
+    """Loaded weights must produce the widths the preset's transformer expects; say which do not."""
+    found = {
+        "latent_channels": components["vae"].config.latent_channels,
+        "text_embed_dim": components["text_encoder"].config.hidden_size,
+        "pooled_dim": components["text_encoder_2"].config.hidden_size,  # pooler_output is pre-projection
+        "image_embed_dim": components["image_encoder"].config.hidden_size,
+    }
+    wrong = [f"{k}={v} (preset {preset.name!r} wants {getattr(preset, k)})"
+             for k, v in found.items() if v != getattr(preset, k)]
+    if wrong:
+        raise ValueError("encoder weights do not match the preset: " + ", ".join(wrong))
+
+
+def _as_uint8_tensor(array, ndim: int, what: str) -> torch.Tensor:
+    """numpy or torch uint8 → torch, with a leading batch axis added when it is missing."""
+    if isinstance(array, torch.Tensor):
+        x = array
+    else:  # Parquet buffers are read-only and slices may run backwards; torch wants neither
+        arr = np.ascontiguousarray(array)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{what} must be uint8 RGB (0..255), got {x.dtype}")
+    if x.ndim == ndim - 1:
         x = x.unsqueeze(0)
-    if x.ndim != 5 or x.shape[-1] != 3:
-        raise ValueError(f"expected frames [T, H, W, 3] or [B, T, H, W, 3], got {tuple(x.shape)}")
-    return x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    if x.ndim != ndim or x.shape[-1] != 3:
+        raise ValueError(f"{what} must be [..., 3] with {ndim - 1} or {ndim} axes, got {tuple(x.shape)}")
+    return x
 
 
 class VideoEncoders:
     """Everything between pixels/text and the transformer's inputs, on one device and dtype."""
 
     def __init__(self, preset: Preset, components: dict, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None):
         self.preset = preset
         self.device = torch.device(device)
         self.dtype = dtype
+        self.vae_tiling = vae_tiling  # None: tile frames above TILE_ABOVE_PIXELS
+        self.prompt_template = prompt_template_for(preset)
         for name, value in components.items():
             if isinstance(value, torch.nn.Module):
-                value = value.to(device=self.device, dtype=dtype).eval()
+                value = value.to(self.device)
+                if value.dtype != dtype:  # loaded weights already are `dtype`; casting again only warns
+                    value = value.to(dtype)
+                value = value.eval()
             setattr(self, name, value)
+        self.vae.enable_slicing()  # one sample at a time: same numbers, bounded memory for batches
 
     @classmethod
     def build(cls, preset: str = "tiny", path: str | Path | None = None, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32, seed: int = 0) -> "VideoEncoders":
-        """`tiny` random encoders (path None) or real ones loaded from `path`."""
+        """`tiny` random encoders (path None) or real ones loaded from `path`, checked against the preset."""
         spec = get_preset(preset)
         if path is None:
             if preset != "tiny":
@@ -168,13 +233,13 @@ class VideoEncoders:
             components = _tiny_components(spec, seed)
         else:
             components = _load_components(Path(path), dtype)
+            _check_widths(spec, components)
         return cls(spec, components, device, dtype)
 
     def save_pretrained(self, root: str | Path) -> Path:
         """Write the real layout, so a saved tiny set loads through the same path as real weights."""
         root = Path(root)
-        for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder",
-                     "feature_extractor"):
+        for name in SUBFOLDERS + ("feature_extractor",):
             getattr(self, name).save_pretrained(root / name)
         return root
 
@@ -182,19 +247,32 @@ class VideoEncoders:
     def scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    def _set_tiling(self, height: int, width: int) -> None:
+        """Spatial VAE tiling for large frames only (it blends tile seams, so it changes numbers)."""
+        tile = self.vae_tiling if self.vae_tiling is not None else height * width > TILE_ABOVE_PIXELS
+        self.vae.enable_tiling() if tile else self.vae.disable_tiling()
+
     @torch.inference_mode()
     def encode_video(self, frames) -> torch.Tensor:
-        """uint8 frames (T = 4k+1, H and W multiples of 8) → scaled latents [B, C, k+1, H/8, W/8] (float32)."""
-        x = _as_video_batch(frames).to(self.device, self.dtype)
-        t, h, w = x.shape[2:]
-        if (t - 1) % self.preset.vae_temporal or h % self.preset.vae_spatial or w % self.preset.vae_spatial:
-            raise ValueError(f"need 4k+1 frames and sides divisible by 8, got {t} frames of {h}x{w}")
+        """uint8 frames [T,H,W,3] or [B,T,H,W,3] (T = 4k+1, sides multiples of 8) → [B, C, k+1, H/8, W/8].
+
+        Uses the posterior mode, not a sample, so re-running data prep reproduces the same latents.
+        """
+        x = _as_uint8_tensor(frames, 5, "frames").to(self.device)
+        t, h, w = x.shape[1:4]
+        s = self.preset.vae_spatial
+        if (t - 1) % self.preset.vae_temporal or h % s or w % s:
+            raise ValueError(f"need 4k+1 frames and sides divisible by {s}, got {t} frames of {h}x{w}")
+        x = (x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).to(self.dtype)
+        self._set_tiling(h, w)
         latents = self.vae.encode(x).latent_dist.mode()
         return (latents * self.scaling_factor).float()
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latents [B, C, T', h, w] → uint8 frames [B, 4(T'−1)+1, 8h, 8w, 3]."""
+        s = self.preset.vae_spatial
+        self._set_tiling(latents.shape[-2] * s, latents.shape[-1] * s)
         video = self.vae.decode(latents.to(self.device, self.dtype) / self.scaling_factor).sample
         video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
@@ -202,35 +280,39 @@ class VideoEncoders:
     @torch.inference_mode()
     def encode_image_latent(self, images) -> torch.Tensor:
         """uint8 [B, H, W, 3] → the start latent [B, C, 1, H/8, W/8] (a one-frame video)."""
-        x = torch.as_tensor(np.asarray(images))
-        if x.ndim == 3:
-            x = x.unsqueeze(0)
-        return self.encode_video(x.unsqueeze(1))
+        return self.encode_video(_as_uint8_tensor(images, 4, "images").unsqueeze(1))
 
     @torch.inference_mode()
-    def encode_prompt(self, prompts: list[str]) -> PromptEmbedding:
-        """Llama states (padded to max_prompt_tokens) + mask, and CLIP's pooled embedding."""
-        prompts = [p or "" for p in prompts]
-        length = self.preset.max_prompt_tokens
-        llama_in = self.tokenizer(prompts, max_length=length, padding="max_length", truncation=True,
+    def encode_prompt(self, prompts: list[str] | str) -> PromptEmbedding:
+        """Llama states (template prefix cropped, padded to max_prompt_tokens) + mask, and CLIP's pooled output."""
+        prompts = [prompts] if isinstance(prompts, str) else [p or "" for p in prompts]
+        length, crop = self.preset.max_prompt_tokens, int(self.prompt_template.get("crop_start") or 0)
+        wrapped = [self.prompt_template["template"].format(p) for p in prompts]
+        llama_in = self.tokenizer(wrapped, max_length=length + crop, padding="max_length", truncation=True,
                                   return_tensors="pt")
+        self._warn_if_truncated(wrapped, length, crop)
         ids, mask = llama_in.input_ids.to(self.device), llama_in.attention_mask.to(self.device)
-        if mask.sum(dim=1).min() == 0:  # an empty prompt still needs one real token to attend to
-            mask[:, 0] = 1
         states = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        embeds = states[-(LLAMA_SKIP_LAYERS + 1)]
+        embeds, mask = states[-(LLAMA_SKIP_LAYERS + 1)][:, crop:], mask[:, crop:].clone()
+        mask[mask.sum(dim=1) == 0, 0] = 1  # a tokenizer that leaves nothing after the crop: keep one key
         clip_in = self.tokenizer_2(prompts, max_length=CLIP_MAX_TOKENS, padding="max_length", truncation=True,
                                    return_tensors="pt")
         pooled = self.text_encoder_2(clip_in.input_ids.to(self.device)).pooler_output
         return PromptEmbedding(embeds.float(), mask.long(), pooled.float())
 
+    def _warn_if_truncated(self, wrapped: list[str], length: int, crop: int) -> None:
+        """Long captions (MiraData's dense ones) would otherwise lose their end silently."""
+        lengths = [len(ids) - crop for ids in self.tokenizer(wrapped).input_ids]
+        over = [n for n in lengths if n > length]
+        if over:
+            log.warning("%d of %d prompts truncated to %d text tokens (longest had %d)",
+                        len(over), len(lengths), length, max(over))
+
     @torch.inference_mode()
     def encode_image(self, images) -> torch.Tensor:
         """uint8 [B, H, W, 3] (any size) → SigLIP tokens [B, N, image_embed_dim]."""
-        arr = np.asarray(images)
-        if arr.ndim == 3:
-            arr = arr[None]
-        inputs = self.feature_extractor(images=list(arr), return_tensors="pt")
+        arr = _as_uint8_tensor(images, 4, "images").cpu().numpy()
+        inputs = self.feature_extractor(images=list(arr), return_tensors="pt", input_data_format="channels_last")
         pixels = inputs.pixel_values.to(self.device, self.dtype)
         return self.image_encoder(pixel_values=pixels).last_hidden_state.float()
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import mempack.encoders as enc_mod
 from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.presets import TINY
 
@@ -18,6 +19,11 @@ def clip() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, encoders):
+    return encoders.save_pretrained(tmp_path_factory.mktemp("weights") / "enc")
+
+
 def test_video_latents_have_the_vae_compression(encoders, clip):
     latents = encoders.encode_video(clip)
     assert latents.shape == (1, TINY.latent_channels, 3, 8, 8) and latents.dtype == torch.float32
@@ -25,13 +31,30 @@ def test_video_latents_have_the_vae_compression(encoders, clip):
     assert frames.shape == (1, 9, 64, 64, 3) and frames.dtype == np.uint8
 
 
-def test_bad_frame_counts_are_refused(encoders, clip):
+def test_a_batch_encodes_like_its_items(encoders, clip):
+    batch = np.stack([clip, clip[::-1]])
+    together = encoders.encode_video(torch.from_numpy(batch))
+    frozen = np.frombuffer(clip[::-1].tobytes(), dtype=np.uint8).reshape(clip.shape)  # as read from Parquet
+    apart = torch.cat([encoders.encode_video(clip), encoders.encode_video(frozen)])
+    assert together.shape == (2, TINY.latent_channels, 3, 8, 8)
+    torch.testing.assert_close(together, apart)
+
+
+def test_bad_frames_are_refused(encoders, clip):
     with pytest.raises(ValueError, match="4k\\+1"):
         encoders.encode_video(clip[:8])
+    with pytest.raises(ValueError, match="divisible by 8"):
+        encoders.encode_video(clip[:, :60])
+    with pytest.raises(ValueError, match="uint8"):
+        encoders.encode_video(clip.astype(np.float32))
 
 
-def test_same_seed_same_latents(encoders, clip):
+def test_same_seed_same_latents_and_the_callers_rng_is_untouched(encoders, clip):
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
     again = VideoEncoders.build("tiny", seed=0)
+    assert torch.equal(torch.rand(3), expected_draw)
     assert torch.equal(again.encode_video(clip), encoders.encode_video(clip))
     other = VideoEncoders.build("tiny", seed=1)
     assert not torch.equal(other.encode_video(clip), encoders.encode_video(clip))
@@ -41,32 +64,91 @@ def test_prompt_embeddings_are_padded_with_a_counting_mask(encoders):
     emb = encoders.encode_prompt(["a red ball", "", "Straße café"])
     assert emb.prompt_embeds.shape == (3, TINY.max_prompt_tokens, TINY.text_embed_dim)
     assert emb.pooled.shape == (3, TINY.pooled_dim)
-    # byte-level tokens: one per UTF-8 byte; an empty prompt keeps one token to attend to
-    assert emb.prompt_mask.sum(dim=1).tolist() == [len("a red ball"), 1, len("Straße café".encode())]
+    assert emb.prompt_mask.dtype == torch.int64
+    # byte-level tokens, one per UTF-8 byte, after a BOS (so an empty prompt still has one token)
+    assert emb.prompt_mask.sum(dim=1).tolist() == [1 + len("a red ball"), 1, 1 + len("Straße café".encode())]
+    assert emb.prompt_mask[0, :11].eq(1).all() and emb.prompt_mask[0, 11:].eq(0).all()  # right padding
+
+
+def test_pooled_embedding_sees_the_whole_prompt(encoders):
+    # CLIP pools at EOS under a causal mask: prompts differing only at the end must differ
+    emb = encoders.encode_prompt(["a red ball", "a red bull"])
+    assert (emb.pooled[0] - emb.pooled[1]).abs().max() > 1e-4
+    assert torch.equal(emb.prompt_embeds[0, :7], emb.prompt_embeds[1, :7])  # shared prefix, causal Llama
+
+
+def test_long_prompts_are_truncated_to_the_preset_length(encoders, caplog):
+    emb = encoders.encode_prompt(["x" * 40])
+    assert emb.prompt_mask.sum().item() == TINY.max_prompt_tokens
+    assert "truncated" in caplog.text
+
+
+def test_template_prefix_is_cropped_like_diffusers(encoders, monkeypatch):
+    monkeypatch.setattr(encoders, "prompt_template", {"template": "ab{}", "crop_start": 3})  # BOS a b
+    emb = encoders.encode_prompt(["hello"])
+    assert emb.prompt_embeds.shape == (1, TINY.max_prompt_tokens, TINY.text_embed_dim)
+    assert emb.prompt_mask.sum().item() == len("hello")
+    # reference: unpadded forward of the whole templated prompt, layer -3, prefix dropped
+    ids = encoders.tokenizer(["abhello"], return_tensors="pt").input_ids
+    assert ids.shape[1] == 3 + len("hello")
+    with torch.no_grad():
+        ref = encoders.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-3][:, 3:]
+    torch.testing.assert_close(emb.prompt_embeds[:, :5], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_image_tokens_and_start_latent(encoders, clip):
     tokens = encoders.encode_image(clip[:2, :40, :50])
-    assert tokens.shape[0] == 2 and tokens.shape[2] == TINY.image_embed_dim
+    assert tokens.shape == (2, (32 // 8) ** 2, TINY.image_embed_dim)
+    assert torch.equal(encoders.encode_image(clip[0, :40, :50])[0], tokens[0])  # unbatched input
     start = encoders.encode_image_latent(clip[0])
     assert start.shape == (1, TINY.latent_channels, 1, 8, 8)
+    # a one-frame video (GroupNorm spans time, so it is not the clip's first latent frame)
+    assert torch.equal(start, encoders.encode_video(clip[:1]))
 
 
-def test_saved_tiny_encoders_reload_from_the_real_layout(tmp_path, encoders, clip):
-    encoders.save_pretrained(tmp_path / "enc")
-    loaded = VideoEncoders.build("tiny", path=tmp_path / "enc")
+def test_vae_tiles_only_large_frames(encoders, monkeypatch):
+    monkeypatch.setattr(enc_mod, "TILE_ABOVE_PIXELS", 256 * 256)
+    big = np.random.default_rng(1).integers(0, 256, (1, 264, 264, 3), dtype=np.uint8)
+    assert encoders.encode_image_latent(big).shape == (1, TINY.latent_channels, 1, 33, 33)
+    assert encoders.vae.use_tiling
+    encoders.encode_image_latent(big[:, :64, :64])
+    assert not encoders.vae.use_tiling
+
+
+def test_saved_tiny_encoders_reload_from_the_real_layout(saved, encoders, clip):
+    assert sorted(p.name for p in saved.iterdir()) == sorted(enc_mod.SUBFOLDERS + ("feature_extractor",))
+    loaded = VideoEncoders.build("tiny", path=saved)
     assert torch.equal(loaded.encode_video(clip), encoders.encode_video(clip))
-    a, b = loaded.encode_prompt(["hello"]), encoders.encode_prompt(["hello"])
+    a, b = loaded.encode_prompt(["hello", ""]), encoders.encode_prompt(["hello", ""])
     assert torch.equal(a.prompt_embeds, b.prompt_embeds) and torch.equal(a.pooled, b.pooled)
+    assert torch.equal(a.prompt_mask, b.prompt_mask)
     assert torch.equal(loaded.encode_image(clip[:1]), encoders.encode_image(clip[:1]))
 
 
-def test_missing_weights_name_the_missing_subfolder(tmp_path):
+def test_weights_of_another_width_are_refused(saved):
+    with pytest.raises(ValueError, match="text_embed_dim=32"):
+        VideoEncoders.build("framepack-f1", path=saved)
+
+
+def test_missing_weights_name_the_missing_subfolder(tmp_path, saved):
     (tmp_path / "vae").mkdir()
     with pytest.raises(FileNotFoundError, match="text_encoder"):
         VideoEncoders.build("tiny", path=tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
         VideoEncoders.build("tiny", path=tmp_path / "nope")
+    partial = tmp_path / "partial"
+    for name in enc_mod.SUBFOLDERS:
+        (partial / name).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="feature_extractor"):
+        VideoEncoders.build("tiny", path=partial)
+
+
+def test_bfloat16_encoders_return_float32(clip):
+    bf16 = VideoEncoders.build("tiny", dtype=torch.bfloat16)
+    latents = bf16.encode_video(clip)
+    assert latents.dtype == torch.float32 and latents.shape == (1, TINY.latent_channels, 3, 8, 8)
+    assert bf16.encode_prompt(["a"]).prompt_embeds.dtype == torch.float32
+    assert bf16.decode_latents(latents).shape == (1, 9, 64, 64, 3)
 
 
 def test_resize_center_crop_keeps_the_centre():

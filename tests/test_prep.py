@@ -130,7 +130,7 @@ def test_unknown_schema_version_is_refused(prepped, tmp_path):
     out, _, _ = prepped
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    f = next((copy / "videos").glob("*.parquet"))
+    f = next((copy / "videos").rglob("*.parquet"))
     table = pq.read_table(f)
     idx = table.schema.get_field_index("schema_version")
     import pyarrow as pa
