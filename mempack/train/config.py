@@ -1,0 +1,52 @@
+"""The training config: one dataclass, defaults that run offline on the built-in sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mempack.forcing import ForcingConfig
+
+
+@dataclass
+class TrainConfig:
+    """Stage, data, model, optimisation, Ray and tracking settings of one training run."""
+
+    stage: int = 1
+    data: str = "outputs/prep"
+    output: str = ""  # default: outputs/train/stage{stage}
+    preset: str = "tiny"
+    pretrained: str | None = None  # FramePack-F1 transformer (diffusers layout) or one of our exports
+    init: str | None = None  # stage 2: the stage-1 export to start from
+    seed: int = 0
+    # optimisation
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_steps: int = 40  # optimizer steps (one per video in stage 2)
+    epochs: int = 1000  # upper bound; max_steps usually stops first
+    forcing: ForcingConfig = field(default_factory=ForcingConfig)
+    gradient_checkpointing: bool = False
+    # distribution
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # two 1-CPU workers on 2 cores starve Ray Data
+    deepspeed: str | None = None  # JSON file; default built in code
+    zero_stage: int = 2
+    checkpoint_every: int = 10
+    max_failures: int = 2
+    # tracking
+    mlflow_uri: str | None = None
+    experiment: str = "mempack-train"
+    run_name: str | None = None
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if not self.output:
+            self.output = f"outputs/train/stage{self.stage}"
+
+    @property
+    def trainable(self) -> str:
+        """Stage 1 trains the whole network; stage 2 only the final norm + output projection."""
+        return "all" if self.stage == 1 else "head"

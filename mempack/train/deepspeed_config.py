@@ -1,0 +1,53 @@
+"""DeepSpeed configs for plain `deepspeed.initialize`: no "auto" values, numbers everywhere.
+
+On CPU (gloo): ZeRO-2 in fp32 (fp16 is unsupported on CPU) with PyTorch's AdamW (`torch_adam`, so
+nothing compiles). On GPU: ZeRO-2 bf16 by default; the user's JSON (e.g. cluster/deepspeed/
+zero3_bf16.json for full fine-tuning of 12.9 B parameters) replaces it. The learning rate, clipping
+and seeds always come from the training config, so one JSON serves every run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mempack.train.config import TrainConfig
+
+
+def default_config(use_gpu: bool, zero_stage: int = 2) -> dict:
+    """The built-in config for a CPU (tests, demo) or GPU run."""
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                  "weight_decay": 0.0, "torch_adam": True}},
+        "zero_optimization": {"stage": zero_stage, "overlap_comm": use_gpu, "contiguous_gradients": True},
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": use_gpu},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def resolve(config: TrainConfig) -> dict:
+    """The DeepSpeed config a run uses: the JSON file or the default, with the run's lr/clipping."""
+    if config.deepspeed:
+        path = Path(config.deepspeed)
+        if not path.is_file():
+            raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+        ds = json.loads(path.read_text())
+    else:
+        ds = default_config(config.use_gpu, config.zero_stage)
+    if "auto" in json.dumps(ds):
+        raise ValueError("DeepSpeed config holds 'auto' values, which only HF Trainer/Accelerate resolve")
+    if not config.use_gpu:
+        ds.pop("fp16", None)
+        ds["bf16"] = {"enabled": False}  # fp32 on CPU: exact, and fp16 is unsupported there
+    ds.setdefault("optimizer", default_config(config.use_gpu)["optimizer"])
+    ds["optimizer"].setdefault("params", {})["lr"] = config.lr
+    ds["optimizer"]["params"]["weight_decay"] = config.weight_decay
+    ds["gradient_clipping"] = float(config.grad_clip)
+    ds["train_micro_batch_size_per_gpu"] = 1
+    ds["gradient_accumulation_steps"] = 1  # set per curriculum bucket (clips per video) in stage 2
+    ds.pop("train_batch_size", None)
+    return ds

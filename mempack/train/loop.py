@@ -1,0 +1,172 @@
+"""The Ray Train worker loop: DeepSpeed engine, curriculum buckets, forcing, checkpoints, metrics.
+
+Per video (one Ray Data row): stage 1 samples one clip and trains it with teacher forcing (history
+and ψ from the ground truth of the earlier clips), one optimizer step per video. Stage 2 runs Direct
+Forcing over all clips in order; each clip's loss is back-propagated at once (its graph is freed),
+and DeepSpeed's gradient accumulation is set to the bucket's clips per video, so the optimizer steps
+exactly once per video.
+
+Checkpoints: every `checkpoint_every` optimizer steps every rank writes its DeepSpeed shard to a
+temporary folder and reports it (`ray.train.report(..., checkpoint=...)`); Ray merges the shards into
+one checkpoint. On (re)start the loop loads the latest one — after a worker crash (FailureConfig) or
+a rerun with the same run name (--resume) — and skips the videos it had already trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict
+
+import torch
+
+from mempack.forcing import ForcingConfig, video_clip_steps
+from mempack.model import MemoryPackTransformer
+from mempack.train.config import TrainConfig
+from mempack.train.data import to_training_inputs
+from mempack.train.mlflow_logger import MlflowRunLogger
+
+log = logging.getLogger(__name__)
+CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
+EXPORT_DIR = "model"
+
+
+def build_model(config: TrainConfig) -> MemoryPackTransformer:
+    """Stage 1: the preset (random) or --pretrained weights; stage 2: the stage-1 export."""
+    source = config.init if config.stage == 2 else config.pretrained
+    if source:
+        return MemoryPackTransformer.from_pretrained(source, preset=config.preset)
+    return MemoryPackTransformer.from_preset(config.preset, seed=config.seed)
+
+
+def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):
+    import deepspeed
+
+    if not use_gpu:
+        # The shared-memory allreduce op only speeds up CPU collectives and costs a ~1 min C++ build on
+        # first use; gloo alone is correct, so skip it.
+        import deepspeed.comm.torch as ds_torch_comm
+        ds_torch_comm.build_shm_op = lambda: None
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config,
+                                           dist_init_required=False)
+    return engine
+
+
+def _generator(seed: int, *keys: int) -> torch.Generator:
+    g = torch.Generator()
+    value = seed
+    for k in keys:
+        value = (value * 1_000_003 + k) % (2**63 - 1)
+    return g.manual_seed(value)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    config: TrainConfig = loop_config["config"]
+    ds_config: dict = loop_config["deepspeed"]
+    buckets: list[int] = loop_config["buckets"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(config.seed)
+    device = torch.device(f"cuda:{ctx.get_local_rank()}" if config.use_gpu else "cpu")
+    if config.use_gpu:
+        torch.cuda.set_device(device)
+
+    model = build_model(config)
+    model.set_trainable(config.trainable)
+    if config.gradient_checkpointing:
+        model.backbone.enable_gradient_checkpointing()
+    engine = _init_engine(model, ds_config, config.use_gpu)
+    module: MemoryPackTransformer = engine.module
+    dtype = next(module.parameters()).dtype
+    logger = MlflowRunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], enabled=rank == 0)
+
+    state = {"step": 0, "epoch": 0, "bucket": 0, "videos_done": 0, "restarts": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        state.update({k: client_state[k] for k in state if k in client_state})
+        state["restarts"] += 1
+        logger.log({"resumed_from_step": state["step"], "restarts": state["restarts"]}, step=state["step"])
+        log.info("rank %d resumed at step %d", rank, state["step"])
+
+    forcing = ForcingConfig(**{**asdict(config.forcing), "mode": "teacher" if config.stage == 1 else config.forcing.mode})
+    if config.stage == 2 and forcing.mode == "teacher":
+        forcing.mode = "direct"
+
+    def save_and_report(metrics: dict, final: bool = False) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=dict(state))
+            if final:
+                _export(engine, module, os.path.join(tmp, EXPORT_DIR), rank)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+    done = state["step"] >= config.max_steps
+    last_metrics: dict = {}
+    while not done and state["epoch"] < config.epochs:
+        for b in range(state["bucket"], len(buckets)):
+            num_clips = buckets[b]
+            engine.set_train_batch_size((num_clips if config.stage == 2 else 1) * world)
+            shard = ray.train.get_dataset_shard(f"bucket_{num_clips}")
+            skip = state["videos_done"] if b == state["bucket"] else 0
+            for position, row in enumerate(shard.iter_rows()):
+                if position < skip:
+                    continue
+                started = time.perf_counter()
+                clips, cond = to_training_inputs(row, device, dtype)
+                g = _generator(config.seed, state["epoch"], num_clips, position, rank)
+                # the sampled clip index is shared by all ranks: clip 0 has no ψ update, so its step leaves
+                # Memorize/Squeeze without gradients, and ZeRO's bucketed reductions must agree across ranks
+                shared = _generator(config.seed, state["epoch"], num_clips, position)
+                only = int(torch.randint(0, clips.shape[0], (1,), generator=shared)) if config.stage == 1 else None
+                losses, tokens, n_clips = [], 0, 0
+                for step in video_clip_steps(module, clips, cond, forcing, generator=g, only_clip=only):
+                    engine.backward(step.loss)
+                    engine.step()
+                    losses.append(step.loss.item())
+                    tokens += step.tokens
+                    n_clips += 1
+                state["step"] += 1
+                state["videos_done"] = position + 1
+                state["bucket"] = b
+                seconds = time.perf_counter() - started
+                grad_norm = engine.get_global_grad_norm()
+                last_metrics = {
+                    "loss": sum(losses) / len(losses), "lr": engine.get_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "clips_per_s": n_clips / seconds, "latent_tokens_per_s": tokens / seconds,
+                    "clips_per_video": num_clips, "optimizer_steps": engine.global_steps, "epoch": state["epoch"],
+                }
+                if state["step"] % config.log_every == 0:
+                    logger.log(last_metrics, step=state["step"])
+                done = state["step"] >= config.max_steps
+                if done:
+                    break
+                if state["step"] % config.checkpoint_every == 0:
+                    save_and_report({**last_metrics, "step": state["step"]})
+            if done:
+                break
+            state["videos_done"] = 0
+        if not done:
+            state["epoch"] += 1
+            state["bucket"] = 0
+    save_and_report({**last_metrics, "step": state["step"], "optimizer_steps": engine.global_steps}, final=True)
+    logger.close()
+
+
+def _export(engine, module: MemoryPackTransformer, folder: str, rank: int) -> None:
+    """Full weights as safetensors in the layout infer loads (gathered first under ZeRO-3)."""
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                module.save_pretrained(folder)
+    elif rank == 0:
+        module.save_pretrained(folder)
