@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mempack import flow
+from mempack.generate import sample_section
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.model.semantic_pack import SemanticMemory
 
@@ -72,7 +73,7 @@ def flow_matching_loss(velocity: torch.Tensor, x: torch.Tensor, noise: torch.Ten
 
 
 @torch.no_grad()
-def sample_section(
+def student_sample(
     model: MemoryPackTransformer,
     cond: Conditioning,
     history: torch.Tensor | None,
@@ -82,14 +83,11 @@ def sample_section(
     guidance: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """k-step Euler sample of one section from noise (student forcing; inference uses generate.py)."""
+    """k-step Euler sample of one section from noise, with the inference sampler (student forcing)."""
     packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
-    x = torch.randn(shape, generator=generator, device="cpu").to(cond.start_latent)
-    times = flow.sampling_times(steps)
-    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-        v = model(x, torch.tensor([t], device=x.device), cond, packed, memory, guidance)
-        x = flow.euler_step(x, v.to(x.dtype), t, t_next)
-    return x
+    noise = torch.randn(shape, generator=generator, device="cpu")
+    x = sample_section(model, cond, packed, memory, noise, flow.sampling_times(steps), guidance)
+    return x.to(cond.start_latent.dtype)
 
 
 def _cat_history(history: torch.Tensor | None, clip: torch.Tensor) -> torch.Tensor:
@@ -138,7 +136,7 @@ def video_clip_steps(
         elif config.mode == "direct":
             made = estimate
         else:
-            made = sample_section(model, cond, history, memory, tuple(x.shape), config.student_steps,
+            made = student_sample(model, cond, history, memory, tuple(x.shape), config.student_steps,
                                   config.guidance, generator)
         memory = _next_memory(model, memory, made, config)
         history = _cat_history(history, made.detach())

@@ -22,7 +22,8 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int 
     """
     import av
 
-    frames = np.asarray(frames)
+    # contiguous: PyAV reads the rows of a strided view (e.g. a permuted tensor's .numpy()) wrongly
+    frames = np.ascontiguousarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
     if len(frames) == 0:

@@ -36,6 +36,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     p.add_argument("--init", help="stage 2: stage-1 run folder or export (default: newest stage-1 export)")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--use-gpu", action="store_true", default=None)
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per training worker (default 0.5)")
+    p.add_argument("--max-failures", type=int, help="worker-group restarts from the last checkpoint (default 2)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in backward (the 12.9 B full fine-tune needs it)")
+    p.add_argument("--placement-strategy", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+                   help="how Ray places the workers on nodes (default PACK)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (stage 2: one per video)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-5)")
@@ -56,6 +62,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
         p.error(str(err))
     direct = {"data": args.data, "output": args.output, "preset": args.preset, "pretrained": args.pretrained,
               "init": args.init, "num_workers": args.num_workers, "use_gpu": args.use_gpu,
+              "placement_strategy": args.placement_strategy, "cpus_per_worker": args.cpus_per_worker,
+              "max_failures": args.max_failures, "gradient_checkpointing": args.gradient_checkpointing,
               "max_steps": args.max_steps, "epochs": args.epochs, "lr": args.lr, "deepspeed": args.deepspeed,
               "checkpoint_every": args.checkpoint_every, "mlflow_uri": args.mlflow_uri,
               "experiment": args.experiment, "run_name": args.run_name, "seed": args.seed}

@@ -26,3 +26,18 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_prep(ray_local, tmp_path_factory):
+    """The built-in sample prepped once per session: (output root, summary, config)."""
+    from data_prep.pipeline import PrepConfig, run_prep
+    from data_prep.sample import make_sample
+    from data_prep.sources import load_inputs
+
+    folder = tmp_path_factory.mktemp("sample")
+    videos = make_sample(folder)
+    out = tmp_path_factory.mktemp("prep")
+    config = PrepConfig(output=str(out))
+    summary = run_prep(load_inputs(folder), config)
+    return out, summary, config, folder, videos

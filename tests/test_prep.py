@@ -13,7 +13,6 @@ import pytest
 from data_prep.clips import plan_clips
 from data_prep.decode import decode_frames
 from data_prep.pipeline import PrepConfig, run_prep
-from data_prep.sample import make_sample
 from data_prep.schema import (
     SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
 )
@@ -23,18 +22,13 @@ from mempack.video_io import write_mp4
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sample")
-    return folder, make_sample(folder)
+def sample(sample_prep):
+    return sample_prep[3], sample_prep[4]
 
 
 @pytest.fixture(scope="module")
-def prepped(ray_local, sample, tmp_path_factory):
-    folder, videos = sample
-    out = tmp_path_factory.mktemp("prep")
-    config = PrepConfig(output=str(out))
-    summary = run_prep(load_inputs(folder), config)
-    return out, summary, config
+def prepped(sample_prep):
+    return sample_prep[0], sample_prep[1], sample_prep[2]
 
 
 def test_shot_cuts_are_found_within_one_frame(sample):

@@ -113,17 +113,20 @@ def pack_history(
     history: torch.Tensor | None,
     layout: HistoryLayout = HistoryLayout(),
     mode: RopeMode = "absolute",
+    frames_before: int = 0,
 ) -> PackedHistory:
     """Pack the start latent [B, C, 1, H, W] and the history [B, C, T, H, W] (frames after the start
     latent, oldest first; None or T = 0 for the first section) into F1's three clean streams.
 
-    The cost is independent of T: only the last `layout.context_frames` frames are read.
+    The cost is independent of T: only the last `layout.context_frames` frames are read. A sampler
+    that keeps only a recent tail of the history passes the number of older frames it dropped as
+    `frames_before`, so the absolute RoPE indices still count the whole video.
     """
     if start_latent.ndim != 5 or start_latent.shape[2] != 1:
         raise ValueError(f"start_latent must be [B, C, 1, H, W], got {tuple(start_latent.shape)}")
     parts = [start_latent] if history is None or history.shape[2] == 0 else [start_latent, history]
     context = torch.cat(parts, dim=2)
-    context_length = context.shape[2]
+    context_length = frames_before + context.shape[2]
     need = layout.context_frames
     recent = context[:, :, -need:]
     if recent.shape[2] < need:

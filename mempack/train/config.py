@@ -30,6 +30,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # two 1-CPU workers on 2 cores starve Ray Data
+    placement_strategy: str = "PACK"  # Ray placement group strategy of the workers (SPREAD: one per node)
     deepspeed: str | None = None  # JSON file; default built in code
     zero_stage: int = 2
     checkpoint_every: int = 10

@@ -14,6 +14,7 @@ a rerun with the same run name (--resume) — and skips the videos it had alread
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import tempfile
@@ -47,8 +48,8 @@ def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):
     if not use_gpu:
         # The shared-memory allreduce op only speeds up CPU collectives and costs a ~1 min C++ build on
         # first use; gloo alone is correct, so skip it.
-        import deepspeed.comm.torch as ds_torch_comm
-        ds_torch_comm.build_shm_op = lambda: None
+        # (importlib: `import deepspeed.comm.torch as m` binds deepspeed.comm's attribute `torch`, the torch package)
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config,
                                            dist_init_required=False)
@@ -126,7 +127,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 shared = _generator(config.seed, state["epoch"], num_clips, position)
                 only = int(torch.randint(0, clips.shape[0], (1,), generator=shared)) if config.stage == 1 else None
                 losses, tokens, n_clips = [], 0, 0
+                trained_clips = 1 if only is not None else clips.shape[0]
                 for step in video_clip_steps(module, clips, cond, forcing, generator=g, only_clip=only):
+                    # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
+                    # counter says: it runs across buckets of different lengths and is not checkpointed
+                    engine.set_gradient_accumulation_boundary(n_clips == trained_clips - 1)
                     engine.backward(step.loss)
                     engine.step()
                     losses.append(step.loss.item())

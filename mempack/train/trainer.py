@@ -27,6 +27,9 @@ class TrainSetupError(ValueError):
 
 
 def default_mlflow_uri(base: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI (a team server, set on a cluster), else a sqlite store under ./outputs."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     base = (base or Path.cwd()) / "outputs"
     base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
@@ -136,7 +139,8 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
                            "mlflow_uri": uri, "mlflow_run_id": run_id},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=config.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),

@@ -1,0 +1,152 @@
+"""Autoregressive section-by-section generation: FramePack-F1 sampling with SemanticPack memory.
+
+One section = `layout.window` latent frames. For section n the sampler integrates the flow from
+noise (t = 0) to data (t = 1) with Euler steps, each a forward of the MemoryPack transformer
+conditioned on the packed recent history (1x/2x/4x, absolute RoPE indices) and on ψ. After the
+section, ψ ← Squeeze(ψ, Memorize(section)) and the section joins the history.
+
+Why the cost of a section is flat in the video's length: only the last `layout.context_frames`
+history frames are kept for packing (older ones are counted in `frames_before`, which keeps the
+RoPE indices absolute), and ψ has a fixed size after its first update. Finished sections move to
+the CPU, so device memory holds one section's working set however long the video gets.
+
+Noise is drawn on the CPU from one `torch.Generator`, section after section, exactly as diffusers'
+`HunyuanVideoFramepackPipeline` draws it: with SemanticPack off, `rope="relative"` and the same
+weights, seed, steps and guidance, `generate` reproduces that pipeline's "vanilla" (F1) latents
+(tests/test_generate.py pins the tolerance).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from mempack import flow
+from mempack.model import Conditioning, MemoryPackTransformer, PackedHistory, pack_history
+from mempack.model.semantic_pack import SemanticMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample: sections, Euler steps, F1's distilled guidance, seed, memory on/off."""
+
+    sections: int = 1
+    steps: int = 25
+    guidance: float = 10.0  # FramePack-F1's distilled-guidance default
+    seed: int = 0
+    use_memory: bool = True  # False: the FramePack-only ablation (no ψ tokens)
+    dynamic_shift: bool = True  # F1's resolution-dependent time shift (μ capped at log 7)
+
+    def __post_init__(self) -> None:
+        if self.sections < 1:
+            raise ValueError(f"sections must be >= 1, got {self.sections}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class GenerationResult:
+    """All latents [B, C, 1 + sections·window, h, w] (the start latent first) and per-section timings."""
+
+    latents: torch.Tensor
+    section_seconds: list[float] = field(default_factory=list)
+
+
+def section_times(model: MemoryPackTransformer, latent_shape: tuple[int, ...], config: GenerationConfig) -> torch.Tensor:
+    """The paper-time grid of one section, with F1's shift for this section's token count."""
+    patch = model.backbone.config.patch_size
+    tokens = latent_shape[2] * latent_shape[3] * latent_shape[4] // patch**2
+    mu = flow.dynamic_shift_mu(tokens) if config.dynamic_shift else None
+    return flow.sampling_times(config.steps, mu)
+
+
+@torch.no_grad()
+def sample_section(
+    model: MemoryPackTransformer,
+    cond: Conditioning,
+    packed: PackedHistory,
+    memory: SemanticMemory | None,
+    noise: torch.Tensor,
+    times: torch.Tensor,
+    guidance: float,
+) -> torch.Tensor:
+    """Euler-integrate one section from `noise` along `times` (t = 0 noise → t = 1 data)."""
+    x = noise.to(device=cond.start_latent.device, dtype=torch.float32)
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+        v = model(x, torch.tensor([t], device=x.device), cond, packed, memory, guidance)
+        x = flow.euler_step(x, v.float(), t, t_next)
+    return x
+
+
+def _trim_tail(tail: list[torch.Tensor], keep: int) -> tuple[list[torch.Tensor], int]:
+    """Drop whole sections from the front while the rest still holds `keep` frames; return dropped frames."""
+    dropped = 0
+    while len(tail) > 1 and sum(s.shape[2] for s in tail[1:]) >= keep:
+        dropped += tail.pop(0).shape[2]
+    return tail, dropped
+
+
+@torch.no_grad()
+def generate(
+    model: MemoryPackTransformer,
+    cond: Conditioning,
+    config: GenerationConfig,
+    *,
+    progress: bool = True,
+    on_section: Callable[[int, torch.Tensor], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Generate `config.sections` sections after the start latent; returns every latent frame.
+
+    `on_section(n, latents)` is called after each section (for incremental decoding, previews or
+    cost accounting). `generator` (a CPU generator) replaces the one seeded from `config.seed`, for
+    callers that drew other randomness from it first, as diffusers' pipeline does for the image latent.
+    """
+    model.eval()
+    layout = model.config.layout
+    start = cond.start_latent.float()
+    batch, channels, _, height, width = start.shape
+    shape = (batch, channels, layout.window, height, width)
+    times = section_times(model, shape, config)
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    memory = model.initial_memory(cond) if config.use_memory else None
+    tail: list[torch.Tensor] = []  # the most recent sections, on the device
+    frames_before = 0  # history frames dropped from the tail
+    finished: list[torch.Tensor] = [start.cpu()]
+    seconds: list[float] = []
+    for n in tqdm(range(config.sections), desc="sections", unit="section", disable=not progress):
+        began = time.perf_counter()
+        history = torch.cat(tail, dim=2) if tail else None
+        packed = pack_history(start, history, layout, model.config.rope, frames_before=frames_before)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        section = sample_section(model, cond, packed, memory, noise, times, config.guidance)
+        memory = model.update_memory(memory, section) if memory is not None else None
+        tail.append(section)
+        tail, dropped = _trim_tail(tail, layout.context_frames)
+        frames_before += dropped
+        finished.append(section.cpu())
+        seconds.append(time.perf_counter() - began)
+        if on_section is not None:
+            on_section(n, section)
+    return GenerationResult(torch.cat(finished, dim=2), seconds)
+
+
+def frames_for_sections(sections: int, window: int, temporal: int = 4) -> int:
+    """Pixel frames decoded from the start latent + `sections` windows (causal VAE: 4·T' + 1)."""
+    return temporal * sections * window + 1
+
+
+def sections_for_frames(frames: int, window: int, temporal: int = 4) -> int:
+    """Fewest sections whose decoded video holds at least `frames` frames."""
+    if frames < 1:
+        raise ValueError(f"need at least one frame, got {frames}")
+    per_section = temporal * window
+    return max(1, -(-(frames - 1) // per_section))

@@ -1,0 +1,174 @@
+"""Evaluate generated videos: VBench-style consistency, motion and drift metrics, as a table + JSON + MLflow.
+
+    python pipelines/evaluate.py VIDEO_OR_DIR [VIDEO_OR_DIR ...] [--json PATH] [--dino DIR] [--clip DIR]
+                                 [--mlflow-uri URI] [--experiment NAME] [--run-name NAME]
+
+A folder means every *.mp4 in it (sorted). Without --dino/--clip the consistency metrics use weights-free
+pixel features; model folders are read locally only, never downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files or folders of *.mp4")
+    p.add_argument("--json", help="write {'videos': {path: metrics}, 'mean': metrics} here")
+    p.add_argument("--dino", help="local folder of a DINO model (subject consistency)")
+    p.add_argument("--clip", help="local folder of a CLIP vision model (background consistency)")
+    p.add_argument("--mlflow-uri", help="log metrics, params and the JSON to this MLflow tracking URI")
+    p.add_argument("--experiment", default="mempack-eval", help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--run-name", help="MLflow run name")
+    return p.parse_args(argv)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their sorted *.mp4; a missing path or an empty folder is an input error."""
+    videos: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(path.glob("*.mp4"))
+            if not found:
+                raise FileNotFoundError(f"no *.mp4 files in folder {path}")
+            videos.extend(found)
+        elif path.is_file():
+            videos.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return videos
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence native decoder chatter (ffmpeg/decord write straight to fd 2) so errors stay one clean line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def format_table(results: dict[str, dict[str, float]], mean: dict[str, float]) -> str:
+    """One aligned row per video (plus the mean), one column per metric."""
+    keys = list(mean)
+    rows = [["video", *keys]]
+    for name, metrics in [*results.items(), ("mean", mean)]:
+        rows.append([name, *(f"{metrics[k]:.0f}" if k == "frames" else f"{metrics[k]:.4f}" for k in keys)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join(lines)
+
+
+def write_json_atomic(payload: dict, path: Path) -> Path:
+    """Write JSON to a temp file in the target folder, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def metric_prefixes(videos: list[Path]) -> list[str]:
+    """MLflow-safe, unique per-video metric prefixes from the file stems."""
+    out: list[str] = []
+    for v in videos:
+        base = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", v.stem) or "video"
+        name, n = base, 1
+        while name in out:
+            n += 1
+            name = f"{base}_{n}"
+        out.append(name)
+    return out
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a sqlite store keep artifacts beside the database, not in ./mlruns of whatever cwd we run in."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def log_mlflow(args: argparse.Namespace, videos: list[Path], payload: dict, json_path: Path) -> str:
+    """One MLflow run: mean metrics, per-video metrics prefixed by stem, params, and the JSON artifact."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(args.mlflow_uri)
+    exp = client.get_experiment_by_name(args.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(args.experiment, artifact_location(args.mlflow_uri))
+    run = client.create_run(exp_id, run_name=args.run_name)
+    run_id = run.info.run_id
+    metrics = [Metric(k, v, 0, 0) for k, v in payload["mean"].items()]
+    for prefix, video in zip(metric_prefixes(videos), videos):
+        metrics += [Metric(f"{prefix}.{k}", v, 0, 0) for k, v in payload["videos"][str(video)].items()]
+    params = [Param("videos", str(len(videos))), Param("dino", args.dino or "pixel"),
+              Param("clip", args.clip or "pixel"), Param("inputs", ",".join(args.inputs)[:500])]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if start == 0 else [])
+    client.log_artifact(run_id, str(json_path))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def run(args: argparse.Namespace, videos: list[Path]) -> dict:
+    """Evaluate every video; returns the JSON payload."""
+    dino = DinoFeatures(args.dino) if args.dino else None
+    clip = ClipFeatures(args.clip) if args.clip else None
+    results: dict[str, dict[str, float]] = {}
+    for video in videos:
+        with quiet_stderr():  # restored before any error propagates to main's one-line report
+            frames, fps = load_frames(video)
+        results[str(video)] = evaluate_video(frames, fps=fps, dino=dino, clip=clip)
+    keys = next(iter(results.values())).keys()
+    mean = {k: float(sum(m[k] for m in results.values()) / len(results)) for k in keys}
+    return {"videos": results, "mean": mean}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        videos = expand_inputs(args.inputs)
+        payload = run(args, videos)
+        print(format_table(payload["videos"], payload["mean"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            json_path = Path(args.json) if args.json else Path(tmp) / "eval.json"
+            write_json_atomic(payload, json_path)
+            if args.json:
+                print(f"wrote {json_path}")
+            if args.mlflow_uri:
+                run_id = log_mlflow(args, videos, payload, json_path)
+                print(f"mlflow run {run_id} in experiment {args.experiment!r} at {args.mlflow_uri}")
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

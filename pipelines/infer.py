@@ -1,0 +1,121 @@
+"""Generate a long video from an image and a prompt, section by section, to an mp4.
+
+    python pipelines/infer.py                                   # newest export under outputs/train
+    python pipelines/infer.py --checkpoint outputs/train/stage2 --sections 40 --out outputs/infer/long.mp4
+    python pipelines/infer.py --mlflow-model runs:/<run_id>/model --mlflow-uri sqlite:///outputs/mlflow.db
+    python pipelines/infer.py --pretrained /weights/framepack-f1-mempack --encoders /weights/encoders \\
+        --image first_frame.png --prompt "a kite over the sea" --seconds 60 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mempack.checkpoints import CheckpointError, download_mlflow_model, newest_training_export  # noqa: E402
+from mempack.inference import InferenceError, InferenceRequest, run_inference  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="training run folder or export (default: newest under outputs/train)")
+    source.add_argument("--mlflow-model", help="MLflow artifact URI of a trained model, e.g. runs:/<id>/model")
+    source.add_argument("--pretrained", help="FramePack-F1 weights in diffusers layout (+ our semantic_pack/)")
+    p.add_argument("--encoders", help="folder with real VAE/text/image encoder weights (default: as trained)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "framepack-f1"], help="size when no weights are given")
+    p.add_argument("--image", help="first frame (default: the built-in sample image)")
+    p.add_argument("--prompt", help="text prompt (default: the built-in sample prompt)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
+    length.add_argument("--sections", type=int, help="number of sections instead of --seconds")
+    p.add_argument("--fps", type=float, help="frames per second (default: 8 for tiny, 30 for framepack-f1)")
+    p.add_argument("--steps", type=int, default=25, help="Euler steps per section (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=10.0, help="distilled guidance scale (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--crf", type=int, default=18,
+                   help="x264 quality, 0-51 (default: %(default)s; 0 = lossless, frame-exact across runs)")
+    p.add_argument("--out", help="output mp4 (default: outputs/infer/<name>.mp4)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-memory", action="store_true", help="switch SemanticPack off (the FramePack-only ablation)")
+    p.add_argument("--mlflow-uri", help="log the settings and the mp4 to this MLflow tracking URI")
+    p.add_argument("--experiment", default="mempack-infer")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.seconds is not None and args.seconds <= 0:
+        p.error(f"--seconds must be > 0, got {args.seconds:g}")
+    for name in ("sections", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be >= 1, got {value}")
+    if not 0 <= args.crf <= 51:
+        p.error(f"--crf must be in 0..51, got {args.crf}")
+    if args.fps is not None and args.fps <= 0:
+        p.error(f"--fps must be > 0, got {args.fps:g}")
+    return args
+
+
+def default_name(args: argparse.Namespace) -> str:
+    stem = Path(args.image).stem if args.image else "sample"
+    length = f"{args.sections}sec" if args.sections else f"{args.seconds or 5:g}s"
+    return f"{stem}_{length}_seed{args.seed}{'_nomem' if args.no_memory else ''}"
+
+
+def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: dict) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    run = client.create_run(found.experiment_id if found else client.create_experiment(experiment),
+                            run_name=Path(result["path"]).stem)
+    for key, value in vars(args).items():
+        if value is not None and key not in ("mlflow_uri",):
+            client.log_param(run.info.run_id, key, str(value)[:500])
+    for key in ("frames", "fps", "sections", "total_seconds"):
+        client.log_metric(run.info.run_id, key, float(result[key]))
+    for n, seconds in enumerate(result["section_seconds"], start=1):
+        client.log_metric(run.info.run_id, "section_seconds", seconds, step=n)
+    client.log_artifact(run.info.run_id, result["path"], "video")
+    client.log_dict(run.info.run_id, result, "inference.json")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="mempack-infer-") as tmp:
+        try:
+            if args.mlflow_model:
+                model_dir = str(download_mlflow_model(args.mlflow_model, args.mlflow_uri, Path(tmp)))
+            else:
+                model_dir = args.checkpoint or args.pretrained
+                if model_dir is None:
+                    newest = newest_training_export()
+                    model_dir = str(newest) if newest else None
+            request = InferenceRequest(
+                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, prompt=args.prompt,
+                seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height, width=args.width,
+                steps=args.steps, guidance=args.guidance, seed=args.seed, use_memory=not args.no_memory,
+                device=args.device, crf=args.crf, out=args.out or f"outputs/infer/{default_name(args)}.mp4", progress=not args.quiet)
+            result = run_inference(request).as_dict()
+        except (CheckpointError, InferenceError) as err:
+            raise SystemExit(f"error: {err}")
+    if args.mlflow_uri:
+        result["mlflow_run_id"] = log_to_mlflow(args.mlflow_uri, args.experiment, args, result)
+    per_section = sum(result["section_seconds"]) / len(result["section_seconds"])
+    print(json.dumps({k: v for k, v in result.items() if k != "section_seconds"}, indent=2))
+    print(f"video: {result['path']}  ({result['frames']} frames, {result['width']}x{result['height']} "
+          f"at {result['fps']:g} fps, {result['sections']} sections, {per_section:.2f} s/section)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The cluster/ files: every YAML parses and has what its tool needs, every job's command line is one the
+pipelines accept, and every DeepSpeed JSON is accepted by DeepSpeed (the CPU one by a real training step)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+YAML_FILES = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
+DS_FILES = sorted((CLUSTER / "deepspeed").glob("*.json"))
+GPU_DS_FILES = [p for p in DS_FILES if p.name != "cpu_fp32.json"]
+SCRIPTS = {"pipelines/train.py", "pipelines/prep.py"}
+
+
+def _docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _all_docs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p in YAML_FILES for d in _docs(p)]
+
+
+def _of_kind(kind: str) -> list[tuple[Path, dict]]:
+    return [(p, d) for p, d in _all_docs() if d.get("kind") == kind]
+
+
+def _launcher_configs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p, d in _all_docs() if "provider" in d and "available_node_types" in d]
+
+
+def _gpus(resources: dict) -> int:
+    return int(str(resources.get("nvidia.com/gpu", 0)))
+
+
+def _check_ray_cluster_spec(spec: dict, where: str) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+", str(spec.get("rayVersion", ""))), f"{where}: rayVersion"
+    head = spec["headGroupSpec"]
+    for c in head["template"]["spec"]["containers"]:
+        limits = c.get("resources", {}).get("limits", {})
+        assert _gpus(limits) == 0, f"{where}: the head must not ask for GPUs"
+        if c["image"].startswith("rayproject/ray:"):
+            assert c["image"].split(":")[1].startswith(spec["rayVersion"]), f"{where}: image tag != rayVersion"
+    groups = spec["workerGroupSpecs"]
+    assert groups, f"{where}: no worker groups"
+    gpu_groups = []
+    for g in groups:
+        assert g["minReplicas"] <= g["maxReplicas"], f"{where}: {g['groupName']} minReplicas > maxReplicas"
+        for c in g["template"]["spec"]["containers"]:
+            if _gpus(c.get("resources", {}).get("limits", {})):
+                gpu_groups.append(_gpus(c["resources"]["limits"]))
+            if c["image"].startswith("rayproject/ray:"):
+                assert c["image"].split(":")[1].startswith(spec["rayVersion"]), f"{where}: image tag != rayVersion"
+    assert 8 in gpu_groups, f"{where}: no worker group with nvidia.com/gpu: 8"
+
+
+def _load_train_parse_args():
+    spec = importlib.util.spec_from_file_location("_mempack_train_cli", ROOT / "pipelines" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args
+
+
+def _prep_flags() -> set[str]:
+    text = (ROOT / "pipelines" / "prep.py").read_text()
+    return set(re.findall(r"add_argument\(\s*\"(--[a-z0-9-]+)\"", text))
+
+
+def _check_command(argv: list[str], where: str) -> None:
+    """argv = ["python", "pipelines/X.py", ...flags]: the script exists and accepts every flag."""
+    assert argv[0] == "python" and argv[1] in SCRIPTS, f"{where}: {argv[:2]}"
+    assert (ROOT / argv[1]).is_file(), f"{where}: {argv[1]} does not exist"
+    args = argv[2:]
+    if argv[1] == "pipelines/train.py":
+        try:
+            _, config = _load_train_parse_args()(args)
+        except SystemExit as err:  # argparse: unknown flag, bad choice, bad --set key
+            pytest.fail(f"{where}: pipelines/train.py rejects {shlex.join(args)} ({err})")
+        if config.deepspeed:
+            assert (ROOT / config.deepspeed).is_file(), f"{where}: {config.deepspeed} does not exist"
+    else:
+        known = _prep_flags()
+        used = {a.split("=")[0] for a in args if a.startswith("--")}
+        assert used <= known, f"{where}: pipelines/prep.py has no {sorted(used - known)}"
+        sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+        if sets:
+            from data_prep.pipeline import PrepConfig
+            from mempack.config import load_config
+
+            load_config(PrepConfig(), None, sets)  # raises on an unknown key
+
+
+# ---------------------------------------------------------------- YAML
+
+
+def test_cluster_files_exist():
+    assert len(_launcher_configs()) == 1
+    assert len(_of_kind("RayCluster")) == 1
+    assert len(_of_kind("RayJob")) == 3
+    assert {p.name for p in DS_FILES} >= {"zero2_bf16.json", "zero3_bf16.json", "zero3_bf16_offload.json",
+                                          "cpu_fp32.json"}
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(CLUSTER)))
+def test_yaml_parses(path):
+    docs = _docs(path)
+    assert docs and all(isinstance(d, dict) for d in docs)
+
+
+def test_ray_cluster_launcher():
+    path, cfg = _launcher_configs()[0]
+    assert cfg["cluster_name"]
+    assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    assert "--num-gpus=0" in " ".join(cfg["head_start_ray_commands"])
+    workers = [t for name, t in types.items() if name != cfg["head_node_type"]]
+    assert any(t["resources"].get("GPU") == 8 for t in workers)
+    for t in workers:
+        assert 0 <= t["min_workers"] <= t["max_workers"] <= cfg["max_workers"]
+    assert cfg["idle_timeout_minutes"] > 0
+    assert cfg["worker_start_ray_commands"]
+    assert any("pip install" in c and "-e" in c for c in cfg["setup_commands"])
+    assert "FILL IN:" in path.read_text()
+    # Ray's own schema and defaults (what `ray up` runs before touching AWS)
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(cfg))
+
+
+def test_raycluster():
+    [(path, doc)] = _of_kind("RayCluster")
+    assert doc["apiVersion"] == "ray.io/v1"
+    _check_ray_cluster_spec(doc["spec"], path.name)
+    assert doc["spec"]["rayVersion"] == "2.60.0"
+
+
+@pytest.mark.parametrize("path", sorted((CLUSTER / "kuberay").glob("rayjob-*.yaml")), ids=lambda p: p.name)
+def test_rayjob(path):
+    [doc] = [d for d in _docs(path) if d.get("kind") == "RayJob"]
+    assert doc["apiVersion"] == "ray.io/v1"
+    spec = doc["spec"]
+    assert spec["entrypoint"].startswith("python pipelines/")
+    _check_command(shlex.split(spec["entrypoint"]), path.name)
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert env["working_dir"]
+    from ray.runtime_env import RuntimeEnv
+
+    RuntimeEnv(**env)  # Ray's own checks: known fields, a remote working_dir that is a .zip, pip's layout
+    # the pip list covers the project's dependencies (Ray itself comes with the image)
+    if "pip" in env:
+        pip = env["pip"]["packages"] if isinstance(env["pip"], dict) else env["pip"]
+        have = {re.split(r"[<>=!~\[ ]", p)[0].lower() for p in pip}
+        deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        need = {re.split(r"[<>=!~\[ ]", d)[0].lower() for d in deps} - {"ray"}
+        assert need <= have, f"{path.name}: runtimeEnvYAML pip misses {sorted(need - have)}"
+    # KubeRay's rules: a TTL needs shutdownAfterJobFinishes; exactly one way to get a cluster
+    if spec.get("ttlSecondsAfterFinished", 0) > 0:
+        assert spec["shutdownAfterJobFinishes"] is True
+    assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec)
+    if "rayClusterSpec" in spec:
+        _check_ray_cluster_spec(spec["rayClusterSpec"], path.name)
+    else:
+        assert spec["clusterSelector"].get("ray.io/cluster")
+    assert "FILL IN" in path.read_text()
+
+
+def test_readme_commands_are_accepted():
+    text = (CLUSTER / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.split(" -- ", 1)[1] for line in text.splitlines() if "ray job submit" in line and " -- " in line]
+    assert len(commands) >= 3
+    for cmd in commands:
+        _check_command(shlex.split(cmd.replace("$MLFLOW", "http://mlflow:5000")), "cluster/README.md")
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def test_mlflow_start_script():
+    script = CLUSTER / "mlflow" / "start_server.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needle in ("--backend-store-uri", "--artifacts-destination", "--host", "--port",
+                   "MLFLOW_HOST:-127.0.0.1", "sqlite:///"):
+        assert needle in text
+
+
+# ---------------------------------------------------------------- DeepSpeed
+
+
+@pytest.mark.parametrize("path", DS_FILES, ids=lambda p: p.name)
+def test_deepspeed_json(path):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = json.loads(path.read_text())
+    assert "auto" not in json.dumps(cfg)
+    assert cfg["train_micro_batch_size_per_gpu"] == 1
+    assert cfg["gradient_accumulation_steps"] == 1
+    assert isinstance(cfg["gradient_clipping"], float) and cfg["gradient_clipping"] == 1.0
+    assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["lr"] == 1e-5
+    zero = cfg["zero_optimization"]
+    if zero["stage"] == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+        assert all(isinstance(zero[k], int) for k in zero if k.startswith("stage3_") and "gather" not in k)
+    if "offload" in path.name:
+        assert zero["stage"] == 3
+        for key in ("offload_optimizer", "offload_param"):
+            assert zero[key] == {"device": "cpu", "pin_memory": True}
+    if path.name == "cpu_fp32.json":
+        assert zero["stage"] == 2 and "bf16" not in cfg and "fp16" not in cfg
+        assert cfg["optimizer"]["params"]["torch_adam"] is True
+    else:
+        assert cfg["bf16"]["enabled"] is True
+    parsed = DeepSpeedConfig(cfg)  # pydantic: unknown or mistyped keys raise
+    assert parsed.zero_optimization_stage == zero["stage"]
+    assert parsed.train_batch_size == 1
+
+
+@pytest.mark.parametrize("path", GPU_DS_FILES, ids=lambda p: p.name)
+def test_deepspeed_json_through_resolve(path):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from mempack.train.config import TrainConfig
+    from mempack.train.deepspeed_config import resolve
+
+    ds = resolve(TrainConfig(deepspeed=str(path), use_gpu=True))
+    assert ds["bf16"]["enabled"] is True
+    assert ds["zero_optimization"] == json.loads(path.read_text())["zero_optimization"]
+    DeepSpeedConfig(ds)
+    cpu = resolve(TrainConfig(deepspeed=str(path), use_gpu=False))  # the same JSON on a CPU run: fp32
+    assert cpu["bf16"] == {"enabled": False}
+
+
+STEP_SCRIPT = r"""
+import importlib, json, os, sys
+import torch, deepspeed
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # gloo alone; no C++ build
+deepspeed.init_distributed(dist_backend="gloo")
+cfg = json.load(open(sys.argv[1]))
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 2)
+before = [p.detach().clone() for p in model.parameters()]
+engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
+x, y = torch.randn(8, 4), torch.randn(8, 2)
+loss = torch.nn.functional.mse_loss(engine(x), y)
+engine.backward(loss)
+engine.step()
+after = [p.detach() for p in engine.module.parameters()]
+print("RESULT " + json.dumps({
+    "changed": any(not torch.equal(a, b) for a, b in zip(before, after)),
+    "finite": bool(torch.isfinite(loss)), "stage": engine.zero_optimization_stage(),
+    "optimizer": type(engine.basic_optimizer).__module__ + "." + type(engine.basic_optimizer).__name__,
+    "steps": engine.global_steps}))
+"""
+
+
+def test_cpu_fp32_config_trains_one_step(tmp_path):
+    """deepspeed.initialize + one step in a fresh process (gloo, world size 1): the weights move."""
+    script = tmp_path / "ds_step.py"
+    script.write_text(STEP_SCRIPT)
+    ext = tmp_path / "torch_extensions"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "TORCH_EXTENSIONS_DIR": str(ext),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(script), str(CLUSTER / "deepspeed" / "cpu_fp32.json")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result == {"changed": True, "finite": True, "stage": 2, "optimizer": "torch.optim.adamw.AdamW",
+                      "steps": 1}
+    assert not ext.exists() or not any(ext.iterdir()), "a DeepSpeed op was compiled"

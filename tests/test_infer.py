@@ -1,0 +1,139 @@
+"""`pipelines/infer.py`: the mp4 matches the request, runs are reproducible, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mempack.inference import InferenceRequest, run_inference
+from mempack.model import MemoryPackTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    """A run folder laid out as training leaves it: model/ (tiny weights) + encoders.json."""
+    run = tmp_path_factory.mktemp("stage2")
+    MemoryPackTransformer.from_preset("tiny", seed=1).save_pretrained(run / "model")
+    (run / "encoders.json").write_text(json.dumps({"preset": "tiny", "path": None, "seed": 0}))
+    return run
+
+
+def read_back(path: Path) -> tuple[np.ndarray, float]:
+    reader = decord.VideoReader(str(path))
+    return reader.get_batch(list(range(len(reader)))).asnumpy(), reader.get_avg_fps()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "pipelines/infer.py", "--quiet", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(("error:", "infer.py: error:")) and needle in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_writes_the_requested_frames_size_and_fps(export, tmp_path):
+    out = tmp_path / "video.mp4"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("--checkpoint", str(export), "--seconds", "3", "--fps", "10", "--height", "48", "--width", "32",
+                     "--steps", "2", "--out", str(out), "--mlflow-uri", uri)
+    assert result.returncode == 0, result.stderr
+    frames, fps = read_back(out)
+    assert frames.shape == (30, 48, 32, 3) and fps == 10.0
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("mempack-infer").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["frames"] == 30 and runs[0].data.params["seconds"] == "3.0"
+    assert [a.path for a in MlflowClient(uri).list_artifacts(runs[0].info.run_id, "video")] == ["video/video.mp4"]
+
+
+def test_sections_decide_the_length(export, tmp_path):
+    result = run_inference(InferenceRequest(model_dir=str(export), sections=2, steps=1, out=str(tmp_path / "a.mp4"),
+                                            progress=False))
+    frames, fps = read_back(Path(result.path))
+    # the start frame + 2 sections of 9 latent frames, 4 pixel frames each; 64x64 at 8 fps for tiny
+    assert frames.shape == (1 + 2 * 9 * 4, 64, 64, 3) and fps == 8.0 and result.sections == 2
+
+
+def test_same_seed_same_video_frame_for_frame(export, tmp_path):
+    """Two runs of the same command write the same frames; another seed another video.
+
+    Lossless x264 (--crf 0), because lossy x264 is not bit-stable in this build: its first encode in a
+    process after torch has run can differ in low bits (it reads memory it did not initialise).
+    """
+    def make(name: str, seed: int) -> Path:
+        out = tmp_path / name
+        result = run_cli("--checkpoint", str(export), "--sections", "2", "--steps", "2", "--seed", str(seed),
+                         "--crf", "0", "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        return out
+
+    a, b, c = make("a.mp4", 3), make("b.mp4", 3), make("c.mp4", 4)
+    assert np.array_equal(read_back(a)[0], read_back(b)[0])
+    assert not np.array_equal(read_back(a)[0], read_back(c)[0])
+
+
+def test_no_memory_runs_and_differs(export, tmp_path):
+    base = dict(model_dir=str(export), sections=2, steps=2, progress=False)
+    with_memory = run_inference(InferenceRequest(**base, out=str(tmp_path / "m.mp4")))
+    without = run_inference(InferenceRequest(**base, use_memory=False, out=str(tmp_path / "n.mp4")))
+    a, b = read_back(Path(with_memory.path))[0], read_back(Path(without.path))[0]
+    assert a.shape == b.shape and not np.array_equal(a[1:], b[1:])
+
+
+def test_image_and_prompt_condition_the_video(export, tmp_path):
+    from PIL import Image
+
+    image = np.zeros((80, 120, 3), np.uint8)
+    image[20:60, 30:90] = (250, 40, 40)
+    Image.fromarray(image).save(tmp_path / "red.png")
+    base = dict(model_dir=str(export), sections=1, steps=2, progress=False)
+    red = run_inference(InferenceRequest(**base, image=str(tmp_path / "red.png"), prompt="a red box",
+                                         out=str(tmp_path / "red.mp4")))
+    sample = run_inference(InferenceRequest(**base, out=str(tmp_path / "sample.mp4")))
+    assert not np.array_equal(read_back(Path(red.path))[0], read_back(Path(sample.path))[0])
+
+
+def test_missing_checkpoint_is_one_clear_line(tmp_path):
+    out = tmp_path / "x.mp4"
+    assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "none"), "--out", str(out)), "checkpoint not found")
+    assert not out.exists()
+
+
+def test_corrupt_checkpoint_is_one_clear_line(export, tmp_path):
+    broken = tmp_path / "broken"
+    MemoryPackTransformer.from_preset("tiny").save_pretrained(broken)
+    weights = next((broken / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])  # a truncated download
+    out = tmp_path / "x.mp4"
+    assert_one_line_error(run_cli("--checkpoint", str(broken), "--out", str(out)), "cannot load checkpoint")
+    assert not out.exists() and not list(tmp_path.glob("*.mp4"))
+
+
+def test_bad_requests_are_one_clear_line(export, tmp_path):
+    text = tmp_path / "photo.png"
+    text.write_text("not an image")
+    out = tmp_path / "x.mp4"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = [
+        (("--image", str(text)), "not an image"),
+        (("--seconds", "0"), "--seconds must be > 0"),
+        (("--sections", "0"), "--sections must be >= 1"),
+        (("--height", "50"), "multiple of 16"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(out), *args), needle)
+    assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(blocker / "x.mp4")),
+                          "cannot create output folder")
+    assert not out.exists() and not list(tmp_path.rglob("*.mp4"))

@@ -1,0 +1,151 @@
+"""Training on Ray Train + DeepSpeed (2 CPU workers, gloo): both stages, MLflow, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from mempack.train.config import TrainConfig
+from mempack.train.trainer import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAD = {"norm_out.linear.weight", "norm_out.linear.bias", "proj_out.weight", "proj_out.bias"}
+
+
+def weights(export: str | Path, part: str) -> dict[str, torch.Tensor]:
+    return load_file(next((Path(export) / part).glob("*.safetensors")))
+
+
+def metric(uri: str, run_id: str, key: str) -> list[float]:
+    history = MlflowClient(uri).get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def stage1(sample_prep, tmp_path_factory, mlflow_uri):
+    out = tmp_path_factory.mktemp("stage1")
+    config = TrainConfig(stage=1, data=str(sample_prep[0]), output=str(out), max_steps=80, lr=3e-3,
+                         checkpoint_every=40, mlflow_uri=mlflow_uri)
+    return run_training(config)
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
+    out = tmp_path_factory.mktemp("stage2")
+    config = TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
+                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri)
+    return run_training(config)
+
+
+@pytest.mark.slow
+def test_stage1_loss_falls_in_the_mlflow_run(stage1):
+    losses = metric(stage1["tracking_uri"], stage1["mlflow_run_id"], "loss")
+    assert len(losses) == 80
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.7 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_stage1_run_holds_params_metrics_and_model(stage1):
+    client = MlflowClient(stage1["tracking_uri"])
+    run = client.get_run(stage1["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["stage"] == "1" and float(run.data.params["lr"]) == 3e-3
+    assert {"loss", "lr", "grad_norm", "clips_per_s", "latent_tokens_per_s"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "config", "data"} <= artifacts
+    model = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/mempack.json", "model/transformer", "model/semantic_pack", "model/encoders.json"} <= model
+    ds = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+    assert "config/deepspeed.json" in ds
+
+
+@pytest.mark.slow
+def test_stage2_changes_only_the_head(stage1, stage2):
+    before, after = weights(stage1["export"], "transformer"), weights(stage2["export"], "transformer")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == HEAD
+    sp_before, sp_after = weights(stage1["export"], "semantic_pack"), weights(stage2["export"], "semantic_pack")
+    assert all(torch.equal(sp_before[k], sp_after[k]) for k in sp_before)
+
+
+@pytest.mark.slow
+def test_stage2_steps_once_per_video_in_curriculum_order(stage2):
+    uri, run_id = stage2["tracking_uri"], stage2["mlflow_run_id"]
+    # the sample's buckets hold 1, 2 and 1 videos of 1, 2 and 3 clips; with 2 workers each bucket is one
+    # video per worker, so 6 steps are two passes over the curriculum, short videos first
+    assert metric(uri, run_id, "clips_per_video") == [1, 2, 3, 1, 2, 3]
+    assert metric(uri, run_id, "optimizer_steps") == [1, 2, 3, 4, 5, 6]  # DeepSpeed stepped once per video
+
+
+@pytest.mark.slow
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sample_prep, tmp_path, mlflow_uri):
+    def config(out, steps):
+        return TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
+                           max_steps=steps, lr=1e-3, checkpoint_every=2, num_workers=1, cpus_per_worker=1,
+                           mlflow_uri=mlflow_uri, run_name="resume")
+
+    whole = run_training(config(tmp_path / "whole", 4))
+    run_training(config(tmp_path / "parts", 2))
+    resumed = run_training(config(tmp_path / "parts", 4), resume=True)
+    assert resumed["mlflow_run_id"] == json.loads((tmp_path / "parts" / "mlflow_run.json").read_text())["run_id"]
+    a, b = weights(whole["export"], "transformer"), weights(resumed["export"], "transformer")
+    for k in HEAD:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert metric(mlflow_uri, resumed["mlflow_run_id"], "resumed_from_step") == [2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "pipelines/train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    assert_one_line_error(run_cli("--stage", "1", "--data", str(tmp_path / "nope")), "training data not found")
+
+
+def test_empty_dataset_is_one_clear_line(tmp_path):
+    (tmp_path / "videos").mkdir()
+    assert_one_line_error(run_cli("--stage", "1", "--data", str(tmp_path)), "no training videos")
+
+
+def test_schema_mismatch_is_one_clear_line(sample_prep, tmp_path):
+    copy = tmp_path / "prep"
+    shutil.copytree(sample_prep[0], copy)
+    for f in (copy / "clips").rglob("*.parquet"):
+        table = pq.read_table(f)
+        i = table.schema.get_field_index("schema_version")
+        pq.write_table(table.set_column(i, "schema_version", pa.array([7] * table.num_rows, pa.int32())), f)
+    assert_one_line_error(run_cli("--stage", "1", "--data", str(copy)), "schema_version")
+
+
+def test_stage2_without_stage1_weights_is_one_clear_line(sample_prep, tmp_path):
+    result = run_cli("--stage", "2", "--data", str(sample_prep[0]), "--init", str(tmp_path / "none"))
+    assert_one_line_error(result, "stage 2 needs stage-1 weights")
+
+
+def test_bad_argument_is_one_clear_line():
+    result = run_cli("--stage", "1", "--max-steps", "0")
+    assert result.returncode == 2 and "--max-steps must be >= 1" in result.stderr and "Traceback" not in result.stderr
