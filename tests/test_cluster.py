@@ -1,0 +1,258 @@
+"""A real 2-node Ray cluster on 127.0.0.1: `ray job submit` of prep and training, work on both nodes,
+a training worker killed mid-run, and a shared MLflow tracking server read back through its REST API.
+
+The head and the second node are separate `ray start` processes with their own resources, as on a
+real cluster; the test process never joins the cluster (it talks to the dashboard over HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXCLUDES = json.dumps({"excludes": [".venv", "outputs", "mlruns", "mlartifacts", ".git", "bench/results"]})
+pytestmark = pytest.mark.slow
+
+
+def cluster_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT),
+               # a throwaway cluster on 127.0.0.1: no token, so head, node and CLI agree whatever ~/.ray holds
+               RAY_AUTH_MODE="disabled")
+    return env
+
+
+def ray_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=cluster_env(), capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def http_json(url: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(dashboard URL, MLflow URL, work folder): head + second node + MLflow server, all on 127.0.0.1."""
+    work = tmp_path_factory.mktemp("cluster")
+    gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    server, nodes = None, []
+    try:
+        # `--block` keeps each node in the foreground of its own process group, so teardown stops exactly
+        # these two nodes (`ray stop` would also stop any other Ray on this machine)
+        nodes.append(start_node("--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                                str(dashboard), "--include-dashboard", "true", "--resources",
+                                json.dumps({"head_node": 1}), "--disable-usage-stats"))
+        dashboard_url = f"http://127.0.0.1:{dashboard}"
+        wait_for(lambda: alive_nodes(dashboard_url) == 1, 120, "the head node")
+        nodes.append(start_node("--address", f"127.0.0.1:{gcs}", "--resources", json.dumps({"second_node": 1})))
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+             "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--workers", "1"],
+            env=cluster_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+        wait_for(lambda: _up(f"{mlflow_url}/health"), 120, "the MLflow server")
+        wait_for(lambda: alive_nodes(dashboard_url) == 2, 120, "two alive nodes")
+        yield dashboard_url, mlflow_url, work
+    finally:
+        for process in ([server] if server else []) + nodes[::-1]:
+            stop_group(process)
+
+
+def start_node(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                             *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def alive_nodes(dashboard: str) -> int:
+    try:
+        summary = http_json(f"{dashboard}/nodes?view=summary")["data"]["summary"]
+    except OSError:
+        return 0
+    return len([n for n in summary if n["raylet"]["state"] == "ALIVE"])
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def submit(dashboard: str, name: str, *command: str) -> str:
+    """`ray job submit --no-wait` with the repo as working dir; returns the submission id."""
+    job_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
+                     "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
+    assert result.returncode == 0, result.stderr
+    return job_id
+
+
+def wait_job(dashboard: str, job_id: str, timeout: float = 900) -> str:
+    """Poll `ray job status` until the job ends; returns SUCCEEDED, FAILED or STOPPED."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+
+    def finished():
+        status = client.get_job_status(job_id)
+        return str(status.value) if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) else None
+
+    state = wait_for(finished, timeout, f"job {job_id}", every=3)
+    cli = ray_cli("job", "status", job_id, "--address", dashboard).stdout + ray_cli(
+        "job", "status", job_id, "--address", dashboard).stderr
+    assert state.lower() in cli.lower()  # the CLI says the same
+    return state
+
+
+def job_nodes(dashboard: str, job_id: str, name_part: str, kind: str = "tasks") -> set[str]:
+    """Node ids of the job's tasks (or actors) whose name contains `name_part` (Ray state API over HTTP)."""
+    from ray.util.state import list_actors, list_tasks
+
+    hex_id = http_json(f"{dashboard}/api/jobs/{job_id}")["job_id"]
+    if kind == "tasks":
+        items = list_tasks(address=dashboard, filters=[("job_id", "=", hex_id)], limit=10_000, detail=True,
+                           raise_on_missing_output=False)
+        return {t.node_id for t in items if name_part in t.name and t.node_id}
+    items = list_actors(address=dashboard, filters=[("job_id", "=", hex_id)], limit=10_000, detail=True,
+                        raise_on_missing_output=False)
+    return {a.node_id for a in items if name_part in a.class_name and a.node_id}
+
+
+def mlflow_runs(mlflow_url: str, experiment: str) -> list[dict]:
+    found = http_json(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}")
+    runs = http_json(f"{mlflow_url}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 100})
+    return runs.get("runs", [])
+
+
+def metrics_of(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+
+@pytest.fixture(scope="module")
+def prep_job(cluster):
+    dashboard, mlflow_url, work = cluster
+    job_id = submit(dashboard, "prep", "python", "pipelines/prep.py", "--output", str(work / "prep"),
+                    "--mlflow-uri", mlflow_url)
+    return job_id, wait_job(dashboard, job_id)
+
+
+def test_prep_job_succeeds_on_both_nodes_and_logs_to_the_server(cluster, prep_job):
+    dashboard, mlflow_url, work = cluster
+    job_id, state = prep_job
+    logs = ray_cli("job", "logs", job_id, "--address", dashboard).stdout
+    assert state == "SUCCEEDED", logs[-3000:]
+    summary = json.loads((work / "prep" / "summary.json").read_text())
+    assert summary["inputs_accepted"] + summary["inputs_rejected"] == summary["inputs"]
+    assert '"clips": ' in logs  # the summary the job printed, read back from the job's logs
+    assert len(job_nodes(dashboard, job_id, "FlatMap")) == 2  # Ray Data spread the CPU stages over both nodes
+    runs = mlflow_runs(mlflow_url, "mempack-prep")
+    assert runs and metrics_of(runs[0])["clips"] == summary["clips"]
+
+
+def test_train_job_uses_both_nodes_and_restores_after_a_killed_worker(cluster, prep_job):
+    dashboard, mlflow_url, work = cluster
+    assert prep_job[1] == "SUCCEEDED"
+    job_id = submit(dashboard, "stage1", "python", "pipelines/train.py", "--stage", "1", "--data", str(work / "prep"),
+                    "--output", str(work / "stage1"), "--max-steps", "40", "--checkpoint-every", "5",
+                    "--placement-strategy", "SPREAD", "--mlflow-uri", mlflow_url, "--run-name", "cluster-stage1")
+
+    def worker_pids() -> list[int] | None:
+        from ray.util.state import list_actors
+
+        hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
+        if not hex_id:
+            return None
+        actors = list_actors(address=dashboard, filters=[("job_id", "=", hex_id), ("state", "=", "ALIVE")],
+                             raise_on_missing_output=False)
+        pids = [a.pid for a in actors if a.class_name == "RayTrainWorker" and a.pid]
+        return pids if len(pids) == 2 else None
+
+    def checkpointed() -> bool:
+        runs = [r for r in mlflow_runs(mlflow_url, "mempack-train") if r["info"].get("run_name") == "cluster-stage1"]
+        return bool(runs) and metrics_of(runs[0]).get("optimizer_steps", 0) >= 12
+
+    pids = wait_for(worker_pids, 300, "two training workers")
+    wait_for(checkpointed, 300, "a checkpoint after step 10", every=2)
+    os.kill(pids[1], signal.SIGKILL)  # a worker dies mid-run: Ray Train restarts the group from the checkpoint
+    state = wait_job(dashboard, job_id)
+    logs = ray_cli("job", "logs", job_id, "--address", dashboard).stdout
+    assert state == "SUCCEEDED", logs[-3000:]
+    assert len(job_nodes(dashboard, job_id, "RayTrainWorker", kind="actors")) == 2
+    run = [r for r in mlflow_runs(mlflow_url, "mempack-train") if r["info"].get("run_name") == "cluster-stage1"][0]
+    metrics = metrics_of(run)
+    assert run["info"]["status"] == "FINISHED"
+    assert metrics["restarts"] >= 1 and metrics["resumed_from_step"] >= 5  # the restart, visible in MLflow
+    assert metrics["optimizer_steps"] == 40  # DeepSpeed's step count came back with the checkpoint
+    assert (work / "stage1" / "model" / "mempack.json").is_file()
+
+
+def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
+    """Kill the worker process running a CPU-stage task mid-prep: Ray retries it; the output is unchanged."""
+    from ray.util.state import list_tasks
+
+    from data_prep.schema import read_clips, read_rejects
+
+    dashboard, mlflow_url, work = cluster
+    assert prep_job[1] == "SUCCEEDED"
+    job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--output", str(work / "prep_killed"))
+
+    def running_task_pid() -> int | None:
+        hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
+        if not hex_id:
+            return None
+        tasks = list_tasks(address=dashboard, filters=[("job_id", "=", hex_id), ("state", "=", "RUNNING")],
+                           detail=True, raise_on_missing_output=False)
+        pids = [t.worker_pid for t in tasks if "FlatMap" in t.name and t.worker_pid]
+        return pids[0] if pids else None
+
+    os.kill(wait_for(running_task_pid, 300, "a running prep task", every=0.2), signal.SIGKILL)
+    assert wait_job(dashboard, job_id) == "SUCCEEDED"
+
+    def rows(root: Path) -> list[tuple]:
+        clips = read_clips(root).to_pylist()
+        return sorted((r["video_id"], r["clip_index"], r["latents"]) for r in clips)
+
+    assert rows(work / "prep_killed") == rows(work / "prep")
+    assert read_rejects(work / "prep_killed").num_rows == read_rejects(work / "prep").num_rows
