@@ -107,9 +107,12 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if inputs:
         ds = ray.data.from_items([i.to_row() for i in inputs], override_num_blocks=max(1, len(inputs)))
-        ds = ds.flat_map(_process_rows, fn_kwargs={"spec": config.clip})
+        # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
+        # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
+        cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
+        ds = ds.flat_map(_process_rows, fn_kwargs={"spec": config.clip}, num_cpus=cpu_share)
         ds = ds.map_batches(
-            _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size,
+            _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,
         )
         use_gpu = bool(ray.cluster_resources().get("GPU"))
         ds = ds.map_batches(
@@ -117,7 +120,7 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig) -> dict:
                                                        seed=config.encoder_seed),
             batch_format="pyarrow", batch_size=config.encode_batch_size,
             compute=ray.data.ActorPoolStrategy(size=config.encode_actors),
-            num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1,
+            num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cpu_share,
         )
         ds.write_parquet(str(staging), partition_cols=["table", "num_clips"])
         _organise(staging, out)
