@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest -q -x --timeout=900
 
 bench: setup
-	$(PY) bench/memory_scaling.py
+	for b in memory_scaling infer_scaling forcing_cost prep_throughput; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf outputs

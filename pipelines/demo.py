@@ -6,13 +6,15 @@ tracked in one local MLflow store. `make demo` runs this after setting up `.venv
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mempack.cli import ArgumentParser  # noqa: E402
 
 
 def steps(out: Path, mlflow_uri: str, sections: int) -> list[tuple[str, list[str]]]:
@@ -32,11 +34,13 @@ def steps(out: Path, mlflow_uri: str, sections: int) -> list[tuple[str, list[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="outputs", help="root of every output (default: ./outputs)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite store under --output)")
     parser.add_argument("--sections", type=int, default=10, help="sections of the generated video")
     args = parser.parse_args()
+    if args.sections < 1:
+        parser.error(f"--sections must be >= 1, got {args.sections}")
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     mlflow_uri = args.mlflow_uri or f"sqlite:///{out / 'mlflow.db'}"

@@ -21,11 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mempack.cli import ArgumentParser  # noqa: E402
 from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files or folders of *.mp4")
     p.add_argument("--json", help="write {'videos': {path: metrics}, 'mean': metrics} here")
     p.add_argument("--dino", help="local folder of a DINO model (subject consistency)")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mempack.checkpoints import CheckpointError, download_mlflow_model, newest_training_export  # noqa: E402
-from mempack.inference import InferenceError, InferenceRequest, run_inference  # noqa: E402
+from mempack.cli import ArgumentParser  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="training run folder or export (default: newest under outputs/train)")
     source.add_argument("--mlflow-model", help="MLflow artifact URI of a trained model, e.g. runs:/<id>/model")
@@ -92,6 +91,10 @@ def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: d
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # torch/diffusers load only after the arguments are checked: a typo is answered at once
+    from mempack.checkpoints import CheckpointError, download_mlflow_model, newest_training_export
+    from mempack.inference import InferenceError, InferenceRequest, run_inference
+
     with tempfile.TemporaryDirectory(prefix="mempack-infer-") as tmp:
         try:
             if args.mlflow_model:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mempack.cli import ArgumentParser  # noqa: E402
 from data_prep.pipeline import PrepConfig, run_prep  # noqa: E402
 from data_prep.sample import make_sample  # noqa: E402
 from data_prep.sources import load_inputs  # noqa: E402
@@ -26,7 +27,7 @@ from mempack.config import load_config, to_dict  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Config keys can be overridden with "
+    p = ArgumentParser(description=__doc__.splitlines()[0], epilog="Config keys can be overridden with "
                                 "--set key=value (e.g. --set clip.target_fps=12).")
     p.add_argument("--input", help="folder of videos, MiraData CSV or Sekai CSV (default: the built-in sample)")
     p.add_argument("--video-root", help="folder the CSV's file names are relative to (default: the CSV's folder)")
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.ray_address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=args.ray_address, log_to_driver=False)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        # "local": always a fresh Ray of our own, never a stale or foreign cluster recorded in /tmp/ray
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     summary = run_prep(inputs, config)
     out = Path(config.output).resolve()
     if args.mlflow_uri:

@@ -19,13 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mempack.cli import ArgumentParser  # noqa: E402
 from mempack.config import load_config  # noqa: E402
 from mempack.forcing import FORCING_MODES  # noqa: E402
 from mempack.train.config import TrainConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", type=int, choices=[1, 2], required=True)
     p.add_argument("--data", help="prep output root (default: outputs/prep)")
     p.add_argument("--output", help="run folder (default: outputs/train/stage{N})")
@@ -99,7 +100,7 @@ def main(argv=None) -> None:
     if args.ray_address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=args.ray_address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False)
+        ray.init(address="local", include_dashboard=False)  # never a stale cluster from /tmp/ray
     try:
         result = run_training(config, resume=args.resume)
     except TrainSetupError as err:

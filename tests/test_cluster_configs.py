@@ -178,12 +178,14 @@ def test_rayjob(path):
     assert "FILL IN" in path.read_text()
 
 
-def test_readme_commands_are_accepted():
-    text = (CLUSTER / "README.md").read_text().replace("\\\n", " ")
-    commands = [line.split(" -- ", 1)[1] for line in text.splitlines() if "ray job submit" in line and " -- " in line]
+@pytest.mark.parametrize("readme", [CLUSTER / "README.md", CLUSTER.parent / "README.md"], ids=["cluster", "top"])
+def test_readme_commands_are_accepted(readme):
+    blocks = readme.read_text().split("```")[1::2]  # the fenced code blocks
+    lines = [line.split("#", 1)[0] for b in blocks for line in b.replace("\\\n", " ").splitlines()]
+    commands = [line.split(" -- ", 1)[1] for line in lines if "ray job submit" in line and " -- " in line]
     assert len(commands) >= 3
     for cmd in commands:
-        _check_command(shlex.split(cmd.replace("$MLFLOW", "http://mlflow:5000")), "cluster/README.md")
+        _check_command(shlex.split(cmd.replace("$MLFLOW", "http://mlflow:5000")), readme.name)
 
 
 # ---------------------------------------------------------------- MLflow

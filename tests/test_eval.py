@@ -37,12 +37,17 @@ def moving_square(t: int = 10, step: int = 2, side: int = 24) -> np.ndarray:
     return v
 
 
-def moving_texture(t: int = 10, step: int = 2) -> np.ndarray:
-    """A smooth random texture filling the frame, panning `step` px/frame: every pixel moves."""
+def moving_texture(t: int = 10, step: int = 2, moving_pairs: int | None = None) -> np.ndarray:
+    """A smooth random texture filling the frame, panning `step` px/frame: every pixel moves.
+
+    With `moving_pairs=k` it pans for the first k frame pairs only, then holds still.
+    """
     rng = np.random.default_rng(1)
     wide = cv2.GaussianBlur(rng.random((SIZE, SIZE + step * t)).astype(np.float32), (0, 0), 2)
     wide = (wide - wide.min()) / (wide.max() - wide.min()) * 255
-    return np.stack([np.repeat(wide[:, step * i:step * i + SIZE, None], 3, 2) for i in range(t)]).astype(np.uint8)
+    k = t if moving_pairs is None else moving_pairs
+    offsets = [step * min(i, k) for i in range(t)]
+    return np.stack([np.repeat(wide[:, o:o + SIZE, None], 3, 2) for o in offsets]).astype(np.uint8)
 
 
 def pixel_reference(frame: np.ndarray) -> np.ndarray:
@@ -101,7 +106,24 @@ def test_moving_square_is_dynamic_with_right_speed():
 def test_panning_texture_flow_magnitude_matches():
     stats = flow_stats(moving_texture())
     assert stats.flow_magnitude == pytest.approx(2.0 / DIAG, rel=0.5)
-    assert stats.dynamic_degree == 1.0
+    assert stats.dynamic_degree == 1.0 and stats.moving_pairs == 1.0
+
+
+@pytest.mark.parametrize("moving, dynamic", [(3, 0.0), (4, 1.0)])
+def test_dynamic_degree_is_vbenchs_verdict(moving, dynamic):
+    # 16 sampled frames: VBench calls the video dynamic when round(4 * 16 / 16) = 4 pairs move
+    stats = flow_stats(moving_texture(t=16, moving_pairs=moving))
+    assert stats.moving_pairs == pytest.approx(moving / 15)
+    assert stats.dynamic_degree == dynamic
+
+
+def test_flow_is_measured_at_about_8_fps():
+    from mempack.eval.motion import flow_stride
+
+    assert [flow_stride(f) for f in (None, 4.0, 8.0, 16.0, 30.0, 60.0)] == [1, 1, 1, 2, 4, 8]
+    video = moving_texture(t=17, step=1)
+    assert flow_stats(video, fps=32.0) == flow_stats(video[::4])
+    assert evaluate_video(video, fps=32.0)["moving_pairs"] == flow_stats(video[::4]).moving_pairs
 
 
 def test_motion_smoothness_fade_and_flicker():
@@ -109,6 +131,10 @@ def test_motion_smoothness_fade_and_flicker():
     assert motion_smoothness(fade) == pytest.approx(1.0)
     flicker = np.stack([np.full((8, 8, 3), 100 * (i % 2), np.uint8) for i in range(10)])
     assert motion_smoothness(flicker) == pytest.approx(1 - 100 / 255)
+    # only the odd frames are interpolated (from their even neighbours): a glitch on an even frame
+    # shows up through its two odd neighbours, each half as large
+    glitch = np.stack([np.full((8, 8, 3), 200 if i == 4 else 0, np.uint8) for i in range(11)])
+    assert motion_smoothness(glitch) == pytest.approx(1 - (100 + 100) / 255 / 5)
 
 
 def test_drift_hand_computation_and_rounding():

@@ -190,3 +190,48 @@ def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
     assert {r["caption"] for r in clips if r["source_path"].endswith("good.mp4")} == {""}
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["inputs"] == summary["inputs"]
+
+
+def test_manifests_and_sidecars_become_inputs(tmp_path):
+    """Sekai ids keep their underscores, Mira windows become seconds, sidecar captions are read."""
+    from data_prep.sources import from_folder
+
+    sekai = tmp_path / "sekai.csv"
+    with open(sekai, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["videoFile", "cameraFile", "caption", "location", "scene", "weather", "crowdDensity", "timeOfDay"])
+        w.writerow(["a_b-c_0000030_0000900.mp4", "a_b-c.txt", " a walk in Tokyo ", "Tokyo", "street", "", "", ""])
+        w.writerow(["plain.mp4", "", "", "", "", "", "", ""])
+    rows = load_inputs(sekai, video_root=tmp_path / "videos")
+    assert [(r.source, r.source_id, r.caption) for r in rows] == [
+        ("sekai", "a_b-c_0000030_0000900", "a walk in Tokyo"), ("sekai", "plain", "")]
+    assert rows[0].source_path == str(tmp_path / "videos" / "a_b-c_0000030_0000900.mp4")
+
+    mira = tmp_path / "mira.csv"
+    with open(mira, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["clip_id", "file_path", "timestamp", "short_caption", "dense_caption"])
+        w.writerow(["7.10", "x/y.mp4", "['0:01:02.5', '1:00:00.0']", "short", ""])
+    (row,) = load_inputs(mira)
+    assert (row.source_id, row.caption, row.start_seconds, row.end_seconds) == ("7.10", "short", 62.5, 3600.0)
+
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "sub/b.MOV", "c.mp4", "notes.md"):
+        (folder / name).write_bytes(b"x")
+    (folder / "a.txt").write_text(" from txt \n")
+    (folder / "sub" / "b.json").write_text('{"caption": "from json"}')
+    assert [(r.source_id, r.caption) for r in from_folder(folder)] == [
+        ("a", "from txt"), ("c", ""), ("sub/b", "from json")]
+    with pytest.raises(ValueError, match="not a MiraData"):
+        (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
+        load_inputs(tmp_path / "other.csv")
+
+
+def test_a_manifest_window_decodes_only_its_frames(sample):
+    folder, videos = sample
+    video = videos[2]  # long_single_shot: 210 frames at 16 fps
+    info, frames = decode_frames(str(folder / f"{video.name}.mp4"), start_seconds=2.0, end_seconds=5.0)
+    _, whole = decode_frames(str(folder / f"{video.name}.mp4"))
+    assert len(frames) == 48
+    np.testing.assert_array_equal(frames, whole[32:80])

@@ -47,13 +47,14 @@ def evaluate_video(video: str | os.PathLike | np.ndarray, fps: float | None = No
     pixel: np.ndarray | None = None if (dino and clip) else PixelFeatures()(frames)
     subject = dino(frames) if dino is not None else pixel
     background = clip(frames) if clip is not None else pixel
-    flow = flow_stats(frames)
+    flow = flow_stats(frames, fps or file_fps or None)
     result = {
         "frames": float(len(frames)),
         "fps": float(fps if fps is not None else file_fps),
         "subject_consistency": vbench_consistency(subject),
         "background_consistency": vbench_consistency(background),
         "dynamic_degree": flow.dynamic_degree,
+        "moving_pairs": flow.moving_pairs,
         "flow_magnitude": flow.flow_magnitude,
         "flow_top5": flow.flow_top5,
         "motion_smoothness": motion_smoothness(frames),
