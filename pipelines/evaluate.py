@@ -122,7 +122,8 @@ def log_mlflow(args: argparse.Namespace, videos: list[Path], payload: dict, json
     client = MlflowClient(args.mlflow_uri)
     exp = client.get_experiment_by_name(args.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(args.experiment, artifact_location(args.mlflow_uri))
-    run = client.create_run(exp_id, run_name=args.run_name)
+    default_name = f"eval-{videos[0].stem}" if len(videos) == 1 else f"eval-{len(videos)}-videos"
+    run = client.create_run(exp_id, run_name=args.run_name or default_name)
     run_id = run.info.run_id
     metrics = [Metric(k, v, 0, 0) for k, v in payload["mean"].items()]
     for prefix, video in zip(metric_prefixes(videos), videos):

@@ -78,7 +78,8 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
         return run_id
     experiment = client.get_experiment_by_name(config.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-    run = client.create_run(experiment_id, run_name=config.run_name, tags={"stage": str(config.stage)})
+    run = client.create_run(experiment_id, run_name=config.run_name or f"stage{config.stage}",
+                            tags={"stage": str(config.stage)})
     run_id = run.info.run_id
     flat = _flatten(asdict(config))
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
