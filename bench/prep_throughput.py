@@ -7,7 +7,7 @@
     each in a fresh process.
 Input: the built-in sample (or --input DIR). Prints a table; writes bench/results/prep_throughput.json.
 
-    python bench/prep_throughput.py [--input DIR] [--repeats 3]
+    python bench/prep_throughput.py [--input DIR | --size 360x640] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", help="folder of videos (default: the built-in sample)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", default="96x128", help="HxW of the built-in sample (default: %(default)s)")
     args = parser.parse_args()
+    parts = args.size.lower().split("x")
+    if len(parts) != 2 or not all(v.isdigit() and int(v) >= 32 for v in parts):
+        parser.error(f"--size must be HxW with sides >= 32, e.g. 360x640; got {args.size!r}")
+    size = (int(parts[0]), int(parts[1]))
 
     from data_prep.decode import decode_frames
     from data_prep.process import ClipSpec, process_input
@@ -78,12 +83,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.input or tmp
         if not args.input:
-            make_sample(folder)
+            make_sample(folder, size)
         inputs = load_inputs(folder)
         minutes = input_minutes(inputs)
         spec = ClipSpec()
         decode_s = time_it(lambda: [decode_frames(i.source_path) for i in inputs], args.repeats)
-        cpu_s = time_it(lambda: [process_input(i.to_row(), spec) for i in inputs], args.repeats)
+        cpu_s = time_it(lambda: [list(process_input(i.to_row(), spec)) for i in inputs], args.repeats)
         rows = [
             {"stage": "(a) decode only", "cpus": 1, "seconds": decode_s},
             {"stage": "(b) decode + shots + dynamism + clips", "cpus": 1, "seconds": cpu_s},
@@ -91,7 +96,7 @@ def main() -> None:
         for cpus in (1, 2):
             rows.append({"stage": "(c) whole pipeline, tiny encoders", "cpus": cpus,
                          "seconds": whole_pipeline(folder, cpus)})
-    print(f"input: {len(inputs)} videos, {minutes * 60:.1f} s of video\n")
+    print(f"input: {len(inputs)} videos, {minutes * 60:.1f} s of video{'' if args.input else f' at {args.size}'}\n")
     print(f"{'stage':<40} {'cpus':>4} {'seconds':>8} {'s per input minute':>19}")
     for r in rows:
         r["seconds_per_input_minute"] = r["seconds"] / minutes
@@ -100,8 +105,9 @@ def main() -> None:
     print(f"\n(b)/(a) = {ratios['b_over_a']:.2f}   (c) 1 CPU / 2 CPUs = {ratios['c_1cpu_over_2cpu']:.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "prep_throughput.json"
-    out.write_text(json.dumps({"input_minutes": minutes, "inputs": len(inputs), "rows": rows, "ratios": ratios},
-                              indent=2))
+    out = out.with_name(f"prep_throughput_{args.size}.json") if not args.input and args.size != "96x128" else out
+    out.write_text(json.dumps({"input_minutes": minutes, "inputs": len(inputs), "size": None if args.input else size,
+                               "rows": rows, "ratios": ratios}, indent=2))
     print(f"wrote {out}")
 
 

@@ -42,10 +42,6 @@ class PrepConfig:
     encode_batch_size: int = 4
 
 
-def _process_rows(row: dict, spec: ClipSpec) -> list[dict]:
-    return process_input(row, spec)
-
-
 def _organise(staging: Path, out: Path) -> None:
     """Move staging/table=T/num_clips=K/*.parquet into the contract's layout."""
     for table in TABLES:
@@ -110,7 +106,7 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig) -> dict:
         # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
         # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
         cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
-        ds = ds.flat_map(_process_rows, fn_kwargs={"spec": config.clip}, num_cpus=cpu_share)
+        ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip}, num_cpus=cpu_share)
         ds = ds.map_batches(
             _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,
         )

@@ -1,25 +1,24 @@
-"""Per-input CPU work: decode once → shots → dynamism → clips. Emits clip rows and reject rows.
+"""Per-input CPU work: one streamed decode → shots → dynamism → clips. Emits clip rows and reject rows.
 
-This is the first Ray Data operator (a plain function: `process_input(row, config)`). Every input
-yields at least one row, so nothing is lost: either clip rows of its accepted shots, or reject rows
-that say why (per input for decode failures, per shot for static or too-short shots).
+This is the first Ray Data operator (a plain generator: `process_input(row, config)`). The video is
+decoded once, window by window; shots come out of the online splitter as soon as they end and are
+turned into rows right away, so a worker holds one shot's frames at a time, however long the file.
+Every input yields at least one row, so nothing is lost: either clip rows of its accepted shots, or
+reject rows that say why (per input for decode failures and too-short videos, per shot for static or
+too-short shots).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-
 from data_prep.clips import plan_clips
-from data_prep.decode import DecodeError, decode_frames
+from data_prep.decode import DecodeError, stream_frames
 from data_prep.dynamism import dynamism_score
 from data_prep.schema import SCHEMA_VERSION, pack_tensor
-from data_prep.shots import detect_shots
+from data_prep.shots import Shot, ShotSplitter
 from mempack.encoders import resize_center_crop
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +31,7 @@ class ClipSpec:
     clip_frames: int = 33
     shot_threshold: float = 27.0
     min_shot_frames: int = 8
+    max_shot_seconds: float = 60.0  # longer takes become several training videos (the paper's are <= 1 min)
     dynamism_threshold: float = 0.02
     dynamism_method: str = "dis"
     decode_timeout_s: float = 120.0
@@ -42,40 +42,55 @@ def reject(source_path: str, stage: str, reason: str, score: float | None = None
             "score": score}
 
 
-def process_input(row: dict, spec: ClipSpec) -> list[dict]:
+def process_input(row: dict, spec: ClipSpec) -> Iterator[dict]:
     """Rows for one input video (see module docstring)."""
     path = row["source_path"]
     try:
-        info, frames = decode_frames(path, row.get("start_seconds"), row.get("end_seconds"),
-                                     timeout_s=spec.decode_timeout_s)
+        info, windows = stream_frames(path, row.get("start_seconds"), row.get("end_seconds"),
+                                      timeout_s=spec.decode_timeout_s)
     except DecodeError as err:
-        return [reject(path, "decode", str(err))]
-    if len(frames) < spec.clip_frames:
+        yield reject(path, "decode", str(err))
+        return
+    splitter = ShotSplitter(info.fps, spec.shot_threshold, spec.min_shot_frames,
+                            max(spec.clip_frames, round(spec.max_shot_seconds * info.fps)))
+    pending: list[Shot] = []  # shots held back until the video is known to hold one clip's worth of frames
+    decoded, shot_index = 0, 0
+    for window in windows:
+        decoded += len(window)
+        pending += splitter.push(window)
+        if decoded >= spec.clip_frames:
+            for shot in pending:
+                yield from shot_rows(row, shot_index, shot, info.fps, spec)
+                shot_index += 1
+            pending = []
+    pending += splitter.finish()
+    if decoded < spec.clip_frames:
         # fewer source frames than one clip: nothing can be cut whatever the fps
-        return [reject(path, "clips", f"too_short: {len(frames)} frames < {spec.clip_frames} per clip", float(len(frames)))]
-    out: list[dict] = []
-    fps = spec.target_fps if 0 < spec.target_fps < info.fps else info.fps
-    shots = detect_shots(frames, info.fps, spec.shot_threshold, spec.min_shot_frames)
-    for shot_index, (start, end) in enumerate(shots):
-        video_id = f"{row['source']}:{row['source_id']}:shot{shot_index:03d}"
-        score = dynamism_score(frames[start:end], info.fps, method=spec.dynamism_method)
-        if score < spec.dynamism_threshold:
-            out.append(reject(path, "dynamism", f"static: shot {shot_index} dynamism {score:.4f} < "
-                                                f"{spec.dynamism_threshold:g}", score))
-            continue
-        plans = plan_clips(start, end, info.fps, spec.target_fps, spec.clip_frames)
-        if not plans:
-            n = len(plan_clips(start, end, info.fps, spec.target_fps, 1))
-            out.append(reject(path, "clips", f"too_short: shot {shot_index} has {n} frames at {fps:g} fps "
-                                             f"< {spec.clip_frames} per clip", float(n)))
-            continue
-        for clip_index, idx in enumerate(plans):
-            clip = resize_center_crop(frames[idx], spec.height, spec.width)
-            out.append({
-                "table": "clips", "schema_version": SCHEMA_VERSION, "video_id": video_id, "source": row["source"],
-                "source_path": path, "shot_index": shot_index, "clip_index": clip_index, "num_clips": len(plans),
-                "start_frame": int(idx[0]), "num_frames": len(idx), "fps": float(fps),
-                "height": spec.height, "width": spec.width, "caption": row.get("caption") or "",
-                "dynamism": score, **pack_tensor("frames", clip),
-            })
-    return out
+        yield reject(path, "clips", f"too_short: {decoded} frames < {spec.clip_frames} per clip", float(decoded))
+        return
+    for shot in pending:
+        yield from shot_rows(row, shot_index, shot, info.fps, spec)
+        shot_index += 1
+
+
+def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: ClipSpec) -> list[dict]:
+    """One shot → its clip rows, or one reject row (static, or shorter than one clip)."""
+    path = row["source_path"]
+    video_id = f"{row['source']}:{row['source_id']}:shot{shot_index:03d}"
+    fps = spec.target_fps if 0 < spec.target_fps < src_fps else src_fps
+    score = dynamism_score(shot.frames, src_fps, method=spec.dynamism_method)
+    if score < spec.dynamism_threshold:
+        return [reject(path, "dynamism", f"static: shot {shot_index} dynamism {score:.4f} < "
+                                         f"{spec.dynamism_threshold:g}", score)]
+    plans = plan_clips(0, len(shot.frames), src_fps, spec.target_fps, spec.clip_frames)
+    if not plans:
+        n = len(plan_clips(0, len(shot.frames), src_fps, spec.target_fps, 1))
+        return [reject(path, "clips", f"too_short: shot {shot_index} has {n} frames at {fps:g} fps "
+                                      f"< {spec.clip_frames} per clip", float(n))]
+    return [{
+        "table": "clips", "schema_version": SCHEMA_VERSION, "video_id": video_id, "source": row["source"],
+        "source_path": path, "shot_index": shot_index, "clip_index": clip_index, "num_clips": len(plans),
+        "start_frame": shot.start + int(idx[0]), "num_frames": len(idx), "fps": float(fps),
+        "height": spec.height, "width": spec.width, "caption": row.get("caption") or "",
+        "dynamism": score, **pack_tensor("frames", resize_center_crop(shot.frames[idx], spec.height, spec.width)),
+    } for clip_index, idx in enumerate(plans)]

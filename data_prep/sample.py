@@ -7,7 +7,7 @@ detector sees a hard cut exactly at the boundary frames returned in `SampleVideo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +69,17 @@ def render_shot(shot: SampleShot, size: tuple[int, int], seed: int) -> np.ndarra
     return frames
 
 
-def make_sample(folder: str | Path) -> list[SampleVideo]:
-    """Write the sample videos (mp4) with caption sidecars into `folder`; return their ground truth."""
+def make_sample(folder: str | Path, size: tuple[int, int] | None = None) -> list[SampleVideo]:
+    """Write the sample videos (mp4) with caption sidecars into `folder`; return their ground truth.
+
+    `size` (height, width) renders them larger than the default 96x128, e.g. to benchmark prep at 360p.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for k, video in enumerate(SAMPLE_VIDEOS):
+    videos = [replace(v, size=size) for v in SAMPLE_VIDEOS] if size else SAMPLE_VIDEOS
+    for k, video in enumerate(videos):
         parts = [render_shot(shot, video.size, seed=100 * k + j) for j, shot in enumerate(video.shots)]
         write_mp4(np.concatenate(parts), folder / f"{video.name}.mp4", video.fps)
         if video.caption:
             (folder / f"{video.name}.txt").write_text(video.caption + "\n", encoding="utf-8")
-    return SAMPLE_VIDEOS
+    return videos

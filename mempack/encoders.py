@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mempack.presets import Preset, get_preset
 
@@ -318,11 +317,20 @@ class VideoEncoders:
 
 
 def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [T, H, W, 3] → [T, height, width, 3]: scale to cover, then crop the centre."""
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()
-    scale = max(height / x.shape[2], width / x.shape[3])
-    size = (max(height, round(x.shape[2] * scale)), max(width, round(x.shape[3] * scale)))
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    top, left = (x.shape[2] - height) // 2, (x.shape[3] - width) // 2
-    x = x[:, :, top: top + height, left: left + width]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """uint8 [T, H, W, 3] → [T, height, width, 3]: scale to cover, then crop the centre.
+
+    OpenCV's area filter when shrinking (antialiased, as a video bucket from 640 px sources needs) and
+    bilinear when enlarging; one frame at a time, so a clip never exists as a float copy.
+    """
+    import cv2
+
+    frames = np.asarray(frames)
+    h, w = frames.shape[1:3]
+    scale = max(height / h, width / w)
+    size_w, size_h = max(width, round(w * scale)), max(height, round(h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    top, left = (size_h - height) // 2, (size_w - width) // 2
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = cv2.resize(frame, (size_w, size_h), interpolation=interpolation)[top: top + height, left: left + width]
+    return out

@@ -235,3 +235,37 @@ def test_a_manifest_window_decodes_only_its_frames(sample):
     _, whole = decode_frames(str(folder / f"{video.name}.mp4"))
     assert len(frames) == 48
     np.testing.assert_array_equal(frames, whole[32:80])
+
+
+@pytest.mark.parametrize("window", [1, 7, 64, 1000])
+def test_online_shot_splitting_matches_whole_video_detection(sample, window):
+    """Shots found window by window equal the whole-video answer; only the shot in progress is held."""
+    from data_prep.shots import ShotSplitter
+
+    folder, videos = sample
+    video = videos[0]  # street_two_shots: cut at frame 140 of 212
+    info, frames = decode_frames(str(folder / f"{video.name}.mp4"))
+    splitter = ShotSplitter(info.fps, min_shot_frames=8)
+    shots, held = [], 0
+    for start in range(0, len(frames), window):
+        shots += splitter.push(frames[start:start + window])
+        held = max(held, sum(len(b) for b in splitter.buffer))
+    shots += splitter.finish()
+    assert [(s.start, s.end) for s in shots] == detect_shots(frames, info.fps, min_shot_frames=8) == [(0, 140), (140, 212)]
+    assert all(np.array_equal(s.frames, frames[s.start:s.end]) for s in shots)
+    assert held <= 140 + window  # never the whole file: at most one shot and the window that ends it
+
+
+def test_long_takes_become_several_contiguous_training_videos(sample):
+    from data_prep.process import ClipSpec, process_input
+
+    folder, videos = sample
+    row = load_inputs(folder)[[i.source_id for i in load_inputs(folder)].index("long_single_shot")].to_row()
+    spec = ClipSpec(max_shot_seconds=5.0)  # 80 source frames at 16 fps per training video
+    rows = list(process_input(row, spec))
+    clips = [r for r in rows if r["table"] == "clips"]
+    assert sorted({r["video_id"] for r in clips}) == [f"folder:long_single_shot:shot00{k}" for k in range(2)]
+    # 210 frames → takes of 80, 80, 50; at 8 fps a take of 80 frames holds 40 frames = one clip of 33
+    assert [(r["shot_index"], r["start_frame"], r["num_clips"]) for r in clips] == [(0, 0, 1), (1, 80, 1)]
+    (short,) = [r for r in rows if r["table"] == "rejects"]
+    assert short["reason"].startswith("too_short: shot 2 has 25 frames")

@@ -144,3 +144,37 @@ def test_schema_mismatch_is_one_clear_line(sample_prep, tmp_path):
 def test_stage2_without_stage1_weights_is_one_clear_line(sample_prep, tmp_path):
     result = run_cli("--stage", "2", "--data", str(sample_prep[0]), "--init", str(tmp_path / "none"))
     assert_one_line_error(result, "stage 2 needs stage-1 weights")
+
+
+def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
+    """`--set model.*` builds longer histories and the paper's ablations; stage 2 keeps what stage 1 saved."""
+    from mempack.config import load_config
+    from mempack.model import HistoryLayout, MemoryPackTransformer, pack_history
+    from mempack.train.config import ArchitectureConfig
+    from mempack.train.loop import build_model
+
+    config = load_config(TrainConfig(stage=1), None, ["model.frames_4x=32", "model.structure=B",
+                                                       "model.memory_init=zero"])
+    model = build_model(config)
+    assert model.config.layout == HistoryLayout(1, 2, 32, 9)
+    assert (model.semantic_pack.config.structure, model.semantic_pack.config.init) == ("B", "zero")
+    start, history = torch.randn(1, 16, 1, 8, 8), torch.randn(1, 16, 45, 8, 8)
+    packed = pack_history(start, history, model.config.layout)
+    assert packed.latents_4x.shape[2] == 32 and packed.indices_4x.tolist() == list(range(46 - 35, 46 - 3))
+    assert torch.equal(packed.latents_4x, history[:, :, -35:-3])
+    model.save_pretrained(tmp_path / "stage1")
+    again = build_model(TrainConfig(stage=2, init=str(tmp_path / "stage1")))
+    assert again.config.layout == model.config.layout and again.semantic_pack.config.structure == "B"
+    assert isinstance(again, MemoryPackTransformer)
+
+    ablation = build_model(TrainConfig(stage=1, model=ArchitectureConfig(semantic_pack=False, rope="relative")))
+    assert ablation.semantic_pack is None and ablation.config.rope == "relative"
+    with pytest.raises(ValueError, match="model.structure"):
+        load_config(TrainConfig(), None, ["model.structure=D"])
+    with pytest.raises(ValueError, match="at least one frame"):
+        ArchitectureConfig(frames_2x=0)
+
+
+def test_stage2_architecture_settings_are_one_clear_line(tmp_path):
+    result = run_cli("--stage", "2", "--data", str(tmp_path), "--set", "model.frames_4x=32")
+    assert_one_line_error(result, "stage 2 keeps the stage-1 export's architecture")

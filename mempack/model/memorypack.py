@@ -28,7 +28,7 @@ from torch import nn
 from mempack import flow
 from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
-from mempack.presets import get_preset
+from mempack.presets import PRESETS, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,16 @@ def build_backbone(preset: str, device: torch.device | str = "cpu") -> HunyuanVi
     """A randomly initialised backbone of a preset's size (device="meta" allocates nothing)."""
     with torch.device(device):
         return HunyuanVideoFramepackTransformer3DModel(**get_preset(preset).transformer)
+
+
+def _preset_matching(backbone: HunyuanVideoFramepackTransformer3DModel) -> str:
+    """The preset whose transformer has this backbone's widths (what a fresh SemanticPack must match)."""
+    keys = ("num_attention_heads", "attention_head_dim", "text_embed_dim", "image_proj_dim")
+    for name, preset in PRESETS.items():
+        if all(preset.transformer[k] == backbone.config[k] for k in keys):
+            return name
+    raise ValueError(f"no preset matches this backbone's widths ({', '.join(f'{k}={backbone.config[k]}' for k in keys)});"
+                     " pass preset=... and semantic_pack_overrides")
 
 
 class MemoryPackTransformer(nn.Module):
@@ -137,10 +147,12 @@ class MemoryPackTransformer(nn.Module):
             backbone_dir = path / BACKBONE_DIR
         else:
             raise FileNotFoundError(f"{path} holds neither {CONFIG_NAME} nor a diffusers transformer config.json")
-        config = MemoryPackConfig(**{**saved, **config_overrides})
         backbone = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
             backbone_dir, torch_dtype=dtype, local_files_only=True
         ).to(device)
+        if not saved and "preset" not in config_overrides:
+            config_overrides["preset"] = _preset_matching(backbone)
+        config = MemoryPackConfig(**{**saved, **config_overrides})
         semantic_pack = None
         if config.use_semantic_pack:
             sp_dir = path / SEMANTIC_PACK_DIR

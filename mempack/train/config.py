@@ -5,6 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mempack.forcing import ForcingConfig
+from mempack.model.history import HistoryLayout
+
+
+@dataclass
+class ArchitectureConfig:
+    """Stage-1 architecture choices, for longer histories and the paper's ablations (`--set model.KEY=V`).
+
+    Stage 2 fine-tunes the head of what stage 1 exported, so it always keeps the export's choices.
+    """
+
+    frames_1x: int = 1  # FramePack-F1 history: newest frames at full resolution ...
+    frames_2x: int = 2  # ... then at 2x compression ...
+    frames_4x: int = 16  # ... then at 4x (F1's 1 + 2 + 16; longer histories cost more tokens per section)
+    rope: str = "absolute"  # RoPE consistency; "relative" is F1's fixed layout (ablation)
+    semantic_pack: bool = True  # False: FramePack-only (ablation)
+    structure: str = "A"  # Squeeze structure of appendix A.1: A, B or C
+    memory_init: str = "prompt_image"  # ψ₀ = prompt ⊕ image, or "zero" (ablation)
+
+    def __post_init__(self) -> None:
+        HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x)  # raises on an empty stream
+        for name, value, allowed in (("rope", self.rope, ("absolute", "relative")),
+                                     ("structure", self.structure, ("A", "B", "C")),
+                                     ("memory_init", self.memory_init, ("prompt_image", "zero"))):
+            if value not in allowed:
+                raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
+
+    def model_overrides(self) -> dict:
+        """Keyword arguments of `MemoryPackTransformer.from_preset` / `from_pretrained`."""
+        return dict(frames_1x=self.frames_1x, frames_2x=self.frames_2x, frames_4x=self.frames_4x, rope=self.rope,
+                    use_semantic_pack=self.semantic_pack,
+                    semantic_pack_overrides=dict(structure=self.structure, init=self.memory_init))
 
 
 @dataclass
@@ -16,6 +47,7 @@ class TrainConfig:
     output: str = ""  # default: outputs/train/stage{stage}
     preset: str = "tiny"
     pretrained: str | None = None  # FramePack-F1 transformer (diffusers layout) or one of our exports
+    model: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     init: str | None = None  # stage 2: the stage-1 export to start from
     seed: int = 0
     # optimisation

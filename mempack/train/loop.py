@@ -35,11 +35,13 @@ EXPORT_DIR = "model"
 
 
 def build_model(config: TrainConfig) -> MemoryPackTransformer:
-    """Stage 1: the preset (random) or --pretrained weights; stage 2: the stage-1 export."""
-    source = config.init if config.stage == 2 else config.pretrained
-    if source:
-        return MemoryPackTransformer.from_pretrained(source, preset=config.preset)
-    return MemoryPackTransformer.from_preset(config.preset, seed=config.seed)
+    """Stage 1: the preset (random) or --pretrained weights, with `config.model`'s architecture;
+    stage 2: the stage-1 export, exactly as it was saved."""
+    if config.stage == 2:
+        return MemoryPackTransformer.from_pretrained(config.init)
+    if config.pretrained:
+        return MemoryPackTransformer.from_pretrained(config.pretrained, **config.model.model_overrides())
+    return MemoryPackTransformer.from_preset(config.preset, seed=config.seed, **config.model.model_overrides())
 
 
 def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mempack.train.config import TrainConfig
+from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.train.data import check_dataset
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ def validate(config: TrainConfig) -> dict[int, list[str]]:
     from mempack.train.data import EmptyDatasetError
 
     if config.stage == 2:
+        if config.model != ArchitectureConfig():
+            raise TrainSetupError("stage 2 keeps the stage-1 export's architecture: drop the model.* settings")
         init = Path(config.init) if config.init else Path(config.output).parent / "stage1"
         if (init / "model" / "mempack.json").is_file():
             init = init / "model"
