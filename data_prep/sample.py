@@ -72,11 +72,15 @@ def render_shot(shot: SampleShot, size: tuple[int, int], seed: int) -> np.ndarra
 def make_sample(folder: str | Path, size: tuple[int, int] | None = None) -> list[SampleVideo]:
     """Write the sample videos (mp4) with caption sidecars into `folder`; return their ground truth.
 
-    `size` (height, width) renders them larger than the default 96x128, e.g. to benchmark prep at 360p.
+    `size` (height, width) renders them at another size than the default 96x128, e.g. to benchmark prep
+    at 360p; speeds scale with the width, so every shot moves the same fraction of the frame.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    videos = [replace(v, size=size) for v in SAMPLE_VIDEOS] if size else SAMPLE_VIDEOS
+    videos = SAMPLE_VIDEOS
+    if size:
+        videos = [replace(v, size=size, shots=[replace(s, speed=s.speed * size[1] / v.size[1]) for s in v.shots])
+                  for v in SAMPLE_VIDEOS]
     for k, video in enumerate(videos):
         parts = [render_shot(shot, video.size, seed=100 * k + j) for j, shot in enumerate(video.shots)]
         write_mp4(np.concatenate(parts), folder / f"{video.name}.mp4", video.fps)

@@ -5,7 +5,7 @@ frames of the shot in progress are kept, so prep's memory is bounded by the long
 the file. A shot longer than `max_shot_frames` is closed there and the next frames start a new one
 (a training video needs contiguous clips, not the whole of a ten-minute take).
 
-Frames reach the detector downscaled to at most `DETECT_WIDTH` pixels wide, as PySceneDetect's own
+Frames reach the detector shrunk by the integer factor width // DETECT_WIDTH, as PySceneDetect's own
 SceneManager does before detecting: hard cuts survive it and the detector costs a fraction of a decode.
 """
 
@@ -44,10 +44,12 @@ class _ContentCuts:
 
     @staticmethod
     def _small_bgr(frame: np.ndarray) -> np.ndarray:
+        """BGR (as its OpenCV backend delivers frames), shrunk by an integer factor as SceneManager does."""
         h, w = frame.shape[:2]
-        if w > DETECT_WIDTH:
-            frame = cv2.resize(frame, (DETECT_WIDTH, max(1, round(h * DETECT_WIDTH / w))), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(frame[..., ::-1])  # BGR, as its OpenCV backend would deliver frames
+        factor = w // DETECT_WIDTH
+        if factor > 1:
+            frame = cv2.resize(frame, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_LINEAR)
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
 
     def push(self, frames: np.ndarray) -> list[int]:
         from scenedetect import FrameTimecode
