@@ -13,6 +13,7 @@ test: setup
 
 bench: setup
 	for b in memory_scaling infer_scaling forcing_cost prep_throughput; do $(PY) bench/$$b.py || exit 1; done
+	$(PY) bench/prep_throughput.py --size 360x640
 
 clean:
 	rm -rf outputs

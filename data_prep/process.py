@@ -10,6 +10,7 @@ too-short shots).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,24 +54,26 @@ def process_input(row: dict, spec: ClipSpec) -> Iterator[dict]:
         return
     splitter = ShotSplitter(info.fps, spec.shot_threshold, spec.min_shot_frames,
                             max(spec.clip_frames, round(spec.max_shot_seconds * info.fps)))
-    pending: list[Shot] = []  # shots held back until the video is known to hold one clip's worth of frames
-    decoded, shot_index = 0, 0
-    for window in windows:
-        decoded += len(window)
-        pending += splitter.push(window)
+    decoded = 0
+
+    def shots() -> Iterator[Shot]:
+        nonlocal decoded
+        for window in windows:
+            decoded += len(window)
+            yield from splitter.push(window)
+        yield from splitter.finish()
+
+    stream, held = shots(), []
+    for shot in stream:  # hold shots back until the video is known to hold one clip's worth of frames
+        held.append(shot)
         if decoded >= spec.clip_frames:
-            for shot in pending:
-                yield from shot_rows(row, shot_index, shot, info.fps, spec)
-                shot_index += 1
-            pending = []
-    pending += splitter.finish()
+            break
     if decoded < spec.clip_frames:
         # fewer source frames than one clip: nothing can be cut whatever the fps
         yield reject(path, "clips", f"too_short: {decoded} frames < {spec.clip_frames} per clip", float(decoded))
         return
-    for shot in pending:
+    for shot_index, shot in enumerate(itertools.chain(held, stream)):
         yield from shot_rows(row, shot_index, shot, info.fps, spec)
-        shot_index += 1
 
 
 def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: ClipSpec) -> list[dict]:
