@@ -34,6 +34,7 @@ SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2
 # 480x832 sections decode in bounded memory; small clips stay untiled and bit-reproducible.
 TILE_ABOVE_PIXELS = 512 * 512
 TINY_PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}
+PIXEL_CHUNK_FRAMES = 64  # decoded frames converted to uint8 (and moved off the device) at a time
 
 
 @dataclass
@@ -273,8 +274,12 @@ class VideoEncoders:
         s = self.preset.vae_spatial
         self._set_tiling(latents.shape[-2] * s, latents.shape[-1] * s)
         video = self.vae.decode(latents.to(self.device, self.dtype) / self.scaling_factor).sample
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+        # to uint8 a few frames at a time: float copies of a whole minute of 480p video would need ~7 GB each
+        frames = torch.empty(video.shape, dtype=torch.uint8)
+        for start in range(0, video.shape[2], PIXEL_CHUNK_FRAMES):
+            chunk = video[:, :, start: start + PIXEL_CHUNK_FRAMES].float().clamp(-1, 1)
+            frames[:, :, start: start + PIXEL_CHUNK_FRAMES] = ((chunk + 1) * 127.5).round().to(torch.uint8).cpu()
+        return frames.permute(0, 2, 3, 4, 1).numpy()
 
     @torch.inference_mode()
     def encode_image_latent(self, images) -> torch.Tensor:

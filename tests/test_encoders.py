@@ -156,3 +156,16 @@ def test_resize_center_crop_keeps_the_centre():
     frames[:, :, 20:60] = 255  # a white band in the middle half
     out = resize_center_crop(frames, 32, 32)
     assert out.shape == (2, 32, 32, 3) and out[:, :, 8:24].min() > 200
+
+
+def test_long_videos_convert_to_uint8_in_chunks_with_the_same_frames(encoders):
+    """Past PIXEL_CHUNK_FRAMES decoded frames the conversion runs chunk by chunk; the frames are unchanged."""
+    from mempack.encoders import PIXEL_CHUNK_FRAMES
+
+    latents = torch.randn(1, 16, 40, 8, 8, generator=torch.Generator().manual_seed(3))
+    frames = encoders.decode_latents(latents)
+    assert frames.shape == (1, 157, 64, 64, 3) and 157 > 2 * PIXEL_CHUNK_FRAMES
+    with torch.inference_mode():
+        whole = encoders.vae.decode(latents / encoders.scaling_factor).sample
+    expected = ((whole.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    np.testing.assert_array_equal(frames, expected)
