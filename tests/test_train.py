@@ -95,10 +95,11 @@ def test_stage2_steps_once_per_video_in_curriculum_order(stage2):
 
 @pytest.mark.slow
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sample_prep, tmp_path, mlflow_uri):
+    """Under ZeRO-3 (the stage-1 full fine-tune's setting): sharded checkpoints save, restore and export."""
     def config(out, steps):
         return TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
                            max_steps=steps, lr=1e-3, checkpoint_every=2, num_workers=1, cpus_per_worker=1,
-                           mlflow_uri=mlflow_uri, run_name="resume")
+                           zero_stage=3, mlflow_uri=mlflow_uri, run_name="resume")
 
     whole = run_training(config(tmp_path / "whole", 4))
     run_training(config(tmp_path / "parts", 2))
@@ -107,6 +108,8 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
     a, b = weights(whole["export"], "transformer"), weights(resumed["export"], "transformer")
     for k in HEAD:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    before = weights(stage1["export"], "transformer")
+    assert {k for k in a if not torch.equal(a[k], before[k])} == HEAD  # the gathered export holds real weights
     assert metric(mlflow_uri, resumed["mlflow_run_id"], "resumed_from_step") == [2]
 
 
