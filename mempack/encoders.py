@@ -207,14 +207,16 @@ class VideoEncoders:
     """Everything between pixels/text and the transformer's inputs, on one device and dtype."""
 
     def __init__(self, preset: Preset, components: dict, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None):
+                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None, place: bool = True):
+        """`place=False` leaves the modules where they are: a diffusers pipeline (and its CPU-offload
+        hooks) owns their placement, and `device` is only where inputs go."""
         self.preset = preset
         self.device = torch.device(device)
         self.dtype = dtype
         self.vae_tiling = vae_tiling  # None: tile frames above TILE_ABOVE_PIXELS
         self.prompt_template = prompt_template_for(preset)
         for name, value in components.items():
-            if isinstance(value, torch.nn.Module):
+            if isinstance(value, torch.nn.Module) and place:
                 value = value.to(self.device)
                 if value.dtype != dtype:  # loaded weights already are `dtype`; casting again only warns
                     value = value.to(dtype)
@@ -274,12 +276,7 @@ class VideoEncoders:
         s = self.preset.vae_spatial
         self._set_tiling(latents.shape[-2] * s, latents.shape[-1] * s)
         video = self.vae.decode(latents.to(self.device, self.dtype) / self.scaling_factor).sample
-        # to uint8 a few frames at a time: float copies of a whole minute of 480p video would need ~7 GB each
-        frames = torch.empty(video.shape, dtype=torch.uint8)
-        for start in range(0, video.shape[2], PIXEL_CHUNK_FRAMES):
-            chunk = video[:, :, start: start + PIXEL_CHUNK_FRAMES].float().clamp(-1, 1)
-            frames[:, :, start: start + PIXEL_CHUNK_FRAMES] = ((chunk + 1) * 127.5).round().to(torch.uint8).cpu()
-        return frames.permute(0, 2, 3, 4, 1).numpy()
+        return pixels_to_uint8(video)
 
     @torch.inference_mode()
     def encode_image_latent(self, images) -> torch.Tensor:
@@ -319,6 +316,18 @@ class VideoEncoders:
         inputs = self.feature_extractor(images=list(arr), return_tensors="pt", input_data_format="channels_last")
         pixels = inputs.pixel_values.to(self.device, self.dtype)
         return self.image_encoder(pixel_values=pixels).last_hidden_state.float()
+
+
+def pixels_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """VAE output [B, 3, T, H, W] in [-1, 1] → uint8 frames [B, T, H, W, 3] on the CPU.
+
+    A few frames at a time: float copies of a whole minute of 480p video would need ~7 GB each.
+    """
+    frames = torch.empty(video.shape, dtype=torch.uint8)
+    for start in range(0, video.shape[2], PIXEL_CHUNK_FRAMES):
+        chunk = video[:, :, start: start + PIXEL_CHUNK_FRAMES].float().clamp(-1, 1)
+        frames[:, :, start: start + PIXEL_CHUNK_FRAMES] = ((chunk + 1) * 127.5).round().to(torch.uint8).cpu()
+    return frames.permute(0, 2, 3, 4, 1).numpy()
 
 
 def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -7,7 +7,9 @@ uses decord (the project's decoder) with a PyAV fallback for files decord cannot
 from __future__ import annotations
 
 import logging
+import math
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -15,44 +17,103 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18) -> Path:
-    """Encode uint8 frames [T, H, W, 3] to an h264 mp4 at `fps`, atomically (tmp file + rename).
+class Mp4Writer:
+    """Encode uint8 frames [T, H, W, 3] to an h264 mp4 chunk by chunk, atomically (tmp file + rename).
 
-    Odd sizes are padded by one edge pixel because yuv420p needs even width and height.
+    Frames go to the encoder as they arrive, so a minutes-long video never has to exist in memory;
+    the file appears under its name only when `close()` succeeds (a failed or abandoned run leaves
+    nothing half-written). Odd sizes are padded by one edge pixel (yuv420p needs even sides).
+    Use as a context manager: an exception inside the block removes the temporary file.
     """
-    import av
 
-    # contiguous: PyAV reads the rows of a strided view (e.g. a permuted tensor's .numpy()) wrongly
-    frames = np.ascontiguousarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    if len(frames) == 0:
+    def __init__(self, path: str | os.PathLike, fps: float, crf: int = 18):
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a finite number > 0, got {fps}")
+        self.path = Path(path)
+        self.fps = fps
+        self.crf = crf
+        self.frames = 0
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._size = (height, width)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        self._stream = stream
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 frames [T, H, W, 3] (T may be 0); every chunk must have the first chunk's size."""
+        import av
+
+        # contiguous: PyAV reads the rows of a strided view (e.g. a permuted tensor's .numpy()) wrongly
+        frames = np.ascontiguousarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        if len(frames) == 0:
+            return
+        if self._container is None:
+            self._open(*frames.shape[1:3])
+        if frames.shape[1:3] != self._size:
+            raise ValueError(f"frame size changed from {self._size} to {frames.shape[1:3]}")
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for frame in frames:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                self._container.mux(packet)
+        self.frames += len(frames)
+
+    def close(self) -> Path:
+        """Flush the encoder and move the file into place."""
+        if self._container is None:
+            raise ValueError("no frames to write")
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            os.replace(self._tmp, self.path)
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file (idempotent)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 — closing a half-written container may fail; the file goes anyway
+                log.debug("closing an aborted mp4 failed", exc_info=True)
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
+
+
+def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18) -> Path:
+    """Encode uint8 frames [T, H, W, 3] to an h264 mp4 at `fps`, atomically (see `Mp4Writer`)."""
+    frames = np.asarray(frames)
+    if frames.ndim == 4 and len(frames) == 0:
         raise ValueError("no frames to write")
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    from fractions import Fraction
-
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with Mp4Writer(path, fps, crf) as writer:
+        writer.write(frames)
+    return Path(path)
 
 
 def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
