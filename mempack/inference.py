@@ -1,13 +1,15 @@
-"""Image + prompt → mp4: load the model and encoders, generate section by section, decode, write.
+"""A CLI request → `MemoryPackPipeline.write_video`: the library side of `pipelines/infer.py`.
 
-The library side of `pipelines/infer.py`: every check that can fail (checkpoint, image, output
-folder) runs before any sampling, and the mp4 is written atomically, so a failed run leaves nothing
-half-written behind.
+The pipeline does the work (encode, sample section by section, decode and encode each section into
+the mp4 as it is made); this module turns command-line settings into its arguments. Every check that
+can fail (numbers, checkpoint, image, output folder) runs before any sampling, and the mp4 appears
+only when complete, so a failed run leaves nothing half-written behind.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,21 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mempack.checkpoints import CheckpointError, EncoderSpec, encoder_spec, load_model, resolve_model_dir
-from mempack.encoders import VideoEncoders, resize_center_crop
-from mempack.generate import GenerationConfig, frames_for_sections, generate, sections_for_frames
-from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.checkpoints import CheckpointError, load_pipeline
+from mempack.generate import frames_for_sections, sections_for_frames
+from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
 from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
-from mempack.video_io import write_mp4
 
 log = logging.getLogger(__name__)
-
-# what each preset was trained at by default: the sample's 64x64 at 8 fps; FramePack-F1's 30 fps
-DEFAULT_SIZE = {"tiny": (64, 64), "framepack-f1": (480, 640)}
-DEFAULT_FPS = {"tiny": 8.0, "framepack-f1": 30.0}
-SIDE_MULTIPLE = 16  # VAE ×8, then the transformer's 2×2 patches
-
 
 class InferenceError(ValueError):
     """A request that cannot run (bad image, size, output path): one clear line for the CLI."""
@@ -93,16 +87,22 @@ def check_output(path: str | Path) -> Path:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, 3] from any image file PIL reads; anything else is an InferenceError."""
+    """uint8 [H, W, 3] (EXIF orientation applied) from any image file PIL reads; else an InferenceError."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise InferenceError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        with Image.open(path) as img:  # reads the header only: the size check runs before any decode
+            return image_to_array(img)
+    except Image.DecompressionBombError as err:
+        raise InferenceError(f"image too large: {path} ({err})") from None
+    except ValueError as err:
+        if "too large" in str(err):
+            raise InferenceError(f"{err}: {path}") from None
+        raise InferenceError(f"not an image: {path} ({type(err).__name__})") from None
+    except (UnidentifiedImageError, OSError) as err:
         raise InferenceError(f"not an image: {path} ({type(err).__name__})") from None
 
 
@@ -118,13 +118,18 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _size(request: InferenceRequest, preset: str) -> tuple[int, int]:
-    height, width = DEFAULT_SIZE.get(preset, (64, 64))
-    height, width = request.height or height, request.width or width
+def _size(request: InferenceRequest, default: tuple[int, int]) -> tuple[int, int]:
+    height, width = request.height or default[0], request.width or default[1]
     for name, side in (("height", height), ("width", width)):
         if side < SIDE_MULTIPLE or side % SIDE_MULTIPLE:
             raise InferenceError(f"--{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}")
     return height, width
+
+
+def check_number(name: str, value: float | None) -> None:
+    """NaN and infinity pass `> 0` checks in surprising ways (inf seconds = a run that never ends)."""
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise InferenceError(f"--{name} must be a finite number > 0, got {value}")
 
 
 def plan_frames(request: InferenceRequest, fps: float, window: int = SECTION_LATENT_FRAMES) -> tuple[int, int]:
@@ -134,65 +139,38 @@ def plan_frames(request: InferenceRequest, fps: float, window: int = SECTION_LAT
             raise InferenceError(f"--sections must be >= 1, got {request.sections}")
         return frames_for_sections(request.sections, window), request.sections
     seconds = request.seconds if request.seconds is not None else 5.0
-    if seconds <= 0:
-        raise InferenceError(f"--seconds must be > 0, got {seconds:g}")
+    check_number("seconds", seconds)
     frames = max(1, round(seconds * fps))
     return frames, sections_for_frames(frames, window)
 
 
-def build_model(request: InferenceRequest, device: torch.device, dtype: torch.dtype) -> tuple[MemoryPackTransformer, EncoderSpec]:
-    """The model to sample and the encoders it was trained with."""
-    if request.model_dir is None:
-        log.warning("no trained weights: sampling the %r preset's RANDOM weights (train first, or pass --checkpoint)",
-                    request.preset)
-        model = MemoryPackTransformer.from_preset(request.preset, seed=0, device=device,
-                                                  use_semantic_pack=request.use_memory)
-        return model.to(dtype).eval(), EncoderSpec(preset=request.preset, path=request.encoders)
-    folder = resolve_model_dir(request.model_dir)
-    model = load_model(folder, device=device, dtype=dtype, use_semantic_pack=None if request.use_memory else False)
-    spec = encoder_spec(folder, model.config.preset)
-    if request.encoders:
-        spec = EncoderSpec(model.config.preset, request.encoders, spec.seed)
-    return model, spec
-
-
-def conditioning(encoders: VideoEncoders, image: np.ndarray, prompt: str) -> Conditioning:
-    """Prompt tokens, pooled prompt, SigLIP image tokens and the start latent of one request."""
-    text = encoders.encode_prompt([prompt])
-    return Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, encoders.encode_image(image[None]),
-                        encoders.encode_image_latent(image[None]))
-
-
 def run_inference(request: InferenceRequest) -> InferenceResult:
-    """Validate, load, generate, decode and write one video."""
+    """Validate, load the pipeline, and generate one video straight into its mp4."""
     started = time.perf_counter()
+    check_number("seconds", request.seconds)
+    check_number("fps", request.fps)
     out = check_output(request.out)
     image = load_image(request.image) if request.image else None
     device = _device(request.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model, spec = build_model(request, device, dtype)
-    preset = model.config.preset
-    height, width = _size(request, preset)
+    pipe = load_pipeline(request.model_dir, encoders=request.encoders, preset=request.preset, device=device,
+                         dtype=dtype)
+    pipe.set_progress_bar_config(disable=not request.progress)
+    preset = pipe.preset_name
     fps = request.fps or DEFAULT_FPS.get(preset, 8.0)
-    if fps <= 0:
-        raise InferenceError(f"--fps must be > 0, got {fps:g}")
-    frames, sections = plan_frames(request, fps, model.config.window)
-    try:
-        encoders = VideoEncoders.build(spec.preset, spec.path, device=device, dtype=dtype, seed=spec.seed)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot build encoders ({spec.preset}, {spec.path}): {str(err).splitlines()[0]}") from None
+    frames, sections = plan_frames(request, fps, pipe.model_config.window)
+    height, width = _size(request, pipe.default_size(image))
     if image is None:
         image = sample_image(height, width)
-    image = resize_center_crop(image[None], height, width)[0]
     prompt = request.prompt if request.prompt is not None else SAMPLE_PROMPT
-    cond = conditioning(encoders, image, prompt)
-    config = GenerationConfig(sections=sections, steps=request.steps, guidance=request.guidance, seed=request.seed,
-                              use_memory=request.use_memory)
     log.info("generating %d sections (%d frames at %g fps, %dx%d) with %s", sections, frames, fps, width, height,
              request.model_dir or f"random {preset}")
-    result = generate(model, cond, config, progress=request.progress)
-    video = encoders.decode_latents(result.latents)[0][:frames]
-    write_mp4(video, out, fps, crf=request.crf)
-    return InferenceResult(str(out), int(video.shape[0]), float(fps), height, width, sections,
-                           result.section_seconds, time.perf_counter() - started,
-                           None if request.model_dir is None else str(request.model_dir))
+    try:
+        result = pipe.write_video(out, fps, crf=request.crf, image=image, prompt=prompt, num_frames=frames,
+                                  height=height, width=width, num_inference_steps=request.steps,
+                                  guidance_scale=request.guidance, use_memory=request.use_memory,
+                                  generator=torch.Generator().manual_seed(request.seed))
+    except ValueError as err:
+        raise InferenceError(str(err)) from None
+    return InferenceResult(str(out), frames, float(fps), height, width, sections, result.section_seconds,
+                           time.perf_counter() - started, None if request.model_dir is None else str(request.model_dir))

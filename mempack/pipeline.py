@@ -291,7 +291,7 @@ class MemoryPackPipeline(DiffusionPipeline):
 
         decoder = SectionDecoder(encoders) if sink is not None else None
         frame_bar = tqdm(total=total_frames, desc="decoding frames", unit="frame", leave=False, position=1,
-                         disable=decoder is None or self._progress_bar_config.get("disable", False))
+                         disable=decoder is None or getattr(self, "_progress_bar_config", {}).get("disable", False))
         written = 0
 
         def emit(frames: np.ndarray) -> None:
@@ -355,7 +355,7 @@ class _StepReporter:
         self.in_section = 0
         self.last_t: torch.Tensor | None = None
         self.bar = tqdm(total=steps * sections, desc="sampling steps", unit="step", leave=False, position=0,
-                        disable=pipe._progress_bar_config.get("disable", False))
+                        disable=getattr(pipe, "_progress_bar_config", {}).get("disable", False))
 
     def before_step(self, latents: torch.Tensor, t: torch.Tensor) -> bool:
         if self.in_section > 0:

@@ -1,5 +1,8 @@
 """Generate a long video from an image and a prompt, section by section, to an mp4.
 
+A thin command line over `mempack.MemoryPackPipeline` (each section is decoded and encoded into the
+mp4 as soon as it is sampled, so memory does not grow with the video's length).
+
     python pipelines/infer.py                                   # newest export under outputs/train
     python pipelines/infer.py --checkpoint outputs/train/stage2 --sections 40 --out outputs/infer/long.mp4
     python pipelines/infer.py --mlflow-model runs:/<run_id>/model --mlflow-uri sqlite:///outputs/mlflow.db
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -49,16 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--experiment", default="mempack-infer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.seconds is not None and args.seconds <= 0:
-        p.error(f"--seconds must be > 0, got {args.seconds:g}")
+    for name in ("seconds", "fps"):  # float() takes "nan" and "inf": refuse them here, not mid-run
+        value = getattr(args, name)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            p.error(f"--{name} must be a finite number > 0, got {value}")
     for name in ("sections", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be >= 1, got {value}")
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be in 0..51, got {args.crf}")
-    if args.fps is not None and args.fps <= 0:
-        p.error(f"--fps must be > 0, got {args.fps:g}")
     return args
 
 

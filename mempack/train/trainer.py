@@ -157,13 +157,15 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
     if result.error:
         client.set_terminated(run_id, status="FAILED")
         raise result.error
-    export = out / EXPORT_DIR
-    shutil.rmtree(export, ignore_errors=True)
-    with result.checkpoint.as_directory() as folder:
-        shutil.copytree(Path(folder) / EXPORT_DIR, export)
-    _write_encoders_json(config, out)
+    from mempack.export import encoders_of_prep, export_pipeline
+
+    try:  # a complete pipeline folder (weights + the encoders that made the data), swapped in atomically
+        with result.checkpoint.as_directory() as folder:
+            export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR, encoders_of_prep(config.data, config.preset))
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
     client.log_artifacts(run_id, str(export), "model")
-    client.log_artifact(run_id, str(out / "encoders.json"), "model")
     client.set_terminated(run_id, status="FINISHED")
     return {"export": str(export), "mlflow_run_id": run_id, "tracking_uri": uri, "metrics": result.metrics}
 
@@ -172,14 +174,3 @@ def _worker_env() -> dict[str, str]:
     cache = Path.home() / ".cache" / "mempack" / "torch_extensions"
     return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache)),
             "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _write_encoders_json(config: TrainConfig, out: Path) -> None:
-    """Which encoders made the training data, so inference builds the same ones."""
-    encoders = {"preset": config.preset, "path": None, "seed": 0}
-    summary = Path(config.data) / "summary.json"
-    if summary.is_file():
-        prep = json.loads(summary.read_text()).get("config", {})
-        encoders = {"preset": prep.get("preset", config.preset), "path": prep.get("encoders"),
-                    "seed": prep.get("encoder_seed", 0)}
-    (out / "encoders.json").write_text(json.dumps(encoders, indent=2))

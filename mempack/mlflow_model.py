@@ -1,0 +1,143 @@
+"""The trained pipeline as an MLflow Model: `mlflow.pyfunc.load_model("runs:/ID/model").predict(...)`.
+
+A pyfunc `PythonModel` over a `MemoryPackPipeline` folder (the folder is the model's artifact, the
+`mempack` package travels in the model's code, so it loads where mempack itself is not installed).
+Its signature: each input row is an image (PNG/JPEG bytes), a prompt and a length in seconds; each
+output row is the generated video as mp4 bytes. Sampling settings are pyfunc params (fps, steps,
+guidance, seed, crf, height, width; 0 means "the preset's default").
+
+`log_pipeline_model` logs it to the active MLflow run and, given a name, registers a version and
+points an alias at it (MLflow 3's registry uses aliases, not stages).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_KEY = "pipeline"
+DEFAULT_SECONDS = 5.0
+# what the model needs at load time (pinned to what logged it); pandas and mlflow come with pyfunc
+REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "accelerate", "av",
+                "opencv-python-headless", "pillow", "numpy", "tqdm")
+PARAMS = {"fps": 0.0, "steps": 25, "guidance": 10.0, "seed": 0, "crf": 18, "height": 0, "width": 0}
+
+
+def _pyfunc_base():
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+class MemoryPackPyfunc(_pyfunc_base()):
+    """(image bytes, prompt, seconds) rows → mp4 bytes rows, through `MemoryPackPipeline.write_video`."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from mempack.pipeline import MemoryPackPipeline
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.pipe = MemoryPackPipeline.from_pretrained(context.artifacts[ARTIFACT_KEY], dtype=dtype).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        import pandas as pd
+        import torch
+        from PIL import Image
+
+        from mempack.pipeline import DEFAULT_FPS
+
+        settings = {**PARAMS, **(params or {})}
+        fps = float(settings["fps"]) or DEFAULT_FPS.get(self.pipe.preset_name, 8.0)
+        videos = []
+        for row in model_input.to_dict("records"):
+            seconds = row.get("seconds")
+            seconds = DEFAULT_SECONDS if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) \
+                else float(seconds)
+            if not math.isfinite(seconds) or seconds <= 0 or not math.isfinite(fps) or fps <= 0:
+                raise ValueError(f"seconds and fps must be finite numbers > 0, got {seconds} and {fps}")
+            image = Image.open(io.BytesIO(row["image"]))
+            size = {}
+            if settings["height"] and settings["width"]:
+                size = {"height": int(settings["height"]), "width": int(settings["width"])}
+            with tempfile.TemporaryDirectory(prefix="mempack-pyfunc-") as tmp:
+                path = Path(tmp) / "video.mp4"
+                self.pipe.write_video(path, fps, crf=int(settings["crf"]), image=image, prompt=row.get("prompt") or "",
+                                      num_frames=max(1, round(seconds * fps)),
+                                      num_inference_steps=int(settings["steps"]),
+                                      guidance_scale=float(settings["guidance"]),
+                                      generator=torch.Generator().manual_seed(int(settings["seed"])), **size)
+                videos.append(path.read_bytes())
+        return pd.DataFrame({"video": videos})
+
+
+def signature():
+    """image (bytes), prompt (string), seconds (double, optional) → video (mp4 bytes); params as PARAMS."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("binary", "image"), ColSpec("string", "prompt"),
+                     ColSpec("double", "seconds", required=False)])
+    outputs = Schema([ColSpec("binary", "video")])
+    kinds = {float: "double", int: "long"}
+    params = ParamSchema([ParamSpec(name, kinds[type(value)], value) for name, value in PARAMS.items()])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | None = None, *,
+                       alias: str = "candidate", name: str = "model"):
+    """Log the pipeline folder as a pyfunc MLflow Model to the active run; register it when named.
+
+    Returns MLflow's ModelInfo (`.model_uri` is `models:/...`; `runs:/<run id>/<name>` loads it too).
+    A registered version gets `alias` (load it as `models:/<registered_model_name>@<alias>`).
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    import mempack
+
+    folder = Path(pipeline_dir)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"no pipeline folder at {folder} (model_index.json missing)")
+    info = mlflow.pyfunc.log_model(
+        name=name, python_model=MemoryPackPyfunc(), artifacts={ARTIFACT_KEY: str(folder)},
+        code_paths=[str(Path(mempack.__file__).parent)], signature=signature(),
+        pip_requirements=_requirements(), registered_model_name=registered_model_name,
+    )
+    if registered_model_name:
+        version = info.registered_model_version
+        MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
+        log.info("registered %s version %s as @%s", registered_model_name, version, alias)
+    return info
+
+
+def pipeline_dir_of(model_dir: str | Path) -> Path:
+    """The pipeline folder inside a downloaded MLflow Model (read from its MLmodel file)."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    spec = yaml.safe_load((model_dir / "MLmodel").read_text())
+    try:
+        relative = spec["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
+    except (KeyError, TypeError):
+        raise FileNotFoundError(f"{model_dir} is an MLflow Model but not a mempack pipeline") from None
+    return model_dir / relative
