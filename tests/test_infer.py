@@ -120,6 +120,19 @@ def test_corrupt_checkpoint_is_one_clear_line(export, tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.mp4"))
 
 
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says width x height (no pixel data): what a decompression bomb looks like."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
 def test_bad_requests_are_one_clear_line(export, tmp_path):
     text = tmp_path / "photo.png"
     text.write_text("not an image")
@@ -128,7 +141,13 @@ def test_bad_requests_are_one_clear_line(export, tmp_path):
     blocker.write_text("")
     cases = [
         (("--image", str(text)), "not an image"),
-        (("--seconds", "0"), "--seconds must be > 0"),
+        (("--image", str(huge_png(tmp_path / "huge.png", 9000, 9000))), "image too large"),
+        (("--image", str(huge_png(tmp_path / "bomb.png", 30000, 30000))), "image too large"),
+        (("--seconds", "0"), "--seconds must be a finite number > 0"),
+        (("--seconds", "nan"), "--seconds must be a finite number > 0, got nan"),
+        (("--seconds", "inf"), "--seconds must be a finite number > 0, got inf"),
+        (("--fps", "nan"), "--fps must be a finite number > 0, got nan"),
+        (("--fps=-inf",), "--fps must be a finite number > 0"),
         (("--sections", "0"), "--sections must be >= 1"),
         (("--height", "50"), "multiple of 16"),
     ]
@@ -137,3 +156,46 @@ def test_bad_requests_are_one_clear_line(export, tmp_path):
     assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(blocker / "x.mp4")),
                           "cannot create output folder")
     assert not out.exists() and not list(tmp_path.rglob("*.mp4"))
+
+
+def test_library_refuses_nan_and_infinite_lengths(export, tmp_path):
+    from mempack.inference import InferenceError
+
+    for field, value in (("seconds", float("nan")), ("seconds", float("inf")), ("fps", float("nan"))):
+        with pytest.raises(InferenceError, match=f"--{field} must be a finite number"):
+            run_inference(InferenceRequest(model_dir=str(export), out=str(tmp_path / "x.mp4"), progress=False,
+                                           **{field: value}))
+    assert not list(tmp_path.iterdir())
+
+
+def test_exif_rotated_photo_is_upright(export, tmp_path):
+    """A phone photo stored sideways with an EXIF rotation conditions the video the way it is shown."""
+    from PIL import Image
+
+    from mempack.inference import load_image
+
+    pixels = np.zeros((64, 96, 3), np.uint8)
+    pixels[:, :32] = 255
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 8  # "rotate 90° counter-clockwise to display"
+    img.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=100)
+    upright = load_image(tmp_path / "phone.jpg")
+    assert upright.shape == (96, 64, 3) and upright[-32:].mean() > 200 and upright[:32].mean() < 50
+
+
+def test_pipeline_export_and_missing_encoders(tmp_path):
+    """A complete export (model_index.json) runs; a bare model folder with no encoders named is one line."""
+    from mempack.checkpoints import EncoderSpec
+    from mempack.export import export_pipeline
+
+    model = MemoryPackTransformer.from_preset("tiny", seed=2)
+    model.save_pretrained(tmp_path / "bare")
+    export_pipeline(tmp_path / "bare", tmp_path / "run" / "model", EncoderSpec("tiny", None, 0))
+    out = tmp_path / "a.mp4"
+    result = run_cli("--checkpoint", str(tmp_path / "run"), "--sections", "1", "--steps", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert read_back(out)[0].shape == (37, 64, 64, 3)
+    assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "bare"), "--out", str(tmp_path / "b.mp4")),
+                          "holds no encoders")
+    assert not (tmp_path / "b.mp4").exists()
