@@ -206,6 +206,17 @@ def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) ->
     need_memorypack = any(v in STAGE2 for v in variants)
     stage1 = [v for v in STAGE1 if v in variants or (v == "memorypack" and need_memorypack)]
     results: list[dict] = []
+    if workers == 0:  # in this process, in order (tests, debugging)
+        for seed in seeds:
+            exports = {}
+            for v in stage1:
+                out = run_variant(v, seed, s, None)
+                exports[v] = out["export"]
+                results.append(out)
+            for v in STAGE2:
+                if v in variants:
+                    results.append(run_variant(v, seed, s, exports["memorypack"]))
+        return [r for r in results if r["variant"] in variants]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
         pending: dict[Future, tuple[str, int]] = {}
         for seed in seeds:
@@ -306,7 +317,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
     p.add_argument("--student-steps", type=int, default=5)
     p.add_argument("--memory-grad-window", type=int, default=-1, help="ψ updates a loss reaches (-1: all)")
-    p.add_argument("--workers", type=int, default=2, help="parallel training processes (one thread each)")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes, one thread each (0: in this process)")
     p.add_argument("--out", default="bench/results/method_fidelity", help="models and rollout mp4s")
     p.add_argument("--json", default="bench/results/method_fidelity.json")
     p.add_argument("--mlflow-uri", help="default: sqlite under --out; 'none' to skip")
@@ -323,8 +334,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--absence needs positive section counts")
     if args.width % 32 or args.width < 64:
         p.error("--width must be a multiple of 32, at least 64")
-    if args.identities < 2 or args.seeds < 1 or args.workers < 1:
-        p.error("--identities >= 2, --seeds >= 1, --workers >= 1")
+    if args.identities < 2 or args.seeds < 1 or args.workers < 0:
+        p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
     if args.quick:
         args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
         args.events, args.drift_sections, args.rollouts, args.sample_steps = 2, 4, 1, 2
