@@ -315,7 +315,7 @@ class MemoryPackPipeline(DiffusionPipeline):
                 emit(decoder.push(latents))
 
         config = GenerationConfig(sections=sections, steps=steps, guidance=guidance, use_memory=use_memory)
-        extra = {} if prefix is None else {"prefix_latents": prefix}
+        extra = {} if prefix is None else {"prefix": prefix}
         log.info("generating %d sections of %d latent frames (%dx%d, %d steps)", sections, window, width, height, steps)
         began = time.perf_counter()
         try:

@@ -125,13 +125,33 @@ def test_latents_callbacks_and_interrupt(pipe):
 
 def test_scheduler_time_grid_is_generates(pipe, model):
     """The registered scheduler describes the sampler: its shifted sigmas are 1 − generate's times."""
-    config = GenerationConfig(steps=6)
-    times = section_times(model, (1, 16, 9, 4, 4), config)
+    times = section_times(model, (1, 16, 9, 4, 4), 6)
     scheduler, tokens = pipe.scheduler, 9 * 4 * 4 // 4
     from mempack import flow
 
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, 7)[:-1], mu=flow.dynamic_shift_mu(tokens))
     torch.testing.assert_close(scheduler.sigmas.double(), 1 - times.double(), atol=1e-6, rtol=0)
+
+
+def test_continue_a_video(pipe, model, encoders):
+    """A given video's latents become the history and feed ψ; the output starts with it, re-decoded."""
+    from mempack.encoders import resize_center_crop
+
+    video = np.stack([np.roll(sample_image(32, 32), 2 * k, axis=1) for k in range(39)])  # 39 → first 37 used
+    kw = dict(prompt="a kite", num_frames=36, num_inference_steps=2, output_type="latent", **SIZE)
+    out = pipe(video=video, generator=torch.Generator().manual_seed(4), **kw).frames
+    latents = encoders.encode_video(resize_center_crop(video[:37], 32, 32))  # one causal stream
+    assert out.shape == (1, 16, 1 + 9 + 9, 4, 4) and torch.equal(out[:, :, :10], latents)
+    cond = conditioning(encoders, video[0], "a kite")
+    cond.start_latent = latents[:, :, :1]
+    ref = generate(model, cond, GenerationConfig(sections=1, steps=2), progress=False, prefix=latents[:, :, 1:],
+                   generator=torch.Generator().manual_seed(4)).latents
+    assert torch.equal(out, ref)
+    fresh = pipe(image=video[0], generator=torch.Generator().manual_seed(4), **kw).frames
+    assert not torch.allclose(out[:, :, 10:], fresh[:, :, 1:10])  # the history changed what comes next
+    frames = pipe(video=video, generator=torch.Generator().manual_seed(4), prompt="a kite", num_frames=36,
+                  num_inference_steps=2, output_type="np", **SIZE).frames[0]
+    assert frames.shape == (37 + 36, 32, 32, 3)
 
 
 def test_cpu_offload_hooks_give_the_same_video(model, encoders):
