@@ -243,10 +243,11 @@ class MemoryPackPipeline(DiffusionPipeline):
         from mempack.video_io import Mp4Writer
 
         with Mp4Writer(path, fps, crf) as writer:
-            result = self._run(sink=writer.write, **kwargs)
+            result = self._run(sink=writer.write, frames_desc="decoding + encoding mp4", **kwargs)
         return MemoryPackPipelineOutput(frames=None, video_path=str(path), section_seconds=result["section_seconds"])
 
-    def _run(self, *, sink: Callable[[np.ndarray], None] | None, image=None, prompt: str | list[str] = "",
+    def _run(self, *, sink: Callable[[np.ndarray], None] | None, frames_desc: str = "decoding frames", image=None,
+             prompt: str | list[str] = "",
              video=None, num_frames: int = 37, height: int | None = None, width: int | None = None,
              num_inference_steps: int = 25, guidance_scale: float = 10.0, generator=None, use_memory: bool = True,
              callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)) -> dict:
@@ -290,7 +291,7 @@ class MemoryPackPipeline(DiffusionPipeline):
             total_frames = 1 + prefix.shape[2] * temporal + num_frames
 
         decoder = SectionDecoder(encoders) if sink is not None else None
-        frame_bar = tqdm(total=total_frames, desc="decoding frames", unit="frame", leave=False, position=1,
+        frame_bar = tqdm(total=total_frames, desc=frames_desc, unit="frame", leave=False, position=1,
                          disable=decoder is None or getattr(self, "_progress_bar_config", {}).get("disable", False))
         written = 0
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tqdm.auto import tqdm  # noqa: E402
+
 from mempack.cli import ArgumentParser  # noqa: E402
 from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames  # noqa: E402
 
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlflow-uri", help="log metrics, params and the JSON to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-eval", help="MLflow experiment (default: %(default)s)")
     p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal by default)")
     return p.parse_args(argv)
 
 
@@ -142,10 +145,15 @@ def run(args: argparse.Namespace, videos: list[Path]) -> dict:
     dino = DinoFeatures(args.dino) if args.dino else None
     clip = ClipFeatures(args.clip) if args.clip else None
     results: dict[str, dict[str, float]] = {}
-    for video in videos:
+    # on a terminal only (disable=None), so captured logs and one-line errors stay clean
+    bar = tqdm(videos, desc="evaluating", unit="video", disable=True if args.quiet else None)
+    for video in bar:
+        bar.set_postfix_str(f"{video.name}: decoding")
         with quiet_stderr():  # restored before any error propagates to main's one-line report
             frames, fps = load_frames(video)
+        bar.set_postfix_str(f"{video.name}: {len(frames)} frames, metrics")
         results[str(video)] = evaluate_video(frames, fps=fps, dino=dino, clip=clip)
+    bar.close()
     keys = next(iter(results.values())).keys()
     mean = {k: float(sum(m[k] for m in results.values()) / len(results)) for k in keys}
     return {"videos": results, "mean": mean}
