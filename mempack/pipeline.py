@@ -136,9 +136,7 @@ class MemoryPackPipeline(DiffusionPipeline):
                               text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, image_encoder=image_encoder,
                               feature_extractor=feature_extractor, scheduler=scheduler)
-        # mempack.json (RoPE, history layout) is read by from_pretrained; a fresh pipeline takes the defaults
-        self.model_config = MemoryPackConfig(preset=_preset_matching(transformer),
-                                             use_semantic_pack=semantic_pack is not None)
+        self._model_config: MemoryPackConfig | None = None  # set from mempack.json by from_pretrained
         self._wrapped: tuple[tuple, _SteppedTransformer] | None = None
         self._interrupt = False
 
@@ -171,6 +169,18 @@ class MemoryPackPipeline(DiffusionPipeline):
         """diffusers' folder plus mempack.json, so the folder also loads as a MemoryPackTransformer."""
         super().save_pretrained(save_directory, **kwargs)
         Path(save_directory, CONFIG_NAME).write_text(json.dumps(asdict(self.model_config), indent=2))
+
+    @property
+    def model_config(self) -> MemoryPackConfig:
+        """RoPE mode, history layout and preset (mempack.json); defaults for the backbone's size if unset."""
+        if self._model_config is None:
+            self._model_config = MemoryPackConfig(preset=_preset_matching(self.transformer),
+                                                  use_semantic_pack=self.semantic_pack is not None)
+        return self._model_config
+
+    @model_config.setter
+    def model_config(self, config: MemoryPackConfig) -> None:
+        self._model_config = config
 
     @property
     def memorypack(self) -> MemoryPackTransformer:

@@ -260,7 +260,9 @@ def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):
                         params={"steps": 1, "height": 32, "width": 32})
     (tmp_path / "v.mp4").write_bytes(out["video"][0])
     reader = decord.VideoReader(str(tmp_path / "v.mp4"))
-    assert len(reader) == 12 and reader[0].shape == (32, 32, 3)  # 1.5 s at the tiny preset's 8 fps
+    from mempack.pipeline import DEFAULT_FPS
+
+    assert len(reader) == round(1.5 * DEFAULT_FPS["tiny"]) and reader[0].shape == (32, 32, 3)  # 1.5 s at the preset's fps
     client = mlflow.MlflowClient()
     assert client.get_model_version_by_alias("mempack-test", "candidate").version == info.registered_model_version
     # the CLI reads the same model
