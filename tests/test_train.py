@@ -76,6 +76,19 @@ def test_stage1_run_holds_params_metrics_and_model(stage1):
 
 
 @pytest.mark.slow
+def test_training_export_is_a_pipeline_that_generates(stage1):
+    """The export is a complete diffusers pipeline folder: loads by itself and samples a video."""
+    from mempack import MemoryPackPipeline
+    from mempack.sample_inputs import sample_image
+
+    pipe = MemoryPackPipeline.from_pretrained(stage1["export"])
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(image=sample_image(32, 32), prompt="a kite", num_frames=5, num_inference_steps=1, height=32,
+                  width=32, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    assert frames.shape == (5, 32, 32, 3) and pipe.model_config.preset == "tiny"
+
+
+@pytest.mark.slow
 def test_stage2_changes_only_the_head(stage1, stage2):
     before, after = weights(stage1["export"], "transformer"), weights(stage2["export"], "transformer")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
