@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mempack.checkpoints import CheckpointError, load_pipeline
+from mempack.checkpoints import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
 from mempack.generate import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
 from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
 
 log = logging.getLogger(__name__)
+
 
 class InferenceError(ValueError):
     """A request that cannot run (bad image, size, output path): one clear line for the CLI."""
@@ -36,7 +37,7 @@ class InferenceRequest:
 
     model_dir: str | None = None  # None: the tiny preset's random weights
     preset: str = "tiny"
-    encoders: str | None = None  # real encoder weights (overrides the export's encoders.json)
+    encoders: str | None = None  # real encoder weights: replace the export's bundled ones
     image: str | None = None  # None: the built-in sample image
     prompt: str | None = None
     seconds: float | None = None
