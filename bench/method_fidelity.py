@@ -122,6 +122,7 @@ def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
 
 def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     """Train one variant for one seed (stage 2 starts from `init`, the memorypack export), then evaluate."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -171,8 +172,14 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     if seed == 0 or s.mlflow_uri:
         from mempack.video_io import write_mp4
 
-        write_mp4(eval_world.render(kept[0]), video_path, fps=8, crf=0)
+        frames = eval_world.render(kept[0])
+        write_mp4(frames, video_path, fps=8, crf=0)
         out["rollout_mp4"] = str(video_path)
+        # one frame every few sections (the last of each), for the README's strip
+        every = max(1, s.drift_sections // 8)
+        picks = [1 + 9 * (k + 1) - 1 for k in range(0, s.drift_sections, every)]
+        np.save(video_path.with_suffix(".strip.npy"), frames[picks])
+        out["strip"] = str(video_path.with_suffix(".strip.npy"))
     if s.mlflow_uri:
         _log_mlflow(s, out, video_path)
     return out
@@ -279,6 +286,26 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
     return summary
 
 
+def write_strip(results: list[dict], path: Path, variants: tuple[str, ...] = ("framepack_only", "direct")) -> Path | None:
+    """One row of rollout frames per variant (seed 0), a gap between frames: the README's picture."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for v in variants:
+        found = [r for r in results if r["variant"] == v and r["seed"] == 0 and "strip" in r]
+        if not found:
+            return None
+        frames = np.load(found[0]["strip"])
+        gap = np.full((frames.shape[1], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for f in frames for x in (f, gap)], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 def print_table(summary: dict, s: Settings) -> None:
     absences = s.absences
     head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
@@ -304,15 +331,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--train-steps", type=int, default=1500, help="stage-1 optimizer steps (one video each)")
+    p.add_argument("--train-steps", type=int, default=3000, help="stage-1 optimizer steps (one video each)")
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
     p.add_argument("--stage2-videos", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--events", type=int, default=12, help="return events per absence length")
     p.add_argument("--drift-sections", type=int, default=40)
-    p.add_argument("--rollouts", type=int, default=2)
-    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--sample-steps", type=int, default=10, help="Euler steps per generated section")
     p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
     p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
     p.add_argument("--student-steps", type=int, default=5)
@@ -365,6 +392,10 @@ def main(argv=None) -> dict:
                    machine=f"{os.cpu_count()} CPUs", runs=results)
     print_table(summary, s)
     print(f"total {summary['seconds']:.0f} s")
+    strip = write_strip(results, Path(args.json).with_name("method_fidelity_strip.png"))
+    if strip:
+        summary["strip_png"] = str(strip)
+        print(f"rollout strip (framepack_only above direct): {strip}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2, default=_jsonable))
     print(f"wrote {args.json}")
