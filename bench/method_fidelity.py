@@ -31,7 +31,8 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -208,11 +209,13 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) -> list[dict]:
+def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int,
+            on_result: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Stage-1 variants first; each seed's stage-2 variants start when its memorypack export is ready."""
     need_memorypack = any(v in STAGE2 for v in variants)
     stage1 = [v for v in STAGE1 if v in variants or (v == "memorypack" and need_memorypack)]
     results: list[dict] = []
+    exports: dict[int, str] = {}
     if workers == 0:  # in this process, in order (tests, debugging)
         for seed in seeds:
             exports = {}
@@ -224,30 +227,31 @@ def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) ->
                 if v in variants:
                     results.append(run_variant(v, seed, s, exports["memorypack"]))
         return [r for r in results if r["variant"] in variants]
+    # seed by seed, memorypack first, so each seed's stage-2 variants start as early as possible and
+    # the partial JSON (`on_result`) holds whole seeds
+    ready = [(seed, v) for seed in seeds for v in sorted(stage1, key=lambda v: v != "memorypack")]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
         pending: dict[Future, tuple[str, int]] = {}
-        for seed in seeds:
-            for v in stage1:
-                pending[pool.submit(run_variant, v, seed, s, None)] = (v, seed)
-        while pending:
-            done = next(f for f in _as_completed(pending))
+        while ready or pending:
+            while ready and len(pending) < workers:
+                seed, v = ready.pop(0)
+                init = exports.get(seed) if v in STAGE2 else None
+                pending[pool.submit(run_variant, v, seed, s, init)] = (v, seed)
+            done = next(iter(as_completed(list(pending))))
             variant, seed = pending.pop(done)
             out = done.result()
             print(f"  done {variant} seed {seed}: recall {out['recall_by_absence']} drift {out['drift']:.4f} "
                   f"({out['train_seconds_per_clip'] * 1000:.0f} ms/clip)", flush=True)
             if variant in variants:
                 results.append(out)
+                if on_result is not None:
+                    on_result(results)
             if variant == "memorypack":
-                for v in STAGE2:
-                    if v in variants:
-                        pending[pool.submit(run_variant, v, seed, s, out["export"])] = (v, seed)
+                exports[seed] = out["export"]
+                later = [i for i, (sd, _) in enumerate(ready) if sd > seed]
+                at = later[0] if later else len(ready)
+                ready[at:at] = [(seed, v) for v in STAGE2 if v in variants]
     return results
-
-
-def _as_completed(pending):
-    from concurrent.futures import as_completed
-
-    return as_completed(list(pending))
 
 
 def _stats(values: list[float]) -> dict:
@@ -317,7 +321,7 @@ def print_table(summary: dict, s: Settings) -> None:
               + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
               + f" {e['returned']:>8.2f} {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
               + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
-    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity among returns, mean over "
+    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
           f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window)")
 
 
@@ -386,7 +390,14 @@ def main(argv=None) -> dict:
         mlflow.set_tracking_uri(mlflow_uri)
         mlflow.set_experiment("mempack-method-fidelity")
     began = time.perf_counter()
-    results = run_all(s, args.variants, list(range(args.seeds)), args.workers)
+
+    def write_partial(results: list[dict]) -> None:
+        partial = summarise(results, s, args.variants)
+        partial.update(partial=True, runs=results)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(partial, indent=2, default=_jsonable))
+
+    results = run_all(s, args.variants, list(range(args.seeds)), args.workers, on_result=write_partial)
     summary = summarise(results, s, args.variants)
     summary.update(seconds=round(time.perf_counter() - began, 1), seeds=args.seeds, settings=s.__dict__,
                    machine=f"{os.cpu_count()} CPUs", runs=results)
