@@ -67,13 +67,21 @@ class Settings:
     memory_grad_window: int
     out: str
     mlflow_uri: str | None
+    train_absence: tuple[int, int] | None = None  # default: 1 … the longest evaluated absence
+    visible: tuple[int, int] = (1, 2)
+    speed: tuple[int, int] = (2, 2)
+    distractors: int = 0
+    after_return: int = 0
 
 
 def world_for(s: Settings, stage: int):
     from mempack.world import World, WorldConfig
 
-    longest = max(s.absences) if stage == 1 else min(4, max(s.absences))
-    return World(WorldConfig(identities=s.identities, absence=(1, longest), seed=s.world_seed))
+    absence = s.train_absence or (1, max(s.absences))
+    if stage == 2:  # stage 2 trains every clip of a video: shorter videos keep its cost near stage 1's
+        absence = (absence[0], min(absence[1], 4))
+    return World(WorldConfig(identities=s.identities, absence=absence, visible=s.visible, speed=s.speed,
+                             distractors=s.distractors, after_return=s.after_return, seed=s.world_seed))
 
 
 def build_model(s: Settings, variant: str, seed: int):
@@ -334,6 +342,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
     p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--train-absence", help="absent sections in training videos, LO,HI (default 1,max(--absence))")
+    p.add_argument("--visible", default="1,2", help="sections in view before leaving, LO,HI")
+    p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
+    p.add_argument("--distractors", type=int, default=0, help="extra always-visible objects")
+    p.add_argument("--after-return", type=int, default=0, help="sections after the return (longer videos)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     p.add_argument("--train-steps", type=int, default=3000, help="stage-1 optimizer steps (one video each)")
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
@@ -357,6 +370,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.absence = sorted({int(a) for a in args.absence.split(",") if a.strip()})
     except ValueError:
         p.error(f"--absence must be integers, got {args.absence!r}")
+    for name in ("train_absence", "visible", "speed"):
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        try:
+            lo, hi = (int(x) for x in raw.split(","))
+        except ValueError:
+            p.error(f"--{name.replace('_', '-')} must be LO,HI, got {raw!r}")
+        setattr(args, name, (lo, hi))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -383,7 +405,12 @@ def main(argv=None) -> dict:
     s = Settings(args.identities, args.absence, args.world_seed, args.train_steps, args.stage2_steps,
                  args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
-                 str(out.resolve()), mlflow_uri)
+                 str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
+                 args.after_return)
+    try:
+        world_for(s, 1)
+    except ValueError as err:  # a world that cannot exist: one line, before any process starts
+        raise SystemExit(f"error: {err}")
     if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
         import mlflow
 
