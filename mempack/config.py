@@ -22,6 +22,7 @@ import datetime
 import inspect
 import re
 import sys
+import tomllib
 import types
 import typing
 from collections.abc import Iterator
@@ -31,10 +32,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - 3.10
-    import tomli as tomllib
 
 T = TypeVar("T")
 FLAG_PREFIX = "config:"  # argparse dest of a generated flag: "config:" + dotted key

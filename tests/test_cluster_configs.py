@@ -288,3 +288,89 @@ def test_cpu_fp32_config_trains_one_step(tmp_path):
     assert result == {"changed": True, "finite": True, "stage": 2, "optimizer": "torch.optim.adamw.AdamW",
                       "steps": 1}
     assert not ext.exists() or not any(ext.iterdir()), "a DeepSpeed op was compiled"
+
+
+# ---------------------------------------------------------------- the README's local head, as written
+
+
+def _readme_local_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    marker = text.index("<!-- local-cluster:")
+    return text[marker:].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def _processes_of(temp_dir: str) -> list[int]:
+    """PIDs of the Ray processes of one head: every process whose command line names its own temp dir."""
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                found.add(proc.pid)
+                found.update(c.pid for c in proc.children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return sorted(found)
+
+
+def _stop_pids(pids: list[int]) -> None:
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+            procs[-1].terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    for proc in alive:
+        with __import__("contextlib").suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_readme_local_head_sequence_runs_as_written_with_token_auth(tmp_path):
+    """A fresh machine (empty HOME), the README's block line by line; only the ports, the temp dir and the
+    output folder are this test's own, and the head is stopped by PID instead of `ray stop`."""
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+
+    block = _readme_local_block()
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c and not c.startswith("#")]
+    assert [c.split()[0:2] for c in commands] == [["export", "RAY_AUTH_MODE=token"], ["ray", "get-auth-token"],
+                                                  ["ray", "start"], ["ray", "job"], ["ray", "stop"]], commands
+    gcs, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="mpk", dir="/tmp")  # short: Ray's socket paths have a length limit
+    output = tmp_path / "prep-ray"
+    script = "\n".join(commands[:-1])  # everything but `ray stop` (it would stop every Ray on this machine)
+    script = (script.replace("--port=6379", f"--port={gcs}").replace("8265", str(dashboard))
+              .replace("/tmp/ray-mempack", temp_dir).replace('"$PWD/outputs/prep-ray"', str(output)))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
+    try:
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert (home / ".ray" / "auth_token").is_file()
+        summary = json.loads((output / "summary.json").read_text())
+        assert summary["clips"] > 0 and summary["inputs_accepted"] + summary["inputs_rejected"] == summary["inputs"]
+        # the Jobs API refuses a caller without the token: 401 over HTTP, "Missing authentication token" from the CLI
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/jobs/", timeout=30)
+        assert refused.value.code in (401, 403)
+        no_token = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address",
+                                   f"http://127.0.0.1:{dashboard}"], cwd=ROOT, capture_output=True, text=True,
+                                  env={**env, "RAY_AUTH_MODE": "disabled"}, timeout=120)
+        assert no_token.returncode != 0 and "authentication" in (no_token.stdout + no_token.stderr).lower()
+    finally:
+        _stop_pids(_processes_of(temp_dir))
+    assert not _processes_of(temp_dir)
