@@ -56,18 +56,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PrepC
     return args, config
 
 
-def log_to_mlflow(uri: str, experiment: str, config: PrepConfig, summary: dict, out: Path) -> str:
-    import mlflow
+def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str) -> dict:
+    """run_prep inside an MLflow run that ends FAILED if prep fails; its id lands beside the output
+    (mlflow_run.json) so the training run that reads this output links back to it."""
+    from mempack import tracking
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="prep") as run:
-        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-        mlflow.log_params({"output": str(out), "preset": config.preset, "encoders": config.encoders or "tiny",
-                           **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}})
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact(str(out / "summary.json"))
-        return run.info.run_id
+    client, run_id = tracking.create_run(uri, experiment, run_name="prep", entry_point="pipelines/prep.py")
+    with tracking.run_status(client, run_id):
+        from mlflow.entities import Metric, Param
+
+        params = {"output": str(Path(config.output).resolve()), "preset": config.preset,
+                  "encoders": config.encoders or "tiny", "inputs": str(len(inputs)),
+                  **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}}
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        summary = run_prep(inputs, config)
+        out = Path(config.output).resolve()
+        flat = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in flat.items()])
+        client.log_artifact(run_id, str(out / "summary.json"))
+        tracking.write_run_file(out, run_id, uri)
+    summary["mlflow_run_id"] = run_id
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,11 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         # "local": always a fresh Ray of our own, never a stale or foreign cluster recorded in /tmp/ray
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    summary = run_prep(inputs, config)
-    out = Path(config.output).resolve()
     if args.mlflow_uri:
-        run_id = log_to_mlflow(args.mlflow_uri, args.experiment, config, summary, out)
-        summary["mlflow_run_id"] = run_id
+        summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment)
+    else:
+        summary = run_prep(inputs, config)
+        (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
+    out = Path(config.output).resolve()
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"prep output: {out} (clips/, videos/, rejects/, summary.json)")
 

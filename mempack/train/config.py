@@ -72,6 +72,8 @@ class TrainConfig:
     experiment: str = "mempack-train"
     run_name: str | None = None
     log_every: int = 1
+    system_metrics: bool = False  # also log CPU, memory and GPU use of every node to the run (MLflow system metrics)
+    register_model: str | None = None  # register the logged MLflow Model under this name (registry aliases, not stages)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):

@@ -27,7 +27,7 @@ from mempack.forcing import ForcingConfig, video_clip_steps
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
 from mempack.train.data import to_training_inputs
-from mempack.train.mlflow_logger import MlflowRunLogger
+from mempack.train.mlflow_logger import worker_logger
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
@@ -87,7 +87,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = _init_engine(model, ds_config, config.use_gpu)
     module: MemoryPackTransformer = engine.module
     dtype = next(module.parameters()).dtype
-    logger = MlflowRunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], enabled=rank == 0)
+    logger = worker_logger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank,
+                           config.system_metrics)
 
     state = {"step": 0, "epoch": 0, "bucket": 0, "videos_done": 0, "restarts": 0}
     checkpoint = ray.train.get_checkpoint()
