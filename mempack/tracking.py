@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -202,8 +203,10 @@ def log_prep_input(client, run_id: str, data_dir: str | Path, context: str = "tr
         return None
     summary = json.loads(summary_path.read_text())
     digest = prep_digest(summary)
-    dataset = MetaDataset(resolve_dataset_source(str(data_dir.resolve())), name=f"prep:{data_dir.name}",
-                          digest=digest)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one local class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(data_dir.resolve()))
+    dataset = MetaDataset(source, name=f"prep:{data_dir.name}", digest=digest)
     client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                                      tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
     client.set_tag(run_id, DATA_DIGEST_TAG, digest)
