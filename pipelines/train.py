@@ -34,8 +34,9 @@ def build_parser() -> ArgumentParser:
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_config_file_arguments(p, TrainConfig)
-    p.add_argument("--conditioning", choices=FORCING_MODES, help="how the history is made (= --forcing.mode; "
-                   "stage 2 default: direct)")
+    p.add_argument("--conditioning", choices=FORCING_MODES, help="how the history is made (= --forcing.mode): "
+                   "stage 1 default teacher, stage 2 default direct; stage 2 + teacher is the head-only control, "
+                   "student the k-step ablation")
     p.add_argument("--student-steps", help="sampling steps of student forcing (= --forcing.student-steps)")
     p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     args = p.parse_args(argv)
     aliases = {"forcing.mode": args.conditioning, "forcing.student_steps": args.student_steps}
     config = config_from_args(p, TrainConfig, args, {k: v for k, v in aliases.items() if v is not None})
+    if args.student_steps is not None and (config.forcing.mode or "") != "student":
+        p.error("--student-steps needs --conditioning student")
     for name in ("num_workers", "max_steps", "epochs", "checkpoint_every"):
         if getattr(config, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
