@@ -50,6 +50,7 @@ class MlflowRunLogger:
         self.sent = 0
         self.outages = 0
         self._pending: deque[Metric] = deque()
+        self._artifacts: deque[tuple[str, str | None]] = deque()  # (local file, folder in the run)
         self._max_buffered = max_buffered
         self._lock = threading.Condition()
         self._closing = False
@@ -76,6 +77,14 @@ class MlflowRunLogger:
                 self._pending.append(metric)
             self._lock.notify()
 
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Queue a file (a validation video) for upload into the run; it is sent like the metrics."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._artifacts.append((str(path), artifact_path))
+            self._lock.notify()
+
     @property
     def buffered(self) -> int:
         """Metrics not yet accepted by the server."""
@@ -99,6 +108,11 @@ class MlflowRunLogger:
         with self._lock:
             left = list(self._pending)
             self._pending.clear()
+            files = [path for path, _ in self._artifacts]
+            self._artifacts.clear()
+        if files:
+            log.warning("MLflow: %d files were not uploaded to run %s (they stay on disk): %s", len(files),
+                        self.run_id, ", ".join(files))
         if left:
             where = self._spill(left)
             log.warning("MLflow: %d metrics of run %s could not be sent%s", len(left), self.run_id,
@@ -113,13 +127,17 @@ class MlflowRunLogger:
         attempt = 0
         while True:
             with self._lock:
-                while not self._pending and not self._closing:
+                while not self._pending and not self._artifacts and not self._closing:
                     self._lock.wait()
-                if not self._pending and self._closing:
-                    return
+                if not self._pending and not self._artifacts:
+                    return  # closing, nothing left
                 batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+                artifact = None if batch else self._artifacts[0]
             try:
-                self.client.log_batch(self.run_id, metrics=batch)
+                if batch:
+                    self.client.log_batch(self.run_id, metrics=batch)
+                else:
+                    self.client.log_artifact(self.run_id, artifact[0], artifact[1])
             except Exception as err:  # noqa: BLE001 - any failure of the server or network: keep and retry
                 attempt += 1
                 if self._failing_since is None:
@@ -137,6 +155,8 @@ class MlflowRunLogger:
                 for metric in batch:  # the front may have been pushed out meanwhile by a full buffer
                     if self._pending and self._pending[0] is metric:
                         self._pending.popleft()
+                if artifact is not None and self._artifacts and self._artifacts[0] is artifact:
+                    self._artifacts.popleft()
                 self.sent += len(batch)
             if self._failing_since is not None:
                 log.warning("MLflow reachable again after %.0f s; sending the kept metrics",

@@ -53,6 +53,15 @@ def validate(config: TrainConfig) -> dict[int, list[str]]:
     if config.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
         raise TrainSetupError("--register-model needs mempack.mlflow_model (the MLflow pyfunc model), "
                               "which this build does not have")
+    if config.sample_image:
+        if not Path(config.sample_image).is_file():
+            raise TrainSetupError(f"--sample-image not found: {config.sample_image}")
+        config.sample_image = str(Path(config.sample_image).resolve())
+    for name in ("sample_every", "progress_every"):
+        if getattr(config, name) < 0:
+            raise TrainSetupError(f"--{name.replace('_', '-')} must be >= 0 (0: off)")
+    if config.sample_sections < 1 or config.sample_steps < 1:
+        raise TrainSetupError("--sample-sections and --sample-steps must be >= 1")
     if config.pretrained and not Path(config.pretrained).is_dir():
         raise TrainSetupError(f"--pretrained folder not found: {config.pretrained}")
     # workers run in their own working directories: every path they read must be absolute
@@ -203,10 +212,6 @@ def _worker_env() -> dict[str, str]:
 
 def _write_encoders_json(config: TrainConfig, out: Path) -> None:
     """Which encoders made the training data, so inference builds the same ones."""
-    encoders = {"preset": config.preset, "path": None, "seed": 0}
-    summary = Path(config.data) / "summary.json"
-    if summary.is_file():
-        prep = json.loads(summary.read_text()).get("config", {})
-        encoders = {"preset": prep.get("preset", config.preset), "path": prep.get("encoders"),
-                    "seed": prep.get("encoder_seed", 0)}
-    (out / "encoders.json").write_text(json.dumps(encoders, indent=2))
+    from mempack.train.progress import data_encoders
+
+    (out / "encoders.json").write_text(json.dumps(data_encoders(config.data, config.preset), indent=2))
