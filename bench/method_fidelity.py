@@ -354,10 +354,11 @@ def main(argv=None) -> dict:
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri)
     if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
-        mlflow.set_tracking_uri(mlflow_uri)
-        mlflow.set_experiment("mempack-method-fidelity")
+        from mempack.tracking import get_or_create_experiment
+
+        get_or_create_experiment(MlflowClient(mlflow_uri), "mempack-method-fidelity")  # artifacts beside the store
     began = time.perf_counter()
     results = run_all(s, args.variants, list(range(args.seeds)), args.workers)
     summary = summarise(results, s, args.variants)
