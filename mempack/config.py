@@ -7,7 +7,8 @@ untyped input into them. Every layer is merged into one nested dict and validate
 one error naming the key. Why pydantic: it is already installed with Ray and MLflow (no new
 dependency), it is actively maintained, it validates stdlib dataclasses as they are (running their
 `__post_init__` checks) and understands every annotation they use (`X | None`, `Literal`, tuples,
-nested dataclasses); OmegaConf would add a package and cannot express `Literal` or tuples.
+nested dataclasses); OmegaConf would add a package (and its pinned ANTLR runtime) and supports neither
+`Literal` nor unions other than Optional in structured configs.
 
 Nested dataclasses are addressed with dots (`clip.target_fps=12`). `add_config_arguments` generates
 one CLI flag per key from the dataclass itself (`--lr`, `--clip.target-fps`), with the field's
