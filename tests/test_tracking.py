@@ -19,9 +19,15 @@ from mempack import tracking
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory) -> str:
+    """One sqlite store for the module (creating its schema costs seconds); tests use their own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
 @pytest.fixture
-def store(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def store(shared_store) -> str:
+    return shared_store
 
 
 def _make_store(uri: str) -> None:
@@ -36,7 +42,7 @@ def test_artifacts_land_beside_the_sqlite_store_not_in_the_working_folder(tmp_pa
     (tmp_path / "note.txt").write_text("hello")
     with tracking.tracked_run(store, "exp") as (client, run_id):
         client.log_artifact(run_id, str(tmp_path / "note.txt"))
-    stored = list((tmp_path / "store" / "mlartifacts").rglob("note.txt"))
+    stored = list((Path(store.split(":///", 1)[1]).parent / "mlartifacts").rglob(f"{run_id}/**/note.txt"))
     assert len(stored) == 1 and stored[0].read_text() == "hello"
     assert not (elsewhere / "mlruns").exists() and not any(elsewhere.iterdir())
 
