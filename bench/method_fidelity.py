@@ -412,10 +412,11 @@ def main(argv=None) -> dict:
     except ValueError as err:  # a world that cannot exist: one line, before any process starts
         raise SystemExit(f"error: {err}")
     if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
-        mlflow.set_tracking_uri(mlflow_uri)
-        mlflow.set_experiment("mempack-method-fidelity")
+        from mempack.tracking import get_or_create_experiment
+
+        get_or_create_experiment(MlflowClient(mlflow_uri), "mempack-method-fidelity")  # artifacts beside the store
     began = time.perf_counter()
 
     def write_partial(results: list[dict]) -> None:
