@@ -26,7 +26,7 @@ import torch
 from mempack.forcing import ForcingConfig, video_clip_steps
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
-from mempack.train.data import to_training_inputs
+from mempack.train.data import Bucket, to_training_inputs
 from mempack.train.mlflow_logger import MlflowRunLogger
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     config: TrainConfig = loop_config["config"]
     ds_config: dict = loop_config["deepspeed"]
-    buckets: list[int] = loop_config["buckets"]
+    buckets: list[Bucket] = loop_config["buckets"]  # (num_clips, height, width), curriculum order
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.seed)
@@ -114,9 +114,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     last_metrics: dict = {}
     while not done and state["epoch"] < config.epochs:
         for b in range(state["bucket"], len(buckets)):
-            num_clips = buckets[b]
+            num_clips = buckets[b].num_clips
             engine.set_train_batch_size((num_clips if config.stage == 2 else 1) * world)
-            shard = ray.train.get_dataset_shard(f"bucket_{num_clips}")
+            shard = ray.train.get_dataset_shard(buckets[b].name)
             skip = state["videos_done"] if b == state["bucket"] else 0
             for position, row in enumerate(shard.iter_rows()):
                 if position < skip:
