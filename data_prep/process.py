@@ -104,7 +104,8 @@ def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: Clip
     height, width = bucket or nearest_bucket(preset, *shot.frames.shape[1:3])
     return [{
         "table": "shots", "schema_version": SCHEMA_VERSION, "video_id": video_id, "source": row["source"],
-        "source_path": path, "shot_index": shot_index, "num_clips": whole_sections(len(idx), temporal=clock.vae_temporal),
+        "source_path": path, "shot_index": shot_index,
+        "num_clips": whole_sections(len(idx), temporal=clock.vae_temporal),
         "start_frame": shot.start + int(idx[0]), "num_frames": len(idx), "fps": clock.fps,
         "source_fps": float(src_fps), "height": height, "width": width, "caption": row.get("caption") or "",
         "dynamism": score, **pack_tensor("frames", resize_center_crop(shot.frames[idx], height, width)),

@@ -28,7 +28,7 @@ from mempack.config import load_config, to_dict  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.splitlines()[0], epilog="Config keys can be overridden with "
-                                "--set key=value (e.g. --set clip.target_fps=12).")
+                                "--set key=value (e.g. --set clip.max_shot_seconds=30).")
     p.add_argument("--input", help="folder of videos, MiraData CSV or Sekai CSV (default: the built-in sample)")
     p.add_argument("--video-root", help="folder the CSV's file names are relative to (default: the CSV's folder)")
     p.add_argument("--output", default="outputs/prep", help="output root (default: %(default)s)")

@@ -109,7 +109,8 @@ def test_short_shots_of_real_footage_yield_training_videos(src_fps, seconds, sec
     import cv2
 
     count = int(round(seconds * src_fps)) + 1
-    texture = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (72, 128 + count, 3), dtype=np.uint8), (7, 7), 0)
+    noise = np.random.default_rng(0).integers(0, 256, (72, 128 + count, 3), dtype=np.uint8)
+    texture = cv2.GaussianBlur(noise, (7, 7), 0)
     frames = np.stack([texture[:, i: i + 128] for i in range(count)])  # a camera pan: dynamic enough to keep
     row = {"source": "folder", "source_id": "clip", "source_path": "/x/clip.mp4", "caption": "a bar"}
     out = shot_rows(row, 0, Shot(0, frames), src_fps, ClipSpec(), "framepack-f1")

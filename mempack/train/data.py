@@ -68,7 +68,12 @@ def load_video(root: str | Path, video_id: str) -> dict:
     check_version(root / "clips", clips.column("schema_version").to_pylist())
     rows = sorted(clips.to_pylist(), key=lambda r: r["clip_index"])
     latents = np.stack([unpack_tensor("latents", r["latents"], r["latents_shape"]) for r in rows])
-    video = pads.dataset(root / "videos", format="parquet", partitioning="hive").to_table(filter=pc.field("video_id") == video_id).to_pylist()[0]
+    videos = pads.dataset(root / "videos", format="parquet", partitioning="hive")
+    video = videos.to_table(filter=pc.field("video_id") == video_id).to_pylist()[0]
+    check_version(root / "videos", [video["schema_version"]])
+    if [r["clip_index"] for r in rows] != list(range(int(video["num_clips"]))):
+        raise ValueError(f"video {video_id} has clips {[r['clip_index'] for r in rows]}, expected "
+                         f"0..{int(video['num_clips']) - 1}: the prep output is incomplete (re-run pipelines/prep.py)")
     out = {"video_id": video_id, "clips": latents}
     for name in ("prompt_embeds", "prompt_mask", "pooled_prompt_embeds", "image_embeds", "image_latent"):
         out[name] = unpack_tensor(name, video[name], video[f"{name}_shape"])
