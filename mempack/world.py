@@ -8,10 +8,11 @@ what left FramePack's window, and that Direct Forcing curbs drift. A video is la
   always-kept start frame carries it).
 * **Object**: one of K identities, each a fixed code vector written into the channels of a 2×2 block
   (`codes`). It is *not* in the start latent: it enters at the portal (left edge) at the start of
-  section `enter`, moves and bounces for `visible` sections, then is out of view for `absent` sections
-  — longer than FramePack's 1 + 2 + 16 latent-frame window once `absent` ≥ 3 — and comes back at the
-  portal. A beacon (an identity-free code in a corner) lights during the last absent section, so *when*
-  it returns is visible in the recent history; *which* identity returns is only in the far past.
+  section `enter` ≥ 1, moves and bounces for `visible` sections, then is out of view for `absent`
+  sections — longer than FramePack's 1 + 2 + 16 latent-frame window once `absent` ≥ 3 — and comes back
+  at the portal. A beacon (an identity-free code in a corner) lights during the section before each
+  entrance, so *when* the object comes is visible in the recent history; *which* identity comes back
+  is only in the far past (at its first entrance it is new: any of the K).
   Prompts and image features never carry the identity (ψ₀ sees the background only).
 * **Distractors** (optional): extra objects of other identities that stay in view, in their own rows.
 
@@ -46,10 +47,10 @@ class WorldConfig:
     width: int = 8
     absence: tuple[int, int] = (1, 8)  # sections out of view, inclusive range
     visible: tuple[int, int] = (1, 2)  # sections in view before leaving
-    enter: tuple[int, int] = (0, 1)  # section in which the object first appears (never the start latent)
+    enter: tuple[int, int] = (1, 2)  # section in which the object first appears (never the start latent)
     after_return: int = 0  # sections generated after the return section
     distractors: int = 0  # extra always-visible objects of other identities
-    speed: tuple[int, int] = (1, 1)  # cells per latent frame, inclusive range
+    speed: tuple[int, int] = (2, 2)  # cells per latent frame (even speeds keep the object on the 2×2 patch grid)
     code_scale: float = 1.5  # per-channel amplitude of identity codes
     background_scale: float = 0.5
     text_dim: int = 32  # widths of the prompt / image features (the tiny preset's)
@@ -65,7 +66,7 @@ class WorldConfig:
             raise ValueError(f"world too small: {self.height}x{self.width} latent cells")
         for name in ("absence", "visible", "enter", "speed"):
             lo, hi = getattr(self, name)
-            if lo > hi or lo < 0 or (name != "enter" and lo < 1):
+            if lo > hi or lo < 1:
                 raise ValueError(f"bad {name} range {lo}..{hi}")
         if self.distractors + 1 > self.identities:
             raise ValueError("distractors need identities of their own")
@@ -145,8 +146,9 @@ class World:
         for f, pos in enumerate(positions):
             if pos is not None:
                 self._draw(latents, f, pos, self.codes[identity])
-        for f in range(1 + SECTION * (returns - 1), 1 + SECTION * returns):  # beacon: the last absent section
-            latents[:, f, 0, cfg.width - 1] = self.beacon
+        for section in (enter - 1, returns - 1):  # the beacon: in the section before each entrance
+            for f in range(1 + SECTION * section, 1 + SECTION * (section + 1)):
+                latents[:, f, 0, cfg.width - 1] = self.beacon
         for d, k in enumerate(distractor_ids):
             row = d * OBJECT
             phase = int(rng.integers(0, cfg.width - OBJECT))
