@@ -7,7 +7,7 @@ does (`MemoryPackPipeline.write_video`: every section decoded and encoded as it 
 Peak RSS must not grow with length for `stream`; for `whole` it grows with the frames held.
 Prints a table and writes bench/results/stream_memory.json.
 
-    python bench/stream_memory.py [--minutes 1 10] [--modes stream whole] [--size 64] [--steps 1]
+    python bench/stream_memory.py [--minutes 1 10] [--modes stream whole] [--size 64] [--steps 1] [--fps 30]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def child(minutes: float, mode: str, size: int, steps: int, out: Path) -> dict:
+def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, out: Path) -> dict:
     """One generation in this process; returns its numbers."""
     sys.path.insert(0, str(ROOT))
     import torch
@@ -45,7 +45,7 @@ def child(minutes: float, mode: str, size: int, steps: int, out: Path) -> dict:
     torch.set_num_threads(1)
     pipe = load_pipeline(None, preset="tiny")
     pipe.set_progress_bar_config(disable=True)
-    fps = DEFAULT_FPS["tiny"]
+    fps = fps or DEFAULT_FPS["tiny"]
     frames = round(minutes * 60 * fps)
     kwargs = dict(image=sample_image(size, size), prompt=SAMPLE_PROMPT, num_frames=frames, height=size, width=size,
                   num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
@@ -58,7 +58,7 @@ def child(minutes: float, mode: str, size: int, steps: int, out: Path) -> dict:
         write_mp4(pipe.encoders().decode_latents(latents)[0][:frames], out, fps)
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"minutes": minutes, "mode": mode, "frames": frames, "size": size, "steps": steps,
+    return {"minutes": minutes, "mode": mode, "frames": frames, "fps": fps, "size": size, "steps": steps,
             "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
             "growth_mb": round(peak - before, 1), "seconds": round(seconds, 1),
             "mp4_bytes": out.stat().st_size}
@@ -70,19 +70,21 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["stream", "whole"], choices=["stream", "whole"])
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (multiple of 16)")
     parser.add_argument("--steps", type=int, default=1, help="Euler steps per section (memory does not depend on it)")
+    parser.add_argument("--fps", type=float, help="frame rate (default: the preset's clock)")
     parser.add_argument("--out", type=Path, default=RESULTS / "stream_memory.json")
     parser.add_argument("--child", nargs=2, metavar=("MINUTES", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     video = RESULTS / "stream_memory.mp4"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(child(float(args.child[0]), args.child[1], args.size, args.steps, video)))
+        print(json.dumps(child(float(args.child[0]), args.child[1], args.size, args.steps, args.fps, video)))
         return
     rows = []
     for mode in args.modes:
         for minutes in args.minutes:
             result = subprocess.run([sys.executable, __file__, "--child", str(minutes), mode, "--size", str(args.size),
-                                     "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                                     "--steps", str(args.steps), *(["--fps", str(args.fps)] if args.fps else [])],
+                                    capture_output=True, text=True, check=True)
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(f"{mode:>7} {minutes:5g} min: peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
     video.unlink(missing_ok=True)

@@ -158,7 +158,7 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
                          dtype=dtype)
     pipe.set_progress_bar_config(disable=not request.progress)
     preset = pipe.preset_name
-    fps = request.fps or DEFAULT_FPS.get(preset, 8.0)
+    fps = request.fps or DEFAULT_FPS[preset]
     frames, sections = plan_frames(request, fps, pipe.model_config.window)
     height, width = _size(request, pipe.default_size(image))
     if image is None:

@@ -57,7 +57,7 @@ class MemoryPackPyfunc(_pyfunc_base()):
         from mempack.pipeline import DEFAULT_FPS
 
         settings = {**PARAMS, **(params or {})}
-        fps = float(settings["fps"]) or DEFAULT_FPS.get(self.pipe.preset_name, 8.0)
+        fps = float(settings["fps"]) or DEFAULT_FPS[self.pipe.preset_name]
         videos = []
         for row in model_input.to_dict("records"):
             seconds = row.get("seconds")

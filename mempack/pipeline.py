@@ -45,15 +45,15 @@ from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.generate import GenerationConfig, generate, sections_for_frames
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
 from mempack.model.memorypack import CONFIG_NAME, _preset_matching
-from mempack.presets import get_preset
+from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket
 from mempack.stream_decode import SectionDecoder
 
 log = logging.getLogger(__name__)
 
-# what each preset was trained at by default: the sample's 64x64 at 8 fps; FramePack-F1's 30 fps
-DEFAULT_SIZE = {"tiny": (64, 64), "framepack-f1": (480, 640)}
-DEFAULT_FPS = {"tiny": 8.0, "framepack-f1": 30.0}
-SIDE_MULTIPLE = 16  # VAE ×8, then the transformer's 2×2 patches
+# the one clock and each preset's default bucket (mempack.presets): what prep trained at
+DEFAULT_SIZE = {name: preset.default_bucket for name, preset in PRESETS.items()}
+DEFAULT_FPS = {name: preset.fps for name, preset in PRESETS.items()}
+SIDE_MULTIPLE = BUCKET_MULTIPLE  # VAE ×8, then the transformer's 2×2 patches
 # Larger inputs are refused, not decoded: 8K (7680x4320) is 33 Mpx; PIL itself refuses above ~179 Mpx
 MAX_IMAGE_PIXELS = 40_000_000
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -206,9 +206,12 @@ class MemoryPackPipeline(DiffusionPipeline):
         return self._interrupt
 
     # ----- calling ---------------------------------------------------------------------------------
-    def default_size(self, image: np.ndarray) -> tuple[int, int]:
-        """(height, width) when the caller gives none: the preset's trained size."""
-        return DEFAULT_SIZE.get(self.preset_name, (64, 64))
+    def default_size(self, image: np.ndarray | None) -> tuple[int, int]:
+        """(height, width) when the caller gives none: the preset's training bucket nearest the image's
+        aspect ratio (FramePack's rule), or its default bucket without an image."""
+        if image is None:
+            return DEFAULT_SIZE[self.preset_name]
+        return nearest_bucket(self.preset_name, *image.shape[:2])
 
     @torch.no_grad()
     def __call__(self, image=None, prompt: str | list[str] = "", *, video=None, num_frames: int = 37,

@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
     length.add_argument("--sections", type=int, help="number of sections instead of --seconds")
-    p.add_argument("--fps", type=float, help="frames per second (default: 8 for tiny, 30 for framepack-f1)")
+    p.add_argument("--fps", type=float, help="frames per second (default: the presets' clock, 30)")
     p.add_argument("--steps", type=int, default=25, help="Euler steps per section (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=10.0, help="distilled guidance scale (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -75,6 +75,8 @@ def default_name(args: argparse.Namespace) -> str:
 def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: dict) -> str:
     from mlflow.tracking import MlflowClient
 
+    from mempack.tracking import tag_model_used
+
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     run = client.create_run(found.experiment_id if found else client.create_experiment(experiment),
@@ -88,6 +90,7 @@ def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: d
         client.log_metric(run.info.run_id, "section_seconds", seconds, step=n)
     client.log_artifact(run.info.run_id, result["path"], "video")
     client.log_dict(run.info.run_id, result, "inference.json")
+    tag_model_used(client, run.info.run_id, args.mlflow_model or result.get("model"), uri)  # the model's training run
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -86,6 +86,13 @@ def test_pipeline_is_generate_plus_decode(pipe, model, encoders):
     assert len(pil) == 5 and pil[0].size == (32, 32)
 
 
+def test_default_size_is_the_bucket_nearest_the_image(pipe):
+    wide = np.zeros((300, 620, 3), np.uint8)  # about 2:1
+    assert pipe.default_size(wide) == (48, 96) and pipe.default_size(None) == (64, 64)
+    frames = pipe(image=wide, num_frames=1, num_inference_steps=1, output_type="np").frames
+    assert frames.shape == (1, 1, 48, 96, 3)
+
+
 def test_latents_callbacks_and_interrupt(pipe):
     kw = dict(image=image(), prompt="a kite", num_frames=40, num_inference_steps=3, **SIZE)
     plain = pipe(generator=torch.Generator().manual_seed(5), output_type="latent", **kw).frames
@@ -235,7 +242,7 @@ def test_readme_snippet_runs(export, tmp_path):
     import decord
 
     reader = decord.VideoReader(str(tmp_path / "kite.mp4"))
-    assert len(reader) == 37 and reader.get_avg_fps() == 8.0
+    assert len(reader) == 37 and reader.get_avg_fps() == 30.0
 
 
 def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):

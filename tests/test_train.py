@@ -48,7 +48,8 @@ def stage1(sample_prep, tmp_path_factory, mlflow_uri):
 def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage2")
     config = TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
-                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri)
+                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri,
+                         sample_every=6, sample_steps=2)  # one validation video, at the last step
     return run_training(config)
 
 
@@ -86,6 +87,22 @@ def test_training_export_is_a_pipeline_that_generates(stage1):
     frames = pipe(image=sample_image(32, 32), prompt="a kite", num_frames=5, num_inference_steps=1, height=32,
                   width=32, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
     assert frames.shape == (5, 32, 32, 3) and pipe.model_config.preset == "tiny"
+
+
+@pytest.mark.slow
+def test_stage2_run_records_its_data_source_and_a_validation_video(stage2, sample_prep):
+    """Issue 13 §2/§3 on a real run: the prep output as a dataset input, the source commit, samples/ in MLflow."""
+    from mempack import tracking
+
+    client = MlflowClient(stage2["tracking_uri"])
+    run = client.get_run(stage2["mlflow_run_id"])
+    summary = json.loads((Path(sample_prep[0]) / "summary.json").read_text())
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [tracking.prep_digest(summary)]
+    assert run.data.tags["mlflow.source.name"] == "pipelines/train.py"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_000006.mp4"]
+    assert (Path(stage2["export"]).parent / "samples" / "step_000006.mp4").is_file()
+    assert str(Path(tracking.artifact_location(stage2["tracking_uri"])).name) == "mlartifacts"
+    assert run.info.artifact_uri.startswith(tracking.artifact_location(stage2["tracking_uri"]))
 
 
 @pytest.mark.slow
@@ -154,7 +171,7 @@ def test_schema_mismatch_is_one_clear_line(sample_prep, tmp_path):
         table = pq.read_table(f)
         i = table.schema.get_field_index("schema_version")
         pq.write_table(table.set_column(i, "schema_version", pa.array([7] * table.num_rows, pa.int32())), f)
-    assert_one_line_error(run_cli("--stage", "1", "--data", str(copy)), "schema_version")
+    assert_one_line_error(run_cli("--stage", "1", "--data", str(copy)), "re-run pipelines/prep.py")
 
 
 def test_stage2_without_stage1_weights_is_one_clear_line(sample_prep, tmp_path):
