@@ -207,12 +207,4 @@ def _worker_env() -> dict[str, str]:
     # the workers' MLflow client fails fast in an outage; MlflowRunLogger buffers and retries instead
     mlflow_env = {k: os.environ.get(k, v) for k, v in FAST_FAIL_ENV.items()}
     return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache)),
-    client = MlflowClient(uri)
-    from mempack.export import encoders_of_prep, export_pipeline
-
-    # a complete pipeline folder (weights + the encoders that made the data), swapped in atomically
-    with result.checkpoint.as_directory() as folder:
-        export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR,
-                                 encoders_of_prep(config.data, config.preset))
-    client.log_artifacts(run_id, str(export), "model")
-    _log_mlflow_model(config, uri, run_id, export)
+            "TOKENIZERS_PARALLELISM": "false", **mlflow_env}
