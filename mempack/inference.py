@@ -130,7 +130,7 @@ def _size(request: InferenceRequest, default: tuple[int, int]) -> tuple[int, int
 def check_number(name: str, value: float | None) -> None:
     """NaN and infinity pass `> 0` checks in surprising ways (inf seconds = a run that never ends)."""
     if value is not None and (not math.isfinite(value) or value <= 0):
-        raise InferenceError(f"--{name} must be a finite number > 0, got {value}")
+        raise InferenceError(f"--{name} must be > 0 and finite, got {value}")
 
 
 def plan_frames(request: InferenceRequest, fps: float, window: int = SECTION_LATENT_FRAMES) -> tuple[int, int]:

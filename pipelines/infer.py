@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("seconds", "fps"):  # float() takes "nan" and "inf": refuse them here, not mid-run
         value = getattr(args, name)
         if value is not None and (not math.isfinite(value) or value <= 0):
-            p.error(f"--{name} must be a finite number > 0, got {value}")
+            p.error(f"--{name} must be > 0 and finite, got {value}")
     for name in ("sections", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
