@@ -162,7 +162,7 @@ def test_library_refuses_nan_and_infinite_lengths(export, tmp_path):
     from mempack.inference import InferenceError
 
     for field, value in (("seconds", float("nan")), ("seconds", float("inf")), ("fps", float("nan"))):
-        with pytest.raises(InferenceError, match=f"--{field} must be a finite number"):
+        with pytest.raises(InferenceError, match=f"--{field} must be > 0 and finite"):
             run_inference(InferenceRequest(model_dir=str(export), out=str(tmp_path / "x.mp4"), progress=False,
                                            **{field: value}))
     assert not list(tmp_path.iterdir())
