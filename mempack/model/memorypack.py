@@ -28,7 +28,7 @@ from torch import nn
 from mempack import flow
 from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
-from mempack.presets import PRESETS, get_preset
+from mempack.presets import PRESETS, Preset, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class MemoryPackConfig:
         return HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x, self.window)
 
 
-def build_backbone(preset: str, device: torch.device | str = "cpu") -> HunyuanVideoFramepackTransformer3DModel:
+def build_backbone(preset: "str | Preset", device: torch.device | str = "cpu") -> HunyuanVideoFramepackTransformer3DModel:
     """A randomly initialised backbone of a preset's size (device="meta" allocates nothing)."""
     with torch.device(device):
         return HunyuanVideoFramepackTransformer3DModel(**get_preset(preset).transformer)
@@ -109,13 +109,13 @@ class MemoryPackTransformer(nn.Module):
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
     def from_preset(
-        cls, preset: str = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
+        cls, preset: "str | Preset" = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
         semantic_pack_overrides: dict | None = None, **config_overrides,
     ) -> "MemoryPackTransformer":
         """Random-init model of a named size; `framepack-f1` on device="meta" for sizing."""
         if seed is not None:
             torch.manual_seed(seed)
-        config = MemoryPackConfig(preset=preset, **config_overrides)
+        config = MemoryPackConfig(preset=get_preset(preset).name, **config_overrides)
         backbone = build_backbone(preset, device)
         semantic_pack = None
         if config.use_semantic_pack:
