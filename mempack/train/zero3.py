@@ -57,6 +57,26 @@ def partitioned_construction(ds_config: dict | None):
     return deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=training_dtype(ds_config))
 
 
+def register_directly_used_parameters(model: nn.Module) -> int:
+    """Tell ZeRO-3 about parameters a module reads without calling their owner's forward.
+
+    ZeRO-3 gathers a module's parameters in a hook before that module's forward. `nn.MultiheadAttention`
+    (SemanticPack's Memorize pooling and Squeeze) passes `out_proj.weight`/`bias` straight to
+    `F.multi_head_attention_forward`, never calling `out_proj`, so once those are partitioned (above
+    DeepSpeed's persistence threshold: every real-size SemanticPack) the forward sees empty tensors.
+    Registering them as external parameters of the attention module makes its hook gather them too.
+    """
+    import deepspeed
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            for p in module.out_proj.parameters():
+                deepspeed.zero.register_external_parameter(module, p)
+                count += 1
+    return count
+
+
 @contextmanager
 def _gathered(params: list[nn.Parameter], modifier_rank: int | None):
     import deepspeed
@@ -181,7 +201,7 @@ class _ShardWriter:
                 {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
 
 
-def export_by_module(model: nn.Module, parts: dict[str, nn.Module], folder: Path, rank: int,
+def export_by_module(parts: dict[str, nn.Module], folder: Path, rank: int,
                      max_shard_bytes: int = SHARD_BYTES) -> None:
     """Write each part (`{"transformer": backbone, "semantic_pack": sp}`) as diffusers weights + config
     under `folder/<part>`, gathering one module at a time. Every rank calls this; rank 0 writes."""
