@@ -135,7 +135,7 @@ from mempack.model import Conditioning
 from mempack.train import loop
 from mempack.train.config import TrainConfig
 from mempack.train.deepspeed_config import resolve
-from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
+from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, local_tensor, weights_finite
 from mempack.train.steps import train_video
 
 config = TrainConfig(stage=1, num_workers=1, lr=1e-2, max_nonfinite_steps=3, zero_stage=int(sys.argv[2]))
@@ -154,7 +154,7 @@ def backward(loss, last, retain):
     engine.step()
 
 guard = NonFiniteSteps(config.max_nonfinite_steps)
-before = [p.detach().clone() for p in module.parameters()]
+before = [local_tensor(p).detach().clone() for p in module.parameters()]
 events = []
 for step, video in enumerate([clips, bad, bad, clips, bad, bad, bad, clips], start=1):
     stats = train_video(module, video, cond, ForcingConfig(), backward, only_clip=0, generator=g)
@@ -163,7 +163,7 @@ for step, video in enumerate([clips, bad, bad, clips, bad, bad, bad, clips], sta
     except NonFiniteTrainingError as err:
         events.append(str(err))
         break
-after_good = [p.detach().clone() for p in module.parameters()]
+after_good = [local_tensor(p).detach().clone() for p in module.parameters()]
 print("RESULT " + json.dumps({"events": events, "skipped": guard.skipped, "finite": weights_finite(module),
       "changed": any(not torch.equal(a, b) for a, b in zip(before, after_good))}))
 """
@@ -215,3 +215,97 @@ def test_models_build_in_the_training_dtype():
     model = MemoryPackTransformer.from_preset("tiny", dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def _copy_prep(sample_prep, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "prep"
+    shutil.copytree(sample_prep[0], copy)
+    return copy
+
+
+def _rewrite(folder: Path, change) -> None:
+    import pyarrow.parquet as pq
+
+    for f in sorted(folder.rglob("*.parquet")):
+        pq.write_table(change(pq.read_table(f)), f)
+
+
+def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_path):
+    import pyarrow as pa
+
+    from data_prep.schema import DataContractError
+    from mempack.train.data import load_video
+    from mempack.train.trainer import TrainSetupError, validate
+
+    dropped = _copy_prep(sample_prep, tmp_path / "a")
+    _rewrite(dropped / "videos", lambda t: t.drop_columns(["image_embeds_shape"]))
+    with pytest.raises(TrainSetupError, match="lacks column.*image_embeds_shape"):
+        validate(TrainConfig(stage=1, data=str(dropped)))
+
+    wide = _copy_prep(sample_prep, tmp_path / "b")
+    def widen(t):
+        i = t.schema.get_field_index("prompt_embeds_shape")
+        shapes = [[s[0], 99] for s in t.column("prompt_embeds_shape").to_pylist()]
+        return t.set_column(i, "prompt_embeds_shape", pa.array(shapes, t.schema.field(i).type))
+    _rewrite(wide / "videos", widen)
+    with pytest.raises(TrainSetupError, match=r"does not fit preset tiny: prompt_embeds \[\d+, 99\]"):
+        validate(TrainConfig(stage=1, data=str(wide)))
+
+    cut = _copy_prep(sample_prep, tmp_path / "c")
+    def truncate(t):
+        i = t.schema.get_field_index("latents")
+        return t.set_column(i, "latents", pa.array([b[:-2] for b in t.column("latents").to_pylist()], pa.binary()))
+    _rewrite(cut / "clips", truncate)
+    video_id = validate(TrainConfig(stage=1, data=str(cut)))  # shapes alone still agree...
+    first = next(iter(video_id.values()))[0]
+    with pytest.raises(DataContractError, match="bytes do not hold shape"):
+        load_video(cut, first)  # ...the tensor bytes do not
+
+
+def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
+    from mempack.train.data import check_dataset
+    from mempack.train.run_digest import DIGEST_FILE, ResumeMismatchError, check_or_write
+
+    data = _copy_prep(sample_prep, tmp_path)
+    out = tmp_path / "run"
+    config = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=10)
+    index = check_dataset(data)
+    check_or_write(config, index, out, resume=False)
+    assert (out / DIGEST_FILE).is_file()
+    longer = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=20, checkpoint_every=5)
+    check_or_write(longer, index, out, resume=True)  # more steps, other checkpoint interval: the same run
+    with pytest.raises(ResumeMismatchError, match="^--resume: lr, preset differ"):
+        check_or_write(TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-3, preset="framepack-f1"),
+                       index, out, resume=True)
+    files = sorted((data / "videos").rglob("*.parquet"))
+    if len(files) > 1:
+        files[-1].unlink()  # one video fewer
+    else:
+        _rewrite(data / "videos", lambda t: t.slice(0, t.num_rows - 1))
+    with pytest.raises(ResumeMismatchError, match="not the data this run started with"):
+        check_or_write(config, check_dataset(data), out, resume=True)
+
+
+def test_videos_of_one_layout_batch_and_mixed_layouts_are_refused():
+    from data_prep.schema import DataContractError
+    from mempack.model import Conditioning
+    from mempack.train.data import collate_videos
+    from mempack.train.loop import _batches
+
+    def video(n, h, seed):
+        g = torch.Generator().manual_seed(seed)
+        cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
+                            torch.randn(1, 32, generator=g), torch.randn(1, 4, 32, generator=g),
+                            torch.randn(1, 16, 1, h, 8, generator=g))
+        return torch.randn(n, 16, 9, h, 8, generator=g), cond
+
+    a, b = video(2, 8, 0), video(2, 8, 1)
+    clips, cond = collate_videos([a, b])
+    assert clips.shape == (2, 2, 16, 9, 8, 8) and cond.start_latent.shape == (2, 16, 1, 8, 8)
+    assert torch.equal(clips[1], b[0]) and torch.equal(cond.prompt_embeds[0], a[1].prompt_embeds[0])
+    assert collate_videos([a])[0] is a[0]  # batch 1 keeps the one-video layout
+    with pytest.raises(DataContractError, match="mixes layouts"):
+        collate_videos([a, video(2, 16, 2)])
+    assert [(p, len(r)) for p, r in _batches(iter(range(5)), 2)] == [(0, 2), (2, 2), (4, 1)]

@@ -33,7 +33,7 @@ from mempack.train import zero3
 from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
 from mempack.train.config import TrainConfig
-from mempack.train.data import to_training_inputs
+from mempack.train.data import collate_videos, to_training_inputs
 from mempack.train.mlflow_logger import MlflowRunLogger
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,21 @@ def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config,
                                            dist_init_required=False)
     return engine
+
+
+def _batches(rows, size: int):
+    """(position of the first row, rows) of `size` consecutive rows (the last batch may be shorter)."""
+    batch: list = []
+    position = 0
+    for i, row in enumerate(rows):
+        if not batch:
+            position = i
+        batch.append(row)
+        if len(batch) == size:
+            yield position, batch
+            batch = []
+    if batch:
+        yield position, batch
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -156,14 +171,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips) * world)
             shard = ray.train.get_dataset_shard(f"bucket_{num_clips}")
             skip = state["videos_done"] if b == state["bucket"] else 0
-            for position, row in enumerate(shard.iter_rows()):
+            for position, rows in _batches(shard.iter_rows(), config.batch_size):
                 if position < skip:
                     continue
                 started = time.perf_counter()
-                clips, cond = to_training_inputs(row, device, dtype)
+                clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
                 g = _generator(config.seed, state["epoch"], num_clips, position, rank)
                 shared = _generator(config.seed, state["epoch"], num_clips, position)
-                only = trained_clip(config.stage, forcing.mode, clips.shape[0], shared)
+                only = trained_clip(config.stage, forcing.mode, num_clips, shared)
 
                 def backward(loss, last: bool, retain: bool) -> None:
                     # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
@@ -179,7 +194,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 if applied and ema is not None:
                     ema.update()
                 state["step"] += 1
-                state["videos_done"] = position + 1
+                state["videos_done"] = position + len(rows)
                 state["bucket"] = b
                 seconds = time.perf_counter() - started
                 grad_norm = engine.get_global_grad_norm()

@@ -365,10 +365,11 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int]:
 
 
 def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None, *, clips_per_video: int = 1,
-             batch: int = 1, image_tokens: int | None = None) -> MemoryPlan:
+             batch: int | None = None, image_tokens: int | None = None) -> MemoryPlan:
     """The plan of a `TrainConfig` run with its resolved DeepSpeed config (what `deepspeed_config.resolve`
     returns). `clips_per_video` matters for stage 2 only (one optimizer step per video)."""
     preset = get_preset(config.preset)
+    batch = batch or getattr(config, "batch_size", 1)
     pixel_size = tuple(pixel_size or DEFAULT_PIXEL_SIZE)
     latent_hw = latent_size(preset, pixel_size)
     mixed = bool(ds_config.get("bf16", {}).get("enabled")) or bool(ds_config.get("fp16", {}).get("enabled"))

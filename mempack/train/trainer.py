@@ -16,7 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mempack.train.config import ArchitectureConfig, TrainConfig
-from mempack.train.data import check_dataset
+from mempack.presets import get_preset
+from mempack.train.data import check_dataset, check_shapes
+from mempack.train.run_digest import ResumeMismatchError, check_or_write
 
 log = logging.getLogger(__name__)
 RUN_FILE = "mlflow_run.json"
@@ -63,9 +65,17 @@ def validate(config: TrainConfig) -> dict[int, list[str]]:
         config.pretrained = str(Path(config.pretrained).resolve())
     try:
         index = check_dataset(config.data)
-    except (FileNotFoundError, EmptyDatasetError, SchemaVersionError) as err:
+        check_shapes(config.data, get_preset(_model_preset(config)))
+    except (FileNotFoundError, EmptyDatasetError, SchemaVersionError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
     return index
+
+
+def _model_preset(config: TrainConfig) -> str:
+    """The preset whose widths the data must have: the stage-1 export's in stage 2, else the run's."""
+    if config.stage == 2 and config.init and (Path(config.init) / "mempack.json").is_file():
+        return json.loads((Path(config.init) / "mempack.json").read_text()).get("preset", config.preset)
+    return config.preset
 
 
 def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_config: dict) -> str:
@@ -122,6 +132,10 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         (out / RUN_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        check_or_write(config, index, out, resume)
+    except ResumeMismatchError as err:
+        raise TrainSetupError(str(err)) from None
+    try:
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
@@ -130,7 +144,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
 
     from mempack.train.data import bucket_datasets
 
-    datasets = bucket_datasets(config.data, index, config.num_workers)
+    datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
     for ds in datasets.values():
         ds.context.execution_options.preserve_order = True
     resources = {"CPU": config.cpus_per_worker}
