@@ -9,7 +9,7 @@ tensors leave the resident set. The result projects to `framepack-f1` by bytes p
 Prints a table and writes bench/results/zero3_memory.json (a `--label` run is merged into it, so the
 file can hold a before/after pair).
 
-    python bench/zero3_memory.py [--preset f1-scaled] [--label after] [--workers 2]
+    python bench/zero3_memory.py [--preset f1-scaled] [--double-layers 2 --single-layers 6] [--label after]
 """
 
 from __future__ import annotations
@@ -29,7 +29,22 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("build", "engine", "step", "checkpoint", "export")
 
 
-def rank_main(rank: int, world: int, port: int, preset: str, pretrained: str, out_json: str) -> None:
+def scaled_preset(name: str, double_layers: int | None, single_layers: int | None):
+    """`name`, or a copy with fewer (or more) dual- and single-stream blocks."""
+    import dataclasses
+
+    from mempack.presets import get_preset
+
+    base = get_preset(name)
+    if double_layers is None and single_layers is None:
+        return base
+    t = dict(base.transformer)
+    t["num_layers"] = t["num_layers"] if double_layers is None else double_layers
+    t["num_single_layers"] = t["num_single_layers"] if single_layers is None else single_layers
+    return dataclasses.replace(base, name=f"{name}-{t['num_layers']}x{t['num_single_layers']}", transformer=t)
+
+
+def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_json: str) -> None:
     """One rank: the phases in order, each measured from a reset high-water mark."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -46,6 +61,8 @@ def rank_main(rank: int, world: int, port: int, preset: str, pretrained: str, ou
     from mempack.train.config import TrainConfig
     from mempack.train.deepspeed_config import resolve
 
+    name, double_layers, single_layers = json.loads(spec)
+    preset = scaled_preset(name, double_layers, single_layers)
     torch.set_num_threads(1)
     libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as the loop does: no C++ build
@@ -96,7 +113,7 @@ def rank_main(rank: int, world: int, port: int, preset: str, pretrained: str, ou
     Path(out_json).write_text(json.dumps(result))
 
 
-def make_pretrained(preset: str, folder: Path) -> int:
+def make_pretrained(preset, folder: Path) -> int:
     """Random weights of the preset saved as an export: what the ranks start from."""
     import torch
 
@@ -120,21 +137,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="f1-scaled")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--double-layers", type=int, help="dual-stream blocks (default: the preset's)")
+    parser.add_argument("--single-layers", type=int, help="single-stream blocks (default: the preset's)")
     parser.add_argument("--label", default="after", help="key of this run in the JSON (e.g. before / after)")
     parser.add_argument("--pretrained", help="existing export to start from (default: made in a temp folder)")
     parser.add_argument("--out", default=str(RESULTS / "zero3_memory.json"))
     args = parser.parse_args(argv)
 
+    preset = scaled_preset(args.preset, args.double_layers, args.single_layers)
+    spec = json.dumps([args.preset, args.double_layers, args.single_layers])
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = Path(args.pretrained) if args.pretrained else Path(tmp) / "pretrained"
-        params = None if args.pretrained else make_pretrained(args.preset, pretrained)
+        params = None if args.pretrained else make_pretrained(preset, pretrained)
         port = _free_port()
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import zero3_memory as b; " \
                "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), args.preset,
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,
                                    str(pretrained), str(outs[r])], env=env) for r in range(args.workers)]
         codes = [proc.wait() for proc in procs]
         if any(codes):
@@ -144,9 +165,9 @@ def main(argv=None) -> dict:
     from mempack.model import MemoryPackTransformer
 
     if params is None:
-        params = sum(p.numel() for p in MemoryPackTransformer.from_preset(args.preset, device="meta").parameters())
+        params = sum(p.numel() for p in MemoryPackTransformer.from_preset(preset, device="meta").parameters())
     f1 = sum(p.numel() for p in MemoryPackTransformer.from_preset("framepack-f1", device="meta").parameters())
-    run = {"preset": args.preset, "parameters": params, "workers": args.workers, "dtype": "float32",
+    run = {"preset": preset.name, "parameters": params, "workers": args.workers, "dtype": "float32",
            "ranks": ranks, "export_files": ranks[0].get("export_files", []),
            "peak_gib": {ph: [round(r["phases"][ph]["peak_bytes"] / 2**30, 3) for r in ranks] for ph in PHASES},
            "peak_bytes_per_param": {ph: round(max(r["phases"][ph]["peak_bytes"] - r["baseline_bytes"] for r in ranks)
@@ -162,7 +183,7 @@ def main(argv=None) -> dict:
     results[args.label] = run
     out.write_text(json.dumps(results, indent=2))
 
-    print(f"ZeRO-3, {args.preset} ({params / 1e9:.2f} B parameters), {args.workers} ranks, fp32 on CPU — peak RSS per rank, GiB")
+    print(f"ZeRO-3, {preset.name} ({params / 1e9:.2f} B parameters), {args.workers} ranks, fp32 on CPU — peak RSS per rank, GiB")
     print(f"{'phase':<12}" + "".join(f"{'rank ' + str(r['rank']):>10}" for r in ranks) + f"{'B/param':>10}")
     for ph in PHASES:
         print(f"{ph:<12}" + "".join(f"{v:>10.2f}" for v in run["peak_gib"][ph]) + f"{run['peak_bytes_per_param'][ph]:>10.2f}")
