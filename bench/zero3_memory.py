@@ -86,7 +86,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
 
     result["baseline_bytes"] = rss.current_bytes()
     takes_ds = "ds_config" in inspect.signature(loop.build_model).parameters
-    model = phase("build", lambda: loop.build_model(config, ds_config) if takes_ds else loop.build_model(config))
+    model = phase("build", lambda: loop.build_model(config, ds_config, rank) if takes_ds else loop.build_model(config))
     engine = phase("engine", lambda: loop._init_engine(model, ds_config, False))
     module = engine.module
     p = get_preset(preset)

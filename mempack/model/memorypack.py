@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -154,14 +154,18 @@ class MemoryPackTransformer(nn.Module):
     @classmethod
     def from_preset(
         cls, preset: "str | Preset" = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
-        dtype: torch.dtype | None = None, semantic_pack_overrides: dict | None = None, **config_overrides,
+        dtype: torch.dtype | None = None, semantic_pack_overrides: dict | None = None, backbone_context=None,
+        **config_overrides,
     ) -> "MemoryPackTransformer":
         """Random-init model of a named size, created directly in `dtype` (default: torch's default);
-        `framepack-f1` on device="meta" for sizing."""
+        `framepack-f1` on device="meta" for sizing. `backbone_context` (e.g. `deepspeed.zero.Init`) is
+        entered while the backbone is built; SemanticPack, small and built with deep copies of its
+        layers (which partitioned construction cannot follow), is built outside it."""
         if seed is not None:
             torch.manual_seed(seed)
         config = MemoryPackConfig(preset=get_preset(preset).name, **config_overrides)
-        backbone = build_backbone(preset, device, dtype)
+        with backbone_context or nullcontext():
+            backbone = build_backbone(preset, device, dtype)
         semantic_pack = None
         if config.use_semantic_pack:
             with torch.device(device), default_dtype(dtype):
@@ -171,24 +175,24 @@ class MemoryPackTransformer(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-        semantic_pack_overrides: dict | None = None, load_weights: bool = True, **config_overrides,
+        semantic_pack_overrides: dict | None = None, backbone_context=None, **config_overrides,
     ) -> "MemoryPackTransformer":
         """Load an exported MemoryPack model, or plain FramePack-F1 weights in diffusers layout.
 
         `path` may be our export (mempack.json + transformer/ + semantic_pack/), or a diffusers
         transformer folder (config.json + safetensors): then SemanticPack starts fresh at the preset
-        that matches the backbone's width. Nothing is downloaded. `load_weights=False` builds the
-        architecture from the configs alone, in `dtype`, with no weight file read: under ZeRO-3 the
-        model is built inside `deepspeed.zero.Init` and the weights go into its partitions afterwards
-        (`mempack.train.zero3.load_into_partitions`).
+        that matches the backbone's width. Nothing is downloaded. With `backbone_context` (ZeRO-3's
+        `deepspeed.zero.Init`) the backbone is built from its config alone inside that context, in
+        `dtype`, with no weight file read: its weights go into the partitions afterwards
+        (`mempack.train.zero3.load_into_partitions`); SemanticPack loads as usual.
         """
         folders = pretrained_folders(path)
-        if load_weights:
+        if backbone_context is None:
             backbone = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
                 folders.backbone, torch_dtype=dtype, local_files_only=True
             ).to(device)
         else:
-            with torch.device(device), default_dtype(dtype):
+            with backbone_context, torch.device(device), default_dtype(dtype):
                 backbone = HunyuanVideoFramepackTransformer3DModel.from_config(
                     HunyuanVideoFramepackTransformer3DModel.load_config(folders.backbone))
         if not folders.saved_config and "preset" not in config_overrides:
@@ -197,11 +201,8 @@ class MemoryPackTransformer(nn.Module):
         semantic_pack = None
         if config.use_semantic_pack:
             sp_dir = folders.semantic_pack
-            if sp_dir is not None and load_weights:
+            if sp_dir is not None:
                 semantic_pack = SemanticPack.from_pretrained(sp_dir, torch_dtype=dtype, local_files_only=True)
-            elif sp_dir is not None:
-                with torch.device(device), default_dtype(dtype):
-                    semantic_pack = SemanticPack.from_config(SemanticPack.load_config(sp_dir))
             else:
                 log.info("no %s/ under %s: SemanticPack starts from random init", SEMANTIC_PACK_DIR, path)
                 kwargs = {**get_preset(config.preset).semantic_pack, **(semantic_pack_overrides or {})}

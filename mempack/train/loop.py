@@ -42,32 +42,31 @@ EXPORT_DIR = "model"
 EXPORT_EMA_DIR = "model_ema"  # the EMA weights, same layout, when ema_decay > 0
 
 
-def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int = 0) -> MemoryPackTransformer:
+def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | None = None) -> MemoryPackTransformer:
     """Stage 1: the preset (random) or --pretrained weights, with `config.model`'s architecture;
     stage 2: the stage-1 export, exactly as it was saved.
 
-    Built directly in the training dtype (no fp32 copy of a bf16 run). Under ZeRO-3 the model is built
-    inside `deepspeed.zero.Init` (each module partitioned as soon as it exists) and pretrained weights
-    are loaded into the partitions module by module, so no rank ever holds the whole model.
+    Built directly in the training dtype (no fp32 copy of a bf16 run). Under ZeRO-3 the backbone is
+    built inside `deepspeed.zero.Init` (each module partitioned as soon as it exists) and pretrained
+    weights are loaded into the partitions module by module, so no rank ever holds the whole model.
     """
+    if rank is None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     dtype = zero3.training_dtype(ds_config)
+    sharded = zero3.is_zero3(ds_config)
+    context = zero3.partitioned_construction(ds_config) if sharded else None
     source = config.init if config.stage == 2 else config.pretrained
     overrides = {} if config.stage == 2 else config.model.model_overrides()
-    with zero3.partitioned_construction(ds_config):
-        if source:
-            model = MemoryPackTransformer.from_pretrained(source, dtype=dtype, load_weights=not zero3.is_zero3(ds_config),
-                                                          **overrides)
-        else:
-            model = MemoryPackTransformer.from_preset(config.preset, seed=config.seed, dtype=dtype, **overrides)
-    if zero3.is_zero3(ds_config):
+    if source:
+        model = MemoryPackTransformer.from_pretrained(source, dtype=dtype, backbone_context=context, **overrides)
+    else:
+        model = MemoryPackTransformer.from_preset(config.preset, seed=config.seed, dtype=dtype,
+                                                  backbone_context=context, **overrides)
+    if sharded:
         zero3.register_directly_used_parameters(model)
-    if source and zero3.is_zero3(ds_config):
-        folders = pretrained_folders(source)
-        sources = {"backbone.": folders.backbone}
-        if folders.semantic_pack is not None and model.semantic_pack is not None:
-            sources["semantic_pack."] = folders.semantic_pack
-        count = zero3.load_into_partitions(model, sources, rank)
-        log.info("rank %d: loaded %d pretrained tensors into ZeRO-3 partitions from %s", rank, count, source)
+        if source:
+            count = zero3.load_into_partitions(model, {"backbone.": pretrained_folders(source).backbone}, rank)
+            log.info("rank %d: loaded %d pretrained tensors into ZeRO-3 partitions from %s", rank, count, source)
     return model
 
 

@@ -129,7 +129,9 @@ def load_into_partitions(model: nn.Module, sources: dict[str, Path], rank: int) 
     folders = {prefix: SafetensorsFolder(Path(folder)) for prefix, folder in sources.items()}
     loaded = 0
     for module_name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        own = list(module.named_parameters(recurse=False)) + [
+            (n, b) for n, b in module.named_buffers(recurse=False) if n not in skip]
         if not own:
             continue
         full = f"{module_name}." if module_name else ""
