@@ -27,6 +27,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("build", "engine", "step", "checkpoint", "export")
+F1_PARAMETERS = 12_908_306_496  # framepack-f1 with SemanticPack (train.py --plan counts it)
 
 
 def scaled_preset(name: str, double_layers: int | None, single_layers: int | None):
@@ -55,7 +56,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     import torch
 
     from mempack.forcing import ForcingConfig, video_clip_steps
-    from mempack.model import Conditioning
+    from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import get_preset
     from mempack.train import loop, rss
     from mempack.train.config import TrainConfig
@@ -67,7 +68,14 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as the loop does: no C++ build
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
-    config = TrainConfig(stage=1, preset=preset, pretrained=pretrained, zero_stage=3, num_workers=world)
+    config = TrainConfig(stage=1, preset=preset, pretrained=pretrained or None, zero_stage=3, num_workers=world)
+    try:  # shards in the same proportion to the model as SHARD_BYTES to framepack-f1's bf16 weights
+        from mempack.train import zero3
+
+        params = sum(p.numel() for p in MemoryPackTransformer.from_preset(preset, device="meta").parameters())
+        zero3.SHARD_BYTES = int(zero3.SHARD_BYTES * params / F1_PARAMETERS)
+    except ImportError:  # the code before this change has no zero3 module
+        pass
     ds_config = resolve(config)
     ds_config["zero_optimization"].update(stage3_param_persistence_threshold=0)
     torch.manual_seed(0)
@@ -127,6 +135,18 @@ def make_pretrained(preset, folder: Path) -> int:
     return count
 
 
+def _plan_f1() -> dict:
+    """The planner's per-GPU figures for framepack-f1 stage 1 on 8 GPUs, ZeRO-3 bf16 (the README's case)."""
+    from mempack.train.config import TrainConfig
+    from mempack.train.deepspeed_config import resolve
+    from mempack.train.plan import plan_run
+
+    root = Path(__file__).resolve().parents[1]
+    config = TrainConfig(stage=1, preset="framepack-f1", use_gpu=True, num_workers=8, gradient_checkpointing=True,
+                         deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"))
+    return plan_run(config, resolve(config), (480, 832)).to_dict()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,6 +161,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--single-layers", type=int, help="single-stream blocks (default: the preset's)")
     parser.add_argument("--label", default="after", help="key of this run in the JSON (e.g. before / after)")
     parser.add_argument("--pretrained", help="existing export to start from (default: made in a temp folder)")
+    parser.add_argument("--from-preset", action="store_true", help="random init (stage 1 without --pretrained)")
     parser.add_argument("--out", default=str(RESULTS / "zero3_memory.json"))
     args = parser.parse_args(argv)
 
@@ -148,15 +169,16 @@ def main(argv=None) -> dict:
     spec = json.dumps([args.preset, args.double_layers, args.single_layers])
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = Path(args.pretrained) if args.pretrained else Path(tmp) / "pretrained"
-        params = None if args.pretrained else make_pretrained(preset, pretrained)
+        params = None if args.pretrained or args.from_preset else make_pretrained(preset, pretrained)
         port = _free_port()
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import zero3_memory as b; " \
                "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
+        source = "" if args.from_preset else str(pretrained)
         procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,
-                                   str(pretrained), str(outs[r])], env=env) for r in range(args.workers)]
+                                   source, str(outs[r])], env=env) for r in range(args.workers)]
         codes = [proc.wait() for proc in procs]
         if any(codes):
             raise SystemExit(f"error: a rank failed (exit codes {codes})")
@@ -168,15 +190,19 @@ def main(argv=None) -> dict:
         params = sum(p.numel() for p in MemoryPackTransformer.from_preset(preset, device="meta").parameters())
     f1 = sum(p.numel() for p in MemoryPackTransformer.from_preset("framepack-f1", device="meta").parameters())
     run = {"preset": preset.name, "parameters": params, "workers": args.workers, "dtype": "float32",
+           "start": "random init" if args.from_preset else "pretrained weights on disk",
            "ranks": ranks, "export_files": ranks[0].get("export_files", []),
            "peak_gib": {ph: [round(r["phases"][ph]["peak_bytes"] / 2**30, 3) for r in ranks] for ph in PHASES},
            "peak_bytes_per_param": {ph: round(max(r["phases"][ph]["peak_bytes"] - r["baseline_bytes"] for r in ranks)
-                                              / params, 2) for ph in PHASES}}
+                                              / params, 2) for ph in PHASES},
+           "rise_gib": {ph: [round((r["phases"][ph]["peak_bytes"] - r["phases"][ph]["before_bytes"]) / 2**30, 3)
+                             for r in ranks] for ph in PHASES}}
     run["projection_framepack_f1"] = {
         "parameters": f1,
         "note": "fp32 bytes/param above the process baseline, measured here, scaled to F1's parameter count "
                 f"at {args.workers} ranks; bf16 weights halve the weight/gather terms",
         "peak_gib_per_rank": {ph: round(run["peak_bytes_per_param"][ph] * f1 / 2**30, 1) for ph in PHASES}}
+    run["planner_framepack_f1"] = _plan_f1()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.is_file() else {}
@@ -184,9 +210,15 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(results, indent=2))
 
     print(f"ZeRO-3, {preset.name} ({params / 1e9:.2f} B parameters), {args.workers} ranks, fp32 on CPU — peak RSS per rank, GiB")
-    print(f"{'phase':<12}" + "".join(f"{'rank ' + str(r['rank']):>10}" for r in ranks) + f"{'B/param':>10}")
+    print("(peak: the phase's high-water mark; rise: how far above its starting RSS the phase went)")
+    print(f"{'phase':<12}" + "".join(f"{'peak r' + str(r['rank']):>10}{'rise r' + str(r['rank']):>10}" for r in ranks)
+          + f"{'B/param':>10}")
     for ph in PHASES:
-        print(f"{ph:<12}" + "".join(f"{v:>10.2f}" for v in run["peak_gib"][ph]) + f"{run['peak_bytes_per_param'][ph]:>10.2f}")
+        print(f"{ph:<12}" + "".join(f"{p:>10.2f}{q:>10.2f}" for p, q in zip(run["peak_gib"][ph], run["rise_gib"][ph]))
+              + f"{run['peak_bytes_per_param'][ph]:>10.2f}")
+    plan = run["planner_framepack_f1"]
+    print(f"planner, framepack-f1 stage 1 on 8 GPUs (ZeRO-3 bf16, 480x832, checkpointing): "
+          f"{plan['total_checkpointed_bytes'] / 2**30:.1f} GiB per GPU; fits {plan['fits_checkpointed']}")
     print(f"wrote {out} [{args.label}]")
     return run
 

@@ -54,7 +54,9 @@ def partitioned_construction(ds_config: dict | None):
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=training_dtype(ds_config))
+    # no dtype argument: Init then takes bf16/fp16/fp32 from the config, as the engine does (given a dtype
+    # explicitly, DeepSpeed 0.19's Init falls back to bf16 on CPU accelerators whatever was asked)
+    return deepspeed.zero.Init(config_dict_or_path=ds_config)
 
 
 def register_directly_used_parameters(model: nn.Module) -> int:
@@ -204,11 +206,11 @@ class _ShardWriter:
 
 
 def export_by_module(parts: dict[str, nn.Module], folder: Path, rank: int,
-                     max_shard_bytes: int = SHARD_BYTES) -> None:
+                     max_shard_bytes: int | None = None) -> None:
     """Write each part (`{"transformer": backbone, "semantic_pack": sp}`) as diffusers weights + config
     under `folder/<part>`, gathering one module at a time. Every rank calls this; rank 0 writes."""
     for part, module in parts.items():
-        writer = _ShardWriter(folder / part, max_shard_bytes) if rank == 0 else None
+        writer = _ShardWriter(folder / part, max_shard_bytes or SHARD_BYTES) if rank == 0 else None
         for module_name, sub in module.named_modules():
             own = list(sub.named_parameters(recurse=False)) + list(sub.named_buffers(recurse=False))
             if not own:
