@@ -368,7 +368,8 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
              batch: int | None = None, image_tokens: int | None = None) -> MemoryPlan:
     """The plan of a `TrainConfig` run with its resolved DeepSpeed config (what `deepspeed_config.resolve`
     returns). `clips_per_video` matters for stage 2 only (one optimizer step per video)."""
-    preset = get_preset(config.preset)
+    model = _meta_model(config)
+    preset = get_preset(model.config.preset)
     batch = batch or getattr(config, "batch_size", 1)
     pixel_size = tuple(pixel_size or DEFAULT_PIXEL_SIZE)
     latent_hw = latent_size(preset, pixel_size)
@@ -378,7 +379,7 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     zero_stage = int(zero.get("stage", 0))
     offload_optimizer = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
     offload_params = zero.get("offload_param", {}).get("device", "none") == "cpu"
-    model = _meta_model(config).to(dtype)
+    model = model.to(dtype)
     model.set_trainable(config.trainable)
     counts = ParameterCounts.of(model)
     states = model_state_bytes(counts, config.num_workers, zero_stage, mixed, offload_optimizer, offload_params)
@@ -386,30 +387,29 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
         image_tokens = SIGLIP_IMAGE_TOKENS if preset.image_embed_dim == 1152 else 4
     activations = trace_activations(model, preset, latent_hw, batch=batch, image_tokens=image_tokens)
     clips = 1 if config.stage == 1 else clips_per_video
-    return MemoryPlan(config.preset, config.stage, config.num_workers, zero_stage, str(dtype).replace("torch.", ""),
+    return MemoryPlan(preset.name, config.stage, config.num_workers, zero_stage, str(dtype).replace("torch.", ""),
                       pixel_size, latent_hw, batch, counts, states, activations, config.gradient_checkpointing,
                       clips, activations.noisy_tokens * clips * config.num_workers)
 
 
 def _meta_model(config) -> MemoryPackTransformer:
     """The run's network on the meta device: the preset's shapes with the run's architecture choices.
-    Stage 2 and --pretrained runs read the shapes from the export's config files only."""
-    overrides = config.model.model_overrides()
-    source = config.init if config.stage == 2 else config.pretrained
-    if source:
-        saved = Path(source) / "mempack.json"
-        if saved.is_file():
-            import json
+    Stage 2 (and --pretrained exports) keep the export's own choices, read from its mempack.json."""
+    import json
 
-            overrides = {k: v for k, v in json.loads(saved.read_text()).items() if k != "preset"}
-            overrides["semantic_pack_overrides"] = {}
-    return MemoryPackTransformer.from_preset(config.preset, device="meta", seed=None, **overrides)
+    preset, overrides = config.preset, config.model.model_overrides()
+    source = config.init if config.stage == 2 else config.pretrained
+    saved = Path(source) / "mempack.json" if source else None
+    if saved is not None and saved.is_file():
+        overrides = json.loads(saved.read_text())
+        preset = overrides.pop("preset", preset)
+    return MemoryPackTransformer.from_preset(preset, device="meta", seed=None, **overrides)
 
 
 def format_plan(plan: MemoryPlan) -> str:
     """The table `train.py --plan` prints."""
     def gib(b):
-        return f"{b / GIB:8.2f} GiB"
+        return f"{b / GIB:8.2f} GiB" if b >= GIB else f"{b / 2**20:8.1f} MiB"
 
     act, ck = plan.activations.without_checkpointing, plan.activations.with_checkpointing
     lines = [
