@@ -27,7 +27,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("build", "engine", "step", "checkpoint", "export")
-F1_PARAMETERS = 12_908_306_496  # framepack-f1 with SemanticPack (train.py --plan counts it)
 
 
 def scaled_preset(name: str, double_layers: int | None, single_layers: int | None):
@@ -73,7 +72,8 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
         from mempack.train import zero3
 
         params = sum(p.numel() for p in MemoryPackTransformer.from_preset(preset, device="meta").parameters())
-        zero3.SHARD_BYTES = int(zero3.SHARD_BYTES * params / F1_PARAMETERS)
+        f1 = sum(p.numel() for p in MemoryPackTransformer.from_preset("framepack-f1", device="meta").parameters())
+        zero3.SHARD_BYTES = int(zero3.SHARD_BYTES * params / f1)
     except ImportError:  # the code before this change has no zero3 module
         pass
     ds_config = resolve(config)

@@ -157,7 +157,12 @@ def test_plan_cli_framepack_f1(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "12,908,306,496" in out and "ZeRO-3" in out and "latent 60x104" in out
+    from mempack.model import MemoryPackTransformer
+
+    f1 = MemoryPackTransformer.from_preset("framepack-f1", device="meta")
+    backbone = sum(p.numel() for p in f1.backbone.parameters())
+    assert backbone == 12_874_314_816  # FramePack-F1's transformer, as its config gives it
+    assert f"{sum(p.numel() for p in f1.parameters()):,}" in out and "ZeRO-3" in out and "latent 60x104" in out
     fits = {ln.split(":")[0].strip(): ln for ln in out.splitlines() if ln.strip().startswith("fits")}
     assert "80 GB yes" in fits["fits (checkpointed)"] and "141 GB no" in fits["fits (       plain)"]
     bad = subprocess.run([*cmd[:-1], "481x832"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
