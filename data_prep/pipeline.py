@@ -1,6 +1,6 @@
 """The prep job on Ray Data: list → decode/shots/dynamism/clips → encode → Parquet + summary.
 
-    inputs ─flat_map(process_input)─▶ clip + reject rows ─map_batches(ClipEncoder, actors)─▶
+    inputs ─flat_map(process_input)─▶ shot + reject rows ─map_batches(ClipEncoder, actors)─▶ clip + video rows
         write_parquet(staging, partition_cols=[table, num_clips]) ─▶ clips/ videos/ rejects/ summary.json
 
 No shuffle or groupby inside the streaming graph: the number of clips of a shot is known as soon as
@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from data_prep.process import ClipSpec, process_input
 from data_prep.schema import SCHEMA_VERSION, read_clips, read_rejects, read_videos, to_row_table
 from data_prep.sources import VideoInput
+from mempack.presets import get_preset
 
 log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects")
@@ -39,7 +40,7 @@ class PrepConfig:
     encoder_seed: int = 0
     clip: ClipSpec = field(default_factory=ClipSpec)
     encode_actors: int = 1
-    encode_batch_size: int = 4
+    encode_batch_size: int = 1  # shots per encoder batch: a shot row holds up to a minute of frames
 
 
 def _organise(staging: Path, out: Path) -> None:
@@ -62,14 +63,14 @@ def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: 
     reject_rows = rejects.to_pylist()
     rejected_inputs = {r["source_path"] for r in reject_rows} - clip_paths
     per_bucket = Counter()
-    videos = {}
+    videos, shapes = {}, {}
     if clips is not None:
-        for vid, n in zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist()):
-            videos[vid] = n
+        for vid, n, h, w in zip(*(clips.column(c).to_pylist() for c in ("video_id", "num_clips", "height", "width"))):
+            videos[vid], shapes[vid] = n, f"{h}x{w}"
         per_bucket = Counter(videos.values())
     shot_rejects = [r for r in reject_rows if r["stage"] in ("dynamism", "clips") and r["reason"].find("shot ") >= 0]
     clip_count = clips.num_rows if clips is not None else 0
-    clip_frames, fps = config.clip.clip_frames, config.clip.target_fps
+    clock = get_preset(config.preset)
     return {
         "schema_version": SCHEMA_VERSION,
         "inputs": len(inputs),
@@ -80,8 +81,9 @@ def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: 
         "shots_accepted": len(videos),
         "shots_rejected": len(shot_rejects),
         "clips": clip_count,
-        "hours": clip_count * clip_frames / fps / 3600 if fps else None,
+        "hours": clip_count * clock.section_frames / clock.fps / 3600,
         "clips_per_video_buckets": {str(k): v for k, v in sorted(per_bucket.items())},
+        "resolution_buckets": dict(sorted(Counter(shapes.values()).items())),
         "rejects_per_reason": dict(Counter(r["reason"].split(":")[0] for r in reject_rows)),
         "rejects_per_stage": dict(Counter(r["stage"] for r in reject_rows)),
         "wall_seconds": round(seconds, 2),
@@ -106,7 +108,7 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig) -> dict:
         # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
         # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
         cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
-        ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip}, num_cpus=cpu_share)
+        ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, num_cpus=cpu_share)
         ds = ds.map_batches(
             _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,
         )
