@@ -153,6 +153,7 @@ FRAMEPACK_F1 = Preset(
 # how memory scales (ZeRO-3 build, step, checkpoint, export) and projecting to `framepack-f1`.
 F1_SCALED = Preset(
     name="f1-scaled",
+    buckets=TINY_BUCKETS,
     latent_channels=TINY.latent_channels,
     vae_spatial=TINY.vae_spatial,
     vae_temporal=TINY.vae_temporal,

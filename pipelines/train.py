@@ -41,7 +41,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
     p.add_argument("--plan", action="store_true",
                    help="print this run's per-GPU memory (weights, grads, optimizer, activations) and exit")
-    p.add_argument("--plan-size", metavar="HxW", help="pixel size to plan for (default: the data's, else 480x832)")
+    p.add_argument("--plan-size", metavar="HxW",
+                   help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)")
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
     add_config_arguments(p, TrainConfig, required=("stage",),
                          choices={"stage": (1, 2), "preset": tuple(PRESETS),

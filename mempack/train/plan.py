@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
-from mempack.presets import SECTION_LATENT_FRAMES, Preset, get_preset
+from mempack.presets import Preset, get_preset, nearest_bucket
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ GB = 10**9  # GPU sizes are sold in GB (80 GB H100/A100, 96 GB H20/GH200, 141 GB
 GIB = 2**30
 GPU_SIZES_GB = (80, 96, 141)
 SIGLIP_IMAGE_TOKENS = 729  # FramePack's SigLIP (so400m, patch 14 at 384 px): 27 × 27 tokens
-DEFAULT_PIXEL_SIZE = (480, 832)  # FramePack-F1's 640-bucket at 480p, when the data gives none
+DEFAULT_ASPECT = (480, 832)  # with no data to read: the preset's bucket nearest 480p landscape (F1's 480x832)
 # What the CUDA caching allocator, NCCL buffers and the CUDA context take beside tensors (a margin, not
 # a measurement: the fit column only says "yes" when this much is left over).
 RUNTIME_MARGIN_BYTES = 4 * GB
@@ -371,7 +371,7 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     model = _meta_model(config)
     preset = get_preset(model.config.preset)
     batch = batch or getattr(config, "batch_size", 1)
-    pixel_size = tuple(pixel_size or DEFAULT_PIXEL_SIZE)
+    pixel_size = tuple(pixel_size or nearest_bucket(preset.name, *DEFAULT_ASPECT))
     latent_hw = latent_size(preset, pixel_size)
     mixed = bool(ds_config.get("bf16", {}).get("enabled")) or bool(ds_config.get("fp16", {}).get("enabled"))
     dtype = torch.bfloat16 if mixed else torch.float32
