@@ -161,6 +161,8 @@ def download_mlflow_model(uri: str, tracking_uri: str | None, dst: Path) -> Path
     """`runs:/<id>/model` (or any artifact URI) → a local folder; only reads the given tracking store."""
     import mlflow
 
+    if tracking_uri:  # also the registry's store: left unset, MLflow opens ./mlflow.db in the working directory
+        mlflow.set_tracking_uri(tracking_uri)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri, dst_path=str(dst))
     except Exception as err:  # noqa: BLE001 — MlflowException, OSError
