@@ -181,8 +181,10 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     if seed == 0 or s.mlflow_uri:
         from mempack.video_io import write_mp4
 
+        from mempack.presets import FPS, VAE_TEMPORAL
+
         frames = eval_world.render(kept[0])
-        write_mp4(frames, video_path, fps=8, crf=0)
+        write_mp4(frames, video_path, fps=FPS / VAE_TEMPORAL, crf=0)  # one latent frame = 4 video frames
         out["rollout_mp4"] = str(video_path)
         # one frame every few sections (the last of each), for the README's strip
         every = max(1, s.drift_sections // 8)
