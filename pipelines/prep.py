@@ -5,7 +5,9 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/prep.py ...
 
 The input is a folder of videos (captions from a sidecar .txt/.json), a MiraData meta CSV or a Sekai
-annotation CSV. A second run into the same --output replaces the previous output.
+annotation CSV. A second run into the same --output replaces prep's previous output there, and only
+once it has succeeded: a failed run leaves it as it was. An --output that contains or lies inside
+the input or the video root is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mempack.cli import ArgumentParser  # noqa: E402
-from data_prep.pipeline import PrepConfig, run_prep  # noqa: E402
+from data_prep.pipeline import AccountingError, PrepConfig, check_config, check_output, run_prep  # noqa: E402
 from data_prep.sample import make_sample  # noqa: E402
 from data_prep.sources import load_inputs  # noqa: E402
 from mempack.config import load_config, to_dict  # noqa: E402
@@ -76,13 +78,21 @@ def main(argv: list[str] | None = None) -> None:
         config.encoders = args.encoders
     if args.preset:
         config.preset = args.preset
+    try:
+        check_config(config)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
     source = args.input
     if source is None:
         source = str(Path(config.output).parent / "sample")
         make_sample(source)
         print(f"built-in sample written to {source}")
+    protected = [p for p in (source, args.video_root) if p]
+    if source.lower().endswith(".csv") and not args.video_root:
+        protected.append(str(Path(source).parent))  # the manifest's videos are relative to its folder
     try:
         inputs = load_inputs(source, args.video_root, args.limit)
+        check_output(config.output, inputs, protected)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
 
@@ -93,7 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         # "local": always a fresh Ray of our own, never a stale or foreign cluster recorded in /tmp/ray
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    summary = run_prep(inputs, config)
+    try:
+        summary = run_prep(inputs, config, protected)
+    except (ValueError, AccountingError) as err:
+        raise SystemExit(f"error: {err}")
     out = Path(config.output).resolve()
     if args.mlflow_uri:
         run_id = log_to_mlflow(args.mlflow_uri, args.experiment, config, summary, out)
