@@ -23,6 +23,7 @@ open; it has no per-frame timestamps, so it is not first.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -110,7 +112,7 @@ def _check_file(path: str) -> None:
         raise _Reject("missing_file: no such file")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise _Reject("empty_file: 0 bytes")
-    kind = sniff_not_video(path)
+    kind = sniff_not_video(path) if os.path.isfile(path) else None  # a FIFO's bytes are the decoder's
     if kind:
         raise _Reject(f"not_a_video: {kind}")
 
@@ -131,16 +133,20 @@ def _output_size(width: int, height: int, max_side: int | None) -> tuple[int, in
 
 
 class _Batcher:
-    """Collects emitted frames and sends them in messages of about `window_bytes`, the first one
-    preceded by `header()` (the info message, known once the first frame is converted)."""
+    """Collects emitted frames and sends them in messages of about `window_bytes`, or sooner when the
+    oldest is `max_age_s` old (frames must be with the parent before a read that may hang: what a killed
+    child still held is lost); the first message is preceded by `header()` (the info message)."""
 
-    def __init__(self, send, window_bytes: int, header):
-        self.send, self.window_bytes, self.header, self.frames, self.count = send, window_bytes, header, [], 0
+    def __init__(self, send, window_bytes: int, header, max_age_s: float = 0.02):
+        self.send, self.window_bytes, self.header, self.max_age_s = send, window_bytes, header, max_age_s
+        self.frames, self.count, self.since = [], 0, 0.0
 
     def add(self, frame: np.ndarray) -> None:
+        if not self.frames:
+            self.since = time.monotonic()
         self.frames.append(frame)
         self.count += 1
-        if len(self.frames) * frame.nbytes >= self.window_bytes:
+        if len(self.frames) * frame.nbytes >= self.window_bytes or time.monotonic() - self.since >= self.max_age_s:
             self.flush()
 
     def flush(self) -> None:
@@ -152,20 +158,24 @@ class _Batcher:
             self.frames = []
 
 
-def _decode_pyav(req: DecodeRequest, send) -> None:
+def _open_pyav(path: str):
     import av
 
     try:
-        container = av.open(req.path)
+        return av.open(path)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
         raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
-    with container:
+
+
+def _decode_pyav(req: DecodeRequest, send) -> None:
+    container = _open_pyav(req.path)
+    try:
         if not container.streams.video:
             audio = len(container.streams.audio)
             raise _Reject(f"no_video_stream: {audio} audio and 0 video streams" if audio else
                           "no_video_stream: the container holds no video stream")
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = max(1, req.threads)
+        stream.codec_context.thread_count = max(1, req.threads)  # before the codec opens
         fps = _frame_rate(stream)
         if fps is None or not MIN_FPS <= fps <= MAX_FPS:
             raise _Reject(f"bad_frame_rate: {stream.average_rate} (average) / {stream.guessed_rate} (guessed); "
@@ -173,20 +183,41 @@ def _decode_pyav(req: DecodeRequest, send) -> None:
         width, height = stream.codec_context.width, stream.codec_context.height
         if width and height and max(width, height) / min(width, height) > req.max_aspect_ratio:
             raise _Reject(f"extreme_aspect_ratio: {width}x{height} is wider than {req.max_aspect_ratio:g}:1")
-        tb = stream.time_base
         t0 = stream.start_time if stream.start_time is not None else 0
-        duration = float(stream.duration * tb) if stream.duration else (
+        duration = float(stream.duration * stream.time_base) if stream.duration else (
             container.duration / 1e6 if container.duration else None)
         start = float(req.start_seconds or 0.0)
         end = float(req.end_seconds) if req.end_seconds is not None else math.inf
         if duration is not None and start >= duration:
             raise _Reject(f"window_past_end: the window starts at {start:g} s, the file ends at {duration:.2f} s")
-        if start > 0:
-            container.seek(int(start / tb) + t0, stream=stream, backward=True, any_frame=False)
-        _emit_on_grid(container, stream, req, send, fps, start, end, duration, t0)
+        frames = _seek(container, stream, start, fps, t0) if start > 0 else None
+        if frames is None and start > 0:  # the container cannot seek there: decode from the beginning
+            container.close()
+            container = _open_pyav(req.path)
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = max(1, req.threads)
+        _emit_on_grid(frames or container.decode(stream), stream, req, send, fps, start, end, duration, t0)
+    finally:
+        container.close()
 
 
-def _emit_on_grid(container, stream, req, send, fps, start, end, duration, t0) -> None:
+def _seek(container, stream, start: float, fps: float, t0: int):
+    """Frames from the keyframe at or before `start`, or None when seeking fails or overshoots (some
+    MPEG-TS files have no index to seek by)."""
+    import av
+
+    try:
+        container.seek(int(start / stream.time_base) + t0, stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        first = next(frames, None)
+    except av.error.FFmpegError:
+        return None
+    if first is None or first.pts is None or float((first.pts - t0) * stream.time_base) > start + 0.5 / fps:
+        return None
+    return itertools.chain([first], frames)
+
+
+def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> None:
     """Decode and emit frames at grid times start + k/fps (< end): each grid time gets the decoded frame
     nearest to it, so variable frame rates keep real time and a seek's extra frames are skipped."""
     import av
@@ -216,7 +247,6 @@ def _emit_on_grid(container, stream, req, send, fps, start, end, duration, t0) -
             batch.add(prev_array)
             k += 1
 
-    frames = container.decode(stream)
     while True:
         try:
             frame = next(frames)
@@ -235,7 +265,7 @@ def _emit_on_grid(container, stream, req, send, fps, start, end, duration, t0) -
             size = _output_size(frame.width, frame.height, req.max_side)
         elif (frame.width, frame.height) != first_size:
             stop = (f"resolution_change: {first_size[0]}x{first_size[1]} -> {frame.width}x{frame.height} "
-                    f"at {t:.2f} s; the video ends there")
+                    f"at decoded frame {count - 1}; the video ends there")
             break
         if prev is not None:
             emit_until((prev_t + t) / 2)  # grid times nearer to prev than to this frame

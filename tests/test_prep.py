@@ -222,7 +222,7 @@ def test_manifests_and_sidecars_become_inputs(tmp_path):
     (folder / "a.txt").write_text(" from txt \n")
     (folder / "sub" / "b.json").write_text('{"caption": "from json"}')
     assert [(r.source_id, r.caption) for r in from_folder(folder)] == [
-        ("a", "from txt"), ("c", ""), ("sub/b", "from json")]
+        ("a", "from txt"), ("c", ""), ("notes", ""), ("sub/b", "from json")]  # notes.md is an input too
     with pytest.raises(ValueError, match="not a MiraData"):
         (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
         load_inputs(tmp_path / "other.csv")

@@ -31,7 +31,7 @@ def video_index(root: str | Path) -> dict[int, list[str]]:
     if not root.is_dir():
         raise FileNotFoundError(f"training data not found: {root} (run pipelines/prep.py or pass --data)")
     try:
-        videos = read_videos(root)
+        videos = read_videos(root, columns=["video_id", "num_clips"])  # never the tensor columns
     except FileNotFoundError:
         raise EmptyDatasetError(f"{root} holds no training videos (videos/ is missing or empty)") from None
     if videos.num_rows == 0:
@@ -77,9 +77,10 @@ def to_training_inputs(row: dict, device: torch.device, dtype: torch.dtype) -> t
 
 
 def check_dataset(root: str | Path) -> dict[int, list[str]]:
-    """Fail fast, on the driver, for a missing/empty/wrong-version dataset."""
+    """Fail fast, on the driver, for a missing/empty/wrong-version dataset. Reads only small columns: a
+    driver never holds the latents (50,000 clips grow its RSS by a few MB, tests/test_prep_driver.py)."""
     index = video_index(root)
-    read_clips(root)  # validates schema_version of every clip row
+    read_clips(root, columns=["video_id"])  # validates schema_version of every clip row (small columns only)
     return index
 
 
