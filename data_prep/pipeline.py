@@ -212,6 +212,7 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig, protected: Iterable[s
     start = time.perf_counter()
     check_config(config)
     out = check_output(config.output, inputs, protected)
+    _remove_ours(out.parent / f".{out.name}.previous")  # left by a run killed mid-swap; refused if not ours
     staging = _fresh(out.parent / f".{out.name}.staging")
     try:
         if inputs:
