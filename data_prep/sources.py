@@ -92,7 +92,10 @@ def from_folder(folder: str | Path) -> list[VideoInput]:
 
 def parse_hms(value: str) -> float:
     """'H:M:S.f' (or 'M:S.f', or seconds) → seconds; ValueError for anything else (NaN, inf, negative)."""
-    parts = [float(p) for p in str(value).strip().split(":")]
+    try:
+        parts = [float(p) for p in str(value).strip().split(":")]
+    except ValueError:
+        raise ValueError(f"not a time: {value!r}") from None
     if not parts or len(parts) > 3 or not all(math.isfinite(p) and p >= 0 for p in parts):
         raise ValueError(f"not a time: {value!r}")
     seconds = 0.0

@@ -114,7 +114,11 @@ def test_a_second_run_replaces_instead_of_duplicating(ray_local, prepped, sample
     out, first, config = prepped
     folder, _ = sample
     before = read_clips(out).num_rows
+    (out / "my_notes.txt").write_text("the user's own file\n")
     again = run_prep(load_inputs(folder), config)
+    assert (out / "my_notes.txt").read_text() == "the user's own file\n"  # prep removes only what it wrote
+    (out / "my_notes.txt").unlink()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no staging or previous output left behind
     assert read_clips(out).num_rows == before == again["clips"]
     assert read_videos(out).num_rows == first["videos"]
     assert read_rejects(out).num_rows == sum(first["rejects_per_reason"].values())
@@ -164,7 +168,14 @@ def _bad_inputs(folder):
             caption = "" if name == "good.mp4" else f"clip {k}"
             w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 7.5, "['0:00:00.0', '0:00:07.5']",
                         120, "", name, caption, caption, "", "", "", ""])
-    return manifest, names
+        # rows that are bad on their own, and a repeated clip_id: each is one input, rejected or kept alone
+        for clip_id, name, timestamp in [("bad_time", "good.mp4", "['soon', 'later']"),
+                                         ("no_file", "", "['0:00:00.0', '0:00:07.5']"),
+                                         ("past_end", "good.mp4", "['0:01:00.0', '0:01:05.0']"),
+                                         ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:07.5']")]:
+            w.writerow([clip_id, "youtube", "", "v", 128, 96, 16, 7.5, timestamp, 120, "", name, "c", "c",
+                        "", "", "", ""])
+    return manifest, names + ["bad_time", "no_file", "past_end", "12.70 again"]
 
 
 def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
@@ -173,7 +184,13 @@ def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
     assert [i.source_id for i in inputs][:2] == ["12.00", "12.10"]  # clip_id stays a string
     summary = run_prep(inputs, PrepConfig(output=str(tmp_path / "out")))
     assert summary["inputs"] == len(names) == summary["inputs_accepted"] + summary["inputs_rejected"]
-    assert summary["inputs_accepted"] == 2 and summary["captions_missing"] == 1
+    assert summary["inputs_accepted"] == 3 and summary["captions_missing"] == 1
+    by_id = {r["input_id"]: r["reason"] for r in read_rejects(tmp_path / "out").to_pylist()}
+    assert by_id["mira:bad_time"].startswith("bad_manifest_row: line 11: not a time")
+    assert by_id["mira:no_file"] == "bad_manifest_row: line 12: no file_path"
+    assert by_id["mira:past_end"].startswith("window_past_end: the window starts at 60 s")
+    kept = {r["input_id"] for r in read_clips(tmp_path / "out", columns=["input_id"]).to_pylist()}
+    assert kept == {"mira:12.60", "mira:12.70", "mira:12.70~2"}  # a repeated clip_id is two videos
     by_file = {}
     for r in read_rejects(tmp_path / "out").to_pylist():
         by_file.setdefault(r["source_path"].rsplit("/", 1)[-1], []).append(r["reason"])
