@@ -32,6 +32,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -337,9 +338,21 @@ def _decode(req: DecodeRequest, send) -> None:
             raise _Reject(f"{err}; decord: {type(fallback).__name__}: {str(fallback).splitlines()[0][:120]}") from None
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A thread that ends this process when its parent dies (e.g. a Ray worker killed mid-task), even while
+    the main thread is blocked in a read that will never return."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def serve(read_fd: int, write_fd: int) -> None:
     """The decoder process's loop: one DecodeRequest in, its messages out, until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
+    _exit_with_parent(os.getppid())
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     outbox.send(("ready", os.getpid()))
     while True:
