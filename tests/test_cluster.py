@@ -251,9 +251,9 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
         hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
         if not hex_id:
             return []
-        return [t for t in list_tasks(address=dashboard, filters=[("job_id", "=", hex_id)] + [(k, "=", v) for k, v in filters.items()],
-                                      detail=True, limit=10_000, raise_on_missing_output=False)
-                if "FlatMap" in t.name]
+        conditions = [("job_id", "=", hex_id)] + [(k, "=", v) for k, v in filters.items()]
+        return [t for t in list_tasks(address=dashboard, filters=conditions, detail=True, limit=10_000,
+                                      raise_on_missing_output=False) if "FlatMap" in t.name]
 
     def long_running_task():  # running for 3 s already: not about to finish under the kill
         now_ms = time.time() * 1000

@@ -267,3 +267,21 @@ def test_same_named_files_stay_two_videos(awkward_folder):
     assert by_input["folder:a.mp4"] == {("folder:a.mp4", "a.mp4")}
     assert by_input["folder:a.mov"] == {("folder:a.mov", "a.mov")}
     assert {r["caption"] for r in clips if r["input_id"].startswith("folder:a.")} == {"caption of both a files"}
+
+
+def test_the_shot_buffer_is_capped_in_bytes_whatever_the_frame_rate():
+    """A cap in frames grows with the source's fps and size; the byte cap closes a take at the same memory."""
+    from data_prep.shots import ShotSplitter
+
+    frames = moving(120, size=(48, 64))  # one shot, no cut
+    cap = 25 * frames[0].nbytes
+    for fps in (30.0, 120.0):
+        splitter = ShotSplitter(fps, max_shot_frames=round(60 * fps), max_shot_bytes=cap)
+        shots, held = [], 0
+        for start in range(0, len(frames), 8):
+            shots += splitter.push(frames[start:start + 8])
+            held = max(held, sum(b.nbytes for b in splitter.buffer))
+        shots += splitter.finish()
+        assert [len(s.frames) for s in shots] == [25, 25, 25, 25, 20]
+        assert held < cap + 8 * frames[0].nbytes  # never more than the cap and the window that reached it
+        np.testing.assert_array_equal(np.concatenate([s.frames for s in shots]), frames)
