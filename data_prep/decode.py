@@ -15,8 +15,8 @@ What the child does (`_decode_pyav`), and why PyAV is the first decoder:
 - it positions frames by their timestamps on a constant grid at the stream's average rate (nearest
   frame per grid time), so a variable-frame-rate file keeps real time;
 - it applies rotation metadata (multiples of 90 degrees; another angle is a reject);
-- a resolution change mid-stream, a decode error or a stream that ends before the container's
-  reported duration ends the video there with a warning (`truncated`).
+- a resolution change mid-stream, timestamps that jump back or far ahead, a decode error or a stream
+  that ends before the container's reported duration ends the video there with a warning.
 decord (the project's first choice when it was written) stays as the fallback for a file PyAV cannot
 open; it has no per-frame timestamps, so it is not first.
 """
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_FPS = 240.0  # a container claiming more is broken (timebases of 90000 "fps" are common)
 MIN_FPS = 1.0
 MAX_ASPECT_RATIO = 3.0  # wider than 3:1 (or taller) cannot fill a training bucket without losing most of it
+MAX_TIMESTAMP_GAP_S = 10.0  # a longer pause between two frames is a broken stream, not a slow frame rate
 WINDOW_BYTES = 16 << 20  # frames travel from the decoder in messages of about this size
 STARTUP_TIMEOUT_S = 120.0  # the decoder process's own start (imports), not counted against a file
 
@@ -267,6 +268,10 @@ def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> N
         elif (frame.width, frame.height) != first_size:
             stop = (f"resolution_change: {first_size[0]}x{first_size[1]} -> {frame.width}x{frame.height} "
                     f"at decoded frame {count - 1}; the video ends there")
+            break
+        if prev is not None and not -0.5 < t - prev_t < MAX_TIMESTAMP_GAP_S:
+            stop = (f"broken_timestamps: {prev_t:.2f} s -> {t:.2f} s at decoded frame {count - 1}; "
+                    "the video ends there")  # a reset would hide the rest, a huge gap repeat one frame for it
             break
         if prev is not None:
             emit_until((prev_t + t) / 2)  # grid times nearer to prev than to this frame

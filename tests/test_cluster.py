@@ -123,9 +123,14 @@ def _up(url: str) -> bool:
 def submit(dashboard: str, name: str, *command: str) -> str:
     """`ray job submit --no-wait` with the repo as working dir; returns the submission id."""
     job_id = f"{name}-{uuid.uuid4().hex[:8]}"
-    result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
-                     "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
-    assert result.returncode == 0, result.stderr
+    def submitted() -> bool:  # the head's job agent starts after the node is alive: poll until it takes the job
+        result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
+                         "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
+        if result.returncode != 0 and "No available agent" not in result.stderr:
+            raise AssertionError(result.stderr)
+        return result.returncode == 0
+
+    wait_for(submitted, 180, f"the job agent to accept {name}", every=5)
     return job_id
 
 

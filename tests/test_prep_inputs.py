@@ -139,6 +139,11 @@ def test_a_resolution_change_ends_the_video_there(tmp_path):
     frames = np.concatenate(list(windows))
     assert frames.shape == (20, 96, 128, 3)
     assert windows.warnings == ["resolution_change: 128x96 -> 64x48 at decoded frame 20; the video ends there"]
+    twice = tmp_path / "twice.ts"  # the same stream appended: its timestamps start over
+    twice.write_bytes(first.read_bytes() * 2)
+    info, windows = stream_frames(str(twice))
+    assert len(np.concatenate(list(windows))) == 20
+    assert windows.warnings[0].startswith("broken_timestamps:") and "at decoded frame 20" in windows.warnings[0]
 
 
 def test_header_checks_reject_before_decoding(tmp_path):
