@@ -89,8 +89,10 @@ def cluster(tmp_path_factory):
 
 
 def start_node(*args: str) -> subprocess.Popen:
+    # each node's dashboard agent on a free port: on the default (52365) a second node, or any other Ray on
+    # this machine, leaves the agent without HTTP and job submission fails with "No available agent"
     return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                             *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             "--dashboard-agent-listen-port", str(free_port()), *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
