@@ -33,13 +33,16 @@ from mempack.model.semantic_pack import SemanticMemory
 log = logging.getLogger(__name__)
 
 
+DEFAULT_SAMPLING_GUIDANCE = 10.0  # FramePack-F1's distilled-guidance default
+
+
 @dataclass
 class GenerationConfig:
     """How to sample: sections, Euler steps, F1's distilled guidance, seed, memory on/off."""
 
     sections: int = 1
     steps: int = 25
-    guidance: float = 10.0  # FramePack-F1's distilled-guidance default
+    guidance: float = DEFAULT_SAMPLING_GUIDANCE
     seed: int = 0
     use_memory: bool = True  # False: the FramePack-only ablation (no ψ tokens)
     dynamic_shift: bool = True  # F1's resolution-dependent time shift (μ capped at log 7)
@@ -59,12 +62,17 @@ class GenerationResult:
     section_seconds: list[float] = field(default_factory=list)
 
 
-def section_times(model: MemoryPackTransformer, latent_shape: tuple[int, ...], config: GenerationConfig) -> torch.Tensor:
-    """The paper-time grid of one section, with F1's shift for this section's token count."""
+def section_times(
+    model: MemoryPackTransformer, latent_shape: tuple[int, ...], steps: int, dynamic_shift: bool = True
+) -> torch.Tensor:
+    """The paper-time grid of one section, with F1's shift for this section's token count.
+
+    Shared by generation and student forcing, so the ablation samples exactly as inference does.
+    """
     patch = model.backbone.config.patch_size
     tokens = latent_shape[2] * latent_shape[3] * latent_shape[4] // patch**2
-    mu = flow.dynamic_shift_mu(tokens) if config.dynamic_shift else None
-    return flow.sampling_times(config.steps, mu)
+    mu = flow.dynamic_shift_mu(tokens) if dynamic_shift else None
+    return flow.sampling_times(steps, mu)
 
 
 @torch.no_grad()
@@ -102,25 +110,33 @@ def generate(
     progress: bool = True,
     on_section: Callable[[int, torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Generate `config.sections` sections after the start latent; returns every latent frame.
 
-    `on_section(n, latents)` is called after each section (for incremental decoding, previews or
-    cost accounting). `generator` (a CPU generator) replaces the one seeded from `config.seed`, for
-    callers that drew other randomness from it first, as diffusers' pipeline does for the image latent.
+    `prefix` [B, C, T, h, w] continues a given video: its latents (the frames after the start latent)
+    become the history, and each of its whole sections updates ψ as a generated one would, so the
+    memory has seen everything the video showed. The result holds the start latent, the prefix and
+    the new sections. `on_section(n, latents)` is called after each new section (for incremental
+    decoding, previews or cost accounting). `generator` (a CPU generator) replaces the one seeded from
+    `config.seed`, for callers that drew other randomness from it first, as diffusers' pipeline does
+    for the image latent.
     """
     model.eval()
     layout = model.config.layout
     start = cond.start_latent.float()
     batch, channels, _, height, width = start.shape
     shape = (batch, channels, layout.window, height, width)
-    times = section_times(model, shape, config)
+    times = section_times(model, shape, config.steps, config.dynamic_shift)
     if generator is None:
         generator = torch.Generator(device="cpu").manual_seed(config.seed)
     memory = model.initial_memory(cond) if config.use_memory else None
     tail: list[torch.Tensor] = []  # the most recent sections, on the device
     frames_before = 0  # history frames dropped from the tail
     finished: list[torch.Tensor] = [start.cpu()]
+    if prefix is not None:
+        memory, tail, frames_before = _read_prefix(model, memory, prefix.to(start), layout.window)
+        finished.append(prefix.float().cpu())
     seconds: list[float] = []
     for n in tqdm(range(config.sections), desc="sections", unit="section", disable=not progress):
         began = time.perf_counter()
@@ -137,6 +153,20 @@ def generate(
         if on_section is not None:
             on_section(n, section)
     return GenerationResult(torch.cat(finished, dim=2), seconds)
+
+
+def _read_prefix(
+    model: MemoryPackTransformer, memory: SemanticMemory | None, prefix: torch.Tensor, window: int
+) -> tuple[SemanticMemory | None, list[torch.Tensor], int]:
+    """ψ after each whole section of a given video, and the history tail the sampler keeps of it."""
+    if prefix.ndim != 5 or prefix.shape[2] == 0:
+        raise ValueError(f"prefix must be latents [B, C, T>0, h, w], got {tuple(prefix.shape)}")
+    sections = list(prefix.split(window, dim=2))
+    for section in sections:
+        if memory is not None and section.shape[2] == window:  # ψ is written once per whole section
+            memory = model.update_memory(memory, section)
+    tail, dropped = _trim_tail(sections, model.config.layout.context_frames)
+    return memory, tail, dropped
 
 
 def frames_for_sections(sections: int, window: int, temporal: int = 4) -> int:

@@ -46,7 +46,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     p.add_argument("--max-steps", type=int, help="optimizer steps (stage 2: one per video)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-5)")
-    p.add_argument("--conditioning", choices=FORCING_MODES, help="how the history is made (stage 2 default: direct)")
+    p.add_argument("--conditioning", choices=FORCING_MODES, help="how the history is made: stage 1 default teacher, stage 2 default direct; "
+                   "stage 2 + teacher is the head-only control, student the k-step ablation")
     p.add_argument("--student-steps", type=int, help="sampling steps of student forcing (default 5)")
     p.add_argument("--deepspeed", help="DeepSpeed JSON config (default: built in; see cluster/deepspeed/)")
     p.add_argument("--checkpoint-every", type=int)
@@ -77,6 +78,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     if args.conditioning:
         config.forcing.mode = args.conditioning
     if args.student_steps is not None:
+        if (config.forcing.mode or "") != "student":
+            p.error("--student-steps needs --conditioning student")
         config.forcing.student_steps = args.student_steps
     for name in ("num_workers", "max_steps", "epochs", "checkpoint_every"):
         if getattr(config, name) < 1:

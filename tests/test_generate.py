@@ -92,7 +92,7 @@ def test_bounded_tail_equals_whole_history_with_absolute_rope(cond):
     ours = generate(model, cond, config, progress=False).latents
     g = torch.Generator().manual_seed(config.seed)
     shape = (1, 16, 9, *cond.start_latent.shape[-2:])
-    times = section_times(model, shape, config)
+    times = section_times(model, shape, config.steps)
     history = None
     with torch.no_grad():
         memory = model.initial_memory(cond)
@@ -132,3 +132,26 @@ def test_sampling_times_follow_f1_shift():
     expected = np.exp(mu) / (np.exp(mu) + (1 / sigma - 1))
     np.testing.assert_allclose(1 - times[:-1].numpy(), expected, rtol=1e-6)
     assert times[-1] == 1.0
+
+
+def test_continuing_a_video_equals_generating_it_in_one_go(cond):
+    """A prefix becomes the history and feeds ψ section by section: continuing the first 3 sections of a
+    5-section video (with the noise stream where it was) reproduces sections 4 and 5 exactly."""
+    model = MemoryPackTransformer.from_preset("tiny", seed=0).eval()
+    whole = generate(model, cond, GenerationConfig(sections=5, steps=2, seed=7), progress=False).latents
+    g = torch.Generator().manual_seed(7)
+    shape = (1, 16, 9, *cond.start_latent.shape[-2:])
+    for _ in range(3):
+        torch.randn(shape, generator=g)  # the noise of the three given sections
+    prefix = whole[:, :, 1: 1 + 27]
+    continued = generate(model, cond, GenerationConfig(sections=2, steps=2), progress=False, generator=g,
+                         prefix=prefix).latents
+    assert continued.shape == whole.shape
+    torch.testing.assert_close(continued, whole, atol=1e-6, rtol=0)
+    # without the prefix's ψ updates the continuation differs: the memory really read the given video
+    g2 = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        torch.randn(shape, generator=g2)
+    no_memory = generate(model, cond, GenerationConfig(sections=2, steps=2, use_memory=False), progress=False,
+                         generator=g2, prefix=prefix).latents
+    assert not torch.allclose(no_memory[:, :, -18:], whole[:, :, -18:])

@@ -3,9 +3,10 @@
 ψ₀ is the prompt's features joined with the reference image's features, projected to the memory
 width (`init="zero"` replaces it with zeros: the paper's ablation). After each finished segment xⁿ:
 
-* **Memorize** patchifies the segment's latents, runs self-attention inside fixed windows of
-  `window_frames` latent frames (never across the whole history, so the cost is that of one
-  segment), and pools each window to `tokens_per_window` embeddings.
+* **Memorize** patchifies the segment's latents, adds fixed (frame, row, column) positions, runs
+  self-attention inside fixed windows of `window_frames` latent frames (never across the whole
+  history, so the cost is that of one segment), and pools each window to `tokens_per_window`
+  embeddings with learned attention queries.
 * **Squeeze** is cross-attention + residual + norm (+ a feed-forward block) that folds the
   Memorize output and ψₙ into ψₙ₊₁. Structure A (default): query = Memorize(xⁿ), key/value = ψₙ.
   Structure B: query = ψₙ, key/value = Memorize(xⁿ). Structure C: as B, but the first update's
@@ -18,11 +19,11 @@ total cost is linear in the number of segments. ψ is read by the backbone throu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -43,8 +44,35 @@ class SemanticMemory:
         return SemanticMemory(self.tokens.detach(), self.mask, self.step)
 
 
+def sincos_positions(frames: int, height: int, width: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """Fixed 3-D sine/cosine positions [frames, height·width, dim] for (frame, row, column).
+
+    Each axis gets an even share of `dim` (any remainder stays zero). Computed for any size, so one
+    SemanticPack reads every resolution bucket; Memorize needs them because self-attention and
+    pooling are otherwise blind to *where* in the segment an object sits.
+    """
+    share = (dim // 3) // 2 * 2
+    out = torch.zeros(frames, height, width, dim, device=device, dtype=torch.float32)
+    if share == 0:
+        return out.reshape(frames, height * width, dim).to(dtype)
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(share // 2, device=device, dtype=torch.float32) / (share // 2))
+    for axis, size in enumerate((frames, height, width)):
+        angle = torch.arange(size, device=device, dtype=torch.float32)[:, None] * freqs[None]
+        emb = torch.cat([angle.sin(), angle.cos()], dim=-1)  # [size, share]
+        shape = [1, 1, 1, share]
+        shape[axis] = size
+        out[..., axis * share:(axis + 1) * share] += emb.reshape(shape)
+    return out.reshape(frames, height * width, dim).to(dtype)
+
+
 class Memorize(nn.Module):
-    """Windowed self-attention over one segment's tokens, pooled to a compact set of embeddings."""
+    """Windowed self-attention over one segment's tokens, pooled to a compact set of embeddings.
+
+    Tokens carry fixed (frame-in-window, row, column) positions. Each window of `window_frames`
+    frames is pooled by `tokens_per_window` learned queries that attend over all its tokens — a
+    learned summary rather than an average of raster spans that would mix the end of one row or
+    frame with the start of the next.
+    """
 
     def __init__(self, dim: int, num_heads: int, num_layers: int, window_frames: int, tokens_per_window: int):
         super().__init__()
@@ -54,16 +82,21 @@ class Memorize(nn.Module):
             dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
         )
         self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.queries = nn.Parameter(torch.randn(tokens_per_window, dim) * dim**-0.5)
+        self.pool = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T, N, D] (frames × spatial tokens) → [B, windows · tokens_per_window, D]."""
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """tokens [B, T, N, D] (frames × spatial tokens of a `grid` = (h, w)) → [B, windows · tokens_per_window, D]."""
         b, t, n, d = tokens.shape
+        positions = sincos_positions(self.window_frames, grid[0], grid[1], d, tokens.device, tokens.dtype)
         pooled = []
         for window in tokens.split(self.window_frames, dim=1):
-            x = self.blocks(window.reshape(b, -1, d))
-            x = F.adaptive_avg_pool1d(x.transpose(1, 2), self.tokens_per_window).transpose(1, 2)
-            pooled.append(x)
+            frames = window.shape[1]
+            x = self.blocks((window + positions[:frames]).reshape(b, frames * n, d))
+            query = self.queries.to(x.dtype)[None].repeat(b, 1, 1)  # a copy: no-grad views of a leaf still require grad
+            summary, _ = self.pool(query, x, x, need_weights=False)
+            pooled.append(summary + query)
         return self.norm(torch.cat(pooled, dim=1))
 
 
@@ -130,8 +163,9 @@ class SemanticPack(ModelMixin, ConfigMixin):
     def memorize_segment(self, segment_latents: torch.Tensor) -> torch.Tensor:
         """Memorize(xⁿ): segment latents [B, C, T, H, W] → compact embeddings [B, K, D]."""
         x = self.patchify(segment_latents.to(self.dtype))  # [B, D, T, h, w]
+        grid = (x.shape[3], x.shape[4])
         x = x.flatten(3).permute(0, 2, 3, 1)  # [B, T, h·w, D]
-        return self.memorize(x)
+        return self.memorize(x, grid)
 
     def update(self, memory: SemanticMemory, segment_latents: torch.Tensor) -> SemanticMemory:
         """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)) under the configured structure."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from mempack.forcing import ForcingConfig
+from mempack.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
 
 
@@ -78,6 +79,10 @@ class TrainConfig:
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if not self.output:
             self.output = f"outputs/train/stage{self.stage}"
+
+    def resolved_forcing(self) -> ForcingConfig:
+        """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""
+        return dataclasses.replace(self.forcing, mode=resolve_mode(self.forcing.mode, self.stage))
 
     @property
     def trainable(self) -> str:

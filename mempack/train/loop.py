@@ -1,9 +1,10 @@
 """The Ray Train worker loop: DeepSpeed engine, curriculum buckets, forcing, checkpoints, metrics.
 
-Per video (one Ray Data row): stage 1 samples one clip and trains it with teacher forcing (history
-and ψ from the ground truth of the earlier clips), one optimizer step per video. Stage 2 runs Direct
-Forcing over all clips in order; each clip's loss is back-propagated at once (its graph is freed),
-and DeepSpeed's gradient accumulation is set to the bucket's clips per video, so the optimizer steps
+Per video (one Ray Data row), `mempack.train.steps.train_video` makes one step: stage 1 samples one
+clip and trains it with teacher forcing (history and ψ from the ground truth of the earlier clips,
+ψ's graph kept through `forcing.memory_grad_window` updates); stage 2 runs Direct Forcing (or the
+teacher/student controls) over all clips in order. Each clip's loss is back-propagated at once, and
+DeepSpeed's gradient accumulation is set to the clips trained per video, so the optimizer steps
 exactly once per video.
 
 Checkpoints: every `checkpoint_every` optimizer steps every rank writes its DeepSpeed shard to a
@@ -19,11 +20,9 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict
-
 import torch
 
-from mempack.forcing import ForcingConfig, video_clip_steps
+from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
 from mempack.train.data import to_training_inputs
@@ -99,9 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log({"resumed_from_step": state["step"], "restarts": state["restarts"]}, step=state["step"])
         log.info("rank %d resumed at step %d", rank, state["step"])
 
-    forcing = ForcingConfig(**{**asdict(config.forcing), "mode": "teacher" if config.stage == 1 else config.forcing.mode})
-    if config.stage == 2 and forcing.mode == "teacher":
-        forcing.mode = "direct"
+    forcing = config.resolved_forcing()
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +112,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while not done and state["epoch"] < config.epochs:
         for b in range(state["bucket"], len(buckets)):
             num_clips = buckets[b]
-            engine.set_train_batch_size((num_clips if config.stage == 2 else 1) * world)
+            engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips) * world)
             shard = ray.train.get_dataset_shard(f"bucket_{num_clips}")
             skip = state["videos_done"] if b == state["bucket"] else 0
             for position, row in enumerate(shard.iter_rows()):
@@ -124,21 +121,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 started = time.perf_counter()
                 clips, cond = to_training_inputs(row, device, dtype)
                 g = _generator(config.seed, state["epoch"], num_clips, position, rank)
-                # the sampled clip index is shared by all ranks: clip 0 has no ψ update, so its step leaves
-                # Memorize/Squeeze without gradients, and ZeRO's bucketed reductions must agree across ranks
                 shared = _generator(config.seed, state["epoch"], num_clips, position)
-                only = int(torch.randint(0, clips.shape[0], (1,), generator=shared)) if config.stage == 1 else None
-                losses, tokens, n_clips = [], 0, 0
-                trained_clips = 1 if only is not None else clips.shape[0]
-                for step in video_clip_steps(module, clips, cond, forcing, generator=g, only_clip=only):
+                only = trained_clip(config.stage, forcing.mode, clips.shape[0], shared)
+
+                def backward(loss, last: bool, retain: bool) -> None:
                     # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
                     # counter says: it runs across buckets of different lengths and is not checkpointed
-                    engine.set_gradient_accumulation_boundary(n_clips == trained_clips - 1)
-                    engine.backward(step.loss)
+                    engine.set_gradient_accumulation_boundary(last)
+                    engine.backward(loss, retain_graph=retain)
                     engine.step()
-                    losses.append(step.loss.item())
-                    tokens += step.tokens
-                    n_clips += 1
+
+                stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g)
+                losses, tokens, n_clips = [stats.loss], stats.tokens, stats.clips
                 state["step"] += 1
                 state["videos_done"] = position + 1
                 state["bucket"] = b

@@ -1,0 +1,381 @@
+"""Does mempack do what the paper claims? Memory recall and drift on a world whose truth we know.
+
+Trains six variants with mempack's own model (`MemoryPackTransformer`), forcing (`mempack.forcing`),
+per-video training step (`mempack.train.steps.train_video`, run in process by
+`mempack.train.local.train_in_process`, the same step the Ray Train loop runs) and generator
+(`mempack.generate.generate`), on the synthetic latent world of `mempack.world`, for several seeds, and
+evaluates each on world videos whose seeds were never trained on:
+
+    framepack_only  SemanticPack off, stage 1 teacher forcing
+    zero_memory     MemoryPack with ψ₀ = 0, stage 1
+    memorypack      MemoryPack, stage 1
+    direct          memorypack + stage 2 Direct Forcing (head only, curriculum, one step per video)
+    student         memorypack + stage 2 student forcing (5 sampling steps)
+    teacher_head    memorypack + stage 2 teacher forcing, head only (the "more training" control)
+
+Measures: memory recall after L absent sections (`mempack.eval.fidelity.memory_recall`), drift over a
+long rollout (paper eq. 8, `rollout_drift`), and training cost per clip (FLOPs counted by torch, wall
+seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method, and prep's
+contract is tested on its own. Prints a table of mean ± std over seeds, writes JSON (default
+bench/results/method_fidelity.json) and logs every run, with a rollout mp4, to MLflow.
+
+    python bench/method_fidelity.py                 # the full run (3 seeds)
+    python bench/method_fidelity.py --quick         # plumbing smoke run, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGE1 = ("framepack_only", "zero_memory", "memorypack")
+STAGE2 = {"direct": "direct", "student": "student", "teacher_head": "teacher"}
+VARIANTS = STAGE1 + tuple(STAGE2)
+FRAMEPACK_WINDOW_SECTIONS = 19 / 9  # 1 + 2 + 16 latent frames of history
+
+
+@dataclass
+class Settings:
+    """Everything a worker needs (picklable)."""
+
+    identities: int
+    absences: list[int]
+    world_seed: int
+    train_steps: int
+    stage2_steps: int
+    stage2_videos: int
+    lr: float
+    stage2_lr: float
+    events: int
+    drift_sections: int
+    rollouts: int
+    sample_steps: int
+    width: int
+    layers: int
+    student_steps: int
+    memory_grad_window: int
+    out: str
+    mlflow_uri: str | None
+
+
+def world_for(s: Settings, stage: int):
+    from mempack.world import World, WorldConfig
+
+    longest = max(s.absences) if stage == 1 else min(4, max(s.absences))
+    return World(WorldConfig(identities=s.identities, absence=(1, longest), seed=s.world_seed))
+
+
+def build_model(s: Settings, variant: str, seed: int):
+    """mempack's model at a small width: the tiny preset's 32-wide, 1-layer backbone cannot even hold a
+    2×2×16 latent patch in its width, so the world gets `width` channels and `layers` blocks."""
+    import torch
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from mempack.model import MemoryPackTransformer, SemanticPack
+    from mempack.model.memorypack import MemoryPackConfig
+    from mempack.presets import TINY
+
+    torch.manual_seed(seed)
+    head_dim = 32
+    heads = s.width // head_dim
+    backbone = HunyuanVideoFramepackTransformer3DModel(**{
+        **TINY.transformer, "num_attention_heads": heads, "attention_head_dim": head_dim,
+        "rope_axes_dim": (8, 12, 12), "num_layers": s.layers, "num_single_layers": s.layers})
+    memory = None
+    if variant != "framepack_only":
+        memory = SemanticPack(**{**TINY.semantic_pack, "context_dim": s.width, "dim": s.width // 2, "num_heads": 4,
+                                 "init": "zero" if variant == "zero_memory" else "prompt_image"})
+    return MemoryPackTransformer(backbone, memory, MemoryPackConfig(use_semantic_pack=memory is not None))
+
+
+def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
+    """FLOPs of one training step (forward + backward) of a 6-section video, per trained clip."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mempack.forcing import ForcingConfig
+    from mempack.train.steps import train_video, trained_clip
+
+    video = world.video(10**9, absence=3)
+    clips, cond = video.clips()[:6], world.conditioning(video)
+    model.set_trainable("all" if stage == 1 else "head")
+    forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
+                            memory_grad_window=s.memory_grad_window)
+    only = trained_clip(stage, mode, clips.shape[0], torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        stats = train_video(model, clips, cond, forcing, lambda loss, last, retain: loss.backward(retain_graph=retain),
+                            only_clip=only, generator=torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / stats.clips
+
+
+def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
+    """Train one variant for one seed (stage 2 starts from `init`, the memorypack export), then evaluate."""
+    import torch
+
+    torch.set_num_threads(1)
+    from mempack.eval.fidelity import memory_recall, rollout_drift
+    from mempack.forcing import ForcingConfig
+    from mempack.model import MemoryPackTransformer
+    from mempack.train.local import LocalTrainConfig, train_in_process
+
+    stage = 1 if variant in STAGE1 else 2
+    mode = "teacher" if stage == 1 else STAGE2[variant]
+    world = world_for(s, stage)
+    model = build_model(s, variant, seed) if init is None else MemoryPackTransformer.from_pretrained(init)
+    forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
+                            memory_grad_window=s.memory_grad_window)
+    flops = flops_per_clip(model, world, stage, mode, s)
+    base = 1_000_000 * (seed + 1)  # training seeds; evaluation uses 900_000_000 + ..., never trained on
+    if stage == 1:
+        def videos(step: int):
+            v = world.video(base + step)
+            return v.clips(), world.conditioning(v)
+        config = LocalTrainConfig(stage=1, steps=s.train_steps, lr=s.lr, seed=seed, forcing=forcing)
+    else:
+        drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
+        videos = [(v.clips(), world.conditioning(v)) for v in drawn]
+        config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing)
+    result = train_in_process(model, videos, config)
+    folder = Path(s.out) / "models" / f"{variant}-seed{seed}"
+    model.save_pretrained(folder)
+    eval_world = world_for(s, 1)
+    recall = memory_recall(model, eval_world, s.absences, s.events, seed=900_000_000, steps=s.sample_steps)
+    drift, kept = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
+                                steps=s.sample_steps, keep_latents=True)
+    out = {
+        "variant": variant, "seed": seed, "export": str(folder),
+        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned,
+        "drift": drift.drift, "drift_per_rollout": drift.per_rollout, "drift_curve": drift.curve,
+        "train_seconds_per_clip": result.seconds / max(result.clips, 1), "train_flops_per_clip": flops,
+        "train_clips": result.clips, "skipped_steps": result.skipped,
+        "first_loss": float(sum(result.losses[:20]) / max(1, len(result.losses[:20]))),
+        "last_loss": float(sum(result.losses[-20:]) / max(1, len(result.losses[-20:]))),
+    }
+    if variant == "direct":  # the guidance decision: x̃ made at the training guidance, sampled at F1's 10
+        mismatch, _ = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
+                                    steps=s.sample_steps, guidance=10.0)
+        out["drift_sampled_at_guidance_10"] = mismatch.drift
+    video_path = Path(s.out) / "rollouts" / f"{variant}-seed{seed}.mp4"
+    if seed == 0 or s.mlflow_uri:
+        from mempack.video_io import write_mp4
+
+        write_mp4(eval_world.render(kept[0]), video_path, fps=8, crf=0)
+        out["rollout_mp4"] = str(video_path)
+    if s.mlflow_uri:
+        _log_mlflow(s, out, video_path)
+    return out
+
+
+def _log_mlflow(s: Settings, out: dict, video: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(s.mlflow_uri)
+    mlflow.set_experiment("mempack-method-fidelity")
+    with mlflow.start_run(run_name=f"{out['variant']}-seed{out['seed']}"):
+        mlflow.log_params({"variant": out["variant"], "seed": out["seed"], "identities": s.identities,
+                           "world_seed": s.world_seed, "train_steps": s.train_steps, "stage2_steps": s.stage2_steps})
+        metrics = {f"recall_L{k}": v for k, v in out["recall_by_absence"].items()}
+        metrics.update({f"returned_L{k}": v for k, v in out["returned_by_absence"].items()})
+        metrics.update(drift=out["drift"], train_seconds_per_clip=out["train_seconds_per_clip"],
+                       train_flops_per_clip=out["train_flops_per_clip"])
+        mlflow.log_metrics(metrics)
+        for i, value in enumerate(out["drift_curve"]):
+            mlflow.log_metric("drift_curve", value, step=i)
+        if video.is_file():
+            mlflow.log_artifact(str(video), "rollouts")
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) -> list[dict]:
+    """Stage-1 variants first; each seed's stage-2 variants start when its memorypack export is ready."""
+    need_memorypack = any(v in STAGE2 for v in variants)
+    stage1 = [v for v in STAGE1 if v in variants or (v == "memorypack" and need_memorypack)]
+    results: list[dict] = []
+    if workers == 0:  # in this process, in order (tests, debugging)
+        for seed in seeds:
+            exports = {}
+            for v in stage1:
+                out = run_variant(v, seed, s, None)
+                exports[v] = out["export"]
+                results.append(out)
+            for v in STAGE2:
+                if v in variants:
+                    results.append(run_variant(v, seed, s, exports["memorypack"]))
+        return [r for r in results if r["variant"] in variants]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+        pending: dict[Future, tuple[str, int]] = {}
+        for seed in seeds:
+            for v in stage1:
+                pending[pool.submit(run_variant, v, seed, s, None)] = (v, seed)
+        while pending:
+            done = next(f for f in _as_completed(pending))
+            variant, seed = pending.pop(done)
+            out = done.result()
+            print(f"  done {variant} seed {seed}: recall {out['recall_by_absence']} drift {out['drift']:.4f} "
+                  f"({out['train_seconds_per_clip'] * 1000:.0f} ms/clip)", flush=True)
+            if variant in variants:
+                results.append(out)
+            if variant == "memorypack":
+                for v in STAGE2:
+                    if v in variants:
+                        pending[pool.submit(run_variant, v, seed, s, out["export"])] = (v, seed)
+    return results
+
+
+def _as_completed(pending):
+    from concurrent.futures import as_completed
+
+    return as_completed(list(pending))
+
+
+def _stats(values: list[float]) -> dict:
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "per_seed": [float(v) for v in arr]}
+
+
+def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
+    import numpy as np
+
+    beyond = [L for L in s.absences if L > FRAMEPACK_WINDOW_SECTIONS]
+    summary = {"chance": 1 / s.identities, "recall_absences": beyond or s.absences, "variants": {}}
+    for v in variants:
+        rows = sorted((r for r in results if r["variant"] == v), key=lambda r: r["seed"])
+        if not rows:
+            continue
+        recall = [float(np.mean([r["recall_by_absence"][L] for L in summary["recall_absences"]])) for r in rows]
+        entry = {
+            "recall": _stats(recall),
+            "recall_by_absence": {L: float(np.mean([r["recall_by_absence"][L] for r in rows])) for L in s.absences},
+            "returned": float(np.mean([np.mean(list(r["returned_by_absence"].values())) for r in rows])),
+            "drift": _stats([r["drift"] for r in rows]),
+            "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
+            "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
+            "train_flops_per_clip": float(np.mean([r["train_flops_per_clip"] for r in rows])),
+            "loss": {"first": float(np.mean([r["first_loss"] for r in rows])),
+                     "last": float(np.mean([r["last_loss"] for r in rows]))},
+            "rollouts": [r["rollout_mp4"] for r in rows if "rollout_mp4" in r],
+        }
+        if any("drift_sampled_at_guidance_10" in r for r in rows):
+            entry["drift_sampled_at_guidance_10"] = _stats([r["drift_sampled_at_guidance_10"] for r in rows])
+        summary["variants"][v] = entry
+    return summary
+
+
+def print_table(summary: dict, s: Settings) -> None:
+    absences = s.absences
+    head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
+        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'drift':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
+    print(head)
+    print("-" * len(head))
+    for v, e in summary["variants"].items():
+        print(f"{v:<15} {e['recall']['mean']:>8.3f} ± {e['recall']['std']:<6.3f} "
+              + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
+              + f" {e['returned']:>8.2f} {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
+              + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
+    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity among returns, mean over "
+          f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mempack.cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="plumbing smoke run: 1 seed, few steps, small evaluation")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
+    p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
+    p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--train-steps", type=int, default=1500, help="stage-1 optimizer steps (one video each)")
+    p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
+    p.add_argument("--stage2-videos", type=int, default=48)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--stage2-lr", type=float, default=2e-4)
+    p.add_argument("--events", type=int, default=12, help="return events per absence length")
+    p.add_argument("--drift-sections", type=int, default=40)
+    p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
+    p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
+    p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
+    p.add_argument("--student-steps", type=int, default=5)
+    p.add_argument("--memory-grad-window", type=int, default=-1, help="ψ updates a loss reaches (-1: all)")
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes, one thread each (0: in this process)")
+    p.add_argument("--out", default="bench/results/method_fidelity", help="models and rollout mp4s")
+    p.add_argument("--json", default="bench/results/method_fidelity.json")
+    p.add_argument("--mlflow-uri", help="default: sqlite under --out; 'none' to skip")
+    args = p.parse_args(argv)
+    try:
+        args.absence = sorted({int(a) for a in args.absence.split(",") if a.strip()})
+    except ValueError:
+        p.error(f"--absence must be integers, got {args.absence!r}")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if not args.absence or min(args.absence) < 1:
+        p.error("--absence needs positive section counts")
+    if args.width % 32 or args.width < 64:
+        p.error("--width must be a multiple of 32, at least 64")
+    if args.identities < 2 or args.seeds < 1 or args.workers < 0:
+        p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
+    if args.quick:
+        args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
+        args.events, args.drift_sections, args.rollouts, args.sample_steps = 2, 4, 1, 2
+        args.width, args.layers = 64, 1
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mlflow_uri = None if args.mlflow_uri == "none" else (
+        args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    s = Settings(args.identities, args.absence, args.world_seed, args.train_steps, args.stage2_steps,
+                 args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
+                 args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
+                 str(out.resolve()), mlflow_uri)
+    if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
+        import mlflow
+
+        mlflow.set_tracking_uri(mlflow_uri)
+        mlflow.set_experiment("mempack-method-fidelity")
+    began = time.perf_counter()
+    results = run_all(s, args.variants, list(range(args.seeds)), args.workers)
+    summary = summarise(results, s, args.variants)
+    summary.update(seconds=round(time.perf_counter() - began, 1), seeds=args.seeds, settings=s.__dict__,
+                   machine=f"{os.cpu_count()} CPUs", runs=results)
+    print_table(summary, s)
+    print(f"total {summary['seconds']:.0f} s")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=2, default=_jsonable))
+    print(f"wrote {args.json}")
+    return summary
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The same training, in one process: for experiments, the method-fidelity benchmark and notebooks.
+
+Ray Train + DeepSpeed (`mempack.train.loop`) is how mempack trains at scale; this runs the very same
+per-video step (`mempack.train.steps.train_video`: forcing, clip sampling, ψ's gradient window, one
+optimizer step per video) with a plain AdamW in the calling process, so a small model trains in
+seconds without starting Ray. The rules it shares with the Ray loop:
+
+* stage 1 trains the whole network, stage 2 only the final norm and output projection;
+* the loss of each trained clip is divided by the clips trained per video (what DeepSpeed's gradient
+  accumulation does), and the optimizer steps once per video, after its last clip;
+* curriculum: each epoch visits videos by ascending clip count (one-clip videos first);
+* gradients are clipped to `grad_clip`; a video whose loss is not finite is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mempack.forcing import ForcingConfig, resolve_mode
+from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
+
+log = logging.getLogger(__name__)
+
+Video = tuple[torch.Tensor, Conditioning]  # clips [N, C, T, h, w] and their batch-1 conditions
+
+
+@dataclass
+class LocalTrainConfig:
+    """One in-process training run."""
+
+    stage: int = 1
+    steps: int = 100  # optimizer steps = videos trained
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    forcing: ForcingConfig = field(default_factory=ForcingConfig)
+
+
+@dataclass
+class LocalTrainResult:
+    """Per-step losses, wall time and clips trained (for cost per clip), non-finite videos skipped."""
+
+    losses: list[float]
+    seconds: float
+    clips: int
+    skipped: int = 0
+
+
+def train_in_process(
+    model: MemoryPackTransformer,
+    videos: Sequence[Video] | Callable[[int], Video],
+    config: LocalTrainConfig,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+) -> LocalTrainResult:
+    """Train `model` for `config.steps` videos; `videos` is a list (epochs in curriculum order) or a
+    function step → video (an endless stream, e.g. freshly drawn synthetic videos)."""
+    torch.manual_seed(config.seed)
+    mode = resolve_mode(config.forcing.mode, config.stage)
+    forcing = ForcingConfig(**{**config.forcing.__dict__, "mode": mode})
+    model.set_trainable("all" if config.stage == 1 else "head")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    order = _curriculum(videos) if not callable(videos) else None
+    losses: list[float] = []
+    clips_seen = skipped = 0
+    began = time.perf_counter()
+    for step in range(config.steps):
+        clips, cond = videos(step) if order is None else videos[order[step % len(order)]]
+        num_clips = clips.shape[0]
+        scale = 1.0 / clips_trained_per_video(config.stage, mode, num_clips)
+        shared = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        only = trained_clip(config.stage, mode, num_clips, shared)
+
+        def backward(loss: torch.Tensor, last: bool, retain: bool) -> None:
+            if torch.isfinite(loss):
+                (loss * scale).backward(retain_graph=retain)
+
+        optimizer.zero_grad(set_to_none=True)
+        stats = train_video(model, clips, cond, forcing, backward, only_clip=only, generator=shared)
+        grads_finite = all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+        if not stats.finite or not grads_finite:
+            skipped += 1
+            log.warning("step %d: non-finite loss or gradients, skipped", step)
+            continue
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        losses.append(stats.loss)
+        clips_seen += stats.clips
+        if on_step is not None:
+            on_step(step, stats.loss)
+    model.eval()
+    return LocalTrainResult(losses, time.perf_counter() - began, clips_seen, skipped)
+
+
+def _curriculum(videos: Sequence[Video]) -> list[int]:
+    """Indices by ascending clip count (stable), as the Ray loop's buckets visit them."""
+    if not videos:
+        raise ValueError("no videos to train on")
+    return sorted(range(len(videos)), key=lambda i: videos[i][0].shape[0])

@@ -1,0 +1,79 @@
+"""One training step per video, shared by the Ray Train worker loop and the in-process trainer.
+
+A step trains one video (or a batch of videos with the same layout): `trained_clip` decides which of its
+clips get a training forward, `video_clip_steps` makes their histories (teacher, direct or student
+forcing) and ψ, and every clip's loss is back-propagated at once (its backbone graph is freed) through
+`backward(loss, is_last_clip, retain_graph)`. The caller owns the optimizer: it steps once, after the
+last clip, so gradients accumulate over the video (paper §3.2).
+
+Stage 1 with teacher forcing trains one clip sampled per video (the earlier clips only build the
+ground-truth history and ψ, so long videos cost one forward/backward); every other combination trains
+all clips in order, since each clip's history comes from the previous clips' own forwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from mempack.forcing import ForcingConfig, video_clip_steps
+from mempack.model import Conditioning, MemoryPackTransformer
+
+Backward = Callable[[torch.Tensor, bool, bool], None]  # (loss, is the video's last clip, retain graph)
+
+
+@dataclass
+class VideoStepStats:
+    """What one video's step did: mean clip loss, clips trained, latent tokens, non-finite losses seen."""
+
+    loss: float
+    clips: int
+    tokens: int
+    finite: bool = True
+
+
+def samples_one_clip(stage: int, mode: str) -> bool:
+    """Stage-1 teacher forcing trains one sampled clip per video; everything else trains every clip."""
+    return stage == 1 and mode == "teacher"
+
+
+def clips_trained_per_video(stage: int, mode: str, num_clips: int) -> int:
+    """Micro-steps per optimizer step (DeepSpeed's gradient accumulation for a bucket)."""
+    return 1 if samples_one_clip(stage, mode) else num_clips
+
+
+def trained_clip(stage: int, mode: str, num_clips: int, generator: torch.Generator) -> int | None:
+    """The one clip stage-1 teacher forcing trains (drawn from `generator`), or None for all clips.
+
+    The generator must be the same on every rank: clip 0 has no ψ update, so its step leaves
+    Memorize/Squeeze without gradients, and ZeRO's bucketed reductions must agree across ranks.
+    """
+    if samples_one_clip(stage, mode):
+        return int(torch.randint(0, num_clips, (1,), generator=generator))
+    return None
+
+
+def train_video(
+    model: MemoryPackTransformer,
+    clips: torch.Tensor,
+    cond: Conditioning,
+    forcing: ForcingConfig,
+    backward: Backward,
+    *,
+    only_clip: int | None,
+    generator: torch.Generator | None = None,
+) -> VideoStepStats:
+    """Forward and back-propagate every trained clip of one video; the caller then steps once."""
+    num_clips = clips.shape[1] if clips.ndim == 6 else clips.shape[0]
+    planned = 1 if only_clip is not None else num_clips
+    losses: list[float] = []
+    tokens = 0
+    for n, step in enumerate(video_clip_steps(model, clips, cond, forcing, generator=generator, only_clip=only_clip)):
+        backward(step.loss, n == planned - 1, step.retain_graph)
+        losses.append(step.loss.item())
+        tokens += step.tokens
+    mean = sum(losses) / len(losses)
+    return VideoStepStats(mean, len(losses), tokens, finite=math.isfinite(mean))

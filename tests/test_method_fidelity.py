@@ -1,0 +1,59 @@
+"""The method-fidelity benchmark's plumbing in quick mode (not its science: the benchmark is not a test)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("method_fidelity", ROOT / "bench" / "method_fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["method_fidelity"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "json.json"
+    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct", "--absence", "1,4",
+                          "--identities", "3", "--out", str(tmp_path / "runs"), "--json", str(out),
+                          "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    data = json.loads(out.read_text())
+    assert data["chance"] == pytest.approx(1 / 3)
+    assert set(data["variants"]) == {"memorypack", "direct"}
+    for entry in data["variants"].values():
+        assert set(entry["recall"]) == {"mean", "std", "per_seed"} and len(entry["recall"]["per_seed"]) == 1
+        assert set(entry["recall_by_absence"]) == {"1", "4"}
+        assert 0.0 <= entry["returned"] <= 1.0
+        assert set(entry["drift"]) == {"mean", "std", "per_seed"} and entry["drift"]["mean"] >= 0
+        assert entry["train_seconds_per_clip"] > 0 and entry["train_flops_per_clip"] > 0
+    # stage 2 trains only the head: fewer FLOPs per clip than stage 1's whole-network backward
+    assert data["variants"]["direct"]["train_flops_per_clip"] < data["variants"]["memorypack"]["train_flops_per_clip"]
+    assert "drift_sampled_at_guidance_10" in data["variants"]["direct"]
+    assert Path(data["variants"]["direct"]["rollouts"][0]).stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "memorypack" in table and "chance = 1/K" in table
+
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mempack-method-fidelity")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.params["variant"] for r in runs} == {"memorypack", "direct"}
+    artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id, "rollouts")}
+    assert any(p.endswith(".mp4") for p in artifacts)
+
+
+def test_bad_flags_are_one_line(capsys):
+    bench = _bench()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--variants", "memorypack,oracle"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "oracle" in err[0]

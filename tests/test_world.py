@@ -1,0 +1,88 @@
+"""The synthetic world: its ground truth, its scorer and its renderer, checked against what it drew."""
+
+import numpy as np
+import pytest
+import torch
+
+from mempack.world import CHANNELS, OBJECT, SECTION, World, WorldConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(identities=5, absence=(3, 5), seed=1))
+
+
+def test_a_video_is_start_plus_whole_sections_with_an_absence_longer_than_framepacks_window(world):
+    video = world.video(7, absence=4)
+    assert video.latents.shape == (CHANNELS, 1 + SECTION * video.sections, 8, 8)
+    assert video.clips().shape == (video.sections, CHANNELS, SECTION, 8, 8)
+    torch.testing.assert_close(video.clips()[2], video.latents[:, video.section_frames(2)])
+    assert video.absence == 4 and video.absence * SECTION > 1 + 2 + 16
+    assert world.detect(video.latents[:, 0]) == []  # never in the start latent
+    assert video.enter >= 0 and video.positions[0] is None
+
+
+def test_the_scorer_reads_back_what_was_drawn(world):
+    for seed in range(6):
+        video = world.video(seed)
+        for f, pos in enumerate(video.positions):
+            cells = {(y, x) for y, x, k in world.detect(video.latents[:, f]) if k == video.identity}
+            if pos is None:
+                assert not cells, f"frame {f}: object seen while out of view"
+            else:
+                y, x = pos
+                assert cells == {(y + a, x + b) for a in range(OBJECT) for b in range(OBJECT)}
+        lane = (world.config.height - OBJECT, world.config.height)
+        assert world.identity_in(video.latents, video.section_frames(video.returns), rows=lane) == video.identity
+        assert world.identity_in(video.latents, video.section_frames(video.leave), rows=lane) is None
+        errors = world.frame_errors(video.latents, video.background)
+        assert errors["total"].max() == pytest.approx(0.0, abs=1e-10)  # the truth has no error
+
+
+def test_a_blend_of_identities_is_not_an_identity(world):
+    video = world.video(3)
+    frame = video.latents[:, video.section_frames(video.enter).start].clone()
+    y, x = video.positions[video.section_frames(video.enter).start]
+    frame[:, y, x] = world.codes[:3].mean(dim=0)  # what a model that does not remember would draw
+    assert (y, x) not in {(a, b) for a, b, _ in world.detect(frame)}
+    noisy = video.latents + torch.randn_like(video.latents, generator=None) * 2
+    assert world.frame_errors(noisy, video.background)["background"].mean() > 1.0
+
+
+def test_identity_is_never_in_the_conditions(world):
+    a, b = world.video(0), world.video(1)
+    ca, cb = world.conditioning(a), world.conditioning(b)
+    torch.testing.assert_close(ca.prompt_embeds, cb.prompt_embeds)  # one sentence for every video
+    assert not torch.allclose(ca.image_embeds, cb.image_embeds)  # the start frame's background differs
+    same_background = World(WorldConfig(identities=5, seed=1))
+    # image features are a function of the start latent, which holds the background only
+    ids = {}
+    for seed in range(40):
+        v = same_background.video(seed)
+        ids.setdefault(v.identity, v)
+    assert len(ids) >= 3
+    for v in ids.values():
+        assert world.detect(v.latents[:, 0]) == []
+
+
+def test_render_is_a_fixed_palette_of_uint8_frames(world):
+    video = world.video(2)
+    rgb = world.render(video.latents, scale=4)
+    assert rgb.shape == (video.latents.shape[1], 32, 32, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb, world.render(video.latents, scale=4))
+    start = video.section_frames(video.enter).start
+    assert not np.array_equal(rgb[start], rgb[0])  # the object shows
+
+
+def test_every_knob_is_checked():
+    with pytest.raises(ValueError, match="identities"):
+        WorldConfig(identities=1)
+    with pytest.raises(ValueError, match="absence"):
+        WorldConfig(absence=(4, 2))
+    with pytest.raises(ValueError, match="distractor"):
+        WorldConfig(identities=2, distractors=2)
+    world = World(WorldConfig(distractors=2, identities=4, speed=(1, 2)))
+    video = world.video(5)
+    assert len(video.distractor_ids) == 2 and video.identity not in video.distractor_ids
+    seen = {k for f in range(1, video.latents.shape[1]) for _, _, k in world.detect(video.latents[:, f])}
+    assert set(video.distractor_ids) <= seen
