@@ -343,6 +343,19 @@ def _decode(req: DecodeRequest, send) -> None:
             raise _Reject(f"{err}; decord: {type(fallback).__name__}: {str(fallback).splitlines()[0][:120]}") from None
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, because ru_maxrss survives exec on Linux: a process started by a
+    big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _exit_with_parent(parent: int) -> None:
     """A thread that ends this process when its parent dies (e.g. a Ray worker killed mid-task), even while
     the main thread is blocked in a read that will never return."""
@@ -371,7 +384,7 @@ def serve(read_fd: int, write_fd: int) -> None:
             outbox.send(("reject", str(err)))
         except Exception as err:  # noqa: BLE001 — a decoder's own error is this input's reject, not the worker's end
             outbox.send(("reject", f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"))
-        outbox.send(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+        outbox.send(("done", peak_rss_bytes()))
 
 
 # ---------------------------------------------------------------------------------------------------

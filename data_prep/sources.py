@@ -21,7 +21,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".flv", ".mpg", ".mpeg")
 CAPTION_EXTENSIONS = (".txt", ".json")
 SEKAI_FPS = 30.0
 
