@@ -18,15 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIPS, PER_VIDEO, TENSOR_BYTES = 50_000, 5, 8192  # 50,000 x 8 KB = 410 MB of latents if anyone loads them
 
 MEASURE = r"""
-import json, resource, sys
+import json, sys
 import pyarrow.dataset  # imported before the baseline: only the reading is measured
+from data_prep.decode import peak_rss_bytes as peak  # VmHWM: ru_maxrss would carry pytest's own peak over exec
 from data_prep.pipeline import PrepConfig, summarise
 from data_prep.sources import VideoInput
 from mempack.train.data import check_dataset, video_index
 from pathlib import Path
 
 root = Path(sys.argv[1])
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 inputs = [VideoInput("folder", f"/raw/v{i}.mp4", f"v{i}") for i in range(int(sys.argv[2]))]
 base = peak()
 index = check_dataset(root)
