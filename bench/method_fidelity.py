@@ -31,7 +31,8 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -66,13 +67,21 @@ class Settings:
     memory_grad_window: int
     out: str
     mlflow_uri: str | None
+    train_absence: tuple[int, int] | None = None  # default: 1 … the longest evaluated absence
+    visible: tuple[int, int] = (1, 2)
+    speed: tuple[int, int] = (2, 2)
+    distractors: int = 0
+    after_return: int = 0
 
 
 def world_for(s: Settings, stage: int):
     from mempack.world import World, WorldConfig
 
-    longest = max(s.absences) if stage == 1 else min(4, max(s.absences))
-    return World(WorldConfig(identities=s.identities, absence=(1, longest), seed=s.world_seed))
+    absence = s.train_absence or (1, max(s.absences))
+    if stage == 2:  # stage 2 trains every clip of a video: shorter videos keep its cost near stage 1's
+        absence = (absence[0], min(absence[1], 4))
+    return World(WorldConfig(identities=s.identities, absence=absence, visible=s.visible, speed=s.speed,
+                             distractors=s.distractors, after_return=s.after_return, seed=s.world_seed))
 
 
 def build_model(s: Settings, variant: str, seed: int):
@@ -122,6 +131,7 @@ def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
 
 def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     """Train one variant for one seed (stage 2 starts from `init`, the memorypack export), then evaluate."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -171,8 +181,14 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     if seed == 0 or s.mlflow_uri:
         from mempack.video_io import write_mp4
 
-        write_mp4(eval_world.render(kept[0]), video_path, fps=8, crf=0)
+        frames = eval_world.render(kept[0])
+        write_mp4(frames, video_path, fps=8, crf=0)
         out["rollout_mp4"] = str(video_path)
+        # one frame every few sections (the last of each), for the README's strip
+        every = max(1, s.drift_sections // 8)
+        picks = [1 + 9 * (k + 1) - 1 for k in range(0, s.drift_sections, every)]
+        np.save(video_path.with_suffix(".strip.npy"), frames[picks])
+        out["strip"] = str(video_path.with_suffix(".strip.npy"))
     if s.mlflow_uri:
         _log_mlflow(s, out, video_path)
     return out
@@ -201,11 +217,13 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) -> list[dict]:
+def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int,
+            on_result: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Stage-1 variants first; each seed's stage-2 variants start when its memorypack export is ready."""
     need_memorypack = any(v in STAGE2 for v in variants)
     stage1 = [v for v in STAGE1 if v in variants or (v == "memorypack" and need_memorypack)]
     results: list[dict] = []
+    exports: dict[int, str] = {}
     if workers == 0:  # in this process, in order (tests, debugging)
         for seed in seeds:
             exports = {}
@@ -217,30 +235,31 @@ def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int) ->
                 if v in variants:
                     results.append(run_variant(v, seed, s, exports["memorypack"]))
         return [r for r in results if r["variant"] in variants]
+    # seed by seed, memorypack first, so each seed's stage-2 variants start as early as possible and
+    # the partial JSON (`on_result`) holds whole seeds
+    ready = [(seed, v) for seed in seeds for v in sorted(stage1, key=lambda v: v != "memorypack")]
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
         pending: dict[Future, tuple[str, int]] = {}
-        for seed in seeds:
-            for v in stage1:
-                pending[pool.submit(run_variant, v, seed, s, None)] = (v, seed)
-        while pending:
-            done = next(f for f in _as_completed(pending))
+        while ready or pending:
+            while ready and len(pending) < workers:
+                seed, v = ready.pop(0)
+                init = exports.get(seed) if v in STAGE2 else None
+                pending[pool.submit(run_variant, v, seed, s, init)] = (v, seed)
+            done = next(iter(as_completed(list(pending))))
             variant, seed = pending.pop(done)
             out = done.result()
             print(f"  done {variant} seed {seed}: recall {out['recall_by_absence']} drift {out['drift']:.4f} "
                   f"({out['train_seconds_per_clip'] * 1000:.0f} ms/clip)", flush=True)
             if variant in variants:
                 results.append(out)
+                if on_result is not None:
+                    on_result(results)
             if variant == "memorypack":
-                for v in STAGE2:
-                    if v in variants:
-                        pending[pool.submit(run_variant, v, seed, s, out["export"])] = (v, seed)
+                exports[seed] = out["export"]
+                later = [i for i, (sd, _) in enumerate(ready) if sd > seed]
+                at = later[0] if later else len(ready)
+                ready[at:at] = [(seed, v) for v in STAGE2 if v in variants]
     return results
-
-
-def _as_completed(pending):
-    from concurrent.futures import as_completed
-
-    return as_completed(list(pending))
 
 
 def _stats(values: list[float]) -> dict:
@@ -279,6 +298,26 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
     return summary
 
 
+def write_strip(results: list[dict], path: Path, variants: tuple[str, ...] = ("framepack_only", "direct")) -> Path | None:
+    """One row of rollout frames per variant (seed 0), a gap between frames: the README's picture."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for v in variants:
+        found = [r for r in results if r["variant"] == v and r["seed"] == 0 and "strip" in r]
+        if not found:
+            return None
+        frames = np.load(found[0]["strip"])
+        gap = np.full((frames.shape[1], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([x for f in frames for x in (f, gap)], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
+
+
 def print_table(summary: dict, s: Settings) -> None:
     absences = s.absences
     head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
@@ -290,7 +329,7 @@ def print_table(summary: dict, s: Settings) -> None:
               + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
               + f" {e['returned']:>8.2f} {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
               + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
-    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity among returns, mean over "
+    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
           f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window)")
 
 
@@ -303,16 +342,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
     p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--train-absence", help="absent sections in training videos, LO,HI (default 1,max(--absence))")
+    p.add_argument("--visible", default="1,2", help="sections in view before leaving, LO,HI")
+    p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
+    p.add_argument("--distractors", type=int, default=0, help="extra always-visible objects")
+    p.add_argument("--after-return", type=int, default=0, help="sections after the return (longer videos)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--train-steps", type=int, default=1500, help="stage-1 optimizer steps (one video each)")
+    p.add_argument("--train-steps", type=int, default=3000, help="stage-1 optimizer steps (one video each)")
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
     p.add_argument("--stage2-videos", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--events", type=int, default=12, help="return events per absence length")
     p.add_argument("--drift-sections", type=int, default=40)
-    p.add_argument("--rollouts", type=int, default=2)
-    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
+    p.add_argument("--rollouts", type=int, default=3)
+    p.add_argument("--sample-steps", type=int, default=10, help="Euler steps per generated section")
     p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
     p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
     p.add_argument("--student-steps", type=int, default=5)
@@ -326,6 +370,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.absence = sorted({int(a) for a in args.absence.split(",") if a.strip()})
     except ValueError:
         p.error(f"--absence must be integers, got {args.absence!r}")
+    for name in ("train_absence", "visible", "speed"):
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        try:
+            lo, hi = (int(x) for x in raw.split(","))
+        except ValueError:
+            p.error(f"--{name.replace('_', '-')} must be LO,HI, got {raw!r}")
+        setattr(args, name, (lo, hi))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -352,19 +405,36 @@ def main(argv=None) -> dict:
     s = Settings(args.identities, args.absence, args.world_seed, args.train_steps, args.stage2_steps,
                  args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
-                 str(out.resolve()), mlflow_uri)
+                 str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
+                 args.after_return)
+    try:
+        world_for(s, 1)
+    except ValueError as err:  # a world that cannot exist: one line, before any process starts
+        raise SystemExit(f"error: {err}")
     if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
-        import mlflow
+        from mlflow.tracking import MlflowClient
 
-        mlflow.set_tracking_uri(mlflow_uri)
-        mlflow.set_experiment("mempack-method-fidelity")
+        from mempack.tracking import get_or_create_experiment
+
+        get_or_create_experiment(MlflowClient(mlflow_uri), "mempack-method-fidelity")  # artifacts beside the store
     began = time.perf_counter()
-    results = run_all(s, args.variants, list(range(args.seeds)), args.workers)
+
+    def write_partial(results: list[dict]) -> None:
+        partial = summarise(results, s, args.variants)
+        partial.update(partial=True, runs=results)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(partial, indent=2, default=_jsonable))
+
+    results = run_all(s, args.variants, list(range(args.seeds)), args.workers, on_result=write_partial)
     summary = summarise(results, s, args.variants)
     summary.update(seconds=round(time.perf_counter() - began, 1), seeds=args.seeds, settings=s.__dict__,
                    machine=f"{os.cpu_count()} CPUs", runs=results)
     print_table(summary, s)
     print(f"total {summary['seconds']:.0f} s")
+    strip = write_strip(results, Path(args.json).with_name("method_fidelity_strip.png"))
+    if strip:
+        summary["strip_png"] = str(strip)
+        print(f"rollout strip (framepack_only above direct): {strip}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2, default=_jsonable))
     print(f"wrote {args.json}")

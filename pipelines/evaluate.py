@@ -1,7 +1,7 @@
 """Evaluate generated videos: VBench-style consistency, motion and drift metrics, as a table + JSON + MLflow.
 
     python pipelines/evaluate.py VIDEO_OR_DIR [VIDEO_OR_DIR ...] [--json PATH] [--dino DIR] [--clip DIR]
-                                 [--mlflow-uri URI] [--experiment NAME] [--run-name NAME]
+                                 [--mlflow-uri URI] [--experiment NAME] [--run-name NAME] [--model MODEL]
 
 A folder means every *.mp4 in it (sorted). Without --dino/--clip the consistency metrics use weights-free
 pixel features; model folders are read locally only, never downloaded.
@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlflow-uri", help="log metrics, params and the JSON to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-eval", help="MLflow experiment (default: %(default)s)")
     p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--model", help="the model the videos came from (export folder, runs:/ID/model or "
+                   "models:/NAME@ALIAS): the MLflow run is tagged with it and with its training run")
     return p.parse_args(argv)
 
 
@@ -107,24 +109,11 @@ def metric_prefixes(videos: list[Path]) -> list[str]:
     return out
 
 
-def artifact_location(uri: str) -> str | None:
-    """For a sqlite store keep artifacts beside the database, not in ./mlruns of whatever cwd we run in."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
-    return None
-
-
-def log_mlflow(args: argparse.Namespace, videos: list[Path], payload: dict, json_path: Path) -> str:
-    """One MLflow run: mean metrics, per-video metrics prefixed by stem, params, and the JSON artifact."""
+def log_mlflow(client, run_id: str, args: argparse.Namespace, videos: list[Path], payload: dict,
+               json_path: Path) -> None:
+    """Mean metrics, per-video metrics prefixed by stem, params, and the JSON artifact, into an open run."""
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(args.mlflow_uri)
-    exp = client.get_experiment_by_name(args.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(args.experiment, artifact_location(args.mlflow_uri))
-    default_name = f"eval-{videos[0].stem}" if len(videos) == 1 else f"eval-{len(videos)}-videos"
-    run = client.create_run(exp_id, run_name=args.run_name or default_name)
-    run_id = run.info.run_id
     metrics = [Metric(k, v, 0, 0) for k, v in payload["mean"].items()]
     for prefix, video in zip(metric_prefixes(videos), videos):
         metrics += [Metric(f"{prefix}.{k}", v, 0, 0) for k, v in payload["videos"][str(video)].items()]
@@ -133,8 +122,31 @@ def log_mlflow(args: argparse.Namespace, videos: list[Path], payload: dict, json
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if start == 0 else [])
     client.log_artifact(run_id, str(json_path))
-    client.set_terminated(run_id)
-    return run_id
+
+
+def evaluate_and_report(args: argparse.Namespace, videos: list[Path], json_path: Path) -> dict:
+    """Evaluate, print the table, write the JSON; inside an MLflow run (FAILED if this fails) with --mlflow-uri."""
+    if not args.mlflow_uri:
+        return _evaluate_to_json(args, videos, json_path)
+    from mempack import tracking
+
+    default_name = f"eval-{videos[0].stem}" if len(videos) == 1 else f"eval-{len(videos)}-videos"
+    with tracking.tracked_run(args.mlflow_uri, args.experiment, run_name=args.run_name or default_name,
+                              entry_point="pipelines/evaluate.py") as (client, run_id):
+        tracking.tag_model_used(client, run_id, args.model, args.mlflow_uri)
+        payload = _evaluate_to_json(args, videos, json_path)
+        log_mlflow(client, run_id, args, videos, payload, json_path)
+    print(f"mlflow run {run_id} in experiment {args.experiment!r} at {args.mlflow_uri}")
+    return payload
+
+
+def _evaluate_to_json(args: argparse.Namespace, videos: list[Path], json_path: Path) -> dict:
+    payload = run(args, videos)
+    print(format_table(payload["videos"], payload["mean"]))
+    write_json_atomic(payload, json_path)
+    if args.json:
+        print(f"wrote {json_path}")
+    return payload
 
 
 def run(args: argparse.Namespace, videos: list[Path]) -> dict:
@@ -156,16 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         videos = expand_inputs(args.inputs)
-        payload = run(args, videos)
-        print(format_table(payload["videos"], payload["mean"]))
         with tempfile.TemporaryDirectory() as tmp:
-            json_path = Path(args.json) if args.json else Path(tmp) / "eval.json"
-            write_json_atomic(payload, json_path)
-            if args.json:
-                print(f"wrote {json_path}")
-            if args.mlflow_uri:
-                run_id = log_mlflow(args, videos, payload, json_path)
-                print(f"mlflow run {run_id} in experiment {args.experiment!r} at {args.mlflow_uri}")
+            evaluate_and_report(args, videos, Path(args.json) if args.json else Path(tmp) / "eval.json")
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

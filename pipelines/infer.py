@@ -71,6 +71,8 @@ def default_name(args: argparse.Namespace) -> str:
 def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: dict) -> str:
     from mlflow.tracking import MlflowClient
 
+    from mempack.tracking import tag_model_used
+
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     run = client.create_run(found.experiment_id if found else client.create_experiment(experiment),
@@ -84,6 +86,7 @@ def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: d
         client.log_metric(run.info.run_id, "section_seconds", seconds, step=n)
     client.log_artifact(run.info.run_id, result["path"], "video")
     client.log_dict(run.info.run_id, result, "inference.json")
+    tag_model_used(client, run.info.run_id, args.mlflow_model or result.get("model"), uri)  # the model's training run
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -25,61 +25,67 @@ from mempack.cli import ArgumentParser  # noqa: E402
 from data_prep.pipeline import AccountingError, PrepConfig, check_config, check_output, run_prep  # noqa: E402
 from data_prep.sample import make_sample  # noqa: E402
 from data_prep.sources import load_inputs  # noqa: E402
-from mempack.config import load_config, to_dict  # noqa: E402
+from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(description=__doc__.splitlines()[0], epilog="Config keys can be overridden with "
-                                "--set key=value (e.g. --set clip.target_fps=12).")
+def build_parser() -> ArgumentParser:
+    """Run flags here; one flag per PrepConfig key is generated from the dataclass (add_config_arguments)."""
+    from mempack.presets import PRESETS
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--input", help="folder of videos, MiraData CSV or Sekai CSV (default: the built-in sample)")
     p.add_argument("--video-root", help="folder the CSV's file names are relative to (default: the CSV's folder)")
-    p.add_argument("--output", default="outputs/prep", help="output root (default: %(default)s)")
-    p.add_argument("--config", help="YAML/TOML file with PrepConfig fields")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
-    p.add_argument("--encoders", help="folder with real VAE/text/image weights (default: tiny random encoders)")
-    p.add_argument("--preset", default=None, choices=["tiny", "framepack-f1"], help="encoder widths")
+    add_config_file_arguments(p, PrepConfig)
     p.add_argument("--limit", type=int, help="only the first N inputs")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-prep", help="MLflow experiment (default: %(default)s)")
+    add_config_arguments(p, PrepConfig, choices={"preset": tuple(PRESETS)})
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PrepConfig]:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be >= 1")
     if args.input and not Path(args.input).exists():
         p.error(f"--input not found: {args.input}")
-    if args.encoders and not Path(args.encoders).is_dir():
-        p.error(f"--encoders is not a folder: {args.encoders}")
-    return args
+    config = config_from_args(p, PrepConfig, args)
+    if config.encoders and not Path(config.encoders).is_dir():
+        p.error(f"--encoders is not a folder: {config.encoders}")
+    return args, config
 
 
-def log_to_mlflow(uri: str, experiment: str, config: PrepConfig, summary: dict, out: Path) -> str:
-    import mlflow
+def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str]) -> dict:
+    """run_prep inside an MLflow run that ends FAILED if prep fails; its id lands beside the output
+    (mlflow_run.json) so the training run that reads this output links back to it."""
+    from mempack import tracking
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="prep") as run:
-        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-        mlflow.log_params({"output": str(out), "preset": config.preset, "encoders": config.encoders or "tiny",
-                           **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}})
-        mlflow.log_metrics(flat)
-        mlflow.log_artifact(str(out / "summary.json"))
-        return run.info.run_id
+    client, run_id = tracking.create_run(uri, experiment, run_name="prep", entry_point="pipelines/prep.py")
+    with tracking.run_status(client, run_id):
+        from mlflow.entities import Metric, Param
+
+        params = {"output": str(Path(config.output).resolve()), "preset": config.preset,
+                  "encoders": config.encoders or "tiny", "inputs": str(len(inputs)),
+                  **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}}
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        summary = run_prep(inputs, config, protected)
+        out = Path(config.output).resolve()
+        flat = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in flat.items()])
+        client.log_artifact(run_id, str(out / "summary.json"))
+        tracking.write_run_file(out, run_id, uri)
+    summary["mlflow_run_id"] = run_id
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args, config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(PrepConfig(output=args.output), args.config, args.set)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
-    if args.encoders:
-        config.encoders = args.encoders
-    if args.preset:
-        config.preset = args.preset
-    try:
-        check_config(config)
+        check_config(config)  # the VAE's size rules etc.: one line now, not a failed job later
     except ValueError as err:
         raise SystemExit(f"error: {err}")
     source = args.input
@@ -104,15 +110,16 @@ def main(argv: list[str] | None = None) -> None:
         # "local": always a fresh Ray of our own, never a stale or foreign cluster recorded in /tmp/ray
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_prep(inputs, config, protected)
+        if args.mlflow_uri:
+            summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment, protected)
+        else:
+            summary = run_prep(inputs, config, protected)
+            (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
     except (ValueError, AccountingError) as err:
         raise SystemExit(f"error: {err}")
     out = Path(config.output).resolve()
-    if args.mlflow_uri:
-        run_id = log_to_mlflow(args.mlflow_uri, args.experiment, config, summary, out)
-        summary["mlflow_run_id"] = run_id
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    print(f"prep output: {out} (clips/, videos/, rejects/, summary.json)")
+    print(f"prep output: {out} (clips/, videos/, rejects/, warnings/, summary.json)")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,16 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==${torch_version}" > "$VENV/constraints.txt"
-$PIP install --quiet -c "$VENV/constraints.txt" -e ".[dev]"
-# scenedetect drags in the GUI opencv beside the headless one; keep only the headless build.
-if $PIP show opencv-python >/dev/null 2>&1; then
-  $PIP uninstall --quiet -y opencv-python
-  $PIP install --quiet --force-reinstall --no-deps -c "$VENV/constraints.txt" opencv-python-headless
+# A .venv made before the switch to scenedetect-headless holds `scenedetect` (which pulls the GUI
+# opencv-python); both write the same module folders, so remove them before installing the headless ones.
+stale=""
+for dist in scenedetect opencv-python; do
+  if $PIP show "$dist" >/dev/null 2>&1; then stale="$stale $dist"; fi
+done
+if [ -n "$stale" ]; then
+  $PIP uninstall --quiet -y $stale
+  $PIP uninstall --quiet -y scenedetect-headless opencv-python-headless 2>/dev/null || true
 fi
+$PIP install --quiet -c "$VENV/constraints.txt" -e ".[dev]"
 "$VENV/bin/python" -c "import torch, ray, deepspeed, diffusers, transformers, decord, scenedetect, cv2, mlflow; print('setup: torch', torch.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__, '| diffusers', diffusers.__version__)"
 echo "$want" > "$stamp"

@@ -14,6 +14,9 @@ CASES = [
     (["pipelines/prep.py", "--limit", "0"], "--limit must be >= 1"),
     (["pipelines/train.py", "--stage", "3"], "invalid choice: 3"),
     (["pipelines/train.py", "--stage", "1", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
+    (["pipelines/train.py", "--stage", "1", "--lr", "fast"], "config key 'lr': Input should be a valid number"),
+    (["pipelines/train.py", "--stage", "1", "--set", "max_steps=1.5"], "config key 'max_steps'"),
+    (["pipelines/prep.py", "--clip.height", "tall"], "config key 'clip.height'"),
     (["pipelines/infer.py", "--seconds", "0"], "--seconds must be > 0"),
     (["pipelines/infer.py", "--seconds", "5", "--sections", "2"], "not allowed with argument"),
     (["pipelines/evaluate.py"], "the following arguments are required: VIDEO_OR_DIR"),
@@ -28,3 +31,31 @@ def test_bad_argument_is_exactly_one_error_line(argv, needle):
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and needle in lines[0] and "--help" in lines[0], lines[0]
+
+
+def test_console_scripts_are_the_pipelines_entry_points():
+    """pyproject's [project.scripts] targets import from the package and run: `--help` of each is the script's own."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"mempack-prep", "mempack-train", "mempack-infer", "mempack-eval"} <= set(scripts)
+    probe = (
+        "import contextlib, importlib, io, sys\n"
+        f"scripts = {scripts!r}\n"
+        "for name, target in scripts.items():\n"
+        "    module, func = target.split(':')\n"
+        "    sys.argv = [name, '--help']\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            getattr(importlib.import_module(module), func)()\n"
+        "        except SystemExit as err:\n"
+        "            assert err.code in (0, None), (name, err.code)\n"
+        "    print(name, out.getvalue().splitlines()[0])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd="/", env={**__import__("os").environ,
+                            "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    usage = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert set(usage) == set(scripts)
+    assert all(line.startswith(f"usage: {name} ") for name, line in usage.items()), usage

@@ -48,7 +48,8 @@ def stage1(sample_prep, tmp_path_factory, mlflow_uri):
 def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage2")
     config = TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
-                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri)
+                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri,
+                         sample_every=6, sample_steps=2)  # one validation video, at the last step
     return run_training(config)
 
 
@@ -73,6 +74,22 @@ def test_stage1_run_holds_params_metrics_and_model(stage1):
     assert {"model/mempack.json", "model/transformer", "model/semantic_pack", "model/encoders.json"} <= model
     ds = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert "config/deepspeed.json" in ds
+
+
+@pytest.mark.slow
+def test_stage2_run_records_its_data_source_and_a_validation_video(stage2, sample_prep):
+    """Issue 13 §2/§3 on a real run: the prep output as a dataset input, the source commit, samples/ in MLflow."""
+    from mempack import tracking
+
+    client = MlflowClient(stage2["tracking_uri"])
+    run = client.get_run(stage2["mlflow_run_id"])
+    summary = json.loads((Path(sample_prep[0]) / "summary.json").read_text())
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [tracking.prep_digest(summary)]
+    assert run.data.tags["mlflow.source.name"] == "pipelines/train.py"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step_000006.mp4"]
+    assert (Path(stage2["export"]).parent / "samples" / "step_000006.mp4").is_file()
+    assert str(Path(tracking.artifact_location(stage2["tracking_uri"])).name) == "mlartifacts"
+    assert run.info.artifact_uri.startswith(tracking.artifact_location(stage2["tracking_uri"]))
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@
 * **Memory recall**: continue a ground-truth prefix in which the object was seen and then stayed out of
   view for L sections (up to the last absent section, whose beacon announces the return); generate the
   return section with `mempack.generate.generate(prefix=...)` and read the identity the model drew in the
-  object's lane. Recall = right identity among the returns; `returned` = how often an object came back
-  at all; chance = 1/K.
+  object's lane. Recall = return events where the right identity came back / all return events (a model
+  that guesses among the K codes scores 1/K; one that draws a blend of codes, which the world's decoder
+  does not accept as any identity, scores below that); `returned` = how often an object of any
+  identity came back.
 * **Drift** (paper eq. 8): roll out many sections from a start latent alone, score every frame against
   the world's truth (background error + object integrity, `World.frame_errors`) and take
   |mean over the first 15% − mean over the last 15%| of the frames the model generated.
@@ -24,7 +26,7 @@ from mempack.world import OBJECT, World
 
 @dataclass
 class RecallResult:
-    """Per absence length L: returns with the right identity / returns, and returns / events."""
+    """Per absence length L: right identity / events, and any identity / events."""
 
     recall: dict[int, float]
     returned: dict[int, float]
@@ -57,7 +59,7 @@ def memory_recall(
             seen = world.identity_in(out, video.section_frames(video.returns), rows=lane)
             came_back += seen is not None
             right += seen == video.identity
-        recall[absence] = right / came_back if came_back else 0.0
+        recall[absence] = right / events
         returned[absence] = came_back / events
     return RecallResult(recall, returned, events)
 

@@ -73,6 +73,14 @@ class TrainConfig:
     experiment: str = "mempack-train"
     run_name: str | None = None
     log_every: int = 1
+    progress_every: int = 10  # rank-0 console line every N steps: step, loss, s/step, ETA (0: off)
+    sample_every: int = 0  # render a validation video every N steps on rank 0 and log it to MLflow (0: off)
+    sample_image: str | None = None  # start image of the validation video (default: the built-in sample image)
+    sample_prompt: str = ""  # prompt of the validation video (default: the built-in sample prompt)
+    sample_sections: int = 1  # length of the validation video in sections
+    sample_steps: int = 10  # sampling steps of the validation video
+    system_metrics: bool = False  # also log CPU, memory and GPU use of every node to the run (MLflow system metrics)
+    register_model: str | None = None  # register the logged MLflow Model under this name (registry aliases, not stages)
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):

@@ -15,22 +15,27 @@ a rerun with the same run name (--resume) — and skips the videos it had alread
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import tempfile
 import time
+from pathlib import Path
+
 import torch
 
 from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
 from mempack.train.data import to_training_inputs
-from mempack.train.mlflow_logger import MlflowRunLogger
+from mempack.train.mlflow_logger import worker_logger
+from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, console_logger
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
 EXPORT_DIR = "model"
+SAMPLES_DIR = "samples"  # validation videos: in the run folder and the MLflow run
 
 
 def build_model(config: TrainConfig) -> MemoryPackTransformer:
@@ -86,7 +91,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = _init_engine(model, ds_config, config.use_gpu)
     module: MemoryPackTransformer = engine.module
     dtype = next(module.parameters()).dtype
-    logger = MlflowRunLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], enabled=rank == 0)
+    logger = worker_logger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank,
+                           config.system_metrics)
 
     state = {"step": 0, "epoch": 0, "bucket": 0, "videos_done": 0, "restarts": 0}
     checkpoint = ray.train.get_checkpoint()
@@ -99,6 +105,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.info("rank %d resumed at step %d", rank, state["step"])
 
     forcing = config.resolved_forcing()
+    progress = ProgressLine(config.max_steps, config.progress_every if rank == 0 else 0, state["step"])
+    sampler = _validation_sampler(config, device, dtype) if config.sample_every > 0 and rank == 0 else None
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -146,6 +154,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 }
                 if state["step"] % config.log_every == 0:
                     logger.log(last_metrics, step=state["step"])
+                progress.update(state["step"], last_metrics["loss"])
+                if config.sample_every > 0 and state["step"] % config.sample_every == 0:
+                    _validation_sample(engine, module, sampler, config.output, state["step"], logger)
                 done = state["step"] >= config.max_steps
                 if done:
                     break
@@ -159,6 +170,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state["bucket"] = 0
     save_and_report({**last_metrics, "step": state["step"], "optimizer_steps": engine.global_steps}, final=True)
     logger.close()
+
+
+def _validation_sampler(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> ValidationSampler:
+    settings = SampleSettings(config.sample_image, config.sample_prompt, config.sample_sections, config.sample_steps,
+                              config.seed)
+    return ValidationSampler(config.data, config.preset, settings, device, dtype)
+
+
+def _validation_sample(engine, module: MemoryPackTransformer, sampler: ValidationSampler | None, output: str,
+                       step: int, logger) -> None:
+    """Rank 0 renders a validation video and queues it for MLflow (`samples/`); every rank takes part in
+    gathering ZeRO-3's sharded weights first (a collective), the others then wait at the next one."""
+    gathered = contextlib.nullcontext()
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        if sampler is not None:
+            started = time.perf_counter()
+            path = sampler.render(module, Path(output) / SAMPLES_DIR / f"step_{step:06d}.mp4")
+            logger.log_artifact(path, SAMPLES_DIR)
+            console_logger().info("step %d: validation video %s (%.1f s)", step, path, time.perf_counter() - started)
 
 
 def _export(engine, module: MemoryPackTransformer, folder: str, rank: int) -> None:

@@ -8,6 +8,7 @@ folder is cleared first, so a new run never silently continues an old one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -15,24 +16,19 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from mempack import tracking
+from mempack.tracking import RUN_FILE
 from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.train.data import check_dataset
 
 log = logging.getLogger(__name__)
-RUN_FILE = "mlflow_run.json"
 
 
 class TrainSetupError(ValueError):
     """A run that cannot start (bad data, missing stage-1 weights): one clear line for the CLI."""
 
 
-def default_mlflow_uri(base: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI (a team server, set on a cluster), else a sqlite store under ./outputs."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    base = (base or Path.cwd()) / "outputs"
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+default_mlflow_uri = tracking.default_tracking_uri
 
 
 def newest_export(stage_dir: Path) -> Path | None:
@@ -54,6 +50,18 @@ def validate(config: TrainConfig) -> dict[int, list[str]]:
         if not (init / "mempack.json").is_file() and not (init / "config.json").is_file():
             raise TrainSetupError(f"stage 2 needs stage-1 weights: none at {init} (run --stage 1 first or pass --init)")
         config.init = str(init.resolve())
+    if config.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
+        raise TrainSetupError("--register-model needs mempack.mlflow_model (the MLflow pyfunc model), "
+                              "which this build does not have")
+    if config.sample_image:
+        if not Path(config.sample_image).is_file():
+            raise TrainSetupError(f"--sample-image not found: {config.sample_image}")
+        config.sample_image = str(Path(config.sample_image).resolve())
+    for name in ("sample_every", "progress_every"):
+        if getattr(config, name) < 0:
+            raise TrainSetupError(f"--{name.replace('_', '-')} must be >= 0 (0: off)")
+    if config.sample_sections < 1 or config.sample_steps < 1:
+        raise TrainSetupError("--sample-sections and --sample-steps must be >= 1")
     if config.pretrained and not Path(config.pretrained).is_dir():
         raise TrainSetupError(f"--pretrained folder not found: {config.pretrained}")
     # workers run in their own working directories: every path they read must be absolute
@@ -69,6 +77,7 @@ def validate(config: TrainConfig) -> dict[int, list[str]]:
 
 
 def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_config: dict) -> str:
+    """Create the run (or reopen it on --resume): params, configs, source tags and the prep input it reads."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -78,19 +87,18 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
         run_id = json.loads(run_file.read_text())["run_id"]
         client.set_terminated(run_id, status="RUNNING")
         return run_id
-    experiment = client.get_experiment_by_name(config.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-    run = client.create_run(experiment_id, run_name=config.run_name or f"stage{config.stage}",
-                            tags={"stage": str(config.stage)})
-    run_id = run.info.run_id
-    flat = _flatten(asdict(config))
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
-    client.log_dict(run_id, asdict(config), "config/train_config.json")
-    client.log_dict(run_id, ds_config, "config/deepspeed.json")
-    summary = Path(config.data) / "summary.json"
-    if summary.is_file():
-        client.log_artifact(run_id, str(summary), "data")
-    run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+    client, run_id = tracking.create_run(uri, config.experiment, run_name=config.run_name or f"stage{config.stage}",
+                                         tags={"stage": str(config.stage)}, entry_point="pipelines/train.py")
+    with tracking.run_status(client, run_id, finish=False):  # a run that cannot start ends FAILED
+        flat = _flatten(asdict(config))
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
+        client.log_dict(run_id, asdict(config), "config/train_config.json")
+        client.log_dict(run_id, ds_config, "config/deepspeed.json")
+        summary = Path(config.data) / "summary.json"
+        if summary.is_file():
+            client.log_artifact(run_id, str(summary), "data")
+        tracking.log_prep_input(client, run_id, config.data)
+        tracking.write_run_file(out, run_id, uri)
     return run_id
 
 
@@ -106,12 +114,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def run_training(config: TrainConfig, resume: bool = False) -> dict:
     """Train one stage on the current Ray cluster; returns {"export", "mlflow_run_id", "metrics"}."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from mempack.train import deepspeed_config
-    from mempack.train.loop import EXPORT_DIR, train_loop_per_worker
 
     index = validate(config)
     out = Path(config.output).resolve()
@@ -127,8 +130,21 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         raise TrainSetupError(str(err)) from None
     uri = config.mlflow_uri or default_mlflow_uri()
     run_id = _mlflow_run(config, uri, out, resume, ds_config)
+    from mlflow.tracking import MlflowClient
+
+    # from here on the run ends FINISHED, or FAILED (KILLED on Ctrl-C) whatever goes wrong: never left RUNNING
+    with tracking.run_status(MlflowClient(uri), run_id):
+        return _fit_and_export(config, index, ds_config, uri, run_id, out, name, storage)
+
+
+def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str, run_id: str, out: Path,
+                    name: str, storage: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from mempack.train.data import bucket_datasets
+    from mempack.train.loop import EXPORT_DIR, train_loop_per_worker
 
     datasets = bucket_datasets(config.data, index, config.num_workers)
     for ds in datasets.values():
@@ -151,12 +167,9 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         datasets=datasets,
     )
     result = trainer.fit()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
     if result.error:
-        client.set_terminated(run_id, status="FAILED")
         raise result.error
+    client = MlflowClient(uri)
     export = out / EXPORT_DIR
     shutil.rmtree(export, ignore_errors=True)
     with result.checkpoint.as_directory() as folder:
@@ -164,22 +177,41 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
     _write_encoders_json(config, out)
     client.log_artifacts(run_id, str(export), "model")
     client.log_artifact(run_id, str(out / "encoders.json"), "model")
-    client.set_terminated(run_id, status="FINISHED")
+    _log_mlflow_model(config, uri, run_id, export)
     return {"export": str(export), "mlflow_run_id": run_id, "tracking_uri": uri, "metrics": result.metrics}
 
 
+def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path) -> None:
+    """Log the export as an MLflow Model (pyfunc) and register it with --register-model.
+
+    The pyfunc wrapper lives in mempack.mlflow_model; a build without it keeps the files only.
+    """
+    try:
+        from mempack.mlflow_model import log_pipeline_model
+    except ImportError:
+        log.info("mempack.mlflow_model not available: the export is logged as files under model/ only")
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):  # the fluent API inside our already-open run
+        log_pipeline_model(str(export), registered_model_name=config.register_model)
+    # start_run(run_id=...) ends the run FINISHED on exit: the caller's run_status decides the final state
+    mlflow.tracking.MlflowClient(uri).set_terminated(run_id, status="RUNNING")
+
+
 def _worker_env() -> dict[str, str]:
+    from mempack.train.mlflow_logger import FAST_FAIL_ENV
+
     cache = Path.home() / ".cache" / "mempack" / "torch_extensions"
+    # the workers' MLflow client fails fast in an outage; MlflowRunLogger buffers and retries instead
+    mlflow_env = {k: os.environ.get(k, v) for k, v in FAST_FAIL_ENV.items()}
     return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache)),
-            "TOKENIZERS_PARALLELISM": "false"}
+            "TOKENIZERS_PARALLELISM": "false", **mlflow_env}
 
 
 def _write_encoders_json(config: TrainConfig, out: Path) -> None:
     """Which encoders made the training data, so inference builds the same ones."""
-    encoders = {"preset": config.preset, "path": None, "seed": 0}
-    summary = Path(config.data) / "summary.json"
-    if summary.is_file():
-        prep = json.loads(summary.read_text()).get("config", {})
-        encoders = {"preset": prep.get("preset", config.preset), "path": prep.get("encoders"),
-                    "seed": prep.get("encoder_seed", 0)}
-    (out / "encoders.json").write_text(json.dumps(encoders, indent=2))
+    from mempack.train.progress import data_encoders
+
+    (out / "encoders.json").write_text(json.dumps(data_encoders(config.data, config.preset), indent=2))

@@ -1,0 +1,1 @@
+"""The command-line entry points (thin: the logic lives in mempack/ and data_prep/); see mempack.entrypoints."""

@@ -1,0 +1,154 @@
+"""Typed configs: every key of every dataclass config is parsed to its declared type from YAML, TOML,
+`--set` and generated flags; a wrong type or key is one error line; every key is a flag and printable."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_prep.pipeline import PrepConfig
+from data_prep.process import ClipSpec
+from mempack.config import ConfigError, config_keys, dump_config, flag_name, load_config
+from mempack.forcing import ForcingConfig
+from mempack.generate import GenerationConfig
+from mempack.train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [TrainConfig, PrepConfig, ClipSpec, ForcingConfig, GenerationConfig]
+
+
+def _text_for(tp, default):
+    """A value of the declared type, written as the text a user types (different from the default)."""
+    if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is bool:
+        return ("false" if default else "true"), (not default)
+    if tp is int:
+        return str((default or 0) + 1), (default or 0) + 1
+    if tp is float:
+        value = (default or 0.0) * 2 + 1e-5
+        return f"{value:e}", value  # "1.000000e-05": YAML 1.1 reads this as a string
+    return None  # str-like keys have validated value sets (mode, rope...): covered below
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_numeric_and_bool_key_is_parsed_to_its_type_from_set_yaml_toml(cls, tmp_path):
+    sets, expected = [], {}
+    for key in config_keys(cls):
+        pair = _text_for(key.type, key.default)
+        if pair is None or key.name in ("stage",) or key.name.startswith("model.frames"):
+            continue  # validated ranges: covered by their own configs' tests
+        sets.append(f"{key.name}={pair[0]}")
+        expected[key.name] = pair[1]
+    assert expected, cls
+    from_set = load_config(cls, None, sets)
+    nested: dict = {}
+    for item in sets:
+        key, _, raw = item.partition("=")
+        *parents, leaf = key.split(".")
+        cursor = nested
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = raw  # written as text: the file parser sees strings like "1.000000e-05"
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("\n".join(_yaml_lines(nested)))
+    from_yaml = load_config(cls, yaml_file)
+    toml_file = tmp_path / "c.toml"
+    toml_file.write_text(_toml(nested))
+    from_toml = load_config(cls, toml_file)
+    for config in (from_set, from_yaml, from_toml):
+        flat = _flat(dataclasses.asdict(config))
+        for key, value in expected.items():
+            assert type(flat[key]) is type(value), (key, flat[key])
+            assert flat[key] == pytest.approx(value), (key, flat[key], value)
+
+
+def _yaml_lines(nested: dict, indent: str = "") -> list[str]:
+    lines = []
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{key}:", *_yaml_lines(value, indent + "  ")]
+        else:
+            lines.append(f"{indent}{key}: {value}")  # unquoted: YAML's own typing of "1e-05" etc.
+    return lines
+
+
+def _toml(nested: dict) -> str:
+    top = [f'{k} = "{v}"' for k, v in nested.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f'{kk} = "{vv}"' for kk, vv in v.items())
+              for k, v in nested.items() if isinstance(v, dict)]
+    return "\n".join(top + tables) + "\n"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_paper_learning_rate_from_yaml_which_reads_it_as_a_string(tmp_path):
+    assert isinstance(yaml.safe_load("lr: 1e-5")["lr"], str)  # the bug this module exists for
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 1e-5\nforcing:\n  mode: direct\nrun_name: 2024\n")
+    config = load_config(TrainConfig, path, ["stage=2"])
+    assert config.lr == 1e-5 and config.forcing.mode == "direct"
+    assert config.run_name == "2024"  # a str key keeps YAML's number as its text
+    assert config.output == "outputs/train/stage2"  # the stage-derived default follows the override
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("lr=fast", "config key 'lr'"),
+    ("max_steps=1.5", "config key 'max_steps'"),
+    ("use_gpu=maybe", "config key 'use_gpu'"),
+    ("forcing.student_steps=x", "config key 'forcing.student_steps'"),
+    ("forcing.mode=sideways", "forcing mode must be one of"),
+    ("nonsense=1", "unknown config key 'nonsense'"),
+    ("forcing.nonsense=1", "unknown config key 'forcing.nonsense'"),
+    ("lr", "is not key=value"),
+])
+def test_wrong_type_or_key_is_one_line_naming_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, [override])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_defaults_round_trip_through_print_config(cls, tmp_path):
+    path = tmp_path / "printed.yaml"
+    path.write_text(dump_config(load_config(cls)))
+    assert load_config(cls, path) == load_config(cls)
+
+
+@pytest.mark.parametrize("script, cls, required", [("pipelines/train.py", TrainConfig, ["--stage", "1"]),
+                                                   ("pipelines/prep.py", PrepConfig, [])])
+def test_every_key_is_a_flag_and_print_config_shows_the_resolved_values(script, cls, required):
+    help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=120, check=True).stdout
+    for key in config_keys(cls):
+        assert flag_name(key.name) in help_text, key.name
+    first_float = next(k for k in config_keys(cls) if k.type is float)
+    argv = [sys.executable, script, *required, flag_name(first_float.name), "2.5e-3", "--print-config"]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    printed = _flat(yaml.safe_load(out))
+    assert printed[first_float.name] == 2.5e-3
+    assert set(printed) == {k.name for k in config_keys(cls)}
+
+
+def test_train_flags_set_and_aliases_resolve_in_order():
+    sys.path.insert(0, str(ROOT))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_train_cli_for_config_test", ROOT / "pipelines" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, config = module.parse_args(["--stage", "2", "--set", "lr=1e-4", "--lr", "3e-5", "--conditioning", "student",
+                                   "--student-steps", "3", "--no-use-gpu", "--forcing.guidance", "2"])
+    assert (config.lr, config.forcing.mode, config.forcing.student_steps, config.use_gpu) == (3e-5, "student", 3, False)
+    assert config.forcing.guidance == 2.0 and config.output == "outputs/train/stage2"

@@ -1,0 +1,64 @@
+"""The in-process trainer runs the Ray loop's per-video step: what it trains, how often it steps, and
+that the loss really falls on the synthetic world."""
+
+import pytest
+import torch
+
+from mempack.forcing import ForcingConfig
+from mempack.model import MemoryPackTransformer
+from mempack.train.config import TrainConfig
+from mempack.train.local import LocalTrainConfig, train_in_process
+from mempack.train.steps import clips_trained_per_video, samples_one_clip, trained_clip
+from mempack.world import World, WorldConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World(WorldConfig(absence=(1, 2)))
+
+
+def test_stage_one_loss_falls_on_the_world(world):
+    model = MemoryPackTransformer.from_preset("tiny", seed=0)
+
+    def videos(step):
+        v = world.video(step % 8)
+        return v.clips(), world.conditioning(v)
+
+    result = train_in_process(model, videos, LocalTrainConfig(stage=1, steps=60, lr=2e-3))
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert result.clips == 60 and result.skipped == 0  # stage-1 teacher: one sampled clip per video
+
+
+def test_stage_two_trains_only_the_head_with_one_optimizer_step_per_video(world):
+    model = MemoryPackTransformer.from_preset("tiny", seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    videos = [(v.clips()[:n], world.conditioning(v)) for v, n in ((world.video(1), 3), (world.video(2), 1))]
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def counting(self, *args, **kwargs):
+        steps.append(1)
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = counting
+    try:
+        result = train_in_process(model, videos, LocalTrainConfig(stage=2, steps=2, lr=1e-3,
+                                                                  forcing=ForcingConfig(mode="direct")))
+    finally:
+        torch.optim.AdamW.step = original
+    assert len(steps) == 2 and result.clips == 1 + 3  # curriculum: the 1-clip video first, then all 3 clips
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"backbone.norm_out.linear.weight", "backbone.norm_out.linear.bias",
+                       "backbone.proj_out.weight", "backbone.proj_out.bias"}
+
+
+def test_which_clips_a_step_trains_follows_stage_and_mode():
+    g = torch.Generator().manual_seed(0)
+    assert samples_one_clip(1, "teacher") and not samples_one_clip(2, "teacher")
+    assert not samples_one_clip(1, "direct")  # stage 1 honours --conditioning: all clips, in order
+    assert clips_trained_per_video(1, "teacher", 7) == 1 and clips_trained_per_video(2, "student", 7) == 7
+    assert 0 <= trained_clip(1, "teacher", 7, g) < 7 and trained_clip(2, "direct", 7, g) is None
+    assert TrainConfig(stage=1, forcing=ForcingConfig(mode="direct")).resolved_forcing().mode == "direct"
+    assert TrainConfig(stage=2, forcing=ForcingConfig(mode="teacher")).resolved_forcing().mode == "teacher"
+    assert TrainConfig(stage=2).resolved_forcing().mode == "direct"

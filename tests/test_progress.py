@@ -1,0 +1,61 @@
+"""Training shows its progress: a rank-0 console line every N steps with an honest ETA, and validation
+videos rendered from the model as it is (same RNG and train mode afterwards)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, format_duration
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_line_every_n_steps_with_seconds_per_step_and_eta():
+    clock = FakeClock()
+    progress = ProgressLine(max_steps=10, every=4, start_step=0, clock=clock)
+    lines = []
+    for step, loss in zip(range(1, 11), [1.0, 0.8, 0.6, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1]):
+        clock.now += 2.0 if step <= 4 else 3.0
+        lines.append(progress.update(step, loss))
+    printed = [(i + 1, line) for i, line in enumerate(lines) if line]
+    assert [step for step, _ in printed] == [4, 8, 10]  # every 4th step and the last one
+    assert printed[0][1] == "step 4/10 | loss 0.7000 | 2.00 s/step | ETA 0:00:12"  # mean loss of steps 1-4, 6 steps left
+    assert printed[1][1] == "step 8/10 | loss 0.2500 | 3.00 s/step | ETA 0:00:06"
+    assert printed[2][1].startswith("step 10/10 | loss 0.1000 | 3.00 s/step | ETA 0:00:00")
+
+
+def test_progress_line_after_resume_counts_from_the_restored_step_and_can_be_off():
+    clock = FakeClock()
+    progress = ProgressLine(max_steps=100, every=10, start_step=50, clock=clock)
+    clock.now += 50.0
+    assert progress.update(60, 0.5) == "step 60/100 | loss 0.5000 | 5.00 s/step | ETA 0:03:20"
+    off = ProgressLine(max_steps=10, every=0)
+    assert all(off.update(s, 1.0) is None for s in range(1, 11))
+    assert format_duration(3 * 3600 + 61) == "3:01:01"
+
+
+def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_untouched(sample_prep, tmp_path):
+    from mempack.model import MemoryPackTransformer
+    from mempack.video_io import read_video
+
+    prep_out, summary, prep_config = sample_prep[0], sample_prep[1], sample_prep[2]
+    model = MemoryPackTransformer.from_preset("tiny", seed=0).train()
+    sampler = ValidationSampler(prep_out, "tiny", SampleSettings(None, "", sections=1, steps=2, seed=3),
+                                torch.device("cpu"), torch.float32)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    path = sampler.render(model, tmp_path / "samples" / "step_000010.mp4")
+    assert torch.equal(torch.rand(3), expected_next)  # the training RNG stream is not consumed
+    assert model.training
+    frames, fps = read_video(path)
+    window = model.config.window
+    assert frames.shape[1:] == (prep_config.clip.height, prep_config.clip.width, 3)
+    assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(prep_config.clip.target_fps)
