@@ -1,25 +1,42 @@
-"""The encoding operator: VAE latents per clip, prompt and image embeddings once per video.
+"""The encoding operator: one causal VAE stream per shot → its clip rows and its video row.
 
 A class UDF so Ray Data builds the encoders once per actor (on a GPU when one is assigned). Reject
-rows pass through untouched. For a video's first clip it also emits the per-video row (prompt
-embeddings, pooled prompt, SigLIP tokens and start latent of the shot's first frame), so no
-groupby is needed anywhere in the streaming graph.
+rows pass through untouched. A `shots` row (a training video's 1 + 36·n frames, see data_prep.process)
+is VAE-encoded ONCE, as FramePack-F1 encodes a video and decodes a generation: latent 0 (the first
+frame alone) becomes the video's start latent, and clip s takes latents 1 + 9s … 9 + 9s of the same
+stream. Encoding each section on its own would start every one with a one-frame latent that F1 never
+sees mid-video. The video row (prompt embeddings, pooled prompt, SigLIP tokens of frame 0, start latent)
+is emitted beside the clips, so no groupby is needed anywhere in the streaming graph.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import torch
 
+from data_prep.clips import source_offsets
 from data_prep.schema import SCHEMA_VERSION, pack_tensor, to_row_table, unpack_tensor
+from mempack.presets import SECTION_LATENT_FRAMES
 
 log = logging.getLogger(__name__)
 
+_SHOT_FIELDS = ("schema_version", "video_id", "source", "source_path", "shot_index", "num_clips", "fps",
+                "source_fps", "height", "width", "caption", "dynamism")
+
+
+def section_latents(stream: np.ndarray, sections: int) -> list[np.ndarray]:
+    """A stream's latents [C, 1 + 9n, h, w] → the n sections' [C, 9, h, w] (latent 0 is the start latent)."""
+    window = SECTION_LATENT_FRAMES
+    if stream.shape[1] != 1 + window * sections:
+        raise ValueError(f"a stream of {sections} sections has {1 + window * sections} latents, got {stream.shape[1]}")
+    return [stream[:, 1 + window * s: 1 + window * (s + 1)] for s in range(sections)]
+
 
 class ClipEncoder:
-    """Callable over pyarrow batches of ROW_SCHEMA rows."""
+    """Callable over pyarrow batches of ROW_SCHEMA rows: `shots` rows in, `clips` + `videos` rows out."""
 
     def __init__(self, preset: str = "tiny", weights: str | None = None, seed: int = 0):
         from mempack.encoders import VideoEncoders
@@ -28,28 +45,34 @@ class ClipEncoder:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.encoders = VideoEncoders.build(preset, weights, device=device, dtype=dtype, seed=seed)
 
-    def encode_clip(self, row: dict) -> list[dict]:
+    def encode_shot(self, row: dict) -> list[dict]:
+        """One shot row → its n clip rows (sections of one stream) and its video row."""
         frames = unpack_tensor("frames", row["frames"], row["frames_shape"])
-        latents = self.encoders.encode_video(frames)[0]
-        clip = {**row, "frames": None, "frames_shape": None, "latent_dtype": "float16",
-                **pack_tensor("latents", latents.cpu().numpy())}
-        if row["clip_index"] != 0:
-            return [clip]
+        sections = int(row["num_clips"])
+        stream = self.encoders.encode_video(frames)[0].numpy()  # [C, 1 + 9n, h, w], float32
+        per_section = (len(frames) - 1) // sections
+        offsets = source_offsets(len(frames), row["source_fps"], row["fps"])  # stream frame → source frame
+        shot = {k: row[k] for k in _SHOT_FIELDS}
+        clips = [{
+            **shot, "table": "clips", "clip_index": s, "num_frames": per_section,
+            "start_frame": row["start_frame"] + int(offsets[1 + per_section * s]), "latent_dtype": "float16",
+            **pack_tensor("latents", latents),
+        } for s, latents in enumerate(section_latents(stream, sections))]
         prompt = self.encoders.encode_prompt([row["caption"] or ""])
         first = frames[:1]
         video = {
-            "table": "videos", "schema_version": SCHEMA_VERSION, "video_id": row["video_id"],
-            "num_clips": row["num_clips"], "caption": row["caption"], "source_path": row["source_path"],
+            **shot, "table": "videos", "schema_version": SCHEMA_VERSION, "start_frame": row["start_frame"],
+            "num_frames": len(frames),
             **pack_tensor("prompt_embeds", prompt.prompt_embeds[0].cpu().numpy()),
             **pack_tensor("prompt_mask", prompt.prompt_mask[0].cpu().numpy()),
             **pack_tensor("pooled_prompt_embeds", prompt.pooled[0].cpu().numpy()),
             **pack_tensor("image_embeds", self.encoders.encode_image(first)[0].cpu().numpy()),
-            **pack_tensor("image_latent", self.encoders.encode_image_latent(first)[0].cpu().numpy()),
+            **pack_tensor("image_latent", stream[:, :1]),
         }
-        return [clip, video]
+        return clips + [video]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
         for row in batch.to_pylist():
-            out.extend(self.encode_clip(row) if row["table"] == "clips" else [row])
+            out.extend(self.encode_shot(row) if row["table"] == "shots" else [row])
         return to_row_table(out)

@@ -1,6 +1,6 @@
 """The prep job on Ray Data: list → decode/shots/dynamism/clips → encode → Parquet + summary.
 
-    inputs ─flat_map(process_input)─▶ clip + reject + warning rows ─map_batches(ClipEncoder, actors)─▶
+    inputs ─flat_map(process_input)─▶ shot + reject + warning rows ─map_batches(ClipEncoder, actors)─▶ clip + video rows
         write_parquet(staging, partition_cols=[table, num_clips]) ─▶ clips/ videos/ rejects/ warnings/ summary.json
 
 No shuffle or groupby inside the streaming graph: the number of clips of a shot is known as soon as
@@ -37,6 +37,7 @@ from data_prep.schema import (
     OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
 )
 from data_prep.sources import VideoInput
+from mempack.presets import get_preset
 
 log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects", "warnings")
@@ -59,27 +60,17 @@ class PrepConfig:
     encoder_seed: int = 0
     clip: ClipSpec = field(default_factory=ClipSpec)
     encode_actors: int = 1
-    encode_batch_size: int = 4
+    encode_batch_size: int = 1  # shots per encoder batch: a shot row holds up to a minute of frames
     encoder_memory_gb: float | None = None  # None: ENCODER_MEMORY_GB of the preset
 
 
 def check_config(config: PrepConfig) -> None:
-    """Settings the job could only fail on later (the VAE's size rules, non-finite numbers): ValueError now,
-    before anything is read or written."""
-    from mempack.presets import get_preset
-
-    preset = get_preset(config.preset)
+    """Settings the job could only fail on later (an unknown preset, non-finite or non-positive numbers):
+    ValueError now, before anything is read or written. Sizes and clock are the preset's (its buckets are
+    multiples of the VAE's and patch's factor by construction)."""
+    get_preset(config.preset)
     spec = config.clip
-    side = preset.vae_spatial * int(preset.transformer.get("patch_size", 1))
-    for name in ("height", "width"):
-        value = getattr(spec, name)
-        if not isinstance(value, int) or value <= 0 or value % side:
-            raise ValueError(f"clip.{name}={value!r}: the {preset.name} VAE and patch size need a positive "
-                             f"multiple of {side}")
-    if not isinstance(spec.clip_frames, int) or spec.clip_frames < 1 or (spec.clip_frames - 1) % preset.vae_temporal:
-        raise ValueError(f"clip.clip_frames={spec.clip_frames!r}: the causal VAE needs {preset.vae_temporal}k+1 frames")
-    for name in ("target_fps", "max_shot_seconds", "decode_timeout_s", "max_aspect_ratio", "dynamism_threshold",
-                 "shot_threshold"):
+    for name in ("max_shot_seconds", "decode_timeout_s", "max_aspect_ratio", "dynamism_threshold", "shot_threshold"):
         value = getattr(spec, name)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
                 value == 0 and name in ("max_shot_seconds", "decode_timeout_s", "max_aspect_ratio")):
@@ -164,7 +155,8 @@ def _swap_in(staging: Path, out: Path) -> None:
 def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: float) -> dict:
     """Counts that prove nothing was lost, read from small columns only (never a tensor column):
     every input_id is accepted (has clips) or rejected (has reject rows and no clips), exactly once."""
-    clips = read_clips(out, columns=["input_id", "video_id", "num_clips"]) if (out / "clips").is_dir() else None
+    clips = (read_clips(out, columns=["input_id", "video_id", "num_clips", "height", "width"])
+             if (out / "clips").is_dir() else None)
     reject_rows = read_rejects(out).to_pylist()
     warned = {r["input_id"] for r in read_warnings(out).to_pylist()}
     ids = [i.input_id for i in inputs]
@@ -176,13 +168,14 @@ def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: 
     if missing or unknown:
         raise AccountingError(f"rows do not account for the inputs: {len(missing)} inputs without a row "
                               f"(e.g. {sorted(missing)[:3]}), {len(unknown)} unknown ids (e.g. {sorted(unknown)[:3]})")
-    videos = {}
+    videos, shapes = {}, {}
     if clips is not None:
-        videos = dict(zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist()))
+        for vid, n, h, w in zip(*(clips.column(c).to_pylist() for c in ("video_id", "num_clips", "height", "width"))):
+            videos[vid], shapes[vid] = n, f"{h}x{w}"
     per_bucket = Counter(videos.values())
     shot_rejects = [r for r in reject_rows if r["stage"] in ("dynamism", "clips") and "shot " in r["reason"]]
     clip_count = clips.num_rows if clips is not None else 0
-    clip_frames, fps = config.clip.clip_frames, config.clip.target_fps
+    clock = get_preset(config.preset)
     return {
         "schema_version": SCHEMA_VERSION,
         "inputs": len(inputs),
@@ -194,8 +187,9 @@ def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: 
         "shots_accepted": len(videos),
         "shots_rejected": len(shot_rejects),
         "clips": clip_count,
-        "hours": clip_count * clip_frames / fps / 3600 if fps else None,
+        "hours": clip_count * clock.section_frames / clock.fps / 3600,
         "clips_per_video_buckets": {str(k): v for k, v in sorted(per_bucket.items())},
+        "resolution_buckets": dict(sorted(Counter(shapes.values()).items())),
         "rejects_per_reason": dict(Counter(r["reason"].split(":")[0] for r in reject_rows)),
         "rejects_per_stage": dict(Counter(r["stage"] for r in reject_rows)),
         "wall_seconds": round(seconds, 2),
@@ -234,7 +228,7 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
     # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
     # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
     cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
-    ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip}, num_cpus=cpu_share,
+    ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, num_cpus=cpu_share,
                      memory=config.clip.worker_memory_bytes())
     ds = ds.map_batches(
         _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,

@@ -3,6 +3,8 @@
 Each video is a sequence of shots; a shot is a textured background with a coloured square moving at
 a constant speed (zero for a static shot). Consecutive shots differ in palette, so a content
 detector sees a hard cut exactly at the boundary frames returned in `SampleVideo.cuts`.
+Like edited real footage, at FramePack-F1's 30 fps, shots last 1.3–3.7 s: 1 + 36·n frames and a few
+more hold n sections (1, 2 or 3), and one video is portrait, so prep fills two resolution buckets.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class SampleVideo:
     name: str
     caption: str
     shots: list[SampleShot]
-    fps: float = 16.0
-    size: tuple[int, int] = (96, 128)
+    fps: float = 30.0
+    size: tuple[int, int] = (96, 128)  # (height, width)
 
     @property
     def cuts(self) -> list[int]:
@@ -40,13 +42,14 @@ class SampleVideo:
         return sum(s.frames for s in self.shots)
 
 
-SAMPLE_VIDEOS = [
+SAMPLE_VIDEOS = [  # sections per moving shot: 2, 1 | 2 | 3 (portrait)
     SampleVideo("street_two_shots", "a red square drives across a striped street, then a blue one",
-                [SampleShot(140, 1.5, 0), SampleShot(72, -2.0, 120)]),
+                [SampleShot(76, 1.5, 0), SampleShot(40, -2.0, 120)]),
     SampleVideo("static_then_moving", "a quiet wall, then a ball rolling across a field",
-                [SampleShot(80, 0.0, 60), SampleShot(140, 1.0, 200)]),
-    SampleVideo("long_single_shot", "a yellow kite sweeps across a long sky", [SampleShot(210, 1.2, 30)]),
-    SampleVideo("static_only", "", [SampleShot(80, 0.0, 90)]),
+                [SampleShot(40, 0.0, 60), SampleShot(76, 1.0, 200)]),
+    SampleVideo("long_single_shot", "a yellow kite sweeps across a long sky", [SampleShot(112, 1.2, 30)],
+                size=(128, 96)),
+    SampleVideo("static_only", "", [SampleShot(40, 0.0, 90)]),
 ]
 
 
@@ -72,8 +75,8 @@ def render_shot(shot: SampleShot, size: tuple[int, int], seed: int) -> np.ndarra
 def make_sample(folder: str | Path, size: tuple[int, int] | None = None) -> list[SampleVideo]:
     """Write the sample videos (mp4) with caption sidecars into `folder`; return their ground truth.
 
-    `size` (height, width) renders them at another size than the default 96x128, e.g. to benchmark prep
-    at 360p; speeds scale with the width, so every shot moves the same fraction of the frame.
+    `size` (height, width) renders them all at another size than their own (96x128, one 128x96), e.g. to
+    benchmark prep at 360p; speeds scale with the width, so every shot moves the same fraction of the frame.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

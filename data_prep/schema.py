@@ -1,7 +1,7 @@
 """The Parquet contract between prep and training, and pure-pyarrow readers for it.
 
 Layout of a prep output root:
-  clips/num_clips=K/*.parquet   one row per clip (a shot's clips are contiguous sections)
+  clips/num_clips=K/*.parquet   one row per clip (= model section; a shot's clips are contiguous)
   videos/num_clips=K/*.parquet  one row per training video (= shot): prompt, image embeddings, start latent
   rejects/*.parquet             one row per rejected input or shot, its own columns only (REJECT_COLUMNS):
                                 input_id, source_path, stage, reason, score
@@ -10,6 +10,15 @@ Layout of a prep output root:
   summary.json                  counts (accepted + rejected = inputs), buckets, rejects per reason, config
 
 `input_id` (`source:source_id`, unique per input item) is on every clip, reject and warning row.
+
+Version 2, FramePack-F1's latent contract (version 1 encoded every 33-frame clip on its own at 8 fps):
+- a training video is ONE causal VAE stream of 1 + 36·n frames at the one clock (30 fps, mempack.presets),
+  at one resolution bucket (`height` × `width`, the same for its clips and its video row);
+- `image_latent` is the stream's latent 0 (the first frame alone), `image_embeds` SigLIP of that frame;
+- clip s (`clip_index`) holds latents 1 + 9s … 9 + 9s of the stream, [C, 9, height/8, width/8];
+  `start_frame` is the source frame of its first pixel frame, `fps` the clock, `source_fps` the file's;
+- the video row's `num_frames` is 1 + 36·n and `num_clips` is n. A batch never mixes shapes: training
+  groups videos by (num_clips, height, width).
 
 Tensors are stored as raw little-endian bytes plus a shape column (`<name>` + `<name>_shape`), with
 the dtype fixed per column (`TENSOR_DTYPES`). This keeps float16 exact (Ray Data silently pickles
@@ -25,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 TENSOR_DTYPES: dict[str, np.dtype] = {
     "frames": np.dtype(np.uint8),
@@ -50,6 +59,7 @@ _SCALARS = [
     ("start_frame", pa.int64()),
     ("num_frames", pa.int32()),
     ("fps", pa.float32()),
+    ("source_fps", pa.float32()),
     ("height", pa.int32()),
     ("width", pa.int32()),
     ("caption", pa.string()),
@@ -59,16 +69,20 @@ _SCALARS = [
     ("reason", pa.string()),
     ("score", pa.float64()),
 ]
-ROW_SCHEMA = pa.schema(
-    _SCALARS + [f for name in TENSOR_DTYPES for f in ((name, pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))]
-)
+# `frames` (a shot's stream, never written) may pass 2 GiB for a minute of 480p: 64-bit offsets for it
+ROW_SCHEMA = pa.schema(_SCALARS + [
+    f for name in TENSOR_DTYPES
+    for f in ((name, pa.large_binary() if name == "frames" else pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))
+])
 
-CLIP_COLUMNS = ["schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "clip_index", "num_clips",
-                "start_frame", "num_frames", "fps", "height", "width", "caption", "dynamism", "latents",
-                "latents_shape", "latent_dtype"]
-VIDEO_COLUMNS = ["schema_version", "video_id", "num_clips", "caption", "prompt_embeds", "prompt_embeds_shape",
-                 "prompt_mask", "prompt_mask_shape", "pooled_prompt_embeds", "pooled_prompt_embeds_shape",
-                 "image_embeds", "image_embeds_shape", "image_latent", "image_latent_shape"]
+CLIP_COLUMNS = ["schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "clip_index",
+                "num_clips", "start_frame", "num_frames", "fps", "source_fps", "height", "width", "caption", "dynamism",
+                "latents", "latents_shape", "latent_dtype"]
+VIDEO_INDEX_COLUMNS = ["schema_version", "video_id", "num_clips", "height", "width"]  # no tensors: the driver's
+VIDEO_COLUMNS = VIDEO_INDEX_COLUMNS + [
+    "source_path", "start_frame", "num_frames", "fps", "source_fps", "caption", "prompt_embeds",
+    "prompt_embeds_shape", "prompt_mask", "prompt_mask_shape", "pooled_prompt_embeds", "pooled_prompt_embeds_shape",
+    "image_embeds", "image_embeds_shape", "image_latent", "image_latent_shape"]
 REJECT_COLUMNS = ["input_id", "source_path", "stage", "reason", "score"]
 WARNING_COLUMNS = ["input_id", "source_path", "stage", "reason"]
 OWN_COLUMNS = {"rejects": REJECT_COLUMNS, "warnings": WARNING_COLUMNS}
@@ -108,15 +122,19 @@ def _read(root: str | Path, table: str, columns: list[str], hive: bool = False) 
     names = set(dataset.schema.names)
     if "schema_version" in columns and "schema_version" not in names:
         raise SchemaVersionError(f"{path} has no schema_version column: not written by mempack prep")
-    result = dataset.to_table(columns=[c for c in columns if c in names])
-    if "schema_version" in columns and result.num_rows:
-        versions = set(result.column("schema_version").to_pylist())
-        if versions != {SCHEMA_VERSION}:
-            raise SchemaVersionError(
-                f"{path} holds schema_version {sorted(versions, key=str)}, this mempack reads version {SCHEMA_VERSION}; "
-                "re-run prep with this version"
-            )
-    return result
+    if "schema_version" in columns:  # the version first, from its own column: an old layout may lack others
+        check_version(path, dataset.to_table(columns=["schema_version"]).column("schema_version").to_pylist())
+    return dataset.to_table(columns=[c for c in columns if c in names])
+
+
+def check_version(where: str | Path, versions) -> None:
+    """One line for data another schema version wrote, saying to re-run prep."""
+    found = set(versions)
+    if found and found != {SCHEMA_VERSION}:
+        raise SchemaVersionError(
+            f"{where} holds prep output of schema_version {sorted(found, key=str)}, this mempack reads version "
+            f"{SCHEMA_VERSION} (one causal VAE stream per video at 30 fps, resolution buckets): "
+            "re-run pipelines/prep.py into a new output")
 
 
 def read_clips(root: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -139,6 +157,11 @@ def _read_own(root: str | Path, table: str) -> pa.Table:
         return _read(root, table, OWN_COLUMNS[table])
     except FileNotFoundError:
         return own_schema(table).empty_table()
+
+
+def read_video_index(root: str | Path) -> pa.Table:
+    """One row per training video, its small columns only (what the driver needs to group and shard)."""
+    return _read(root, "videos", VIDEO_INDEX_COLUMNS, hive=True)
 
 
 def read_rejects(root: str | Path) -> pa.Table:

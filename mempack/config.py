@@ -10,8 +10,8 @@ dependency), it is actively maintained, it validates stdlib dataclasses as they 
 nested dataclasses); OmegaConf would add a package (and its pinned ANTLR runtime) and supports neither
 `Literal` nor unions other than Optional in structured configs.
 
-Nested dataclasses are addressed with dots (`clip.target_fps=12`). `add_config_arguments` generates
-one CLI flag per key from the dataclass itself (`--lr`, `--clip.target-fps`), with the field's
+Nested dataclasses are addressed with dots (`clip.max_shot_seconds=30`). `add_config_arguments` generates
+one CLI flag per key from the dataclass itself (`--lr`, `--clip.max-shot-seconds`), with the field's
 trailing source comment as its help, so a field added to a config is a flag without touching the CLI.
 """
 
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 class ConfigKey:
     """One leaf key of a (nested) dataclass config."""
 
-    name: str  # dotted: "clip.target_fps"
+    name: str  # dotted: "clip.max_shot_seconds"
     type: Any
     default: Any
     help: str
@@ -299,7 +299,7 @@ def dump_config(config: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def flag_name(dotted: str) -> str:
-    """`clip.target_fps` → `--clip.target-fps`."""
+    """`clip.target_fps` → `--clip.max-shot-seconds`."""
     return "--" + dotted.replace("_", "-")
 
 

@@ -256,17 +256,66 @@ class VideoEncoders:
     def encode_video(self, frames) -> torch.Tensor:
         """uint8 frames [T,H,W,3] or [B,T,H,W,3] (T = 4k+1, sides multiples of 8) → [B, C, k+1, H/8, W/8].
 
-        Uses the posterior mode, not a sample, so re-running data prep reproduces the same latents.
+        Each sample is ONE causal stream, FramePack-F1's latent contract: latent 0 is the first frame
+        alone, latent j covers frames 4j−3 … 4j. Uses the posterior mode, not a sample, so re-running data
+        prep reproduces the same latents. Memory is bounded by one temporal tile (see `_encode_stream`),
+        so a minute of 480p costs its uint8 frames plus a 17-frame working set, not a float copy of it all.
         """
-        x = _as_uint8_tensor(frames, 5, "frames").to(self.device)
+        x = _as_uint8_tensor(frames, 5, "frames")
         t, h, w = x.shape[1:4]
         s = self.preset.vae_spatial
         if (t - 1) % self.preset.vae_temporal or h % s or w % s:
             raise ValueError(f"need 4k+1 frames and sides divisible by {s}, got {t} frames of {h}x{w}")
-        x = (x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).to(self.dtype)
         self._set_tiling(h, w)
-        latents = self.vae.encode(x).latent_dist.mode()
-        return (latents * self.scaling_factor).float()
+        return torch.cat([self._encode_stream(sample) for sample in x.split(1)])
+
+    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [1, T, H, W, 3] → the VAE's input [1, 3, T, H, W] in [-1, 1], on the device, in its dtype."""
+        return (frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).to(self.dtype)
+
+    def _tile_means(self, frames: torch.Tensor) -> torch.Tensor:
+        """Posterior means of one temporal tile: the VAE's own per-tile path (spatially tiled or not)."""
+        vae, x = self.vae, self._pixels(frames)
+        h, w = x.shape[-2:]
+        if vae.use_tiling and (h > vae.tile_sample_min_height or w > vae.tile_sample_min_width):
+            moments = vae.tiled_encode(x)
+        else:
+            moments = vae.quant_conv(vae.encoder(x))
+        return moments[:, : moments.shape[1] // 2]  # the mean half; blending below is per channel
+
+    def _encode_stream(self, frames: torch.Tensor) -> torch.Tensor:
+        """One sample's scaled latents, equal to `vae.encode(whole stream).latent_dist.mode()`.
+
+        diffusers' AutoencoderKLHunyuanVideo encodes a stream longer than `tile_sample_min_num_frames`
+        (16) in temporal tiles of 17 frames every 12 (3 latents), drops each later tile's first latent
+        and blends the overlap with the previous tile. That *is* the whole-video encode for any length
+        (the VAE's causal attention and GroupNorm see one tile at a time), so this loop replays it tile by
+        tile, converting only the tile's frames to float and moving each result to the CPU at once;
+        tests/test_encoders.py checks it equals `vae.encode` on the whole float tensor.
+        """
+        vae = self.vae
+        t = frames.shape[1]
+        scale = self.scaling_factor
+        if not (vae.use_framewise_encoding and t > vae.tile_sample_min_num_frames):
+            return (self._tile_means(frames) * scale).float().cpu()
+        temporal = self.preset.vae_temporal
+        span, stride = vae.tile_sample_min_num_frames, vae.tile_sample_stride_num_frames
+        latent_stride = stride // temporal
+        blend = span // temporal - latent_stride
+        latent_frames = (t - 1) // temporal + 1
+        pieces, kept, previous = [], 0, None
+        for first in range(0, t, stride):
+            tile = self._tile_means(frames[:, first: first + span + 1])
+            if previous is None:
+                keep = tile[:, :, : latent_stride + 1]
+            else:
+                tile = vae.blend_t(previous, tile[:, :, 1:], blend)  # in place, as diffusers does
+                keep = tile[:, :, :latent_stride]
+            keep = keep[:, :, : latent_frames - kept]
+            pieces.append((keep * scale).float().cpu())
+            kept += keep.shape[2]
+            previous = tile
+        return torch.cat(pieces, dim=2)
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mempack import flow
 from mempack.model import Conditioning, MemoryPackTransformer, PackedHistory, pack_history
 from mempack.model.semantic_pack import SemanticMemory
+from mempack.presets import frames_for_sections, sections_for_frames  # noqa: F401  (re-export: the clock lives in presets)
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,3 @@ def _read_prefix(
     tail, dropped = _trim_tail(sections, model.config.layout.context_frames)
     return memory, tail, dropped
 
-
-def frames_for_sections(sections: int, window: int, temporal: int = 4) -> int:
-    """Pixel frames decoded from the start latent + `sections` windows (causal VAE: 4·T' + 1)."""
-    return temporal * sections * window + 1
-
-
-def sections_for_frames(frames: int, window: int, temporal: int = 4) -> int:
-    """Fewest sections whose decoded video holds at least `frames` frames."""
-    if frames < 1:
-        raise ValueError(f"need at least one frame, got {frames}")
-    per_section = temporal * window
-    return max(1, -(-(frames - 1) // per_section))

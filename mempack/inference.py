@@ -20,15 +20,15 @@ from mempack.checkpoints import CheckpointError, EncoderSpec, encoder_spec, load
 from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.generate import GenerationConfig, frames_for_sections, generate, sections_for_frames
 from mempack.model import Conditioning, MemoryPackTransformer
-from mempack.presets import SECTION_LATENT_FRAMES
+from mempack.presets import PRESETS, SECTION_LATENT_FRAMES
 from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
 from mempack.video_io import write_mp4
 
 log = logging.getLogger(__name__)
 
-# what each preset was trained at by default: the sample's 64x64 at 8 fps; FramePack-F1's 30 fps
-DEFAULT_SIZE = {"tiny": (64, 64), "framepack-f1": (480, 640)}
-DEFAULT_FPS = {"tiny": 8.0, "framepack-f1": 30.0}
+# the one clock and each preset's default bucket (mempack.presets): what prep trained at
+DEFAULT_SIZE = {name: preset.default_bucket for name, preset in PRESETS.items()}
+DEFAULT_FPS = {name: preset.fps for name, preset in PRESETS.items()}
 SIDE_MULTIPLE = 16  # VAE ×8, then the transformer's 2×2 patches
 
 

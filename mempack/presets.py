@@ -1,15 +1,34 @@
-"""Named size presets shared by the backbone, SemanticPack and the encoders.
+"""Named size presets, the one clock and the resolution buckets: read by prep, train and infer alike.
 
 One place decides the widths that must agree across components (latent channels, text width,
 pooled width, image-token width), so a `tiny` VAE always feeds a `tiny` transformer. `tiny` is
 random-init and runs in seconds on a CPU; `framepack-f1` is the real FramePack-F1 configuration
 (HunyuanVideo VAE, Llama + CLIP text, SigLIP vision) whose weights load from a local folder.
+
+The clock is FramePack-F1's for every preset: 30 fps and sections of 9 latent frames, i.e. 36 frames
+(1.2 s) per section; a video of n sections is 1 + 36·n frames (the start frame is a latent of its own,
+as the causal VAE encodes it). `tiny` differs in size only, so what it trains and tests is the real
+model's time axis. Resolutions come in aspect-ratio buckets around a target area (sides multiples of
+16: the VAE's 8× and the transformer's 2×2 patches); a frame goes to the bucket nearest its aspect
+ratio and is resized to cover it, then cropped, so it keeps its shape.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+FPS = 30.0  # FramePack-F1 generates (and so trains) at 30 fps
+SECTION_LATENT_FRAMES = 9  # latent frames per model section (F1's latent_window_size)
+VAE_TEMPORAL = 4  # frames per latent frame of the causal video VAE (after the first frame)
+SECTION_FRAMES = VAE_TEMPORAL * SECTION_LATENT_FRAMES  # 36 pixel frames = 1.2 s per section
+BUCKET_MULTIPLE = 16  # bucket sides: VAE ×8, then the transformer's 2×2 patches
+
+# FramePack's buckets at 640 (h, w): about 640² pixels each; portrait ones are the transposes.
+_F1_LANDSCAPE = ((416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640))
+F1_BUCKETS = _F1_LANDSCAPE + tuple((w, h) for h, w in reversed(_F1_LANDSCAPE))
+# The same shape family around 64² pixels: tiny's tests stay fast while clips still keep their aspect.
+TINY_BUCKETS = ((48, 96), (48, 80), (64, 64), (80, 48), (96, 48))
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,14 @@ class Preset:
     max_prompt_tokens: int
     transformer: dict[str, Any] = field(default_factory=dict)
     semantic_pack: dict[str, Any] = field(default_factory=dict)
+    buckets: tuple[tuple[int, int], ...] = F1_BUCKETS  # (height, width), multiples of BUCKET_MULTIPLE
+    default_bucket: tuple[int, int] = (480, 832)  # when there is no image to match (the sample image)
+    fps: float = FPS  # the one clock: every preset shares it (a field so code reads it from the preset)
+
+    @property
+    def section_frames(self) -> int:
+        """Pixel frames per section: 9 latent frames × the VAE's temporal factor (36)."""
+        return self.vae_temporal * SECTION_LATENT_FRAMES
 
 
 TINY = Preset(
@@ -71,6 +98,8 @@ TINY = Preset(
         tokens_per_window=4,
         memorize_layers=1,
     ),
+    buckets=TINY_BUCKETS,
+    default_bucket=(64, 64),
 )
 
 FRAMEPACK_F1 = Preset(
@@ -121,9 +150,6 @@ FRAMEPACK_F1 = Preset(
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, FRAMEPACK_F1)}
 
-# Frames per model section: 9 latent frames = 33 pixel frames with the 4x temporal VAE.
-SECTION_LATENT_FRAMES = 9
-
 
 def get_preset(name: str) -> Preset:
     """Look a preset up by name, with an error that lists the valid names."""
@@ -133,6 +159,36 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def pixel_frames_for_latent_frames(latent_frames: int, temporal: int = 4) -> int:
+def pixel_frames_for_latent_frames(latent_frames: int, temporal: int = VAE_TEMPORAL) -> int:
     """Pixel frames a causal video VAE needs for `latent_frames` latents (4k+1 rule)."""
     return (latent_frames - 1) * temporal + 1
+
+
+def frames_for_sections(sections: int, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL) -> int:
+    """Pixel frames of the start frame + `sections` sections: 1 + 36·n (prep's videos, infer's output)."""
+    return temporal * sections * window + 1
+
+
+def sections_for_frames(frames: int, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL) -> int:
+    """Fewest sections whose decoded video holds at least `frames` frames (inference: ceil)."""
+    if frames < 1:
+        raise ValueError(f"need at least one frame, got {frames}")
+    per_section = temporal * window
+    return max(1, -(-(frames - 1) // per_section))
+
+
+def whole_sections(frames: int, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL) -> int:
+    """Most whole sections a stream of `frames` frames holds after its start frame (prep: floor; may be 0)."""
+    return max(0, (frames - 1) // (temporal * window))
+
+
+def nearest_bucket(preset_name: str, height: int, width: int) -> tuple[int, int]:
+    """The preset's (h, w) bucket nearest in aspect ratio to a `height`×`width` frame.
+
+    FramePack's rule: the least |height·bucket_w − width·bucket_h| (cross-multiplied aspect ratios, no
+    division); ties go to the first bucket listed.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"need a positive frame size, got {height}x{width}")
+    buckets = get_preset(preset_name).buckets
+    return min(buckets, key=lambda b: abs(height * b[1] - width * b[0]))

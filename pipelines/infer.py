@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
     length.add_argument("--sections", type=int, help="number of sections instead of --seconds")
-    p.add_argument("--fps", type=float, help="frames per second (default: 8 for tiny, 30 for framepack-f1)")
+    p.add_argument("--fps", type=float, help="frames per second (default: the presets' clock, 30)")
     p.add_argument("--steps", type=int, default=25, help="Euler steps per section (default: %(default)s)")
     p.add_argument("--guidance", type=float, default=10.0, help="distilled guidance scale (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)

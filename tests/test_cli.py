@@ -16,7 +16,7 @@ CASES = [
     (["pipelines/train.py", "--stage", "1", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
     (["pipelines/train.py", "--stage", "1", "--lr", "fast"], "config key 'lr': Input should be a valid number"),
     (["pipelines/train.py", "--stage", "1", "--set", "max_steps=1.5"], "config key 'max_steps'"),
-    (["pipelines/prep.py", "--clip.height", "tall"], "config key 'clip.height'"),
+    (["pipelines/prep.py", "--clip.max-shot-seconds", "long"], "config key 'clip.max_shot_seconds'"),
     (["pipelines/infer.py", "--seconds", "0"], "--seconds must be > 0"),
     (["pipelines/infer.py", "--seconds", "5", "--sections", "2"], "not allowed with argument"),
     (["pipelines/evaluate.py"], "the following arguments are required: VIDEO_OR_DIR"),

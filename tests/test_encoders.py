@@ -169,3 +169,46 @@ def test_long_videos_convert_to_uint8_in_chunks_with_the_same_frames(encoders):
         whole = encoders.vae.decode(latents / encoders.scaling_factor).sample
     expected = ((whole.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
     np.testing.assert_array_equal(frames, expected)
+
+
+@pytest.mark.parametrize("frames", [1, 17, 37, 109])
+def test_a_stream_encodes_tile_by_tile_exactly_as_the_whole_video(encoders, frames):
+    """The bounded-memory stream encode equals diffusers' encode of the whole float video, bit for bit.
+
+    Past 16 frames the VAE works in 17-frame temporal tiles (blended); 109 frames = 1 + 3 sections span 9.
+    """
+    video = np.random.default_rng(frames).integers(0, 256, (frames, 48, 80, 3), dtype=np.uint8)
+    streamed = encoders.encode_video(video)
+    x = torch.from_numpy(video)[None].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    with torch.no_grad():
+        whole = encoders.vae.encode(x).latent_dist.mode() * encoders.scaling_factor
+    assert streamed.shape == (1, TINY.latent_channels, (frames - 1) // 4 + 1, 6, 10)
+    assert torch.equal(streamed, whole)
+
+
+def test_a_spatially_tiled_stream_equals_the_tiled_whole_encode():
+    """Above TILE_ABOVE_PIXELS the VAE also tiles space (as at 480x832): still the whole encode's numbers."""
+    small = VideoEncoders.build("tiny", seed=0)
+    small.vae_tiling = True
+    small.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
+                            tile_sample_stride_width=24)  # tiles of 32 px, as 256-px tiles sit on 480x832
+    video = np.random.default_rng(1).integers(0, 256, (37, 48, 80, 3), dtype=np.uint8)
+    streamed = small.encode_video(video)
+    x = torch.from_numpy(video)[None].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    with torch.no_grad():
+        whole = small.vae.encode(x).latent_dist.mode() * small.scaling_factor
+    assert torch.equal(streamed, whole)
+
+
+def test_a_frame_keeps_its_aspect_ratio_in_its_bucket():
+    """1080p-shaped frames go to the nearest bucket, scaled uniformly: a square stays a square."""
+    from mempack.presets import nearest_bucket
+
+    frames = np.zeros((1, 90, 160, 3), dtype=np.uint8)  # 16:9
+    frames[:, 29:61, 64:96] = 255  # a 32x32 square in the middle
+    bucket = nearest_bucket("tiny", 90, 160)
+    out = resize_center_crop(frames, *bucket)
+    assert bucket == (48, 80) and out.shape == (1, 48, 80, 3)
+    rows, cols = np.nonzero(out[0, :, :, 0] > 127)
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert abs(height - width) <= 1 and abs(height - 32 * 48 / 90) <= 1  # scale max(48/90, 80/160)

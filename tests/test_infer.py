@@ -61,8 +61,8 @@ def test_sections_decide_the_length(export, tmp_path):
     result = run_inference(InferenceRequest(model_dir=str(export), sections=2, steps=1, out=str(tmp_path / "a.mp4"),
                                             progress=False))
     frames, fps = read_back(Path(result.path))
-    # the start frame + 2 sections of 9 latent frames, 4 pixel frames each; 64x64 at 8 fps for tiny
-    assert frames.shape == (1 + 2 * 9 * 4, 64, 64, 3) and fps == 8.0 and result.sections == 2
+    # the start frame + 2 sections of 9 latent frames, 4 pixel frames each; tiny's 64x64 at the one clock's 30 fps
+    assert frames.shape == (1 + 2 * 9 * 4, 64, 64, 3) and fps == 30.0 and result.sections == 2
 
 
 def test_same_seed_same_video_frame_for_frame(export, tmp_path):

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.clips import plan_clips
 from data_prep.decode import decode_frames
 from data_prep.pipeline import PrepConfig, run_prep
 from data_prep.schema import (
@@ -18,6 +17,7 @@ from data_prep.schema import (
 )
 from data_prep.shots import detect_shots
 from data_prep.sources import load_inputs
+from mempack.presets import FPS
 from mempack.video_io import write_mp4
 
 
@@ -52,31 +52,31 @@ def test_static_shots_are_rejected_and_moving_ones_kept(prepped):
     assert "folder:static_then_moving:shot000" not in kept
 
 
-def test_clips_per_shot_follow_from_length_and_fps(prepped, sample):
+def test_clips_per_shot_follow_from_length_and_the_clock(prepped, sample):
     out, summary, config = prepped
     folder, videos = sample
     clips = read_clips(out)
     counts = {}
     for vid, n in zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist()):
         counts[vid] = n
-    fps, per_clip = config.clip.target_fps, config.clip.clip_frames
     expected = {}
     for video in videos:
-        start = 0
         for k, shot in enumerate(video.shots):
             if shot.speed:
-                # frames on the target-fps grid inside the shot, then whole clips of 33
-                grid = int(np.floor((shot.frames - 1) / (video.fps / fps))) + 1
-                expected[f"folder:{video.name}:shot{k:03d}"] = grid // per_clip
-            start += shot.frames
+                # the sample is at the clock's 30 fps: sections = whole 36-frame sections after the start frame
+                assert video.fps == FPS
+                expected[f"folder:{video.name}:shot{k:03d}"] = (shot.frames - 1) // 36
     assert counts == expected
     assert expected == {"folder:street_two_shots:shot000": 2, "folder:street_two_shots:shot001": 1,
                         "folder:static_then_moving:shot001": 2, "folder:long_single_shot:shot000": 3}
     assert summary["clips"] == sum(expected.values()) == clips.num_rows
-    for vid, n in expected.items():  # each video's clips are all present, in order
+    for vid, n in expected.items():  # each video's clips are all present, in order, 36 frames apart
         mine = [r for r in clips.to_pylist() if r["video_id"] == vid]
         assert [r["clip_index"] for r in mine] == list(range(n))
-        assert all(b["start_frame"] - a["start_frame"] == per_clip * 2 for a, b in zip(mine, mine[1:]))
+        assert all(b["start_frame"] - a["start_frame"] == 36 for a, b in zip(mine, mine[1:]))
+        assert all(r["fps"] == FPS and r["num_frames"] == 36 for r in mine)
+    shot_starts = {v["video_id"]: v["start_frame"] for v in read_videos(out).to_pylist()}
+    assert all(r["start_frame"] == shot_starts[r["video_id"]] + 1 + 36 * r["clip_index"] for r in clips.to_pylist())
 
 
 def test_latents_read_back_equal_the_encoder_output(prepped, sample):
@@ -86,22 +86,25 @@ def test_latents_read_back_equal_the_encoder_output(prepped, sample):
     folder, _ = sample
     row = [r for r in read_clips(out).to_pylist() if r["video_id"] == "folder:long_single_shot:shot000"][1]
     latents = unpack_tensor("latents", row["latents"], row["latents_shape"])
-    assert latents.shape == (16, 9, 8, 8) and latents.dtype == np.float16 and row["latent_dtype"] == "float16"
-    info, frames = decode_frames(str(folder / "long_single_shot.mp4"))
-    idx = plan_clips(0, len(frames), info.fps, config.clip.target_fps, config.clip.clip_frames)[1]
+    # the portrait sample (128x96) sits in tiny's 80x48 bucket: latents 10x6
+    assert latents.shape == (16, 9, 10, 6) and latents.dtype == np.float16 and row["latent_dtype"] == "float16"
+    assert (row["height"], row["width"]) == (80, 48)
+    _, frames = decode_frames(str(folder / "long_single_shot.mp4"))
     encoders = VideoEncoders.build("tiny", seed=config.encoder_seed)
-    expected = encoders.encode_video(resize_center_crop(frames[idx], config.clip.height, config.clip.width))[0]
-    np.testing.assert_array_equal(latents, expected.numpy().astype(np.float16))
+    stream = encoders.encode_video(resize_center_crop(frames[:109], 80, 48))[0]  # 1 + 36·3 frames
+    np.testing.assert_array_equal(latents, stream[:, 10:19].numpy().astype(np.float16))
     video = [v for v in read_videos(out).to_pylist() if v["video_id"] == row["video_id"]][0]
     prompt = encoders.encode_prompt(["a yellow kite sweeps across a long sky"])
     np.testing.assert_array_equal(unpack_tensor("prompt_embeds", video["prompt_embeds"], video["prompt_embeds_shape"]),
                                   prompt.prompt_embeds[0].numpy().astype(np.float16))
-    assert unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]).shape == (16, 1, 8, 8)
+    np.testing.assert_array_equal(unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]),
+                                  stream[:, :1].numpy().astype(np.float16))
 
 
 def test_curriculum_partitions_hold_exactly_their_videos(prepped):
     out, summary, _ = prepped
     assert summary["clips_per_video_buckets"] == {"1": 1, "2": 2, "3": 1}
+    assert summary["resolution_buckets"] == {"48x80": 3, "80x48": 1}
     for bucket in (out / "clips").iterdir():
         k = int(bucket.name.split("=")[1])
         table = pq.read_table(bucket)
@@ -134,7 +137,7 @@ def test_unknown_schema_version_is_refused(prepped, tmp_path):
     import pyarrow as pa
     table = table.set_column(idx, "schema_version", pa.array([99] * table.num_rows, pa.int32()))
     pq.write_table(table, f)
-    with pytest.raises(SchemaVersionError, match="schema_version \\[.*99\\].*reads version 1"):
+    with pytest.raises(SchemaVersionError, match="schema_version \\[.*99\\].*reads version 2.*re-run pipelines/prep.py"):
         read_videos(copy)
 
 
@@ -148,7 +151,7 @@ def _bad_inputs(folder):
     PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "image.png")
     (folder / "image.png").rename(folder / "image.mp4")
     frames = np.stack([np.roll(np.tile(np.arange(128, dtype=np.uint8)[None, :, None], (96, 1, 3)) * 2, 3 * i, axis=1)
-                       for i in range(120)])
+                       for i in range(40)])  # 2.5 s at 16 fps: two sections at 30 fps
     frames[:, 30:60, :] = 255 - frames[:, 30:60, :]
     write_mp4(frames[:1], folder / "one_frame.mp4", 16)
     write_mp4(frames, folder / "good.mp4", 16)
@@ -166,14 +169,14 @@ def _bad_inputs(folder):
         w.writerow(header)
         for k, name in enumerate(names):
             caption = "" if name == "good.mp4" else f"clip {k}"
-            w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 7.5, "['0:00:00.0', '0:00:07.5']",
-                        120, "", name, caption, caption, "", "", "", ""])
+            w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 2.5, "['0:00:00.0', '0:00:02.5']",
+                        40, "", name, caption, caption, "", "", "", ""])
         # rows that are bad on their own, and a repeated clip_id: each is one input, rejected or kept alone
         for clip_id, name, timestamp in [("bad_time", "good.mp4", "['soon', 'later']"),
-                                         ("no_file", "", "['0:00:00.0', '0:00:07.5']"),
+                                         ("no_file", "", "['0:00:00.0', '0:00:02.5']"),
                                          ("past_end", "good.mp4", "['0:01:00.0', '0:01:05.0']"),
-                                         ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:07.5']")]:
-            w.writerow([clip_id, "youtube", "", "v", 128, 96, 16, 7.5, timestamp, 120, "", name, "c", "c",
+                                         ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:02.5']")]:
+            w.writerow([clip_id, "youtube", "", "v", 128, 96, 16, 2.5, timestamp, 40, "", name, "c", "c",
                         "", "", "", ""])
     return manifest, names + ["bad_time", "no_file", "past_end", "12.70 again"]
 
@@ -247,11 +250,11 @@ def test_manifests_and_sidecars_become_inputs(tmp_path):
 
 def test_a_manifest_window_decodes_only_its_frames(sample):
     folder, videos = sample
-    video = videos[2]  # long_single_shot: 210 frames at 16 fps
-    info, frames = decode_frames(str(folder / f"{video.name}.mp4"), start_seconds=2.0, end_seconds=5.0)
+    video = videos[2]  # long_single_shot: 112 frames at 30 fps
+    info, frames = decode_frames(str(folder / f"{video.name}.mp4"), start_seconds=1.0, end_seconds=3.0)
     _, whole = decode_frames(str(folder / f"{video.name}.mp4"))
-    assert len(frames) == 48
-    np.testing.assert_array_equal(frames, whole[32:80])
+    assert len(frames) == 60
+    np.testing.assert_array_equal(frames, whole[30:90])
 
 
 @pytest.mark.parametrize("window", [1, 7, 64, 1000])
@@ -260,7 +263,7 @@ def test_online_shot_splitting_matches_whole_video_detection(sample, window):
     from data_prep.shots import ShotSplitter
 
     folder, videos = sample
-    video = videos[0]  # street_two_shots: cut at frame 140 of 212
+    video = videos[0]  # street_two_shots: cut at frame 76 of 116
     info, frames = decode_frames(str(folder / f"{video.name}.mp4"))
     splitter = ShotSplitter(info.fps, min_shot_frames=8)
     shots, held = [], 0
@@ -268,9 +271,9 @@ def test_online_shot_splitting_matches_whole_video_detection(sample, window):
         shots += splitter.push(frames[start:start + window])
         held = max(held, sum(len(b) for b in splitter.buffer))
     shots += splitter.finish()
-    assert [(s.start, s.end) for s in shots] == detect_shots(frames, info.fps, min_shot_frames=8) == [(0, 140), (140, 212)]
+    assert [(s.start, s.end) for s in shots] == detect_shots(frames, info.fps, min_shot_frames=8) == [(0, 76), (76, 116)]
     assert all(np.array_equal(s.frames, frames[s.start:s.end]) for s in shots)
-    assert held <= 140 + window  # never the whole file: at most one shot and the window that ends it
+    assert held <= 76 + window  # never the whole file: at most one shot and the window that ends it
 
 
 def test_long_takes_become_several_contiguous_training_videos(sample):
@@ -278,11 +281,12 @@ def test_long_takes_become_several_contiguous_training_videos(sample):
 
     folder, videos = sample
     row = load_inputs(folder)[[i.source_id for i in load_inputs(folder)].index("long_single_shot")].to_row()
-    spec = ClipSpec(max_shot_seconds=5.0)  # 80 source frames at 16 fps per training video
-    rows = list(process_input(row, spec))
-    clips = [r for r in rows if r["table"] == "clips"]
-    assert sorted({r["video_id"] for r in clips}) == [f"folder:long_single_shot:shot00{k}" for k in range(2)]
-    # 210 frames → takes of 80, 80, 50; at 8 fps a take of 80 frames holds 40 frames = one clip of 33
-    assert [(r["shot_index"], r["start_frame"], r["num_clips"]) for r in clips] == [(0, 0, 1), (1, 80, 1)]
+    spec = ClipSpec(max_shot_seconds=1.5)  # 45 source frames at 30 fps per training video
+    rows = list(process_input(row, spec, "tiny"))
+    shots = [r for r in rows if r["table"] == "shots"]
+    assert [r["video_id"] for r in shots] == [f"folder:long_single_shot:shot00{k}" for k in range(2)]
+    # 112 frames → takes of 45, 45, 22; a take of 45 frames holds 1 + 36 (one section), 22 frames none
+    assert [(r["shot_index"], r["start_frame"], r["num_clips"], r["num_frames"]) for r in shots] == [
+        (0, 0, 1, 37), (1, 45, 1, 37)]
     (short,) = [r for r in rows if r["table"] == "rejects"]
-    assert short["reason"].startswith("too_short: shot 2 has 25 frames")
+    assert short["reason"].startswith("too_short: shot 2 spans 0.70 s < 1.2 s")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mempack.presets import FPS
 from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, format_duration
 
 
@@ -45,7 +46,7 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
     from mempack.model import MemoryPackTransformer
     from mempack.video_io import read_video
 
-    prep_out, summary, prep_config = sample_prep[0], sample_prep[1], sample_prep[2]
+    prep_out, summary = sample_prep[0], sample_prep[1]
     model = MemoryPackTransformer.from_preset("tiny", seed=0).train()
     sampler = ValidationSampler(prep_out, "tiny", SampleSettings(None, "", sections=1, steps=2, seed=3),
                                 torch.device("cpu"), torch.float32)
@@ -57,5 +58,6 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
     assert model.training
     frames, fps = read_video(path)
     window = model.config.window
-    assert frames.shape[1:] == (prep_config.clip.height, prep_config.clip.width, 3)
-    assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(prep_config.clip.target_fps)
+    assert frames.shape[1:] == (48, 80, 3)  # the sample's most common bucket (3 of its 4 videos)
+    assert summary["resolution_buckets"] == {"48x80": 3, "80x48": 1}
+    assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(FPS)

@@ -28,7 +28,7 @@ import torch
 from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
-from mempack.train.data import to_training_inputs
+from mempack.train.data import Bucket, to_training_inputs
 from mempack.train.mlflow_logger import worker_logger
 from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, console_logger
 
@@ -76,7 +76,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     config: TrainConfig = loop_config["config"]
     ds_config: dict = loop_config["deepspeed"]
-    buckets: list[int] = loop_config["buckets"]
+    buckets: list[Bucket] = loop_config["buckets"]  # (num_clips, height, width), curriculum order
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.seed)
@@ -119,9 +119,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     last_metrics: dict = {}
     while not done and state["epoch"] < config.epochs:
         for b in range(state["bucket"], len(buckets)):
-            num_clips = buckets[b]
+            num_clips = buckets[b].num_clips
             engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips) * world)
-            shard = ray.train.get_dataset_shard(f"bucket_{num_clips}")
+            shard = ray.train.get_dataset_shard(buckets[b].name)
             skip = state["videos_done"] if b == state["bucket"] else 0
             for position, row in enumerate(shard.iter_rows()):
                 if position < skip:

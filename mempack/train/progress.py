@@ -83,7 +83,7 @@ class ValidationSampler:
         from mempack.inference import load_image
         from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
 
-        spec, clip = data_encoders(data, preset), data_clip_settings(data)
+        spec, clip = data_encoders(data, preset), data_clip_settings(data, preset)
         self.height, self.width, self.fps = clip["height"], clip["width"], clip["fps"]
         self.settings = settings
         self.encoders = VideoEncoders.build(spec["preset"], spec["path"], device=device, dtype=dtype, seed=spec["seed"])
@@ -114,11 +114,13 @@ class ValidationSampler:
         return write_mp4(video, out, self.fps)
 
 
-def _prep_config(data: str | Path) -> dict:
+def _prep_summary(data: str | Path) -> dict:
     summary = Path(data) / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("config", {})
-    return {}
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def _prep_config(data: str | Path) -> dict:
+    return _prep_summary(data).get("config", {})
 
 
 def data_encoders(data: str | Path, preset: str) -> dict:
@@ -130,8 +132,13 @@ def data_encoders(data: str | Path, preset: str) -> dict:
     return {"preset": prep.get("preset", preset), "path": prep.get("encoders"), "seed": prep.get("encoder_seed", 0)}
 
 
-def data_clip_settings(data: str | Path) -> dict:
-    """Height, width and fps of the training clips (validation samples match them)."""
-    clip = _prep_config(data).get("clip", {})
-    return {"height": int(clip.get("height", 64)), "width": int(clip.get("width", 64)),
-            "fps": float(clip.get("target_fps", 8.0))}
+def data_clip_settings(data: str | Path, preset: str = "tiny") -> dict:
+    """Height, width and fps of the training videos (validation samples match them): the prep output's
+    most common resolution bucket (the preset's default bucket without a summary), at the one clock."""
+    from mempack.presets import get_preset
+
+    summary = _prep_summary(data)
+    clock = get_preset(summary.get("config", {}).get("preset", preset))
+    buckets = summary.get("resolution_buckets") or {}
+    height, width = (int(v) for v in max(buckets, key=buckets.get).split("x")) if buckets else clock.default_bucket
+    return {"height": height, "width": width, "fps": clock.fps}

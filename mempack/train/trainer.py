@@ -36,7 +36,7 @@ def newest_export(stage_dir: Path) -> Path | None:
     return stage_dir if (model / "mempack.json").is_file() else None
 
 
-def validate(config: TrainConfig) -> dict[int, list[str]]:
+def validate(config: TrainConfig) -> dict:
     """Everything that can be checked before Ray starts; returns the curriculum index."""
     from data_prep.schema import SchemaVersionError
     from mempack.train.data import EmptyDatasetError
