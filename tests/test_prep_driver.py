@@ -43,8 +43,8 @@ print(json.dumps({"videos": sum(len(v) for v in index.values()), "clips": summar
 def small_value(table: str, name: str, i: int, video: int):
     return {"schema_version": SCHEMA_VERSION, "input_id": f"folder:v{video}", "video_id": f"folder:v{video}:shot000",
             "source": "folder", "source_path": f"/raw/v{video}.mp4", "shot_index": 0, "clip_index": i % PER_VIDEO,
-            "start_frame": 0, "num_frames": 33, "fps": 30.0, "height": 64, "width": 64, "caption": "c",
-            "dynamism": 1.0, "latent_dtype": "float16"}[name]
+            "start_frame": 0, "num_frames": 37, "fps": 30.0, "source_fps": 30.0, "height": 64, "width": 64,
+            "caption": "c", "dynamism": 1.0, "latent_dtype": "float16"}[name]
 
 
 def write_table(folder: Path, columns: list[str], rows: range, video_of, chunk: int = 5000) -> None:
