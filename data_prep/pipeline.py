@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects", "warnings")
 OWNED = (*TABLES, "summary.json")  # everything prep writes into an output folder, and all it ever removes
 STAGING_MARK = ".mempack-prep-staging"
-ENCODER_MEMORY_GB = {"tiny": 1.0, "framepack-f1": 32.0}  # host memory of one encoder actor, for Ray's scheduler
+ENCODER_MEMORY_GB = {"tiny": 0.5, "framepack-f1": 32.0}  # host memory of one encoder actor, for Ray's scheduler
 
 
 class AccountingError(RuntimeError):
@@ -62,6 +62,9 @@ class PrepConfig:
     encode_actors: int = 1
     encode_batch_size: int = 1  # shots per encoder batch: a shot row holds up to a minute of frames
     encoder_memory_gb: float | None = None  # None: ENCODER_MEMORY_GB of the preset
+    # tell Ray each task's peak memory (ClipSpec.worker_memory_bytes, encoder_memory_gb). Off by default: on
+    # the 2-node test cluster (one machine) any hint kept every prep task on one node (tests/test_cluster.py)
+    memory_hints: bool = False
 
 
 def check_config(config: PrepConfig) -> None:
@@ -228,8 +231,9 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
     # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
     # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
     cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
+    hints = config.memory_hints
     ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, num_cpus=cpu_share,
-                     memory=config.clip.worker_memory_bytes())
+                     **({"memory": config.clip.worker_memory_bytes()} if hints else {}))
     ds = ds.map_batches(
         _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,
     )
@@ -241,7 +245,8 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
                                                    seed=config.encoder_seed),
         batch_format="pyarrow", batch_size=config.encode_batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.encode_actors),
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cpu_share, memory=int(encoder_gb * (1 << 30)),
+        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cpu_share,
+        **({"memory": int(encoder_gb * (1 << 30))} if hints else {}),
     )
     ds.write_parquet(str(raw), partition_cols=["table", "num_clips"])
 

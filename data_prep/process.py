@@ -43,12 +43,12 @@ class ClipSpec:
     decode_timeout_s: float = 120.0  # longest silence of the decoder process before it is killed
     decode_max_side: int = 640  # decode at most this long a side (the largest bucket side if larger); bounds memory
     max_aspect_ratio: float = MAX_ASPECT_RATIO
-    max_shot_bytes: int = 1 << 30  # decoded frames one shot may hold before it is closed (bounds memory)
+    max_shot_bytes: int = 512 << 20  # decoded frames one shot may hold before it is closed (bounds memory)
 
     def worker_memory_bytes(self) -> int:
         """What one prep task may hold at its peak, for Ray's scheduler: the shot buffer twice (closing a
         shot joins its windows), the shot's clips and the decoder's own process."""
-        return 2 * self.max_shot_bytes + (768 << 20)
+        return 2 * self.max_shot_bytes + (512 << 20)
 
 
 def reject(source_path: str, stage: str, reason: str, score: float | None = None, input_id: str | None = None) -> dict:
