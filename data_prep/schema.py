@@ -97,6 +97,31 @@ class SchemaVersionError(ValueError):
     """Data written by another schema version than this code reads."""
 
 
+class DataContractError(SchemaVersionError):
+    """Columns or tensor shapes that break the contract (a truncated, hand-edited or foreign file)."""
+
+
+def check_columns(root: str | Path, table: str, columns: list[str]) -> None:
+    """Every required column is in the table's Parquet schema (read from file footers, not data)."""
+    path = Path(root) / table
+    names = set(pads.dataset(path, format="parquet", partitioning="hive").schema.names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataContractError(f"{path} lacks column(s) {', '.join(missing)}: not a complete mempack prep output; "
+                                "re-run prep")
+
+
+def unpack_checked(name: str, data: bytes | None, shape) -> np.ndarray:
+    """`unpack_tensor`, with one clear error for a missing value or bytes that do not fill the shape."""
+    if data is None or shape is None:
+        raise DataContractError(f"column {name} is empty in a row that needs it")
+    expected = int(np.prod([int(s) for s in shape])) * TENSOR_DTYPES[name].itemsize
+    if len(data) != expected:
+        raise DataContractError(f"column {name}: {len(data)} bytes do not hold shape {list(shape)} "
+                                f"of {TENSOR_DTYPES[name]} ({expected} bytes)")
+    return unpack_tensor(name, data, shape)
+
+
 def pack_tensor(name: str, array) -> dict:
     """{name: bytes, name_shape: [..]} in the column's fixed dtype."""
     arr = np.ascontiguousarray(np.asarray(array), dtype=TENSOR_DTYPES[name])

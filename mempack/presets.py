@@ -148,11 +148,33 @@ FRAMEPACK_F1 = Preset(
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, FRAMEPACK_F1)}
+# FramePack-F1's blocks (head width 128, F1's RoPE axes, dual- then single-stream layers) at ~0.4 B
+# parameters, with tiny's encoder widths so it trains on a `tiny` prep output: for measuring on CPU
+# how memory scales (ZeRO-3 build, step, checkpoint, export) and projecting to `framepack-f1`.
+F1_SCALED = Preset(
+    name="f1-scaled",
+    buckets=TINY_BUCKETS,
+    latent_channels=TINY.latent_channels,
+    vae_spatial=TINY.vae_spatial,
+    vae_temporal=TINY.vae_temporal,
+    text_embed_dim=TINY.text_embed_dim,
+    pooled_dim=TINY.pooled_dim,
+    image_embed_dim=TINY.image_embed_dim,
+    max_prompt_tokens=TINY.max_prompt_tokens,
+    transformer={**FRAMEPACK_F1.transformer, "num_attention_heads": 8, "num_layers": 4, "num_single_layers": 16,
+                 "num_refiner_layers": 1, "text_embed_dim": TINY.text_embed_dim,
+                 "pooled_projection_dim": TINY.pooled_dim, "image_proj_dim": TINY.image_embed_dim},
+    semantic_pack={**TINY.semantic_pack, "context_dim": 1024, "dim": 256, "num_heads": 4},
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, FRAMEPACK_F1, F1_SCALED)}
 
 
-def get_preset(name: str) -> Preset:
-    """Look a preset up by name, with an error that lists the valid names."""
+def get_preset(name: "str | Preset") -> Preset:
+    """Look a preset up by name, with an error that lists the valid names (a Preset passes through:
+    scaled variants for measurements)."""
+    if isinstance(name, Preset):
+        return name
     try:
         return PRESETS[name]
     except KeyError:

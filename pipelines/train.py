@@ -39,6 +39,10 @@ def build_parser() -> ArgumentParser:
                    "student the k-step ablation")
     p.add_argument("--student-steps", help="sampling steps of student forcing (= --forcing.student-steps)")
     p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
+    p.add_argument("--plan", action="store_true",
+                   help="print this run's per-GPU memory (weights, grads, optimizer, activations) and exit")
+    p.add_argument("--plan-size", metavar="HxW",
+                   help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)")
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
     add_config_arguments(p, TrainConfig, required=("stage",),
                          choices={"stage": (1, 2), "preset": tuple(PRESETS),
@@ -58,12 +62,40 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if config.lr <= 0:
         p.error("--lr must be > 0")
+    if args.plan_size is not None:
+        try:
+            args.plan_size = tuple(int(v) for v in args.plan_size.lower().split("x"))
+            assert len(args.plan_size) == 2 and min(args.plan_size) > 0
+        except (ValueError, AssertionError):
+            p.error(f"--plan-size must be HxW in pixels, e.g. 480x832 (got {args.plan_size!r})")
     return args, config
+
+
+def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
+    """`--plan`: the run's memory per GPU, from its flags, without Ray or weights."""
+    from mempack.train import deepspeed_config
+    from mempack.train.plan import data_shapes, format_plan, latent_size, plan_run
+    from mempack.presets import get_preset
+
+    latent, clips = data_shapes(config.data)
+    if plan_size is None and latent is not None:
+        spatial = get_preset(config.preset).vae_spatial
+        plan_size = (latent[0] * spatial, latent[1] * spatial)
+    try:
+        if plan_size is not None:
+            latent_size(get_preset(config.preset), plan_size)
+        ds_config = deepspeed_config.resolve(config)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(format_plan(plan_run(config, ds_config, plan_size, clips_per_video=clips)))
 
 
 def main(argv=None) -> None:
     args, config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.plan:
+        print_plan(config, args.plan_size)
+        return
     from mempack.train.trainer import TrainSetupError, run_training, validate
 
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from torch import nn
 from mempack import flow
 from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
-from mempack.presets import PRESETS, get_preset
+from mempack.presets import PRESETS, Preset, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,54 @@ class MemoryPackConfig:
         return HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x, self.window)
 
 
-def build_backbone(preset: str, device: torch.device | str = "cpu") -> HunyuanVideoFramepackTransformer3DModel:
+@contextmanager
+def default_dtype(dtype: torch.dtype | None):
+    """Parameters created inside are `dtype` from the start: a bf16 model never passes through an
+    fp32 copy (which at 12.9 B parameters is 52 GB per process)."""
+    if dtype is None:
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build_backbone(preset: "str | Preset", device: torch.device | str = "cpu",
+                   dtype: torch.dtype | None = None) -> HunyuanVideoFramepackTransformer3DModel:
     """A randomly initialised backbone of a preset's size (device="meta" allocates nothing)."""
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         return HunyuanVideoFramepackTransformer3DModel(**get_preset(preset).transformer)
+
+
+@dataclass(frozen=True)
+class PretrainedFolders:
+    """Where a pretrained model's parts live: our export or a plain diffusers transformer folder."""
+
+    saved_config: dict  # mempack.json, empty for plain FramePack-F1 weights
+    backbone: Path
+    semantic_pack: Path | None  # None: SemanticPack starts from random init
+
+
+def pretrained_folders(path: str | Path) -> PretrainedFolders:
+    """Resolve `path` (export, diffusers transformer folder, or a folder holding transformer/)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no model folder at {path}")
+    saved = {}
+    if (path / CONFIG_NAME).is_file():
+        saved = json.loads((path / CONFIG_NAME).read_text())
+        backbone_dir = path / BACKBONE_DIR
+    elif (path / "config.json").is_file():
+        backbone_dir = path
+    elif (path / BACKBONE_DIR / "config.json").is_file():
+        backbone_dir = path / BACKBONE_DIR
+    else:
+        raise FileNotFoundError(f"{path} holds neither {CONFIG_NAME} nor a diffusers transformer config.json")
+    sp_dir = path / SEMANTIC_PACK_DIR
+    return PretrainedFolders(saved, backbone_dir, sp_dir if sp_dir.is_dir() else None)
 
 
 def _preset_matching(backbone: HunyuanVideoFramepackTransformer3DModel) -> str:
@@ -109,61 +153,63 @@ class MemoryPackTransformer(nn.Module):
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
     def from_preset(
-        cls, preset: str = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
-        semantic_pack_overrides: dict | None = None, **config_overrides,
+        cls, preset: "str | Preset" = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
+        dtype: torch.dtype | None = None, semantic_pack_overrides: dict | None = None, backbone_context=None,
+        **config_overrides,
     ) -> "MemoryPackTransformer":
-        """Random-init model of a named size; `framepack-f1` on device="meta" for sizing."""
+        """Random-init model of a named size, created directly in `dtype` (default: torch's default);
+        `framepack-f1` on device="meta" for sizing. `backbone_context` (e.g. `deepspeed.zero.Init`) is
+        entered while the backbone is built; SemanticPack, small and built with deep copies of its
+        layers (which partitioned construction cannot follow), is built outside it."""
         if seed is not None:
             torch.manual_seed(seed)
-        config = MemoryPackConfig(preset=preset, **config_overrides)
-        backbone = build_backbone(preset, device)
+        config = MemoryPackConfig(preset=get_preset(preset).name, **config_overrides)
+        with backbone_context or nullcontext():
+            backbone = build_backbone(preset, device, dtype)
         semantic_pack = None
         if config.use_semantic_pack:
-            with torch.device(device):
+            with torch.device(device), default_dtype(dtype):
                 semantic_pack = SemanticPack(**{**get_preset(preset).semantic_pack, **(semantic_pack_overrides or {})})
         return cls(backbone, semantic_pack, config)
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-        semantic_pack_overrides: dict | None = None, **config_overrides,
+        semantic_pack_overrides: dict | None = None, backbone_context=None, **config_overrides,
     ) -> "MemoryPackTransformer":
         """Load an exported MemoryPack model, or plain FramePack-F1 weights in diffusers layout.
 
         `path` may be our export (mempack.json + transformer/ + semantic_pack/), or a diffusers
         transformer folder (config.json + safetensors): then SemanticPack starts fresh at the preset
-        that matches the backbone's width. Nothing is downloaded.
+        that matches the backbone's width. Nothing is downloaded. With `backbone_context` (ZeRO-3's
+        `deepspeed.zero.Init`) the backbone is built from its config alone inside that context, in
+        `dtype`, with no weight file read: its weights go into the partitions afterwards
+        (`mempack.train.zero3.load_into_partitions`); SemanticPack loads as usual.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"no model folder at {path}")
-        saved = {}
-        if (path / CONFIG_NAME).is_file():
-            saved = json.loads((path / CONFIG_NAME).read_text())
-            backbone_dir = path / BACKBONE_DIR
-        elif (path / "config.json").is_file():
-            backbone_dir = path
-        elif (path / BACKBONE_DIR / "config.json").is_file():
-            backbone_dir = path / BACKBONE_DIR
+        folders = pretrained_folders(path)
+        if backbone_context is None:
+            backbone = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+                folders.backbone, torch_dtype=dtype, local_files_only=True
+            ).to(device)
         else:
-            raise FileNotFoundError(f"{path} holds neither {CONFIG_NAME} nor a diffusers transformer config.json")
-        backbone = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
-            backbone_dir, torch_dtype=dtype, local_files_only=True
-        ).to(device)
-        if not saved and "preset" not in config_overrides:
+            with backbone_context, torch.device(device), default_dtype(dtype):
+                backbone = HunyuanVideoFramepackTransformer3DModel.from_config(
+                    HunyuanVideoFramepackTransformer3DModel.load_config(folders.backbone))
+        if not folders.saved_config and "preset" not in config_overrides:
             config_overrides["preset"] = _preset_matching(backbone)
-        config = MemoryPackConfig(**{**saved, **config_overrides})
+        config = MemoryPackConfig(**{**folders.saved_config, **config_overrides})
         semantic_pack = None
         if config.use_semantic_pack:
-            sp_dir = path / SEMANTIC_PACK_DIR
-            if sp_dir.is_dir():
+            sp_dir = folders.semantic_pack
+            if sp_dir is not None:
                 semantic_pack = SemanticPack.from_pretrained(sp_dir, torch_dtype=dtype, local_files_only=True)
-                if semantic_pack_overrides:
-                    semantic_pack.register_to_config(**semantic_pack_overrides)
             else:
                 log.info("no %s/ under %s: SemanticPack starts from random init", SEMANTIC_PACK_DIR, path)
                 kwargs = {**get_preset(config.preset).semantic_pack, **(semantic_pack_overrides or {})}
-                semantic_pack = SemanticPack(**kwargs).to(dtype)
+                with torch.device(device), default_dtype(dtype):
+                    semantic_pack = SemanticPack(**kwargs)
+            if sp_dir is not None and semantic_pack_overrides:
+                semantic_pack.register_to_config(**semantic_pack_overrides)
             semantic_pack = semantic_pack.to(device)
         return cls(backbone, semantic_pack, config)
 

@@ -54,7 +54,11 @@ class TrainConfig:
     # optimisation
     lr: float = 1e-5
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # DeepSpeed's gradient_clipping (global norm); 0 disables
+    warmup_steps: int = 0  # linear LR warm-up from 0 over this many optimizer steps, then constant (the paper's)
+    ema_decay: float = 0.0  # > 0: keep an EMA of the trained weights and export it beside the raw ones (model_ema/)
+    max_nonfinite_steps: int = 5  # steps in a row with a non-finite loss or gradients before the run stops
+    batch_size: int = 1  # videos per worker per step (one bucket: same clips and size), 1 as F1 and the paper
     max_steps: int = 40  # optimizer steps (one per video in stage 2)
     epochs: int = 1000  # upper bound; max_steps usually stops first
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
@@ -87,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if not self.output:
             self.output = f"outputs/train/stage{self.stage}"
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.max_nonfinite_steps < 1 or self.batch_size < 1:
+            raise ValueError("warmup_steps and grad_clip must be >= 0, batch_size and max_nonfinite_steps >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""

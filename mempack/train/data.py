@@ -19,7 +19,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from data_prep.schema import SchemaVersionError, check_version, read_video_index, unpack_tensor
+from data_prep.schema import (
+    CLIP_COLUMNS,
+    VIDEO_COLUMNS,
+    DataContractError,
+    SchemaVersionError,
+    check_columns,
+    check_version,
+    read_video_index,
+    unpack_checked,
+)
 from mempack.model import Conditioning
 
 
@@ -67,7 +76,10 @@ def load_video(root: str | Path, video_id: str) -> dict:
         raise EmptyDatasetError(f"video {video_id} has no clips under {root}")
     check_version(root / "clips", clips.column("schema_version").to_pylist())
     rows = sorted(clips.to_pylist(), key=lambda r: r["clip_index"])
-    latents = np.stack([unpack_tensor("latents", r["latents"], r["latents_shape"]) for r in rows])
+    shapes = {tuple(r["latents_shape"] or ()) for r in rows}
+    if len(shapes) != 1:
+        raise DataContractError(f"clips of {video_id} have different latent shapes {sorted(shapes)}")
+    latents = np.stack([unpack_checked("latents", r["latents"], r["latents_shape"]) for r in rows])
     videos = pads.dataset(root / "videos", format="parquet", partitioning="hive")
     video = videos.to_table(filter=pc.field("video_id") == video_id).to_pylist()[0]
     check_version(root / "videos", [video["schema_version"]])
@@ -76,7 +88,7 @@ def load_video(root: str | Path, video_id: str) -> dict:
                          f"0..{int(video['num_clips']) - 1}: the prep output is incomplete (re-run pipelines/prep.py)")
     out = {"video_id": video_id, "clips": latents}
     for name in ("prompt_embeds", "prompt_mask", "pooled_prompt_embeds", "image_embeds", "image_latent"):
-        out[name] = unpack_tensor(name, video[name], video[f"{name}_shape"])
+        out[name] = unpack_checked(name, video[name], video[f"{name}_shape"])
     return out
 
 
@@ -96,6 +108,29 @@ def to_training_inputs(row: dict, device: torch.device, dtype: torch.dtype) -> t
     return clips, cond
 
 
+def collate_videos(items: list[tuple[torch.Tensor, Conditioning]]) -> tuple[torch.Tensor, Conditioning]:
+    """Videos of one bucket → one batch: clips [B, N, C, T, h, w] and a batch-B Conditioning (one video
+    stays [N, C, T, h, w], batch 1). Videos must share their layout (clips, latent size, prompt length),
+    which prep's bucketing guarantees; anything else is an error, never silent padding."""
+    if len(items) == 1:
+        return items[0]
+    clips = [c for c, _ in items]
+    shapes = {tuple(c.shape) for c in clips}
+    prompts = {tuple(cond.prompt_embeds.shape[1:]) for _, cond in items}
+    images = {tuple(cond.image_embeds.shape[1:]) for _, cond in items}
+    if len(shapes) != 1 or len(prompts) != 1 or len(images) != 1:
+        raise DataContractError(f"a batch mixes layouts (clips {sorted(shapes)}, prompts {sorted(prompts)}, "
+                                f"images {sorted(images)}): batch_size > 1 needs videos of one layout per bucket")
+    conds = [cond for _, cond in items]
+    return torch.stack(clips), Conditioning(
+        prompt_embeds=torch.cat([c.prompt_embeds for c in conds]),
+        prompt_mask=torch.cat([c.prompt_mask for c in conds]),
+        pooled=torch.cat([c.pooled for c in conds]),
+        image_embeds=torch.cat([c.image_embeds for c in conds]),
+        start_latent=torch.cat([c.start_latent for c in conds]),
+    )
+
+
 def check_dataset(root: str | Path) -> dict[Bucket, list[str]]:
     """Fail fast, on the driver, for a missing/empty/wrong-version dataset (small columns only)."""
     index = video_index(root)  # validates schema_version of every video row
@@ -106,8 +141,48 @@ def check_dataset(root: str | Path) -> dict[Bucket, list[str]]:
     return index
 
 
-def bucket_datasets(root: str | Path, index: dict[Bucket, list[str]], world_size: int):
-    """{bucket.name: ray.data.Dataset of loaded videos}, each padded to a multiple of `world_size`."""
+def check_shapes(root: str | Path, preset) -> None:
+    """The data's tensor shapes fit the model (`preset`'s widths) and each other, read from the small
+    shape columns only (never the tensors): the prompt, pooled, image and latent widths; a 1-D prompt
+    mask as long as the prompt; 4-D clip latents with the start latent's channels and size."""
+    root = Path(root)
+    check_columns(root, "videos", VIDEO_COLUMNS)
+    check_columns(root, "clips", CLIP_COLUMNS)
+    shape_cols = ["video_id", "prompt_embeds_shape", "prompt_mask_shape", "pooled_prompt_embeds_shape",
+                  "image_embeds_shape", "image_latent_shape"]
+    videos = pads.dataset(root / "videos", format="parquet", partitioning="hive").to_table(columns=shape_cols).to_pylist()
+    start: dict[str, tuple[int, ...]] = {}
+    for v in videos:
+        vid = v["video_id"]
+        prompt, mask, pooled = v["prompt_embeds_shape"], v["prompt_mask_shape"], v["pooled_prompt_embeds_shape"]
+        image, latent = v["image_embeds_shape"], v["image_latent_shape"]
+        problems = []
+        if not (prompt and len(prompt) == 2 and prompt[1] == preset.text_embed_dim):
+            problems.append(f"prompt_embeds {prompt} (want [L, {preset.text_embed_dim}])")
+        if not (mask and list(mask) == [prompt[0] if prompt else None]):
+            problems.append(f"prompt_mask {mask} (want [{prompt[0] if prompt else 'L'}])")
+        if not (pooled and list(pooled) == [preset.pooled_dim]):
+            problems.append(f"pooled_prompt_embeds {pooled} (want [{preset.pooled_dim}])")
+        if not (image and len(image) == 2 and image[1] == preset.image_embed_dim):
+            problems.append(f"image_embeds {image} (want [N, {preset.image_embed_dim}])")
+        if not (latent and len(latent) == 4 and latent[0] == preset.latent_channels and latent[1] == 1):
+            problems.append(f"image_latent {latent} (want [{preset.latent_channels}, 1, h, w])")
+        if problems:
+            raise DataContractError(f"video {vid} does not fit preset {preset.name}: {'; '.join(problems)}")
+        start[vid] = tuple(latent)
+    clips = pads.dataset(root / "clips", format="parquet", partitioning="hive").to_table(
+        columns=["video_id", "latents_shape"]).to_pylist()
+    for c in clips:
+        shape, first = c["latents_shape"], start.get(c["video_id"])
+        if not (shape and len(shape) == 4 and first and shape[0] == first[0] and tuple(shape[2:]) == first[2:]):
+            raise DataContractError(f"a clip of video {c['video_id']} has latents {shape}, which do not match its "
+                                    f"start latent {list(first) if first else 'missing'}")
+
+
+def bucket_datasets(root: str | Path, index: dict[Bucket, list[str]], world_size: int, batch_size: int = 1):
+    """{bucket.name: ray.data.Dataset of loaded videos}, each padded to a multiple of `world_size` ×
+    `batch_size`, so every worker takes the same number of full batches (ZeRO's collectives stay in step)."""
+    world_size = world_size * batch_size
     import ray
 
     root = str(Path(root).resolve())

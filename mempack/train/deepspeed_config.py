@@ -3,7 +3,8 @@
 On CPU (gloo): ZeRO-2 in fp32 (fp16 is unsupported on CPU) with PyTorch's AdamW (`torch_adam`, so
 nothing compiles). On GPU: ZeRO-2 bf16 by default; the user's JSON (e.g. cluster/deepspeed/
 zero3_bf16.json for full fine-tuning of 12.9 B parameters) replaces it. The learning rate, clipping
-and seeds always come from the training config, so one JSON serves every run.
+and seeds always come from the training config, so one JSON serves every run. The LR is constant (the
+paper's) unless `warmup_steps` asks for DeepSpeed's linear WarmupLR.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ def resolve(config: TrainConfig) -> dict:
     ds["optimizer"].setdefault("params", {})["lr"] = config.lr
     ds["optimizer"]["params"]["weight_decay"] = config.weight_decay
     ds["gradient_clipping"] = float(config.grad_clip)
+    if ds.get("bf16", {}).get("enabled"):
+        # DeepSpeed skips a step whose gradient norm is inf/NaN only when asked to in bf16 (always in fp16,
+        # and in fp32 under ZeRO): the loop counts skipped steps and stops after too many in a row
+        ds["bf16"]["check_grad_overflow"] = True
+    if config.warmup_steps > 0:
+        ds["scheduler"] = {"type": "WarmupLR", "params": {
+            "warmup_min_lr": 0.0, "warmup_max_lr": config.lr, "warmup_num_steps": config.warmup_steps,
+            "warmup_type": "linear"}}
+    else:
+        ds.pop("scheduler", None)  # constant LR, the paper's
     ds["train_micro_batch_size_per_gpu"] = 1
     ds["gradient_accumulation_steps"] = 1  # set per curriculum bucket (clips per video) in stage 2
     ds.pop("train_batch_size", None)

@@ -19,7 +19,9 @@ from pathlib import Path
 from mempack import tracking
 from mempack.tracking import RUN_FILE
 from mempack.train.config import ArchitectureConfig, TrainConfig
-from mempack.train.data import check_dataset
+from mempack.presets import get_preset
+from mempack.train.data import check_dataset, check_shapes
+from mempack.train.run_digest import ResumeMismatchError, check_or_write
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,17 @@ def validate(config: TrainConfig) -> dict:
         config.pretrained = str(Path(config.pretrained).resolve())
     try:
         index = check_dataset(config.data)
-    except (FileNotFoundError, EmptyDatasetError, SchemaVersionError) as err:
+        check_shapes(config.data, get_preset(_model_preset(config)))
+    except (FileNotFoundError, EmptyDatasetError, SchemaVersionError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
     return index
+
+
+def _model_preset(config: TrainConfig) -> str:
+    """The preset whose widths the data must have: the stage-1 export's in stage 2, else the run's."""
+    if config.stage == 2 and config.init and (Path(config.init) / "mempack.json").is_file():
+        return json.loads((Path(config.init) / "mempack.json").read_text()).get("preset", config.preset)
+    return config.preset
 
 
 def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_config: dict) -> str:
@@ -125,6 +135,10 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         (out / RUN_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        check_or_write(config, index, out, resume)
+    except ResumeMismatchError as err:
+        raise TrainSetupError(str(err)) from None
+    try:
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
@@ -146,7 +160,7 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from mempack.train.data import bucket_datasets
     from mempack.train.loop import EXPORT_DIR, train_loop_per_worker
 
-    datasets = bucket_datasets(config.data, index, config.num_workers)
+    datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
     for ds in datasets.values():
         ds.context.execution_options.preserve_order = True
     resources = {"CPU": config.cpus_per_worker}

@@ -1,0 +1,313 @@
+"""Training at real scale, tested small: ZeRO-3 partitioned build/load/export, non-finite steps, LR warm-up,
+gradient clipping and EMA settings reaching DeepSpeed.
+
+The distributed checks run the library's own functions in fresh processes (gloo on 127.0.0.1), with
+DeepSpeed's persistence threshold at 0 so that even the tiny preset's parameters are really partitioned,
+as every parameter of the 12.9 B model is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mempack.model import MemoryPackTransformer
+from mempack.train.config import TrainConfig
+from mempack.train.deepspeed_config import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RANK = """
+import importlib, json, os, sys
+from pathlib import Path
+import torch
+rank, world, port, pretrained, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+import deepspeed
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
+from mempack.forcing import ForcingConfig
+from mempack.model import Conditioning
+from mempack.model.memorypack import BACKBONE_DIR, SEMANTIC_PACK_DIR
+from mempack.train import loop, zero3
+from mempack.train.config import TrainConfig
+from mempack.train.deepspeed_config import resolve
+from mempack.train.steps import train_video
+
+torch.manual_seed(0)
+config = TrainConfig(stage=1, pretrained=pretrained, zero_stage=3, num_workers=world, lr=1e-2)
+ds = resolve(config)
+ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+model = loop.build_model(config, ds, rank)
+partitioned = all(hasattr(p, "ds_id") and p.ds_tensor.numel() < max(p.ds_numel, 2) and p.numel() == 0
+                  for p in model.backbone.parameters() if p.ds_numel > 1)
+# export straight after loading: must equal the pretrained weights; small shards force the sharded layout
+zero3.export_by_module({BACKBONE_DIR: model.backbone, SEMANTIC_PACK_DIR: model.semantic_pack}, out / "loaded", rank,
+                       max_shard_bytes=64 * 1024)
+engine = loop._init_engine(model, ds, False)
+module = engine.module
+g = torch.Generator().manual_seed(1)
+cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
+                    torch.randn(1, 4, 32, generator=g), torch.randn(1, 16, 1, 8, 8, generator=g))
+clips = torch.randn(2, 16, 9, 8, 8, generator=g)
+
+def backward(loss, last, retain):
+    engine.set_gradient_accumulation_boundary(last)
+    engine.backward(loss, retain_graph=retain)
+    engine.step()
+
+stats = train_video(module, clips, cond, ForcingConfig(), backward, only_clip=1, generator=g)
+loop._export(engine, module, str(out / "trained"), rank)
+if rank == 0:
+    (out / "rank0.json").write_text(json.dumps({"partitioned": partitioned, "loss": stats.loss,
+                                                "applied": engine.was_step_applied()}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _state(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.mark.slow
+def test_zero3_builds_partitioned_loads_pretrained_and_exports_by_module(tmp_path):
+    pretrained = tmp_path / "pretrained"
+    source = MemoryPackTransformer.from_preset("tiny", seed=3)
+    source.save_pretrained(pretrained)
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), "2", port, str(pretrained), str(tmp_path)],
+                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    info = json.loads((tmp_path / "rank0.json").read_text())
+    assert info["partitioned"], "parameters were not partitioned at construction"
+    assert info["applied"] and info["loss"] == info["loss"]
+
+    for part in ("transformer", "semantic_pack"):
+        loaded = tmp_path / "loaded" / part
+        assert (loaded / "diffusion_pytorch_model.safetensors.index.json").is_file()  # sharded: 64 KiB shards
+        assert len(list(loaded.glob("*.safetensors"))) > 1
+        want = _state(pretrained / part)
+        got = _state(loaded)
+        assert set(got) == set(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k  # loaded into the partitions bit-exactly
+    # the sharded export loads with diffusers' own loader, equal to the source
+    import contextlib
+
+    reloaded = MemoryPackTransformer.from_pretrained(pretrained, backbone_context=contextlib.nullcontext())
+    sharded = MemoryPackTransformer.from_pretrained(tmp_path / "trained")
+    assert json.loads((tmp_path / "trained" / "mempack.json").read_text())["preset"] == "tiny"
+    before = dict(source.named_parameters())
+    changed = [k for k, p in sharded.named_parameters() if not torch.equal(p, before[k])]
+    assert changed and all(torch.isfinite(p).all() for p in sharded.parameters())  # one real step, gathered
+    assert {k for k, _ in reloaded.named_parameters()} == set(before)
+
+
+NONFINITE = """
+import importlib, json, os, sys
+import torch
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
+from mempack.forcing import ForcingConfig
+from mempack.model import Conditioning
+from mempack.train import loop
+from mempack.train.config import TrainConfig
+from mempack.train.deepspeed_config import resolve
+from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, local_tensor, weights_finite
+from mempack.train.steps import train_video
+
+config = TrainConfig(stage=1, num_workers=1, lr=1e-2, max_nonfinite_steps=3, zero_stage=int(sys.argv[2]))
+ds = resolve(config)
+engine = loop._init_engine(loop.build_model(config, ds), ds, False)
+module = engine.module
+g = torch.Generator().manual_seed(1)
+cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
+                    torch.randn(1, 4, 32, generator=g), torch.randn(1, 16, 1, 8, 8, generator=g))
+clips = torch.randn(1, 16, 9, 8, 8, generator=g)
+bad = clips.clone(); bad[0, 0, 0, 0, 0] = float("nan")
+
+def backward(loss, last, retain):
+    engine.set_gradient_accumulation_boundary(last)
+    engine.backward(loss, retain_graph=retain)
+    engine.step()
+
+guard = NonFiniteSteps(config.max_nonfinite_steps)
+before = [local_tensor(p).detach().clone() for p in module.parameters()]
+events = []
+for step, video in enumerate([clips, bad, bad, clips, bad, bad, bad, clips], start=1):
+    stats = train_video(module, video, cond, ForcingConfig(), backward, only_clip=0, generator=g)
+    try:
+        events.append(guard.record(stats.loss, engine.was_step_applied(), step))
+    except NonFiniteTrainingError as err:
+        events.append(str(err))
+        break
+after_good = [local_tensor(p).detach().clone() for p in module.parameters()]
+print("RESULT " + json.dumps({"events": events, "skipped": guard.skipped, "finite": weights_finite(module),
+      "changed": any(not torch.equal(a, b) for a, b in zip(before, after_good))}))
+"""
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(zero_stage):
+    proc = subprocess.run([sys.executable, "-c", NONFINITE, str(_free_port()), str(zero_stage)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    events = result["events"]
+    # good, NaN, NaN, good (the counter resets), then three NaN videos in a row stop the run at the third
+    assert events[:6] == [True, False, False, True, False, False]
+    assert len(events) == 7 and events[6].startswith("3 steps in a row had a non-finite loss")
+    assert result["skipped"] == 5
+    assert result["finite"] and result["changed"]  # DeepSpeed dropped the NaN gradients, the good steps trained
+
+
+def test_schedule_clipping_and_overflow_checks_reach_deepspeed():
+    ds = resolve(TrainConfig(stage=1, lr=2e-4, grad_clip=0.5, warmup_steps=100))
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 2e-4,
+                                                              "warmup_num_steps": 100, "warmup_type": "linear"}}
+    assert "scheduler" not in resolve(TrainConfig(stage=1))  # constant LR by default (the paper's)
+    gpu = resolve(TrainConfig(stage=1, use_gpu=True, deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json")))
+    assert gpu["bf16"]["enabled"] and gpu["bf16"]["check_grad_overflow"] is True
+    for bad in ({"warmup_steps": -1}, {"ema_decay": 1.0}, {"max_nonfinite_steps": 0}, {"grad_clip": -1.0}):
+        with pytest.raises(ValueError):
+            TrainConfig(stage=1, **bad)
+
+
+def test_ema_averages_and_swaps_back():
+    from mempack.train.ema import ParameterEMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = ParameterEMA(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update()
+    torch.testing.assert_close(ema.shadow[0], start + 1.0)
+    with ema.swapped_in():
+        torch.testing.assert_close(model.weight.detach(), start + 1.0)
+    torch.testing.assert_close(model.weight.detach(), start + 2.0)
+
+
+def test_models_build_in_the_training_dtype():
+    model = MemoryPackTransformer.from_preset("tiny", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def _copy_prep(sample_prep, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "prep"
+    shutil.copytree(sample_prep[0], copy)
+    return copy
+
+
+def _rewrite(folder: Path, change) -> None:
+    import pyarrow.parquet as pq
+
+    for f in sorted(folder.rglob("*.parquet")):
+        pq.write_table(change(pq.read_table(f)), f)
+
+
+def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_path):
+    import pyarrow as pa
+
+    from data_prep.schema import DataContractError
+    from mempack.train.data import load_video
+    from mempack.train.trainer import TrainSetupError, validate
+
+    dropped = _copy_prep(sample_prep, tmp_path / "a")
+    _rewrite(dropped / "videos", lambda t: t.drop_columns(["image_embeds_shape"]))
+    with pytest.raises(TrainSetupError, match="lacks column.*image_embeds_shape"):
+        validate(TrainConfig(stage=1, data=str(dropped)))
+
+    wide = _copy_prep(sample_prep, tmp_path / "b")
+    def widen(t):
+        i = t.schema.get_field_index("prompt_embeds_shape")
+        shapes = [[s[0], 99] for s in t.column("prompt_embeds_shape").to_pylist()]
+        return t.set_column(i, "prompt_embeds_shape", pa.array(shapes, t.schema.field(i).type))
+    _rewrite(wide / "videos", widen)
+    with pytest.raises(TrainSetupError, match=r"does not fit preset tiny: prompt_embeds \[\d+, 99\]"):
+        validate(TrainConfig(stage=1, data=str(wide)))
+
+    cut = _copy_prep(sample_prep, tmp_path / "c")
+    def truncate(t):
+        i = t.schema.get_field_index("latents")
+        return t.set_column(i, "latents", pa.array([b[:-2] for b in t.column("latents").to_pylist()], pa.binary()))
+    _rewrite(cut / "clips", truncate)
+    video_id = validate(TrainConfig(stage=1, data=str(cut)))  # shapes alone still agree...
+    first = next(iter(video_id.values()))[0]
+    with pytest.raises(DataContractError, match="bytes do not hold shape"):
+        load_video(cut, first)  # ...the tensor bytes do not
+
+
+def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
+    from mempack.train.data import check_dataset
+    from mempack.train.run_digest import DIGEST_FILE, ResumeMismatchError, check_or_write
+
+    data = _copy_prep(sample_prep, tmp_path)
+    out = tmp_path / "run"
+    config = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=10)
+    index = check_dataset(data)
+    check_or_write(config, index, out, resume=False)
+    assert (out / DIGEST_FILE).is_file()
+    longer = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=20, checkpoint_every=5)
+    check_or_write(longer, index, out, resume=True)  # more steps, other checkpoint interval: the same run
+    with pytest.raises(ResumeMismatchError, match="^--resume: lr, preset differ"):
+        check_or_write(TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-3, preset="framepack-f1"),
+                       index, out, resume=True)
+    files = sorted((data / "videos").rglob("*.parquet"))
+    if len(files) > 1:
+        files[-1].unlink()  # one video fewer
+    else:
+        _rewrite(data / "videos", lambda t: t.slice(0, t.num_rows - 1))
+    with pytest.raises(ResumeMismatchError, match="not the data this run started with"):
+        check_or_write(config, check_dataset(data), out, resume=True)
+
+
+def test_videos_of_one_layout_batch_and_mixed_layouts_are_refused():
+    from data_prep.schema import DataContractError
+    from mempack.model import Conditioning
+    from mempack.train.data import collate_videos
+    from mempack.train.loop import _batches
+
+    def video(n, h, seed):
+        g = torch.Generator().manual_seed(seed)
+        cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
+                            torch.randn(1, 32, generator=g), torch.randn(1, 4, 32, generator=g),
+                            torch.randn(1, 16, 1, h, 8, generator=g))
+        return torch.randn(n, 16, 9, h, 8, generator=g), cond
+
+    a, b = video(2, 8, 0), video(2, 8, 1)
+    clips, cond = collate_videos([a, b])
+    assert clips.shape == (2, 2, 16, 9, 8, 8) and cond.start_latent.shape == (2, 16, 1, 8, 8)
+    assert torch.equal(clips[1], b[0]) and torch.equal(cond.prompt_embeds[0], a[1].prompt_embeds[0])
+    assert collate_videos([a])[0] is a[0]  # batch 1 keeps the one-video layout
+    with pytest.raises(DataContractError, match="mixes layouts"):
+        collate_videos([a, video(2, 16, 2)])
+    assert [(p, len(r)) for p, r in _batches(iter(range(5)), 2)] == [(0, 2), (2, 2), (4, 1)]
