@@ -12,7 +12,7 @@ test: setup
 	$(PY) -m pytest -q -x --timeout=900
 
 bench: setup
-	for b in memory_scaling infer_scaling forcing_cost prep_throughput stream_encode; do $(PY) bench/$$b.py || exit 1; done
+	for b in memory_scaling infer_scaling forcing_cost prep_throughput stream_encode decode_bounds; do $(PY) bench/$$b.py || exit 1; done
 	$(PY) bench/prep_throughput.py --size 360x640
 	$(PY) bench/zero3_memory.py --double-layers 2 --single-layers 6
 

@@ -1,6 +1,6 @@
 """Data-prep throughput: seconds per minute of input video, by stage, on 1 and 2 Ray CPUs.
 
-(a) decode only (decord, every frame of every input, as prep decodes it);
+(a) decode only (the decoder process, every frame of every input, as prep decodes it);
 (b) the per-input CPU operator — that one decode, then shots (PySceneDetect), dynamism (optical
     flow) and clip cutting — so (b)/(a) says how much the CPU stages add to one decode;
 (c) the whole pipeline (Ray Data, tiny encoders, Parquet written) on a local Ray of 1 and of 2 CPUs,

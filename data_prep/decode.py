@@ -1,91 +1,95 @@
-"""Decoding a video once, streamed and guarded: decord first (num_threads=1, contiguous windows, a
-timeout per window and a retry), PyAV as the fallback for files decord cannot read.
+"""Decoding one video, bounded in time and memory: a separate decoder process that can be killed.
 
-`stream_frames` yields the video as windows of frames, so a caller holds only what it still needs
-(prep keeps one shot at a time: memory is bounded by the longest shot, not by the file). The
-decoder is chosen on the first window: a decoder that fails or hangs before it is replaced by the
-next one. After the first window the stream is committed to its decoder, so a failure later on ends
-the video there (logged) instead of starting over and duplicating what was already used.
+A decoder can hang (decord's issue #373, a network mount, a FIFO whose writer stalls) or crash inside
+C code. A thread cannot be stopped, so every decode runs in a child process (`DecodeWorker`, one per
+Python process, reused across inputs). The parent waits at most `timeout_s` for each message; a child
+that stays silent longer is killed (SIGKILL) and replaced, and the input ends where it stopped:
+rejected if nothing decoded, else kept as far as it decoded with a warning. A crashed child is the same.
 
-decord is unmaintained: it can hang when the container reports more frames than it can decode
-(its issue #373), so `len(vr)` is never trusted near the end — windows that fail past the last
-decodable frame simply end the video. A hung decord call is abandoned after `timeout_s` (the thread
-cannot be killed, but the job goes on).
+What the child does (`_decode_pyav`), and why PyAV is the first decoder:
+- it reads the container header first, so an audio-only file, a NaN/absurd frame rate, an extreme
+  aspect ratio or a window that starts past the end is a specific reject before any frame is decoded;
+- it seeks to a window's start (to the keyframe before it) instead of decoding from frame 0, and
+  converts only the frames it emits (frames before the window cost a decode, not a colour conversion);
+- it scales in ffmpeg's swscale while converting to RGB, so a 4K source never exists as full-size RGB;
+- it positions frames by their timestamps on a constant grid at the stream's average rate (nearest
+  frame per grid time), so a variable-frame-rate file keeps real time;
+- it applies rotation metadata (multiples of 90 degrees; another angle is a reject);
+- a resolution change mid-stream, timestamps that jump back or far ahead, a decode error or a stream
+  that ends before the container's reported duration ends the video there with a warning.
+decord (the project's first choice when it was written) stays as the fallback for a file PyAV cannot
+open; it has no per-frame timestamps, so it is not first.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import itertools
 import logging
+import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
+MAX_FPS = 240.0  # a container claiming more is broken (timebases of 90000 "fps" are common)
+MIN_FPS = 1.0
+MAX_ASPECT_RATIO = 3.0  # wider than 3:1 (or taller) cannot fill a training bucket without losing most of it
+MAX_TIMESTAMP_GAP_S = 10.0  # a longer pause between two frames is a broken stream, not a slow frame rate
+WINDOW_BYTES = 16 << 20  # frames travel from the decoder in messages of about this size
+STARTUP_TIMEOUT_S = 120.0  # the decoder process's own start (imports), not counted against a file
+
 
 class DecodeError(Exception):
-    """A file that no decoder can read; the message is the reject reason."""
+    """A file no decoder can read (or that hung before a frame); the message is the reject reason."""
 
 
 @dataclass
 class VideoInfo:
+    """What the container says (`num_frames`, `duration`) and what prep gets: `fps` (the grid rate of the
+    emitted frames), `height` x `width` (after rotation and scaling), `rotation` applied (degrees)."""
+
     num_frames: int
     fps: float
     height: int
     width: int
+    rotation: int = 0
+    duration: float | None = None
+    decoder: str = "pyav"
 
 
-def _decord_windows(path: str, window: int) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    import decord
-
-    vr = decord.VideoReader(path, num_threads=1)
-    fps, reported = float(vr.get_avg_fps()), len(vr)
-
-    def windows() -> Iterator[np.ndarray]:
-        for start in range(0, reported, window):
-            try:
-                yield vr.get_batch(list(range(start, min(start + window, reported)))).asnumpy()
-            except Exception as err:  # noqa: BLE001 — past the last decodable frame: the video ends here
-                log.warning("%s: decord stopped at frame %d (%s)", path, start, err)
-                return
-
-    return VideoInfo(reported, fps, 0, 0), windows()
+@dataclass
+class DecodeRequest:
+    path: str
+    start_seconds: float | None = None
+    end_seconds: float | None = None
+    max_side: int | None = 640
+    threads: int = 1
+    window_bytes: int = WINDOW_BYTES
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
 
 
-def _pyav_windows(path: str, window: int) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    import av
-
-    container = av.open(path)
-    stream = container.streams.video[0]
-    fps = float(stream.average_rate or stream.guessed_rate or 0)
-
-    def frames() -> Iterator[np.ndarray]:
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as err:  # a truncated or damaged stream: the video ends here
-            log.warning("%s: PyAV stopped (%s)", path, err)
-        finally:
-            container.close()
-
-    def windows() -> Iterator[np.ndarray]:
-        batch: list[np.ndarray] = []
-        for frame in frames():
-            batch.append(frame)
-            if len(batch) == window:
-                yield np.stack(batch)
-                batch = []
-        if batch:
-            yield np.stack(batch)
-
-    return VideoInfo(int(stream.frames or 0), fps, stream.height, stream.width), windows()
-
+# ---------------------------------------------------------------------------------------------------
+# The child: checks, then PyAV (decord as fallback); messages are plain tuples (no classes to unpickle)
+# ---------------------------------------------------------------------------------------------------
 
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
                 b"MM\x00*": "TIFF"}
+
+
+class _Reject(Exception):
+    """Raised in the child: the input is rejected with this reason."""
 
 
 def sniff_not_video(path: str) -> str | None:
@@ -103,115 +107,413 @@ def sniff_not_video(path: str) -> str | None:
     return None
 
 
-def _call_with_timeout(fn: Callable, timeout_s: float):
-    pool = cf.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(fn).result(timeout=timeout_s)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _shrink(chunk: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale a window of frames so its longer side is at most `max_side` (bounds memory)."""
-    import cv2
-
-    h, w = chunk.shape[1:3]
-    if not max_side or max(h, w) <= max_side:
-        return chunk
-    scale = max_side / max(h, w)
-    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in chunk])
-
-
 def _check_file(path: str) -> None:
-    """Reasons no decoder needs to be tried for: missing, empty, an image or text named like a video."""
+    """Reasons no decoder needs to be tried for: missing, empty, an image or text named like a video.
+    Runs in the child: opening a FIFO blocks until a writer appears, and that must be killable."""
     if not os.path.exists(path):
-        raise DecodeError("missing_file: no such file")
-    if os.path.getsize(path) == 0:
-        raise DecodeError("empty_file: 0 bytes")
-    kind = sniff_not_video(path)
+        raise _Reject("missing_file: no such file")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise _Reject("empty_file: 0 bytes")
+    kind = sniff_not_video(path) if os.path.isfile(path) else None  # a FIFO's bytes are the decoder's
     if kind:
-        raise DecodeError(f"not_a_video: {kind}")
+        raise _Reject(f"not_a_video: {kind}")
 
 
-def _trimmed(info: VideoInfo, windows: Iterator[np.ndarray], start_seconds: float | None,
-             end_seconds: float | None, max_side: int | None) -> Iterator[np.ndarray]:
-    """The windows cut to [start, end) seconds and downscaled; empty windows are skipped."""
-    first = int(round((start_seconds or 0) * info.fps))
-    last = int(round(end_seconds * info.fps)) if end_seconds is not None else None
-    seen = 0
-    for chunk in windows:
-        lo, hi = max(first - seen, 0), len(chunk) if last is None else max(min(last - seen, len(chunk)), 0)
-        seen += len(chunk)
-        if hi > lo:
-            yield _shrink(chunk[lo:hi], max_side)
-        if last is not None and seen >= last:
-            return
+def _frame_rate(stream) -> float | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            value = float(rate)
+            if math.isfinite(value) and value > 0:
+                return value
+    return None
 
 
-def _guarded(path: str, windows: Iterator[np.ndarray], timeout_s: float) -> Iterator[np.ndarray]:
-    """Each window within `timeout_s`; a window that fails or hangs ends the video (logged)."""
+def _output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Decoded (before rotation) width, height with the longer side at most `max_side`, even sides."""
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+class _Batcher:
+    """Collects emitted frames and sends them in messages of about `window_bytes`, or sooner when the
+    oldest is `max_age_s` old (frames must be with the parent before a read that may hang: what a killed
+    child still held is lost); the first message is preceded by `header()` (the info message)."""
+
+    def __init__(self, send, window_bytes: int, header, max_age_s: float = 0.02):
+        self.send, self.window_bytes, self.header, self.max_age_s = send, window_bytes, header, max_age_s
+        self.frames, self.count, self.since = [], 0, 0.0
+
+    def add(self, frame: np.ndarray) -> None:
+        if not self.frames:
+            self.since = time.monotonic()
+        self.frames.append(frame)
+        self.count += 1
+        if len(self.frames) * frame.nbytes >= self.window_bytes or time.monotonic() - self.since >= self.max_age_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.frames:
+            if self.header is not None:
+                self.send(self.header())
+                self.header = None
+            self.send(("frames", np.stack(self.frames)))
+            self.frames = []
+
+
+def _open_pyav(path: str):
+    import av
+
+    try:
+        return av.open(path)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+
+
+def _decode_pyav(req: DecodeRequest, send) -> None:
+    container = _open_pyav(req.path)
+    try:
+        if not container.streams.video:
+            audio = len(container.streams.audio)
+            raise _Reject(f"no_video_stream: {audio} audio and 0 video streams" if audio else
+                          "no_video_stream: the container holds no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = max(1, req.threads)  # before the codec opens
+        fps = _frame_rate(stream)
+        if fps is None or not MIN_FPS <= fps <= MAX_FPS:
+            raise _Reject(f"bad_frame_rate: {stream.average_rate} (average) / {stream.guessed_rate} (guessed); "
+                          f"expected {MIN_FPS:g}-{MAX_FPS:g} fps")
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height and max(width, height) / min(width, height) > req.max_aspect_ratio:
+            raise _Reject(f"extreme_aspect_ratio: {width}x{height} is wider than {req.max_aspect_ratio:g}:1")
+        t0 = stream.start_time if stream.start_time is not None else 0
+        duration = float(stream.duration * stream.time_base) if stream.duration else (
+            container.duration / 1e6 if container.duration else None)
+        start = float(req.start_seconds or 0.0)
+        end = float(req.end_seconds) if req.end_seconds is not None else math.inf
+        if duration is not None and start >= duration:
+            raise _Reject(f"window_past_end: the window starts at {start:g} s, the file ends at {duration:.2f} s")
+        frames = _seek(container, stream, start, fps, t0) if start > 0 else None
+        if frames is None and start > 0:  # the container cannot seek there: decode from the beginning
+            container.close()
+            container = _open_pyav(req.path)
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = max(1, req.threads)
+        _emit_on_grid(frames or container.decode(stream), stream, req, send, fps, start, end, duration, t0)
+    finally:
+        container.close()
+
+
+def _seek(container, stream, start: float, fps: float, t0: int):
+    """Frames from the keyframe at or before `start`, or None when seeking fails or overshoots (some
+    MPEG-TS files have no index to seek by)."""
+    import av
+
+    try:
+        container.seek(int(start / stream.time_base) + t0, stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        first = next(frames, None)
+    except av.error.FFmpegError:
+        return None
+    if first is None or first.pts is None or float((first.pts - t0) * stream.time_base) > start + 0.5 / fps:
+        return None
+    return itertools.chain([first], frames)
+
+
+def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> None:
+    """Decode and emit frames at grid times start + k/fps (< end): each grid time gets the decoded frame
+    nearest to it, so variable frame rates keep real time and a seek's extra frames are skipped."""
+    import av
+
+    first_size, rotation, size = None, 0, None
+
+    def header() -> tuple:
+        width, height = size if rotation in (0, 180) else size[::-1]
+        return "info", asdict(VideoInfo(int(stream.frames or 0), fps, height, width, rotation, duration, "pyav"))
+
+    tb, batch = stream.time_base, _Batcher(send, req.window_bytes, header)
+    prev, prev_t, prev_array = None, None, None
+    k, count, stop = 0, 0, None
+
+    def grid(i: int) -> float:
+        return start + i / fps
+
+    def array(frame) -> np.ndarray:
+        rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+        return np.ascontiguousarray(np.rot90(rgb, k=rotation // 90)) if rotation else rgb
+
+    def emit_until(limit: float) -> None:
+        nonlocal k, prev_array
+        while grid(k) < limit and grid(k) < end - 1e-9:
+            if prev_array is None:
+                prev_array = array(prev)
+            batch.add(prev_array)
+            k += 1
+
     while True:
         try:
-            chunk = _call_with_timeout(lambda: next(windows, None), timeout_s)
-        except cf.TimeoutError:
-            log.warning("%s: decoding timed out after %.0fs; the video ends here", path, timeout_s)
+            frame = next(frames)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as err:
+            stop = f"truncated: decoding stopped at {prev_t or 0:.2f} s ({type(err).__name__}: {err})"
+            break
+        count += 1
+        t = float((frame.pts - t0) * tb) if frame.pts is not None else (prev_t + 1 / fps if prev_t is not None else 0.0)
+        if first_size is None:
+            first_size = (frame.width, frame.height)
+            rotation = int(round(frame.rotation or 0)) % 360
+            if rotation % 90:
+                raise _Reject(f"rotation: {rotation} degrees is not a multiple of 90")
+            size = _output_size(frame.width, frame.height, req.max_side)
+        elif (frame.width, frame.height) != first_size:
+            stop = (f"resolution_change: {first_size[0]}x{first_size[1]} -> {frame.width}x{frame.height} "
+                    f"at decoded frame {count - 1}; the video ends there")
+            break
+        if prev is not None and not -0.5 < t - prev_t < MAX_TIMESTAMP_GAP_S:
+            stop = (f"broken_timestamps: {prev_t:.2f} s -> {t:.2f} s at decoded frame {count - 1}; "
+                    "the video ends there")  # a reset would hide the rest, a huge gap repeat one frame for it
+            break
+        if prev is not None:
+            emit_until((prev_t + t) / 2)  # grid times nearer to prev than to this frame
+        prev, prev_t, prev_array = frame, t, None
+        if t >= end:
+            break
+    if prev is not None:
+        last = prev_t + (float(prev.duration * tb) if prev.duration else 1 / fps)
+        emit_until((prev_t + last) / 2)
+        if stop is None and duration is not None and req.end_seconds is None and duration - last > max(0.5, 2 / fps):
+            stop = f"truncated: decoded {last:.2f} s of the {duration:.2f} s the container reports"
+        if stop is None and req.end_seconds is not None and end - last > max(0.5, 2 / fps):
+            stop = f"window_past_end: the window ends at {end:g} s, the video at {last:.2f} s"
+    if batch.count == 0:
+        if stop and stop.startswith("truncated"):
+            raise _Reject(f"unreadable: {stop}")
+        if count and start > 0:
+            raise _Reject(f"window_past_end: no frame at or after {start:g} s")
+        raise _Reject("no_frames: container holds no decodable video frames")
+    batch.flush()
+    if stop:
+        send(("warning", stop))
+
+
+def _decode_decord(req: DecodeRequest, send) -> None:
+    """Fallback: decord with its own scaling; frames by index at its average rate (no timestamps)."""
+    import decord
+
+    probe = decord.VideoReader(req.path, num_threads=1)
+    fps, total = float(probe.get_avg_fps()), len(probe)
+    h, w = probe[0].shape[:2]
+    del probe
+    if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+        raise _Reject(f"bad_frame_rate: {fps} (decord average)")
+    ow, oh = _output_size(w, h, req.max_side)
+    vr = decord.VideoReader(req.path, num_threads=1, width=ow, height=oh)
+    first = int(round((req.start_seconds or 0) * fps))
+    last = min(total, int(round(req.end_seconds * fps)) if req.end_seconds is not None else total)
+    per = max(1, req.window_bytes // (ow * oh * 3))
+    sent = 0
+    for lo in range(first, last, per):
+        try:
+            chunk = vr.get_batch(list(range(lo, min(lo + per, last)))).asnumpy()
+        except Exception as err:  # noqa: BLE001 — past the last decodable frame (decord's #373)
+            if not sent:
+                raise _Reject(f"unreadable: decord: {err}") from None
+            send(("warning", f"truncated: decord stopped at frame {lo} ({err})"))
             return
-        except Exception as err:  # noqa: BLE001 — decoders raise many kinds
-            log.warning("%s: decoding stopped (%s: %s); the video ends here", path, type(err).__name__, err)
+        if not sent:
+            send(("info", asdict(VideoInfo(total, fps, oh, ow, 0, total / fps, "decord"))))
+        send(("frames", chunk))
+        sent += len(chunk)
+    if not sent:
+        raise _Reject("no_frames: decord decoded no frame in the window")
+
+
+def _decode(req: DecodeRequest, send) -> None:
+    _check_file(req.path)
+    try:
+        _decode_pyav(req, send)
+    except _Reject as err:
+        if not str(err).startswith("unreadable: pyav"):
+            raise
+        try:
+            _decode_decord(req, send)
+        except _Reject:
+            raise
+        except Exception as fallback:  # noqa: BLE001 — decord raises its own kinds
+            raise _Reject(f"{err}; decord: {type(fallback).__name__}: {str(fallback).splitlines()[0][:120]}") from None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM, because ru_maxrss survives exec on Linux: a process started by a
+    big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A thread that ends this process when its parent dies (e.g. a Ray worker killed mid-task), even while
+    the main thread is blocked in a read that will never return."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+    """The decoder process's loop: one DecodeRequest in, its messages out, until the parent goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
+    _exit_with_parent(os.getppid())
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    outbox.send(("ready", os.getpid()))
+    while True:
+        try:
+            req = DecodeRequest(**inbox.recv())
+        except EOFError:
             return
-        if chunk is None:
-            return
-        yield chunk
+        try:
+            _decode(req, outbox.send)
+        except _Reject as err:
+            outbox.send(("reject", str(err)))
+        except Exception as err:  # noqa: BLE001 — a decoder's own error is this input's reject, not the worker's end
+            outbox.send(("reject", f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"))
+        outbox.send(("done", peak_rss_bytes()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The parent
+# ---------------------------------------------------------------------------------------------------
+
+class _Silent(Exception):
+    """The decoder sent nothing within the timeout, or died."""
+
+
+class DecodeWorker:
+    """A decoder child process reused across inputs; killed and replaced when it hangs or crashes."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss = 0  # bytes, the child's ru_maxrss as it last reported it
+
+    def _start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        code = f"from data_prep.decode import serve; serve({to_child_r}, {from_child_w})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.outbox, self.inbox = Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+        kind, _ = self._recv(STARTUP_TIMEOUT_S)
+        assert kind == "ready", kind
+
+    def kill(self) -> None:
+        """Stop the child now (SIGKILL); the next decode starts a fresh one."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.outbox.close()
+            self.inbox.close()
+            self.proc = None
+
+    def _recv(self, timeout_s: float) -> tuple:
+        try:
+            if self.inbox.poll(timeout_s):
+                return self.inbox.recv()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            code = self.proc.poll() if self.proc else None
+            self.kill()
+            raise _Silent(f"decoder_crashed: the decoder process died (exit {code})") from None
+        self.kill()
+        raise _Silent(f"timeout: the decoder sent nothing for {timeout_s:g} s and was killed")
+
+    def stream(self, req: DecodeRequest, timeout_s: float) -> tuple[VideoInfo, FrameWindows]:
+        """Start decoding `req`; returns the info and the frame windows, or raises DecodeError."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.kill()
+            self._start()
+        self.outbox.send(asdict(req))
+        try:
+            kind, payload = self._recv(timeout_s)
+        except _Silent as err:
+            raise DecodeError(str(err)) from None
+        if kind == "reject":
+            self._recv(timeout_s)  # "done"
+            raise DecodeError(payload)
+        assert kind == "info", kind
+        return VideoInfo(**payload), FrameWindows(self, timeout_s)
+
+
+@dataclass
+class FrameWindows:
+    """Iterator over one decode's frame windows [t, H, W, 3]; `warnings` fills in as it runs (a timeout,
+    a crash, a truncated file: the frames before it are kept and the reason is recorded here)."""
+
+    worker: DecodeWorker
+    timeout_s: float
+    warnings: list[str] = field(default_factory=list)
+    frames: int = 0
+    finished: bool = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            while True:
+                try:
+                    kind, payload = self.worker._recv(self.timeout_s)
+                except _Silent as err:
+                    self.warnings.append(f"{err} after {self.frames} frames; the video ends there")
+                    self.finished = True
+                    return
+                if kind == "frames":
+                    self.frames += len(payload)
+                    yield payload
+                elif kind in ("warning", "reject"):  # a reject after frames: the video ends there
+                    self.warnings.append(payload)
+                elif kind == "done":
+                    self.worker.peak_rss = max(self.worker.peak_rss, int(payload))
+                    self.finished = True
+                    return
+        finally:
+            if not self.finished:  # the consumer stopped early: the child is still sending
+                self.worker.kill()
+
+
+_WORKER: DecodeWorker | None = None
+
+
+def decode_worker() -> DecodeWorker:
+    """This process's decoder child (started on first use)."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = DecodeWorker()
+    return _WORKER
 
 
 def stream_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
-                  window: int = 64, timeout_s: float = 120.0, retries: int = 1,
-                  max_side: int | None = 640) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    """The frames of [start, end) as uint8 windows [t, H, W, 3] (longer side <= max_side), and the info.
-
-    `info.num_frames` is what the container reports; the windows hold what really decodes.
-    Raises DecodeError with a specific reason (missing_file, empty_file, not_a_video, unreadable,
-    no_frames) when no decoder yields a first frame.
-    """
-    _check_file(path)
-    errors = []
-    for name, opener in [("decord", _decord_windows)] * (1 + retries) + [("pyav", _pyav_windows)]:
-        def first_window():
-            info, windows = opener(path, window)
-            if not info.fps or info.fps <= 0:
-                raise DecodeError("no frame rate")
-            frames = _trimmed(info, windows, start_seconds, end_seconds, max_side)
-            return info, frames, next(frames, None)
-
-        try:
-            info, frames, first = _call_with_timeout(first_window, timeout_s)
-        except cf.TimeoutError:
-            errors.append(f"{name}: timed out after {timeout_s:.0f}s")
-            continue
-        except Exception as err:  # noqa: BLE001 — decoders raise many kinds
-            errors.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}")
-            continue
-        if first is None:
-            errors.append(f"{name}: no decodable frames")
-            continue
-        info = VideoInfo(info.num_frames, info.fps, first.shape[1], first.shape[2])
-
-        def chained(first=first, rest=_guarded(path, frames, timeout_s)) -> Iterator[np.ndarray]:
-            yield first
-            yield from rest
-
-        return info, chained()
-    if all("no decodable frames" in e for e in errors):
-        raise DecodeError("no_frames: container holds no decodable video frames")
-    raise DecodeError("unreadable: " + "; ".join(dict.fromkeys(errors)))
+                  timeout_s: float = 120.0, max_side: int | None = 640, threads: int = 1,
+                  max_aspect_ratio: float = MAX_ASPECT_RATIO) -> tuple[VideoInfo, FrameWindows]:
+    """The frames of [start, end) seconds as uint8 windows [t, H, W, 3] on a constant `info.fps` grid,
+    longer side <= max_side, rotation applied. Raises DecodeError with a specific reason (missing_file,
+    empty_file, not_a_video, no_video_stream, bad_frame_rate, extreme_aspect_ratio, rotation,
+    window_past_end, unreadable, no_frames, timeout, decoder_crashed) when no frame can be had."""
+    req = DecodeRequest(str(path), start_seconds, end_seconds, max_side, threads, WINDOW_BYTES, max_aspect_ratio)
+    return decode_worker().stream(req, timeout_s)
 
 
 def decode_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
-                  window: int = 64, timeout_s: float = 120.0, retries: int = 1,
-                  max_side: int | None = 640) -> tuple[VideoInfo, np.ndarray]:
+                  timeout_s: float = 120.0, max_side: int | None = 640) -> tuple[VideoInfo, np.ndarray]:
     """All frames of [start, end) as one uint8 array [T, H, W, 3] (for short videos, tests and benchmarks;
     prep itself streams with `stream_frames`). `info.num_frames` is the number of frames returned."""
-    info, windows = stream_frames(path, start_seconds, end_seconds, window, timeout_s, retries, max_side)
+    info, windows = stream_frames(path, start_seconds, end_seconds, timeout_s, max_side)
     frames = np.concatenate(list(windows))
-    return VideoInfo(len(frames), info.fps, info.height, info.width), frames
+    info.num_frames = len(frames)
+    return info, frames

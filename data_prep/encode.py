@@ -23,7 +23,7 @@ from mempack.presets import SECTION_LATENT_FRAMES
 
 log = logging.getLogger(__name__)
 
-_SHOT_FIELDS = ("schema_version", "video_id", "source", "source_path", "shot_index", "num_clips", "fps",
+_SHOT_FIELDS = ("schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "num_clips", "fps",
                 "source_fps", "height", "width", "caption", "dynamism")
 
 

@@ -6,8 +6,10 @@ turned into rows right away, so a worker holds one shot's frames at a time, howe
 An accepted shot becomes ONE `shots` row: its training video's frames (1 + 36·n at 30 fps, resized to
 its bucket; data_prep.clips), which the encoder turns into n clip rows and one video row.
 Every input yields at least one row, so nothing is lost: either shot rows of its accepted shots, or
-reject rows that say why (per input for decode failures and too-short videos, per shot for static or
-too-short shots).
+reject rows that say why (per input for a bad manifest row, decode failures and too-short videos, per
+shot for static or too-short shots). A video that decodes only partly (truncated, hung, resolution
+change) keeps what decoded and adds a `warnings` row that says where and why it stopped. Every row
+carries the input's `input_id`, which is how the job proves accepted + rejected = inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from data_prep.clips import min_source_frames, plan_stream
-from data_prep.decode import DecodeError, stream_frames
+from data_prep.decode import MAX_ASPECT_RATIO, DecodeError, stream_frames
 from data_prep.dynamism import dynamism_score
 from data_prep.schema import SCHEMA_VERSION, pack_tensor
 from data_prep.shots import Shot, ShotSplitter
@@ -38,26 +40,53 @@ class ClipSpec:
     max_shot_seconds: float = 60.0  # longer takes become several training videos (the paper's are <= 1 min)
     dynamism_threshold: float = 0.02
     dynamism_method: str = "dis"
-    decode_timeout_s: float = 120.0
+    decode_timeout_s: float = 120.0  # longest silence of the decoder process before it is killed
+    decode_max_side: int = 640  # decode at most this long a side (the largest bucket side if larger); bounds memory
+    max_aspect_ratio: float = MAX_ASPECT_RATIO
+    max_shot_bytes: int = 512 << 20  # decoded frames one shot may hold before it is closed (bounds memory)
+
+    def worker_memory_bytes(self) -> int:
+        """What one prep task may hold at its peak, for Ray's scheduler: the shot buffer twice (closing a
+        shot joins its windows), the shot's clips and the decoder's own process."""
+        return 2 * self.max_shot_bytes + (512 << 20)
 
 
-def reject(source_path: str, stage: str, reason: str, score: float | None = None) -> dict:
-    return {"table": "rejects", "num_clips": 0, "source_path": source_path, "stage": stage, "reason": reason,
-            "score": score}
+def reject(source_path: str, stage: str, reason: str, score: float | None = None, input_id: str | None = None) -> dict:
+    return {"table": "rejects", "num_clips": 0, "input_id": input_id, "source_path": source_path, "stage": stage,
+            "reason": reason, "score": score}
+
+
+def warning(row: dict, stage: str, reason: str) -> dict:
+    """A note on an input that was kept (e.g. decoded only partly), in the warnings table."""
+    return {"table": "warnings", "num_clips": 0, "input_id": row["input_id"], "source_path": row["source_path"],
+            "stage": stage, "reason": reason}
 
 
 def process_input(row: dict, spec: ClipSpec, preset: str = "tiny") -> Iterator[dict]:
     """Rows for one input video (see module docstring)."""
+    for out in _input_rows(row, spec, preset):
+        out["input_id"] = row["input_id"]
+        yield out
+
+
+def _input_rows(row: dict, spec: ClipSpec, preset: str) -> Iterator[dict]:
     path = row["source_path"]
+    if row.get("error"):
+        yield reject(path, "source", row["error"])
+        return
     try:
         info, windows = stream_frames(path, row.get("start_seconds"), row.get("end_seconds"),
-                                      timeout_s=spec.decode_timeout_s)
+                                      timeout_s=spec.decode_timeout_s,
+                                      max_side=max(spec.decode_max_side, *map(max, get_preset(preset).buckets)),
+                                      max_aspect_ratio=spec.max_aspect_ratio)
     except DecodeError as err:
         yield reject(path, "decode", str(err))
         return
+    frame_bytes = info.height * info.width * 3
     min_frames = min_source_frames(info.fps, preset)  # a 1.2-s span: one section
     splitter = ShotSplitter(info.fps, spec.shot_threshold, spec.min_shot_frames,
-                            max(min_frames, round(spec.max_shot_seconds * info.fps)))
+                            max(min_frames, round(spec.max_shot_seconds * info.fps)),
+                            max(spec.max_shot_bytes, min_frames * frame_bytes))
     decoded = 0
 
     def shots() -> Iterator[Shot]:
@@ -74,12 +103,15 @@ def process_input(row: dict, spec: ClipSpec, preset: str = "tiny") -> Iterator[d
             break
     if decoded < min_frames:
         # shorter than one section (1.2 s): nothing can be cut, however the shots fall
+        stopped = f" ({'; '.join(windows.warnings)})" if windows.warnings else ""
         yield reject(path, "clips", f"too_short: {decoded} frames at {info.fps:g} fps < {min_frames} "
-                                    f"for one section", float(decoded))
+                                    f"for one section{stopped}", float(decoded))
         return
     bucket = nearest_bucket(preset, info.height, info.width)
     for shot_index, shot in enumerate(itertools.chain(held, stream)):
         yield from shot_rows(row, shot_index, shot, info.fps, spec, preset, bucket)
+    for note in windows.warnings:
+        yield warning(row, "decode", note)
 
 
 def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: ClipSpec, preset: str = "tiny",

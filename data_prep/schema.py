@@ -3,8 +3,13 @@
 Layout of a prep output root:
   clips/num_clips=K/*.parquet   one row per clip (= model section; a shot's clips are contiguous)
   videos/num_clips=K/*.parquet  one row per training video (= shot): prompt, image embeddings, start latent
-  rejects/*.parquet             one row per rejected input or shot: source_path, stage, reason, score
-  summary.json                  counts, buckets, rejects per reason, wall time, config
+  rejects/*.parquet             one row per rejected input or shot, its own columns only (REJECT_COLUMNS):
+                                input_id, source_path, stage, reason, score
+  warnings/*.parquet            one row per kept input that decoded only partly (WARNING_COLUMNS):
+                                input_id, source_path, stage, reason (e.g. "truncated: ...")
+  summary.json                  counts (accepted + rejected = inputs), buckets, rejects per reason, config
+
+`input_id` (`source:source_id`, unique per input item) is on every clip, reject and warning row.
 
 Version 2, FramePack-F1's latent contract (version 1 encoded every 33-frame clip on its own at 8 fps):
 - a training video is ONE causal VAE stream of 1 + 36·n frames at the one clock (30 fps, mempack.presets),
@@ -44,6 +49,7 @@ TENSOR_DTYPES: dict[str, np.dtype] = {
 _SCALARS = [
     ("table", pa.string()),
     ("schema_version", pa.int32()),
+    ("input_id", pa.string()),
     ("video_id", pa.string()),
     ("source", pa.string()),
     ("source_path", pa.string()),
@@ -69,15 +75,22 @@ ROW_SCHEMA = pa.schema(_SCALARS + [
     for f in ((name, pa.large_binary() if name == "frames" else pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))
 ])
 
-CLIP_COLUMNS = ["schema_version", "video_id", "source", "source_path", "shot_index", "clip_index", "num_clips",
-                "start_frame", "num_frames", "fps", "source_fps", "height", "width", "caption", "dynamism", "latents",
-                "latents_shape", "latent_dtype"]
+CLIP_COLUMNS = ["schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "clip_index",
+                "num_clips", "start_frame", "num_frames", "fps", "source_fps", "height", "width", "caption", "dynamism",
+                "latents", "latents_shape", "latent_dtype"]
 VIDEO_INDEX_COLUMNS = ["schema_version", "video_id", "num_clips", "height", "width"]  # no tensors: the driver's
 VIDEO_COLUMNS = VIDEO_INDEX_COLUMNS + [
     "source_path", "start_frame", "num_frames", "fps", "source_fps", "caption", "prompt_embeds",
     "prompt_embeds_shape", "prompt_mask", "prompt_mask_shape", "pooled_prompt_embeds", "pooled_prompt_embeds_shape",
     "image_embeds", "image_embeds_shape", "image_latent", "image_latent_shape"]
-REJECT_COLUMNS = ["source_path", "stage", "reason", "score"]
+REJECT_COLUMNS = ["input_id", "source_path", "stage", "reason", "score"]
+WARNING_COLUMNS = ["input_id", "source_path", "stage", "reason"]
+OWN_COLUMNS = {"rejects": REJECT_COLUMNS, "warnings": WARNING_COLUMNS}
+
+
+def own_schema(table: str) -> pa.Schema:
+    """The schema of a small table (rejects, warnings): its own columns, not the shared row schema."""
+    return pa.schema([ROW_SCHEMA.field(c) for c in OWN_COLUMNS[table]])
 
 
 class SchemaVersionError(ValueError):
@@ -126,6 +139,7 @@ def to_row_table(rows: list[dict]) -> pa.Table:
 
 
 def _read(root: str | Path, table: str, columns: list[str], hive: bool = False) -> pa.Table:
+    """The listed columns only (Parquet reads nothing else: a summary never loads a tensor column)."""
     path = Path(root) / table
     if not path.is_dir() or not any(path.rglob("*.parquet")):
         raise FileNotFoundError(f"no {table} Parquet under {Path(root)} (run pipelines/prep.py first)")
@@ -148,15 +162,26 @@ def check_version(where: str | Path, versions) -> None:
             "re-run pipelines/prep.py into a new output")
 
 
-def read_clips(root: str | Path) -> pa.Table:
-    """All clip rows, sorted by (video_id, clip_index)."""
-    table = _read(root, "clips", CLIP_COLUMNS, hive=True)
-    return table.sort_by([("video_id", "ascending"), ("clip_index", "ascending")])
+def read_clips(root: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All clip rows (all CLIP_COLUMNS, or just `columns` plus schema_version), sorted by (video_id, clip_index)
+    when those columns are read."""
+    wanted = CLIP_COLUMNS if columns is None else list(dict.fromkeys(["schema_version", *columns]))
+    table = _read(root, "clips", wanted, hive=True)
+    keys = [(k, "ascending") for k in ("video_id", "clip_index") if k in table.column_names]
+    return table.sort_by(keys) if keys else table
 
 
-def read_videos(root: str | Path) -> pa.Table:
-    """One row per training video."""
-    return _read(root, "videos", VIDEO_COLUMNS, hive=True)
+def read_videos(root: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One row per training video (all VIDEO_COLUMNS, or just `columns` plus schema_version)."""
+    wanted = VIDEO_COLUMNS if columns is None else list(dict.fromkeys(["schema_version", *columns]))
+    return _read(root, "videos", wanted, hive=True)
+
+
+def _read_own(root: str | Path, table: str) -> pa.Table:
+    try:
+        return _read(root, table, OWN_COLUMNS[table])
+    except FileNotFoundError:
+        return own_schema(table).empty_table()
 
 
 def read_video_index(root: str | Path) -> pa.Table:
@@ -165,8 +190,10 @@ def read_video_index(root: str | Path) -> pa.Table:
 
 
 def read_rejects(root: str | Path) -> pa.Table:
-    """Rejected inputs with their stage and reason (empty table if nothing was rejected)."""
-    try:
-        return _read(root, "rejects", REJECT_COLUMNS)
-    except FileNotFoundError:
-        return pa.table({c: pa.array([], ROW_SCHEMA.field(c).type) for c in REJECT_COLUMNS})
+    """Rejected inputs and shots with their stage and reason (empty table if nothing was rejected)."""
+    return _read_own(root, "rejects")
+
+
+def read_warnings(root: str | Path) -> pa.Table:
+    """Kept inputs that decoded only partly, with where and why they stopped (empty if none)."""
+    return _read_own(root, "warnings")

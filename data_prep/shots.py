@@ -2,8 +2,10 @@
 
 `ShotSplitter` runs online: windows of decoded frames go in, finished shots come out, and only the
 frames of the shot in progress are kept, so prep's memory is bounded by the longest shot and not by
-the file. A shot longer than `max_shot_frames` is closed there and the next frames start a new one
-(a training video needs contiguous clips, not the whole of a ten-minute take).
+the file. A shot longer than `max_shot_frames`, or whose frames pass `max_shot_bytes`, is closed there
+and the next frames start a new one (a training video needs contiguous clips, not the whole of a
+ten-minute take). The byte cap is what bounds memory: a frame cap alone grows with the source's fps
+and resolution.
 
 Frames reach the detector shrunk by the integer factor width // DETECT_WIDTH, as PySceneDetect's own
 SceneManager does before detecting: hard cuts survive it and the detector costs a fraction of a decode.
@@ -77,9 +79,10 @@ class ShotSplitter:
     """Online shot detection: `push` windows of frames, get back the shots that ended; then `finish`."""
 
     def __init__(self, fps: float, threshold: float = 27.0, min_shot_frames: int = 15,
-                 max_shot_frames: int | None = None):
+                 max_shot_frames: int | None = None, max_shot_bytes: int | None = None):
         self.cuts = _ContentCuts(fps, threshold, min_shot_frames)
         self.max_shot_frames = max_shot_frames
+        self.max_shot_bytes = max_shot_bytes
         self.start = 0  # first frame of the shot in progress
         self.buffer: list[np.ndarray] = []  # its frames, as windows
 
@@ -94,12 +97,20 @@ class ShotSplitter:
         self.start = end
         return shot
 
+    def _cap(self) -> int | None:
+        """Frames a shot may hold: the frame cap and the byte cap (at this video's frame size)."""
+        caps = [self.max_shot_frames] if self.max_shot_frames else []
+        if self.max_shot_bytes and self.buffer:
+            caps.append(max(1, self.max_shot_bytes // self.buffer[0][0].nbytes))
+        return min(caps) if caps else None
+
     def _drain(self, cuts: list[int]) -> Iterator[Shot]:
         for cut in sorted(cuts):
             if cut > self.start:
                 yield self._close_at(cut)
-        while self.max_shot_frames and self._buffered() >= self.max_shot_frames:
-            yield self._close_at(self.start + self.max_shot_frames)
+        cap = self._cap()
+        while cap and self._buffered() >= cap:
+            yield self._close_at(self.start + cap)
 
     def push(self, frames: np.ndarray) -> list[Shot]:
         """Add the next window of frames; returns the shots that are now complete, in order."""

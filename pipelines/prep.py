@@ -5,7 +5,9 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python pipelines/prep.py ...
 
 The input is a folder of videos (captions from a sidecar .txt/.json), a MiraData meta CSV or a Sekai
-annotation CSV. A second run into the same --output replaces the previous output.
+annotation CSV. A second run into the same --output replaces prep's previous output there, and only
+once it has succeeded: a failed run leaves it as it was. An --output that contains or lies inside
+the input or the video root is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mempack.cli import ArgumentParser  # noqa: E402
-from data_prep.pipeline import PrepConfig, run_prep  # noqa: E402
+from data_prep.pipeline import AccountingError, PrepConfig, check_config, check_output, run_prep  # noqa: E402
 from data_prep.sample import make_sample  # noqa: E402
 from data_prep.sources import load_inputs  # noqa: E402
 from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict  # noqa: E402
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PrepC
     return args, config
 
 
-def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str) -> dict:
+def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str]) -> dict:
     """run_prep inside an MLflow run that ends FAILED if prep fails; its id lands beside the output
     (mlflow_run.json) so the training run that reads this output links back to it."""
     from mempack import tracking
@@ -69,7 +71,7 @@ def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str) -> 
                   "encoders": config.encoders or "tiny", "inputs": str(len(inputs)),
                   **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}}
         client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-        summary = run_prep(inputs, config)
+        summary = run_prep(inputs, config, protected)
         out = Path(config.output).resolve()
         flat = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in flat.items()])
@@ -82,13 +84,21 @@ def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str) -> 
 def main(argv: list[str] | None = None) -> None:
     args, config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        check_config(config)  # the VAE's size rules etc.: one line now, not a failed job later
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
     source = args.input
     if source is None:
         source = str(Path(config.output).parent / "sample")
         make_sample(source)
         print(f"built-in sample written to {source}")
+    protected = [p for p in (source, args.video_root) if p]
+    if source.lower().endswith(".csv") and not args.video_root:
+        protected.append(str(Path(source).parent))  # the manifest's videos are relative to its folder
     try:
         inputs = load_inputs(source, args.video_root, args.limit)
+        check_output(config.output, inputs, protected)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}")
 
@@ -99,14 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     else:
         # "local": always a fresh Ray of our own, never a stale or foreign cluster recorded in /tmp/ray
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    if args.mlflow_uri:
-        summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment)
-    else:
-        summary = run_prep(inputs, config)
-        (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
+    try:
+        if args.mlflow_uri:
+            summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment, protected)
+        else:
+            summary = run_prep(inputs, config, protected)
+            (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
+    except (ValueError, AccountingError) as err:
+        raise SystemExit(f"error: {err}")
     out = Path(config.output).resolve()
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    print(f"prep output: {out} (clips/, videos/, rejects/, summary.json)")
+    print(f"prep output: {out} (clips/, videos/, rejects/, warnings/, summary.json)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,8 +89,10 @@ def cluster(tmp_path_factory):
 
 
 def start_node(*args: str) -> subprocess.Popen:
+    # each node's dashboard agent on a free port: on the default (52365) a second node, or any other Ray on
+    # this machine, leaves the agent without HTTP and job submission fails with "No available agent"
     return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                             *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             "--dashboard-agent-listen-port", str(free_port()), *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -122,9 +125,14 @@ def _up(url: str) -> bool:
 def submit(dashboard: str, name: str, *command: str) -> str:
     """`ray job submit --no-wait` with the repo as working dir; returns the submission id."""
     job_id = f"{name}-{uuid.uuid4().hex[:8]}"
-    result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
-                     "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
-    assert result.returncode == 0, result.stderr
+    def submitted() -> bool:  # the head's job agent starts after the node is alive: poll until it takes the job
+        result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
+                         "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
+        if result.returncode != 0 and "No available agent" not in result.stderr:
+            raise AssertionError(result.stderr)
+        return result.returncode == 0
+
+    wait_for(submitted, 180, f"the job agent to accept {name}", every=5)
     return job_id
 
 
@@ -229,30 +237,50 @@ def test_train_job_uses_both_nodes_and_restores_after_a_killed_worker(cluster, p
 
 
 def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
-    """Kill the worker process running a CPU-stage task mid-prep: Ray retries it; the output is unchanged."""
+    """Kill the worker process of a running CPU-stage task mid-prep: Ray retries that task (its killed
+    attempt FAILED, a later attempt FINISHED: checked in Ray's task table) and the output is unchanged.
+
+    The input is the sample plus a FIFO nobody writes to: its task sits in the decoder for
+    decode_timeout_s, so there is always a task that is really running when the kill lands."""
     from ray.util.state import list_tasks
 
     from data_prep.schema import read_clips, read_rejects
 
     dashboard, mlflow_url, work = cluster
     assert prep_job[1] == "SUCCEEDED"
-    job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--output", str(work / "prep_killed"))
+    inputs = work / "kill_input"
+    shutil.copytree(work / "sample", inputs)
+    os.mkfifo(inputs / "stalls.ts")
+    job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--input", str(inputs),
+                    "--output", str(work / "prep_killed"), "--set", "clip.decode_timeout_s=20")
 
-    def running_task_pid() -> int | None:
+    def job_tasks(**filters) -> list:
         hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
         if not hex_id:
-            return None
-        tasks = list_tasks(address=dashboard, filters=[("job_id", "=", hex_id), ("state", "=", "RUNNING")],
-                           detail=True, raise_on_missing_output=False)
-        pids = [t.worker_pid for t in tasks if "FlatMap" in t.name and t.worker_pid]
-        return pids[0] if pids else None
+            return []
+        conditions = [("job_id", "=", hex_id)] + [(k, "=", v) for k, v in filters.items()]
+        return [t for t in list_tasks(address=dashboard, filters=conditions, detail=True, limit=10_000,
+                                      raise_on_missing_output=False) if "FlatMap" in t.name]
 
-    os.kill(wait_for(running_task_pid, 300, "a running prep task", every=0.2), signal.SIGKILL)
+    def long_running_task():  # running for 3 s already: not about to finish under the kill
+        now_ms = time.time() * 1000
+        running = [t for t in job_tasks(state="RUNNING")
+                   if t.worker_pid and t.start_time_ms and now_ms - t.start_time_ms > 3000]
+        return running[0] if running else None
+
+    task = wait_for(long_running_task, 300, "a prep task running for 3 s", every=0.5)
+    os.kill(task.worker_pid, signal.SIGKILL)
     assert wait_job(dashboard, job_id) == "SUCCEEDED"
+    attempts = {(t.attempt_number, t.state) for t in job_tasks() if t.task_id == task.task_id}
+    assert (task.attempt_number, "FAILED") in attempts, attempts  # the attempt that was killed...
+    assert any(n > task.attempt_number and state == "FINISHED" for n, state in attempts), attempts  # ...was retried
 
     def rows(root: Path) -> list[tuple]:
         clips = read_clips(root).to_pylist()
         return sorted((r["video_id"], r["clip_index"], r["latents"]) for r in clips)
 
     assert rows(work / "prep_killed") == rows(work / "prep")
-    assert read_rejects(work / "prep_killed").num_rows == read_rejects(work / "prep").num_rows
+    rejects = read_rejects(work / "prep_killed").to_pylist()
+    assert len(rejects) == read_rejects(work / "prep").num_rows + 1
+    assert [r["reason"] for r in rejects if r["input_id"] == "folder:stalls"] == [
+        "timeout: the decoder sent nothing for 20 s and was killed"]

@@ -117,7 +117,11 @@ def test_a_second_run_replaces_instead_of_duplicating(ray_local, prepped, sample
     out, first, config = prepped
     folder, _ = sample
     before = read_clips(out).num_rows
+    (out / "my_notes.txt").write_text("the user's own file\n")
     again = run_prep(load_inputs(folder), config)
+    assert (out / "my_notes.txt").read_text() == "the user's own file\n"  # prep removes only what it wrote
+    (out / "my_notes.txt").unlink()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no staging or previous output left behind
     assert read_clips(out).num_rows == before == again["clips"]
     assert read_videos(out).num_rows == first["videos"]
     assert read_rejects(out).num_rows == sum(first["rejects_per_reason"].values())
@@ -167,7 +171,14 @@ def _bad_inputs(folder):
             caption = "" if name == "good.mp4" else f"clip {k}"
             w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 2.5, "['0:00:00.0', '0:00:02.5']",
                         40, "", name, caption, caption, "", "", "", ""])
-    return manifest, names
+        # rows that are bad on their own, and a repeated clip_id: each is one input, rejected or kept alone
+        for clip_id, name, timestamp in [("bad_time", "good.mp4", "['soon', 'later']"),
+                                         ("no_file", "", "['0:00:00.0', '0:00:02.5']"),
+                                         ("past_end", "good.mp4", "['0:01:00.0', '0:01:05.0']"),
+                                         ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:02.5']")]:
+            w.writerow([clip_id, "youtube", "", "v", 128, 96, 16, 2.5, timestamp, 40, "", name, "c", "c",
+                        "", "", "", ""])
+    return manifest, names + ["bad_time", "no_file", "past_end", "12.70 again"]
 
 
 def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
@@ -176,7 +187,13 @@ def test_bad_inputs_are_counted_with_specific_reasons(ray_local, tmp_path):
     assert [i.source_id for i in inputs][:2] == ["12.00", "12.10"]  # clip_id stays a string
     summary = run_prep(inputs, PrepConfig(output=str(tmp_path / "out")))
     assert summary["inputs"] == len(names) == summary["inputs_accepted"] + summary["inputs_rejected"]
-    assert summary["inputs_accepted"] == 2 and summary["captions_missing"] == 1
+    assert summary["inputs_accepted"] == 3 and summary["captions_missing"] == 1
+    by_id = {r["input_id"]: r["reason"] for r in read_rejects(tmp_path / "out").to_pylist()}
+    assert by_id["mira:bad_time"].startswith("bad_manifest_row: line 11: not a time")
+    assert by_id["mira:no_file"] == "bad_manifest_row: line 12: no file_path"
+    assert by_id["mira:past_end"].startswith("window_past_end: the window starts at 60 s")
+    kept = {r["input_id"] for r in read_clips(tmp_path / "out", columns=["input_id"]).to_pylist()}
+    assert kept == {"mira:12.60", "mira:12.70", "mira:12.70~2"}  # a repeated clip_id is two videos
     by_file = {}
     for r in read_rejects(tmp_path / "out").to_pylist():
         by_file.setdefault(r["source_path"].rsplit("/", 1)[-1], []).append(r["reason"])
@@ -225,7 +242,7 @@ def test_manifests_and_sidecars_become_inputs(tmp_path):
     (folder / "a.txt").write_text(" from txt \n")
     (folder / "sub" / "b.json").write_text('{"caption": "from json"}')
     assert [(r.source_id, r.caption) for r in from_folder(folder)] == [
-        ("a", "from txt"), ("c", ""), ("sub/b", "from json")]
+        ("a", "from txt"), ("c", ""), ("notes", ""), ("sub/b", "from json")]  # notes.md is an input too
     with pytest.raises(ValueError, match="not a MiraData"):
         (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
         load_inputs(tmp_path / "other.csv")
