@@ -39,6 +39,7 @@ class InferenceRequest:
     preset: str = "tiny"
     encoders: str | None = None  # real encoder weights: replace the export's bundled ones
     image: str | None = None  # None: the built-in sample image
+    video: str | None = None  # a video to continue: it becomes the history and feeds ψ
     prompt: str | None = None
     seconds: float | None = None
     sections: int | None = None
@@ -107,6 +108,21 @@ def load_image(path: str | Path) -> np.ndarray:
         raise InferenceError(f"not an image: {path} ({type(err).__name__})") from None
 
 
+def load_video(path: str | Path) -> np.ndarray:
+    """uint8 [T, H, W, 3] of a video to continue; an InferenceError for a missing or unreadable file."""
+    from mempack.video_io import read_video
+
+    if not Path(path).is_file():
+        raise InferenceError(f"video not found: {path}")
+    try:
+        frames, _ = read_video(path)
+    except Exception as err:  # noqa: BLE001 — decord and PyAV raise many kinds
+        raise InferenceError(f"cannot read video {path}: {type(err).__name__}") from None
+    if len(frames) == 0:
+        raise InferenceError(f"no frames in video {path}")
+    return frames
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,6 +168,7 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
     check_number("fps", request.fps)
     out = check_output(request.out)
     image = load_image(request.image) if request.image else None
+    video = load_video(request.video) if request.video else None
     device = _device(request.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(request.model_dir, encoders=request.encoders, preset=request.preset, device=device,
@@ -160,14 +177,16 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
     preset = pipe.preset_name
     fps = request.fps or DEFAULT_FPS[preset]
     frames, sections = plan_frames(request, fps, pipe.model_config.window)
-    height, width = _size(request, pipe.default_size(image))
-    if image is None:
+    height, width = _size(request, pipe.default_size(video[0] if video is not None else image))
+    if image is None and video is None:
         image = sample_image(height, width)
+    if video is not None:  # the length asked for is what comes after the given video (no start frame of its own)
+        frames -= 1
     prompt = request.prompt if request.prompt is not None else SAMPLE_PROMPT
     log.info("generating %d sections (%d frames at %g fps, %dx%d) with %s", sections, frames, fps, width, height,
              request.model_dir or f"random {preset}")
     try:
-        result = pipe.write_video(out, fps, crf=request.crf, image=image, prompt=prompt, num_frames=frames,
+        result = pipe.write_video(out, fps, crf=request.crf, image=image, video=video, prompt=prompt, num_frames=frames,
                                   height=height, width=width, num_inference_steps=request.steps,
                                   guidance_scale=request.guidance, use_memory=request.use_memory,
                                   generator=torch.Generator().manual_seed(request.seed))

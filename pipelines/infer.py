@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--encoders", help="folder with real VAE/text/image encoder weights (default: as trained)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "framepack-f1"], help="size when no weights are given")
     p.add_argument("--image", help="first frame (default: the built-in sample image)")
+    p.add_argument("--video", help="continue this video: its frames become the history and feed the memory ψ")
     p.add_argument("--prompt", help="text prompt (default: the built-in sample prompt)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
                     newest = newest_training_export()
                     model_dir = str(newest) if newest else None
             request = InferenceRequest(
-                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, prompt=args.prompt,
+                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video, prompt=args.prompt,
                 seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height, width=args.width,
                 steps=args.steps, guidance=args.guidance, seed=args.seed, use_memory=not args.no_memory,
                 device=args.device, crf=args.crf, out=args.out or f"outputs/infer/{default_name(args)}.mp4", progress=not args.quiet)

@@ -199,3 +199,20 @@ def test_pipeline_export_and_missing_encoders(tmp_path):
     assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "bare"), "--out", str(tmp_path / "b.mp4")),
                           "holds no encoders")
     assert not (tmp_path / "b.mp4").exists()
+
+
+def test_cli_continues_a_given_video(export, tmp_path):
+    """--video: the given clip is the start of the output (as the VAE reconstructs it), then new sections."""
+    given = tmp_path / "given.mp4"
+    first = run_inference(InferenceRequest(model_dir=str(export), sections=1, steps=1, out=str(given), crf=0,
+                                           progress=False))
+    out = tmp_path / "continued.mp4"
+    result = run_cli("--checkpoint", str(export), "--video", str(given), "--sections", "2", "--steps", "1",
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frames, _ = read_back(out)
+    given_frames, _ = read_back(given)
+    assert len(frames) == len(given_frames) + 2 * 9 * 4 and first.frames == len(given_frames)
+    assert frames.shape[1:] == given_frames.shape[1:]
+    missing = run_cli("--checkpoint", str(export), "--video", str(tmp_path / "nope.mp4"))
+    assert_one_line_error(missing, "video not found")
