@@ -13,6 +13,7 @@ mp4 as soon as it is sampled, so memory does not grow with the video's length).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -73,27 +74,21 @@ def default_name(args: argparse.Namespace) -> str:
     return f"{stem}_{length}_seed{args.seed}{'_nomem' if args.no_memory else ''}"
 
 
-def log_to_mlflow(uri: str, experiment: str, args: argparse.Namespace, result: dict) -> str:
-    from mlflow.tracking import MlflowClient
-
+def log_to_mlflow(client, run_id: str, uri: str, args: argparse.Namespace, result: dict) -> str:
+    """Settings, timings, the mp4 and the model's lineage into the inference run opened by `main`."""
     from mempack.tracking import tag_model_used
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    run = client.create_run(found.experiment_id if found else client.create_experiment(experiment),
-                            run_name=Path(result["path"]).stem)
     for key, value in vars(args).items():
         if value is not None and key not in ("mlflow_uri",):
-            client.log_param(run.info.run_id, key, str(value)[:500])
+            client.log_param(run_id, key, str(value)[:500])
     for key in ("frames", "fps", "sections", "total_seconds"):
-        client.log_metric(run.info.run_id, key, float(result[key]))
+        client.log_metric(run_id, key, float(result[key]))
     for n, seconds in enumerate(result["section_seconds"], start=1):
-        client.log_metric(run.info.run_id, "section_seconds", seconds, step=n)
-    client.log_artifact(run.info.run_id, result["path"], "video")
-    client.log_dict(run.info.run_id, result, "inference.json")
-    tag_model_used(client, run.info.run_id, args.mlflow_model or result.get("model"), uri)  # the model's training run
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        client.log_metric(run_id, "section_seconds", seconds, step=n)
+    client.log_artifact(run_id, result["path"], "video")
+    client.log_dict(run_id, result, "inference.json")
+    tag_model_used(client, run_id, args.mlflow_model or result.get("model"), uri)  # the model's training run
+    return run_id
 
 
 def main(argv=None) -> None:
@@ -103,7 +98,15 @@ def main(argv=None) -> None:
     from mempack.checkpoints import CheckpointError, download_mlflow_model, newest_training_export
     from mempack.inference import InferenceError, InferenceRequest, run_inference
 
-    with tempfile.TemporaryDirectory(prefix="mempack-infer-") as tmp:
+    out = args.out or f"outputs/infer/{default_name(args)}.mp4"
+    tracking = contextlib.nullcontext()
+    client = run_id = None
+    if args.mlflow_uri:  # the run exists from the start, so a failed inference ends FAILED, never RUNNING
+        from mempack.tracking import create_run, run_status
+
+        client, run_id = create_run(args.mlflow_uri, args.experiment, run_name=Path(out).stem, entry_point="infer")
+        tracking = run_status(client, run_id)
+    with tracking, tempfile.TemporaryDirectory(prefix="mempack-infer-") as tmp:
         try:
             if args.mlflow_model:
                 model_dir = str(download_mlflow_model(args.mlflow_model, args.mlflow_uri, Path(tmp)))
@@ -113,15 +116,15 @@ def main(argv=None) -> None:
                     newest = newest_training_export()
                     model_dir = str(newest) if newest else None
             request = InferenceRequest(
-                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video, prompt=args.prompt,
-                seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height, width=args.width,
-                steps=args.steps, guidance=args.guidance, seed=args.seed, use_memory=not args.no_memory,
-                device=args.device, crf=args.crf, out=args.out or f"outputs/infer/{default_name(args)}.mp4", progress=not args.quiet)
+                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video,
+                prompt=args.prompt, seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height,
+                width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                use_memory=not args.no_memory, device=args.device, crf=args.crf, out=out, progress=not args.quiet)
             result = run_inference(request).as_dict()
         except (CheckpointError, InferenceError) as err:
             raise SystemExit(f"error: {err}")
-    if args.mlflow_uri:
-        result["mlflow_run_id"] = log_to_mlflow(args.mlflow_uri, args.experiment, args, result)
+        if run_id is not None:
+            result["mlflow_run_id"] = log_to_mlflow(client, run_id, args.mlflow_uri, args, result)
     per_section = sum(result["section_seconds"]) / len(result["section_seconds"])
     print(json.dumps({k: v for k, v in result.items() if k != "section_seconds"}, indent=2))
     print(f"video: {result['path']}  ({result['frames']} frames, {result['width']}x{result['height']} "

@@ -216,3 +216,13 @@ def test_cli_continues_a_given_video(export, tmp_path):
     assert frames.shape[1:] == given_frames.shape[1:]
     missing = run_cli("--checkpoint", str(export), "--video", str(tmp_path / "nope.mp4"))
     assert_one_line_error(missing, "video not found")
+
+
+def test_a_failed_inference_ends_its_mlflow_run_failed(export, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("--checkpoint", str(export), "--image", str(tmp_path / "missing.png"), "--mlflow-uri", uri)
+    assert_one_line_error(result, "image not found")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mempack-infer").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "image not found" in runs[0].data.tags["mempack.error"]
