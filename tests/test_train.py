@@ -40,7 +40,7 @@ def mlflow_uri(tmp_path_factory) -> str:
 def stage1(sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage1")
     config = TrainConfig(stage=1, data=str(sample_prep[0]), output=str(out), max_steps=80, lr=3e-3,
-                         checkpoint_every=40, mlflow_uri=mlflow_uri)
+                         checkpoint_every=40, mlflow_uri=mlflow_uri, register_model="mempack-stage1")
     return run_training(config)
 
 
@@ -74,6 +74,13 @@ def test_stage1_run_holds_params_metrics_and_model(stage1):
     assert {"model/mempack.json", "model/transformer", "model/semantic_pack", "model/encoders.json"} <= model
     ds = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert "config/deepspeed.json" in ds
+
+
+@pytest.mark.slow
+def test_register_model_registers_the_run_s_mlflow_model_under_an_alias(stage1):
+    client = MlflowClient(stage1["tracking_uri"], registry_uri=stage1["tracking_uri"])
+    version = client.get_model_version_by_alias("mempack-stage1", "candidate")
+    assert version.run_id == stage1["mlflow_run_id"] and str(version.version) == "1"
 
 
 @pytest.mark.slow
