@@ -154,6 +154,7 @@ FRAMEPACK_F1 = Preset(
 F1_SCALED = Preset(
     name="f1-scaled",
     buckets=TINY_BUCKETS,
+    default_bucket=TINY.default_bucket,
     latent_channels=TINY.latent_channels,
     vae_spatial=TINY.vae_spatial,
     vae_temporal=TINY.vae_temporal,
