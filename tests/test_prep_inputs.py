@@ -169,7 +169,9 @@ def test_a_decode_that_hangs_is_killed_and_keeps_what_it_decoded(tmp_path):
         stream_frames(str(silent), timeout_s=5)
     assert time.monotonic() - started < 30
 
-    data = write(tmp_path / "good.ts", moving(60), fmt="mpegts").read_bytes()
+    write(tmp_path / "good.ts", moving(60), fmt="mpegts")
+    # 10 s of stream, 70% of it written: more than ffmpeg's 5-s probe needs, so the stall lands mid-stream
+    data = write(tmp_path / "long.ts", moving(300, size=(48, 64)), fmt="mpegts").read_bytes()
     stalled, release = tmp_path / "stalled.ts", threading.Event()
     os.mkfifo(stalled)
 
