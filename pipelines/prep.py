@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PrepC
     return args, config
 
 
-def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str]) -> dict:
+def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str] | tuple[str, ...] = ()) -> dict:
     """run_prep inside an MLflow run that ends FAILED if prep fails; its id lands beside the output
     (mlflow_run.json) so the training run that reads this output links back to it."""
     from mempack import tracking
