@@ -14,6 +14,7 @@ seconds without starting Ray. The rules it shares with the Ray loop:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -64,7 +65,7 @@ def train_in_process(
     function step → video (an endless stream, e.g. freshly drawn synthetic videos)."""
     torch.manual_seed(config.seed)
     mode = resolve_mode(config.forcing.mode, config.stage)
-    forcing = ForcingConfig(**{**config.forcing.__dict__, "mode": mode})
+    forcing = dataclasses.replace(config.forcing, mode=mode)
     model.set_trainable("all" if config.stage == 1 else "head")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
