@@ -48,8 +48,9 @@ def stage1(sample_prep, tmp_path_factory, mlflow_uri):
 def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage2")
     config = TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
-                         max_steps=6, lr=1e-3, checkpoint_every=3, mlflow_uri=mlflow_uri,
-                         sample_every=6, sample_steps=2)  # one validation video, at the last step
+                         max_steps=6, lr=1e-3, checkpoint_every=5, mlflow_uri=mlflow_uri,
+                         sample_every=6, sample_steps=2,  # one validation video, at the last step
+                         batch_size=2, ema_decay=0.9)  # the scale options, on the real Ray + DeepSpeed path
     return run_training(config)
 
 
@@ -124,10 +125,75 @@ def test_stage2_changes_only_the_head(stage1, stage2):
 @pytest.mark.slow
 def test_stage2_steps_once_per_video_in_curriculum_order(stage2):
     uri, run_id = stage2["tracking_uri"], stage2["mlflow_run_id"]
-    # the sample's buckets hold 1, 2 and 1 videos of 1, 2 and 3 clips; with 2 workers each bucket is one
-    # video per worker, so 6 steps are two passes over the curriculum, short videos first
+    # the sample's buckets hold 1, 2 and 1 videos of 1, 2 and 3 clips; with 2 workers and batch 2 each bucket
+    # is padded to 4 videos, one batch per worker, so 6 steps are two passes over the curriculum, short first
     assert metric(uri, run_id, "clips_per_video") == [1, 2, 3, 1, 2, 3]
     assert metric(uri, run_id, "optimizer_steps") == [1, 2, 3, 4, 5, 6]  # DeepSpeed stepped once per video
+
+
+@pytest.mark.slow
+def test_stage2_batch_size_trains_two_videos_per_step(stage1, stage2, sample_prep):
+    """--batch-size 2: every step's forward takes two videos of one bucket (twice one video's latent tokens)."""
+    from mempack.train.data import video_index
+
+    # the sample's 2-clip bucket holds two different videos of one size, so a batch of two real videos forms
+    # (the other buckets hold one video, which the per-bucket padding repeats to fill the batch)
+    assert max(len(ids) for ids in video_index(sample_prep[0]).values()) == 2
+    uri = stage2["tracking_uri"]
+    assert metric(uri, stage2["mlflow_run_id"], "videos_per_step") == [2] * 6
+    # stage 1 (batch 1, teacher forcing) trains one clip of one video per step: its tokens per clip, per bucket
+    one_clip = set(zip(metric(uri, stage1["mlflow_run_id"], "clips_per_video"),
+                       metric(uri, stage1["mlflow_run_id"], "latent_tokens_per_step")))
+    per_clip = dict(one_clip)
+    assert len(per_clip) == len(one_clip) == 3 and all(v > 0 for v in per_clip.values())
+    clips = metric(uri, stage2["mlflow_run_id"], "clips_per_video")
+    tokens = metric(uri, stage2["mlflow_run_id"], "latent_tokens_per_step")
+    assert tokens == [2 * n * per_clip[n] for n in clips]  # stage 2 trains every clip of both videos
+
+
+@pytest.mark.slow
+def test_stage2_ema_decay_exports_the_average_beside_the_model(stage1, stage2):
+    """--ema-decay 0.9: model_ema/ is a pipeline like model/, its head is the EMA of the trained head."""
+    from mempack import MemoryPackPipeline
+    from mempack.model import MemoryPackTransformer
+
+    run_dir = Path(stage2["export"]).parent
+    assert stage2["export_ema"] == str(run_dir / "model_ema")
+    start, raw = weights(stage1["export"], "transformer"), weights(stage2["export"], "transformer")
+    ema = weights(stage2["export_ema"], "transformer")
+    assert set(ema) == set(raw)
+    for k in HEAD:
+        assert torch.isfinite(ema[k]).all() and not torch.equal(ema[k], raw[k]) and not torch.equal(ema[k], start[k])
+    assert all(torch.equal(ema[k], raw[k]) for k in raw if k not in HEAD)  # frozen: as trained (stage 1's)
+    sp_raw, sp_ema = weights(stage2["export"], "semantic_pack"), weights(stage2["export_ema"], "semantic_pack")
+    assert all(torch.equal(sp_raw[k], sp_ema[k]) for k in sp_raw)
+
+    # the EMA state of the step-5 checkpoint and of the final one: the last step's update was
+    # ema_6 = ema_5 + 0.1 (θ_6 - ema_5), with θ_6 the exported weights, and model_ema/ holds ema_6
+    model = MemoryPackTransformer.from_pretrained(stage2["export"])
+    model.set_trainable("head")
+    names = [n.removeprefix("backbone.") for n, p in model.named_parameters() if p.requires_grad]
+    assert set(names) == HEAD
+    states = sorted(run_dir.glob("ray/stage2/*/ema_rank0.pt"))
+    final = [f for f in states if (f.parent / "model_ema").is_dir()]
+    assert len(states) == 2 and len(final) == 1, states
+    step5 = torch.load(next(f for f in states if f not in final), weights_only=True)
+    step6 = torch.load(final[0], weights_only=True)
+    rank1 = torch.load(final[0].with_name("ema_rank1.pt"), weights_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(step6, rank1))  # ZeRO-2: every rank averaged the same weights
+    for name, e5, e6 in zip(names, step5, step6):
+        assert not torch.equal(e5, start[name])  # five updates already moved it
+        torch.testing.assert_close(e6, e5.lerp(raw[name].float(), 0.1), atol=1e-7, rtol=0)
+        assert torch.equal(e6, ema[name])
+
+    # loads with the loader model/ loads with, into the same configuration
+    pipe, pipe_ema = MemoryPackPipeline.from_pretrained(stage2["export"]), MemoryPackPipeline.from_pretrained(
+        stage2["export_ema"])
+    assert pipe_ema.model_config == pipe.model_config
+    state = pipe_ema.transformer.state_dict()
+    assert all(torch.equal(state[k], ema[k]) for k in HEAD)
+    artifacts = {a.path for a in MlflowClient(stage2["tracking_uri"]).list_artifacts(stage2["mlflow_run_id"])}
+    assert {"model", "model_ema"} <= artifacts
 
 
 @pytest.mark.slow

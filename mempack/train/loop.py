@@ -208,6 +208,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     "skipped_steps": state["skipped_steps"],
                     "grad_norm": float(grad_norm) if grad_norm is not None and applied else None,
                     "clips_per_s": n_clips / seconds, "latent_tokens_per_s": tokens / seconds,
+                    "videos_per_step": len(rows), "latent_tokens_per_step": tokens,  # per worker; batch × clips
                     "clips_per_video": num_clips, "optimizer_steps": engine.global_steps, "epoch": state["epoch"],
                 }
                 if state["step"] % config.log_every == 0:

@@ -158,7 +158,7 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mempack.train.data import bucket_datasets
-    from mempack.train.loop import EXPORT_DIR, train_loop_per_worker
+    from mempack.train.loop import EXPORT_DIR, EXPORT_EMA_DIR, train_loop_per_worker
 
     datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
     for ds in datasets.values():
@@ -187,12 +187,23 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from mempack.export import encoders_of_prep, export_pipeline
 
     # a complete pipeline folder (weights + the encoders that made the data), swapped in atomically
+    # (--ema-decay: the EMA weights too, as a second pipeline folder model_ema/ beside model/)
+    encoders = encoders_of_prep(config.data, config.preset)
+    export_ema = None
     with result.checkpoint.as_directory() as folder:
-        export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR,
-                                 encoders_of_prep(config.data, config.preset))
+        export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR, encoders)
+        if config.ema_decay > 0:
+            export_ema = export_pipeline(Path(folder) / EXPORT_EMA_DIR, out / EXPORT_EMA_DIR, encoders)
     client.log_artifacts(run_id, str(export), "model")
+    if export_ema is not None:
+        client.log_artifacts(run_id, str(export_ema), EXPORT_EMA_DIR)
+    elif (out / EXPORT_EMA_DIR).exists():
+        # an earlier run's EMA must not sit beside weights it was never averaged from
+        log.info("removing %s: this run keeps no EMA", out / EXPORT_EMA_DIR)
+        shutil.rmtree(out / EXPORT_EMA_DIR)
     _log_mlflow_model(config, uri, run_id, export)
-    return {"export": str(export), "mlflow_run_id": run_id, "tracking_uri": uri, "metrics": result.metrics}
+    return {"export": str(export), "export_ema": str(export_ema) if export_ema else None, "mlflow_run_id": run_id,
+            "tracking_uri": uri, "metrics": result.metrics}
 
 
 def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path) -> None:
