@@ -6,19 +6,30 @@ Python process, reused across inputs). The parent waits at most `timeout_s` for 
 that stays silent longer is killed (SIGKILL) and replaced, and the input ends where it stopped:
 rejected if nothing decoded, else kept as far as it decoded with a warning. A crashed child is the same.
 
-What the child does (`_decode_pyav`), and why PyAV is the first decoder:
-- it reads the container header first, so an audio-only file, a NaN/absurd frame rate, an extreme
-  aspect ratio or a window that starts past the end is a specific reject before any frame is decoded;
-- it seeks to a window's start (to the keyframe before it) instead of decoding from frame 0, and
-  converts only the frames it emits (frames before the window cost a decode, not a colour conversion);
-- it scales in ffmpeg's swscale while converting to RGB, so a 4K source never exists as full-size RGB;
-- it positions frames by their timestamps on a constant grid at the stream's average rate (nearest
-  frame per grid time), so a variable-frame-rate file keeps real time;
-- it applies rotation metadata (multiples of 90 degrees; another angle is a reject);
-- a resolution change mid-stream, timestamps that jump back or far ahead, a decode error or a stream
-  that ends before the container's reported duration ends the video there with a warning.
-decord (the project's first choice when it was written) stays as the fallback for a file PyAV cannot
-open; it has no per-frame timestamps, so it is not first.
+What the child does (`_decode`): decord decodes, PyAV checks and takes over where decord is not right.
+- PyAV reads the container header first (no decode), so an audio-only file, a NaN/absurd frame rate, an
+  extreme aspect ratio or a window that starts past the end is a specific reject before any frame is
+  decoded; it then decodes the first frame only, for its rotation metadata (PyAV has no stream-level
+  getter for the display matrix): a multiple of 90 degrees, another angle is a reject;
+- decord (the user's choice; `num_threads=1`) decodes a regular file whose frames lie on a constant grid
+  at the stream's average rate (its index's timestamps within a quarter frame of start + i/fps): then
+  frame i *is* grid time i and decoding by index is exact. It reads contiguous windows (seeking only to a
+  window's first frame), scales in its ffmpeg filter graph and applies the rotation itself (0.6.0: frames
+  identical to PyAV's for 90, 180 and 270 degrees). It never reads the last second of frames its index
+  lists (`TAIL_SECONDS`): decord hangs when its count exceeds the decodable frames (its issue #373), so
+  PyAV decodes that tail, seeking to it; decord failing mid-file hands over to PyAV the same way;
+- PyAV decodes everything else: variable frame rates and broken timestamps (frames placed by their
+  timestamps on a constant grid at the stream's average rate, nearest frame per grid time, so real time
+  is kept: decord decodes by index only), a file decord cannot open, a FIFO or other non-regular file (it
+  can be read once only), files too short to have more than a tail. It seeks to a window's start (to the
+  keyframe before it), converts only the frames it emits, scales in swscale (so a 4K source never exists
+  as full-size RGB) and applies rotation metadata; a resolution change mid-stream, timestamps that jump
+  back or far ahead, a decode error or a stream that ends before the container's reported duration ends
+  the video there with a warning;
+- a file PyAV cannot open at all is given to decord alone (frames by index at its average rate).
+Both give the same frames where both apply: bit-identical at the source size; when scaling down, decord's
+filter and PyAV's area filter differ by about one grey level on average. `VideoInfo.decoder` says which
+decoded ("decord": all but the tail PyAV adds; "pyav").
 """
 
 from __future__ import annotations
@@ -49,6 +60,10 @@ MAX_ASPECT_RATIO = 3.0  # wider than 3:1 (or taller) cannot fill a training buck
 MAX_TIMESTAMP_GAP_S = 10.0  # a longer pause between two frames is a broken stream, not a slow frame rate
 WINDOW_BYTES = 16 << 20  # frames travel from the decoder in messages of about this size
 STARTUP_TIMEOUT_S = 120.0  # the decoder process's own start (imports), not counted against a file
+TAIL_SECONDS = 1.0  # decord never decodes the last second of frames its index lists: PyAV does (decord's #373)
+MIN_TAIL_FRAMES = 16  # at least this many (a decoder's reorder delay)
+DECODERS = ("auto", "pyav")
+CFR_TOLERANCE = 0.25  # frames within this fraction of a frame of start + i/fps count as a constant frame rate
 
 
 class DecodeError(Exception):
@@ -78,10 +93,11 @@ class DecodeRequest:
     threads: int = 1
     window_bytes: int = WINDOW_BYTES
     max_aspect_ratio: float = MAX_ASPECT_RATIO
+    decoder: str = "auto"  # "auto": decord where it is right, else PyAV (module docstring); "pyav": PyAV only
 
 
 # ---------------------------------------------------------------------------------------------------
-# The child: checks, then PyAV (decord as fallback); messages are plain tuples (no classes to unpickle)
+# The child: PyAV checks, decord decodes where it is right, PyAV elsewhere; messages are plain tuples
 # ---------------------------------------------------------------------------------------------------
 
 _IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
@@ -169,7 +185,8 @@ def _open_pyav(path: str):
         raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
 
 
-def _decode_pyav(req: DecodeRequest, send) -> None:
+def _open_checked(req: DecodeRequest):
+    """PyAV's container, after the header checks (no frame decoded): (container, stream, fps, duration, t0)."""
     container = _open_pyav(req.path)
     try:
         if not container.streams.video:
@@ -189,16 +206,27 @@ def _decode_pyav(req: DecodeRequest, send) -> None:
         duration = float(stream.duration * stream.time_base) if stream.duration else (
             container.duration / 1e6 if container.duration else None)
         start = float(req.start_seconds or 0.0)
-        end = float(req.end_seconds) if req.end_seconds is not None else math.inf
         if duration is not None and start >= duration:
             raise _Reject(f"window_past_end: the window starts at {start:g} s, the file ends at {duration:.2f} s")
+    except BaseException:
+        container.close()
+        raise
+    return container, stream, fps, duration, t0
+
+
+def _decode_pyav(req: DecodeRequest, send, batch: _Batcher | None = None) -> None:
+    """PyAV decodes [start, end); `batch`: frames go on into a decode decord began (its header sent)."""
+    container, stream, fps, duration, t0 = _open_checked(req)
+    try:
+        start = float(req.start_seconds or 0.0)
+        end = float(req.end_seconds) if req.end_seconds is not None else math.inf
         frames = _seek(container, stream, start, fps, t0) if start > 0 else None
         if frames is None and start > 0:  # the container cannot seek there: decode from the beginning
             container.close()
             container = _open_pyav(req.path)
             stream = container.streams.video[0]
             stream.codec_context.thread_count = max(1, req.threads)
-        _emit_on_grid(frames or container.decode(stream), stream, req, send, fps, start, end, duration, t0)
+        _emit_on_grid(frames or container.decode(stream), stream, req, send, fps, start, end, duration, t0, batch)
     finally:
         container.close()
 
@@ -219,7 +247,7 @@ def _seek(container, stream, start: float, fps: float, t0: int):
     return itertools.chain([first], frames)
 
 
-def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> None:
+def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0, batch: _Batcher | None = None) -> None:
     """Decode and emit frames at grid times start + k/fps (< end): each grid time gets the decoded frame
     nearest to it, so variable frame rates keep real time and a seek's extra frames are skipped."""
     import av
@@ -230,7 +258,7 @@ def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> N
         width, height = size if rotation in (0, 180) else size[::-1]
         return "info", asdict(VideoInfo(int(stream.frames or 0), fps, height, width, rotation, duration, "pyav"))
 
-    tb, batch = stream.time_base, _Batcher(send, req.window_bytes, header)
+    tb, batch = stream.time_base, batch or _Batcher(send, req.window_bytes, header)
     prev, prev_t, prev_array = None, None, None
     k, count, stop = 0, 0, None
 
@@ -296,8 +324,8 @@ def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0) -> N
         send(("warning", stop))
 
 
-def _decode_decord(req: DecodeRequest, send) -> None:
-    """Fallback: decord with its own scaling; frames by index at its average rate (no timestamps)."""
+def _decode_decord_only(req: DecodeRequest, send) -> None:
+    """For a file PyAV cannot open: decord alone, frames by index at its average rate (no timestamps)."""
     import decord
 
     probe = decord.VideoReader(req.path, num_threads=1)
@@ -328,19 +356,115 @@ def _decode_decord(req: DecodeRequest, send) -> None:
         raise _Reject("no_frames: decord decoded no frame in the window")
 
 
+@dataclass
+class _Probe:
+    """PyAV's look at a file before decord decodes it: the header's rate and duration, the first frame's
+    size (before rotation) and rotation (a multiple of 90 degrees)."""
+
+    fps: float
+    duration: float | None
+    width: int
+    height: int
+    rotation: int
+
+
+def _probe(req: DecodeRequest) -> _Probe | None:
+    """Header checks (rejects, as PyAV's decode would make them), then the first frame's rotation and size;
+    None when the first frame does not decode (PyAV's decode then says why)."""
+    import av
+
+    container, stream, fps, duration, _ = _open_checked(req)
+    try:
+        first = next(container.decode(stream), None)
+    except av.error.FFmpegError:
+        first = None
+    finally:
+        container.close()
+    if first is None:
+        return None
+    rotation = int(round(first.rotation or 0)) % 360
+    if rotation % 90:
+        raise _Reject(f"rotation: {rotation} degrees is not a multiple of 90")
+    return _Probe(fps, duration, first.width, first.height, rotation)
+
+
+def _decode_decord(req: DecodeRequest, send, probe: _Probe) -> bool:
+    """Decode with decord when the file lies on a constant frame grid (module docstring); False, having sent
+    nothing, when decord cannot open it or its timestamps are not a constant grid at `probe.fps`."""
+    import decord
+
+    fps = probe.fps
+    ow, oh = _output_size(probe.width, probe.height, req.max_side)
+    if probe.rotation in (90, 270):  # decord applies the display matrix itself; it takes the size after it
+        ow, oh = oh, ow
+    try:
+        vr = decord.VideoReader(req.path, num_threads=1, width=ow, height=oh)
+        n = len(vr)
+        ts = np.asarray(vr.get_frame_timestamp(list(range(n)))[:, 0], np.float64) if n else np.zeros(0)
+    except Exception:  # noqa: BLE001 — decord raises its own kinds; PyAV decodes the file instead
+        return False
+    if n < 2 or np.abs(ts - (ts[0] + np.arange(n) / fps)).max() > CFR_TOLERANCE / fps:
+        return False  # variable frame rate, timestamps that jump or repeat: PyAV places frames by time
+    start = float(req.start_seconds or 0.0)
+    end = float(req.end_seconds) if req.end_seconds is not None else math.inf
+    safe = n - min(n, max(MIN_TAIL_FRAMES, math.ceil(TAIL_SECONDS * fps)))  # decord reads frames [.., safe)
+
+    base = int(math.floor((start - ts[0]) * fps + 0.5))  # the frame nearest the window's start
+
+    def index(k: int) -> int:  # the source frame of grid time start + k/fps: on a constant grid, base + k
+        return min(n - 1, max(0, base + k))
+
+    last_time = ts[-1] + 0.5 / fps  # grid times up to half a frame past the last listed frame have a frame
+    k_end = math.ceil(min(end - start, last_time - start) * fps - 1e-6)  # grid times [0, k_end) to emit
+    if k_end <= 0 or index(0) >= safe:
+        return False  # the window lies in the tail: PyAV decodes it all
+    info = ("info", asdict(VideoInfo(n, fps, oh, ow, probe.rotation, probe.duration, "decord")))
+    batch = _Batcher(send, req.window_bytes, lambda: info)
+    per = max(1, req.window_bytes // (ow * oh * 3))
+    k = 0
+    while k < k_end and index(k) < safe:
+        ks = [k]
+        while len(ks) < per and ks[-1] + 1 < k_end and index(ks[-1] + 1) < safe:
+            ks.append(ks[-1] + 1)
+        wanted = [index(j) for j in ks]
+        try:  # one contiguous window, so decord seeks at most once, to its first frame
+            chunk = vr.get_batch(list(range(wanted[0], wanted[-1] + 1))).asnumpy()
+        except Exception:  # noqa: BLE001 — PyAV goes on from here (or decodes it all, if nothing was sent)
+            break
+        for i in wanted:
+            batch.add(chunk[i - wanted[0]])
+        batch.flush()  # frames reach the parent before the next read, which may hang
+        k = ks[-1] + 1
+    del vr
+    if batch.count == 0:
+        return False
+    if k < k_end:
+        # the tail (or the rest, after a decord error): PyAV from the next grid time, into the same stream;
+        # it also says whether the file ends early (truncated) or before the window does (window_past_end)
+        _decode_pyav(DecodeRequest(**{**asdict(req), "start_seconds": start + k / fps}), send, batch)
+    return True
+
+
 def _decode(req: DecodeRequest, send) -> None:
     _check_file(req.path)
-    try:
+    if req.decoder == "pyav" or not os.path.isfile(req.path):  # a FIFO can be read once only: PyAV alone
         _decode_pyav(req, send)
+        return
+    try:
+        probe = _probe(req)
     except _Reject as err:
         if not str(err).startswith("unreadable: pyav"):
             raise
         try:
-            _decode_decord(req, send)
+            _decode_decord_only(req, send)
         except _Reject:
             raise
         except Exception as fallback:  # noqa: BLE001 — decord raises its own kinds
             raise _Reject(f"{err}; decord: {type(fallback).__name__}: {str(fallback).splitlines()[0][:120]}") from None
+        return
+    if probe is not None and _decode_decord(req, send, probe):
+        return
+    _decode_pyav(req, send)
 
 
 def peak_rss_bytes() -> int:
@@ -500,20 +624,24 @@ def decode_worker() -> DecodeWorker:
 
 def stream_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
                   timeout_s: float = 120.0, max_side: int | None = 640, threads: int = 1,
-                  max_aspect_ratio: float = MAX_ASPECT_RATIO) -> tuple[VideoInfo, FrameWindows]:
+                  max_aspect_ratio: float = MAX_ASPECT_RATIO, decoder: str = "auto") -> tuple[VideoInfo, FrameWindows]:
     """The frames of [start, end) seconds as uint8 windows [t, H, W, 3] on a constant `info.fps` grid,
     longer side <= max_side, rotation applied. Raises DecodeError with a specific reason (missing_file,
     empty_file, not_a_video, no_video_stream, bad_frame_rate, extreme_aspect_ratio, rotation,
-    window_past_end, unreadable, no_frames, timeout, decoder_crashed) when no frame can be had."""
-    req = DecodeRequest(str(path), start_seconds, end_seconds, max_side, threads, WINDOW_BYTES, max_aspect_ratio)
+    window_past_end, unreadable, no_frames, timeout, decoder_crashed) when no frame can be had.
+    `decoder`: "auto" (decord where it is right, PyAV elsewhere: module docstring) or "pyav" (PyAV only)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: expected one of {DECODERS}")
+    req = DecodeRequest(str(path), start_seconds, end_seconds, max_side, threads, WINDOW_BYTES, max_aspect_ratio,
+                        decoder)
     return decode_worker().stream(req, timeout_s)
 
 
 def decode_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
-                  timeout_s: float = 120.0, max_side: int | None = 640) -> tuple[VideoInfo, np.ndarray]:
+                  timeout_s: float = 120.0, max_side: int | None = 640, decoder: str = "auto") -> tuple[VideoInfo, np.ndarray]:
     """All frames of [start, end) as one uint8 array [T, H, W, 3] (for short videos, tests and benchmarks;
     prep itself streams with `stream_frames`). `info.num_frames` is the number of frames returned."""
-    info, windows = stream_frames(path, start_seconds, end_seconds, timeout_s, max_side)
+    info, windows = stream_frames(path, start_seconds, end_seconds, timeout_s, max_side, decoder=decoder)
     frames = np.concatenate(list(windows))
     info.num_frames = len(frames)
     return info, frames

@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.decode import DECODERS
 from data_prep.process import ClipSpec, process_input
 from data_prep.schema import (
     OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects", "warnings")
 OWNED = (*TABLES, "summary.json")  # everything prep writes into an output folder, and all it ever removes
 STAGING_MARK = ".mempack-prep-staging"
-ENCODER_MEMORY_GB = {"tiny": 0.5, "framepack-f1": 32.0}  # host memory of one encoder actor, for Ray's scheduler
+# host memory of one encoder actor, for Ray's scheduler (tiny: Ray Data measured up to 520 MiB on the sample)
+ENCODER_MEMORY_GB = {"tiny": 0.75, "framepack-f1": 32.0}
 
 
 class AccountingError(RuntimeError):
@@ -62,9 +64,9 @@ class PrepConfig:
     encode_actors: int = 1
     encode_batch_size: int = 1  # shots per encoder batch: a shot row holds up to a minute of frames
     encoder_memory_gb: float | None = None  # None: ENCODER_MEMORY_GB of the preset
-    # tell Ray each task's peak memory (ClipSpec.worker_memory_bytes, encoder_memory_gb). Off by default: on
-    # the 2-node test cluster (one machine) any hint kept every prep task on one node (tests/test_cluster.py)
-    memory_hints: bool = False
+    # tell Ray each stage's peak host memory: ClipSpec.worker_memory_bytes() per prep task (from the shot
+    # buffer cap, clip.max_shot_bytes), encoder_memory_gb per encoder actor (see stage_remote_args)
+    memory_hints: bool = True
 
 
 def check_config(config: PrepConfig) -> None:
@@ -81,6 +83,8 @@ def check_config(config: PrepConfig) -> None:
     for name in ("decode_max_side", "max_shot_bytes", "min_shot_frames"):
         if not isinstance(getattr(spec, name), int) or getattr(spec, name) < 1:
             raise ValueError(f"clip.{name}={getattr(spec, name)!r} must be a positive integer")
+    if spec.decoder not in DECODERS:
+        raise ValueError(f"clip.decoder={spec.decoder!r} must be one of {', '.join(DECODERS)}")
     if config.encode_actors < 1 or config.encode_batch_size < 1:
         raise ValueError("encode_actors and encode_batch_size must be >= 1")
 
@@ -224,29 +228,59 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig, protected: Iterable[s
     return summary
 
 
+def stage_remote_args(config: PrepConfig, cluster_cpus: float, use_gpu: bool,
+                      node_memory: float | None = None) -> dict[str, dict]:
+    """Ray remote args of prep's stages: {"process": flat_map(process_input), "to_table": ..., "encode": ...}.
+
+    - CPU: the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
+      leave the CPU stages nothing to run on (a deadlock), so both take half of it there.
+    - memory (`config.memory_hints`): a prep task reserves `clip.worker_memory_bytes()` (twice the shot
+      buffer cap plus the decoder process), an encoder actor `encoder_memory_gb`; a hint larger than the
+      largest node (`node_memory`, bytes) is lowered to it, else the task could never be placed.
+    - placement: a prep task's input is one small row, so Ray Data schedules it "SPREAD" by itself
+      (`DataContext.scheduling_strategy`, for inputs under `large_args_threshold`, 50 MB); passing it again
+      changes nothing and goes through the `**ray_remote_args` that Ray 2.60 deprecates. What spreads the prep
+      tasks is `to_table` getting exactly the encoder's args: Ray Data then fuses it into the encoder actors,
+      one operator, as without hints. With args of its own (no `memory`) it stays a separate 1-CPU task
+      operator. On the 2-node, 4-CPU test cluster Ray Data's CPU budget lets one prep task run at a time
+      either way, so each one's node is Ray's round-robin SPREAD pick of that moment: with the extra
+      operator every prep task ran on one node (4 of 4 runs), fused on both nodes (6 of 6 runs).
+    """
+    cpu_share = min(1.0, float(cluster_cpus) / 2)
+    encoder_gb = config.encoder_memory_gb if config.encoder_memory_gb is not None else ENCODER_MEMORY_GB.get(
+        config.preset, 1.0)
+    process = {"num_cpus": cpu_share}
+    encode = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 0 if use_gpu else cpu_share}
+    if config.memory_hints:
+        for args, want in ((process, config.clip.worker_memory_bytes()), (encode, int(encoder_gb * (1 << 30)))):
+            args["memory"] = int(min(want, node_memory)) if node_memory else int(want)
+            if args["memory"] < want:
+                log.warning("memory hint %.2f GiB lowered to the largest node's %.2f GiB", want / 2**30,
+                            args["memory"] / 2**30)
+    return {"process": process, "to_table": dict(encode), "encode": encode}
+
+
+def _largest_node_memory() -> float | None:
+    """The `memory` resource of the cluster's largest alive node (bytes), None when unknown."""
+    import ray
+
+    sizes = [n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
 def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
     import ray
 
     ds = ray.data.from_items([i.to_row() for i in inputs], override_num_blocks=max(1, len(inputs)))
-    # the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
-    # leave the CPU stages nothing to run on (a deadlock), so both take half of it there
-    cpu_share = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / 2)
-    hints = config.memory_hints
-    ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, num_cpus=cpu_share,
-                     **({"memory": config.clip.worker_memory_bytes()} if hints else {}))
-    ds = ds.map_batches(
-        _to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, num_cpus=cpu_share,
-    )
-    use_gpu = bool(ray.cluster_resources().get("GPU"))
-    encoder_gb = config.encoder_memory_gb if config.encoder_memory_gb is not None else ENCODER_MEMORY_GB.get(
-        config.preset, 1.0)
+    args = stage_remote_args(config, ray.cluster_resources().get("CPU", 1), bool(ray.cluster_resources().get("GPU")),
+                             _largest_node_memory() if config.memory_hints else None)
+    ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, **args["process"])
+    ds = ds.map_batches(_to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, **args["to_table"])
     ds = ds.map_batches(
         ClipEncoderUDF, fn_constructor_kwargs=dict(preset=config.preset, weights=config.encoders,
                                                    seed=config.encoder_seed),
         batch_format="pyarrow", batch_size=config.encode_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=config.encode_actors),
-        num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else cpu_share,
-        **({"memory": int(encoder_gb * (1 << 30))} if hints else {}),
+        compute=ray.data.ActorPoolStrategy(size=config.encode_actors), **args["encode"],
     )
     ds.write_parquet(str(raw), partition_cols=["table", "num_clips"])
 

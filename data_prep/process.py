@@ -44,6 +44,7 @@ class ClipSpec:
     decode_max_side: int = 640  # decode at most this long a side (the largest bucket side if larger); bounds memory
     max_aspect_ratio: float = MAX_ASPECT_RATIO
     max_shot_bytes: int = 512 << 20  # decoded frames one shot may hold before it is closed (bounds memory)
+    decoder: str = "auto"  # "auto": decord where it is right, PyAV elsewhere (data_prep.decode); "pyav": PyAV only
 
     def worker_memory_bytes(self) -> int:
         """What one prep task may hold at its peak, for Ray's scheduler: the shot buffer twice (closing a
@@ -78,7 +79,7 @@ def _input_rows(row: dict, spec: ClipSpec, preset: str) -> Iterator[dict]:
         info, windows = stream_frames(path, row.get("start_seconds"), row.get("end_seconds"),
                                       timeout_s=spec.decode_timeout_s,
                                       max_side=max(spec.decode_max_side, *map(max, get_preset(preset).buckets)),
-                                      max_aspect_ratio=spec.max_aspect_ratio)
+                                      max_aspect_ratio=spec.max_aspect_ratio, decoder=spec.decoder)
     except DecodeError as err:
         yield reject(path, "decode", str(err))
         return

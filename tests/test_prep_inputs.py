@@ -102,6 +102,36 @@ def test_rotation_metadata_is_applied(tmp_path):
     np.testing.assert_array_equal(frames, np.rot90(upright, k=1, axes=(1, 2)))
 
 
+def test_decord_decodes_constant_rate_files_and_pyav_the_rest(tmp_path):
+    """decord (the user's choice) decodes a file whose frames lie on a constant grid, rotated or not; PyAV
+    decodes variable frame rates and the last second decord lists (decord's #373). Where both apply they
+    give the same frames: bit for bit at the source size, within a grey level or two when scaled."""
+    plain = write(tmp_path / "plain.mp4", numbered(50), rate=10, gop=10)
+    info, frames = decode_frames(str(plain))
+    reference_info, reference = decode_frames(str(plain), decoder="pyav")
+    assert (info.decoder, reference_info.decoder) == ("decord", "pyav")
+    np.testing.assert_array_equal(frames, reference)
+    assert [frame_number(f) for f in frames] == list(range(50))
+    # a window that ends in the last 16 frames: decord seeks to 1 s and reads frames 10-33, PyAV 34-39
+    info, frames = decode_frames(str(plain), 1.0, 4.0)
+    assert info.decoder == "decord" and [frame_number(f) for f in frames] == list(range(10, 40))
+    np.testing.assert_array_equal(frames, decode_frames(str(plain), 1.0, 4.0, decoder="pyav")[1])
+    rotated = write(tmp_path / "rotated.mp4", moving(40), rotation=-90)  # decord applies the display matrix
+    info, frames = decode_frames(str(rotated))
+    assert (info.decoder, info.rotation, info.height, info.width) == ("decord", 270, 128, 96)
+    np.testing.assert_array_equal(frames, decode_frames(str(rotated), decoder="pyav")[1])
+    big = write(tmp_path / "big.mp4", moving(40, size=(360, 640)))
+    info, frames = decode_frames(str(big), max_side=320)
+    _, reference = decode_frames(str(big), max_side=320, decoder="pyav")
+    assert info.decoder == "decord" and frames.shape == reference.shape == (40, 180, 320, 3)
+    assert np.abs(frames.astype(int) - reference).mean() < 2  # decord's scale filter is bicubic, PyAV's area
+    times = [round(i * 1000 / 30) for i in range(30)] + [1000 + 100 * i for i in range(20)]
+    vfr = write(tmp_path / "vfr.mp4", numbered(50), rate=20, pts=times)
+    assert decode_frames(str(vfr))[0].decoder == "pyav"
+    with pytest.raises(ValueError, match="decoder='ffmpeg'"):
+        stream_frames(str(plain), decoder="ffmpeg")
+
+
 def test_a_window_seeks_and_decodes_only_its_frames(tmp_path):
     path = write(tmp_path / "long.mp4", numbered(50), rate=10, gop=10)  # keyframe every second
     info, frames = decode_frames(str(path), start_seconds=2.0, end_seconds=3.5)
