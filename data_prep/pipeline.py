@@ -244,7 +244,7 @@ def stage_remote_args(config: PrepConfig, cluster_cpus: float, use_gpu: bool,
       one operator, as without hints. With args of its own (no `memory`) it stays a separate 1-CPU task
       operator. On the 2-node, 4-CPU test cluster Ray Data's CPU budget lets one prep task run at a time
       either way, so each one's node is Ray's round-robin SPREAD pick of that moment: with the extra
-      operator every prep task ran on one node (4 of 4 runs), fused on both nodes (6 of 6 runs).
+      operator every prep task ran on one node (4 of 4 runs), fused on both nodes (9 of 9 runs).
     """
     cpu_share = min(1.0, float(cluster_cpus) / 2)
     encoder_gb = config.encoder_memory_gb if config.encoder_memory_gb is not None else ENCODER_MEMORY_GB.get(
