@@ -12,8 +12,11 @@ evaluates each on world videos whose seeds were never trained on:
     direct          memorypack + stage 2 Direct Forcing (head only, curriculum, one step per video)
     student         memorypack + stage 2 student forcing (5 sampling steps)
     teacher_head    memorypack + stage 2 teacher forcing, head only (the "more training" control)
+    oracle_memory   memorypack with ψ replaced by the world's truth (the identity last seen): the ceiling
+                    of recall, which calibrates the instrument (mempack.world.OracleMemoryTransformer)
 
-Measures: memory recall after L absent sections (`mempack.eval.fidelity.memory_recall`), drift over a
+Measures: memory recall after L absent sections (`mempack.eval.fidelity.memory_recall`), what ψ holds
+(a held-out ridge read-out of the identity from ψ, `memory_probe`), drift over a
 long rollout (paper eq. 8, `rollout_drift`), and training cost per clip (FLOPs counted by torch, wall
 seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method, and prep's
 contract is tested on its own. Prints a table of mean ± std over seeds, writes JSON (default
@@ -39,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGE1 = ("framepack_only", "zero_memory", "memorypack")
+STAGE1 = ("framepack_only", "zero_memory", "memorypack", "oracle_memory")
 STAGE2 = {"direct": "direct", "student": "student", "teacher_head": "teacher"}
 VARIANTS = STAGE1 + tuple(STAGE2)
 FRAMEPACK_WINDOW_SECTIONS = 19 / 9  # 1 + 2 + 16 latent frames of history
@@ -72,6 +75,7 @@ class Settings:
     speed: tuple[int, int] = (2, 2)
     distractors: int = 0
     after_return: int = 0
+    probe_videos: int = 160  # held-out videos per absence for the ψ read-out (3/4 fit it, 1/4 score it)
 
 
 def world_for(s: Settings, stage: int):
@@ -84,7 +88,7 @@ def world_for(s: Settings, stage: int):
                              distractors=s.distractors, after_return=s.after_return, seed=s.world_seed))
 
 
-def build_model(s: Settings, variant: str, seed: int):
+def build_model(s: Settings, variant: str, seed: int, world=None):
     """mempack's model at a small width: the tiny preset's 32-wide, 1-layer backbone cannot even hold a
     2×2×16 latent patch in its width, so the world gets `width` channels and `layers` blocks."""
     import torch
@@ -93,6 +97,7 @@ def build_model(s: Settings, variant: str, seed: int):
     from mempack.model import MemoryPackTransformer, SemanticPack
     from mempack.model.memorypack import MemoryPackConfig
     from mempack.presets import TINY
+    from mempack.world import OracleMemoryTransformer
 
     torch.manual_seed(seed)
     head_dim = 32
@@ -104,7 +109,10 @@ def build_model(s: Settings, variant: str, seed: int):
     if variant != "framepack_only":
         memory = SemanticPack(**{**TINY.semantic_pack, "context_dim": s.width, "dim": s.width // 2, "num_heads": 4,
                                  "init": "zero" if variant == "zero_memory" else "prompt_image"})
-    return MemoryPackTransformer(backbone, memory, MemoryPackConfig(use_semantic_pack=memory is not None))
+    config = MemoryPackConfig(use_semantic_pack=memory is not None)
+    if variant == "oracle_memory":
+        return OracleMemoryTransformer(backbone, memory, config, world if world is not None else world_for(s, 1))
+    return MemoryPackTransformer(backbone, memory, config)
 
 
 def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
@@ -135,7 +143,7 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from mempack.eval.fidelity import memory_recall, rollout_drift
+    from mempack.eval.fidelity import memory_probe, memory_recall, rollout_drift
     from mempack.forcing import ForcingConfig
     from mempack.model import MemoryPackTransformer
     from mempack.train.local import LocalTrainConfig, train_in_process
@@ -143,7 +151,7 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     stage = 1 if variant in STAGE1 else 2
     mode = "teacher" if stage == 1 else STAGE2[variant]
     world = world_for(s, stage)
-    model = build_model(s, variant, seed) if init is None else MemoryPackTransformer.from_pretrained(init)
+    model = build_model(s, variant, seed, world) if init is None else MemoryPackTransformer.from_pretrained(init)
     forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
                             memory_grad_window=s.memory_grad_window)
     flops = flops_per_clip(model, world, stage, mode, s)
@@ -162,11 +170,12 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     model.save_pretrained(folder)
     eval_world = world_for(s, 1)
     recall = memory_recall(model, eval_world, s.absences, s.events, seed=900_000_000, steps=s.sample_steps)
+    probe = memory_probe(model, eval_world, s.absences, seed=920_000_000, videos=s.probe_videos)
     drift, kept = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
                                 steps=s.sample_steps, keep_latents=True)
     out = {
         "variant": variant, "seed": seed, "export": str(folder),
-        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned,
+        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned, "memory_probe_by_absence": probe,
         "drift": drift.drift, "drift_per_rollout": drift.per_rollout, "drift_curve": drift.curve,
         "train_seconds_per_clip": result.seconds / max(result.clips, 1), "train_flops_per_clip": flops,
         "train_clips": result.clips, "skipped_steps": result.skipped,
@@ -206,6 +215,7 @@ def _log_mlflow(s: Settings, out: dict, video: Path) -> None:
                            "world_seed": s.world_seed, "train_steps": s.train_steps, "stage2_steps": s.stage2_steps})
         metrics = {f"recall_L{k}": v for k, v in out["recall_by_absence"].items()}
         metrics.update({f"returned_L{k}": v for k, v in out["returned_by_absence"].items()})
+        metrics.update({f"psi_probe_L{k}": v for k, v in (out["memory_probe_by_absence"] or {}).items()})
         metrics.update(drift=out["drift"], train_seconds_per_clip=out["train_seconds_per_clip"],
                        train_flops_per_clip=out["train_flops_per_clip"])
         mlflow.log_metrics(metrics)
@@ -286,6 +296,7 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "recall": _stats(recall),
             "recall_by_absence": {L: float(np.mean([r["recall_by_absence"][L] for r in rows])) for L in s.absences},
             "returned": float(np.mean([np.mean(list(r["returned_by_absence"].values())) for r in rows])),
+            "memory_probe_by_absence": _probe_means(rows, s.absences),
             "drift": _stats([r["drift"] for r in rows]),
             "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
             "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
@@ -320,19 +331,38 @@ def write_strip(results: list[dict], path: Path, variants: tuple[str, ...] = ("f
     return path
 
 
+def _probe_means(rows: list[dict], absences: list[int]) -> dict | None:
+    """Mean ψ read-out accuracy per absence over seeds (None for a variant without memory)."""
+    import numpy as np
+
+    probes = [r.get("memory_probe_by_absence") for r in rows]
+    if any(p is None for p in probes):
+        return None
+    return {L: float(np.mean([p[L] for p in probes])) for L in absences}
+
+
 def print_table(summary: dict, s: Settings) -> None:
     absences = s.absences
     head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
-        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'drift':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
+        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
     print(head)
     print("-" * len(head))
     for v, e in summary["variants"].items():
         print(f"{v:<15} {e['recall']['mean']:>8.3f} ± {e['recall']['std']:<6.3f} "
               + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
-              + f" {e['returned']:>8.2f} {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
+              + f" {e['returned']:>8.2f} {_probe_cell(e, summary['recall_absences']):>9}"
+              + f" {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
               + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
     print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
-          f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window)")
+          f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window); psi probe = held-out ridge "
+          f"read-out of the identity from psi over the same L (- : no memory)")
+
+
+def _probe_cell(entry: dict, absences: list[int]) -> str:
+    import numpy as np
+
+    probe = entry.get("memory_probe_by_absence")
+    return "-" if probe is None else f"{np.mean([probe[L] for L in absences]):.2f}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -358,6 +388,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=10, help="return events per absence length")
     p.add_argument("--drift-sections", type=int, default=40)
     p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--probe-videos", type=int, default=160, help="videos per absence for the psi read-out")
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
     p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
     p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
@@ -389,11 +420,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--absence needs positive section counts")
     if args.width % 32 or args.width < 64:
         p.error("--width must be a multiple of 32, at least 64")
+    if args.probe_videos < 8:
+        p.error("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
     if args.identities < 2 or args.seeds < 1 or args.workers < 0:
         p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
     if args.quick:
         args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
         args.events, args.drift_sections, args.rollouts, args.sample_steps = 2, 4, 1, 2
+        args.probe_videos = 16
         args.width, args.layers = 64, 1
     return args
 
@@ -408,7 +442,7 @@ def main(argv=None) -> dict:
                  args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
-                 args.after_return)
+                 args.after_return, args.probe_videos)
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mempack.model import Conditioning
+from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.model.semantic_pack import SemanticMemory
 from mempack.presets import SECTION_LATENT_FRAMES
 
 SECTION = SECTION_LATENT_FRAMES
@@ -264,3 +265,36 @@ def _palette(g: torch.Generator) -> torch.Tensor:
     """A fixed projection of 16 channels to RGB (columns normalised so a code maps to a saturated colour)."""
     p = torch.randn(CHANNELS, 3, generator=g)
     return p / p.norm(dim=0, keepdim=True) * 0.6
+
+
+class OracleMemoryTransformer(MemoryPackTransformer):
+    """MemoryPack whose ψ is the world's ground truth: the benchmark's ceiling for memory recall.
+
+    ψ is one token holding the code of the identity the world's decoder last saw in a finished section
+    (zeros before any), written into the first `CHANNELS` of SemanticPack's width; SemanticPack's learned
+    projection into the backbone (`to_context`) and the backbone train as usual. Whatever recall this
+    variant reaches is what the backbone and sampler achieve when the memory holds the answer, so a gap
+    between it and `memorypack` is the part that learning Memorize/Squeeze has not closed.
+    """
+
+    def __init__(self, backbone, semantic_pack, config, world: World):
+        super().__init__(backbone, semantic_pack, config)
+        self.world = world
+
+    def initial_memory(self, cond: Conditioning) -> SemanticMemory | None:
+        batch = cond.start_latent.shape[0]
+        dim = self.semantic_pack.config.dim
+        tokens = torch.zeros(batch, 1, dim, device=cond.start_latent.device, dtype=self.semantic_pack.dtype)
+        return SemanticMemory(tokens, torch.ones(batch, 1, dtype=torch.bool, device=tokens.device), 0)
+
+    def update_memory(self, memory: SemanticMemory | None, segment_latents: torch.Tensor) -> SemanticMemory | None:
+        if memory is None:
+            return None
+        tokens = memory.tokens.detach().clone()
+        whole = slice(0, segment_latents.shape[2])
+        for b in range(segment_latents.shape[0]):
+            seen = self.world.identity_in(segment_latents[b].detach().float().cpu(), whole)
+            if seen is not None:
+                tokens[b, 0] = 0
+                tokens[b, 0, :CHANNELS] = self.world.codes[seen].to(tokens)
+        return SemanticMemory(tokens, memory.mask, memory.step + 1)

@@ -236,12 +236,39 @@ def test_train_job_uses_both_nodes_and_restores_after_a_killed_worker(cluster, p
     assert (work / "stage1" / "model" / "mempack.json").is_file()
 
 
+def _fifo_readers(fifo: Path) -> list[int]:
+    """PIDs (other than this one) with `fifo` open, read from /proc."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if int(fd_dir.parent.name) != os.getpid() and any(
+                    os.readlink(fd) == str(fifo) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+        except (OSError, ValueError):  # a process that ended or is not ours to read
+            continue
+    return pids
+
+
+def _ray_worker_above(pid: int) -> int | None:
+    """The nearest process at or above `pid` whose command line is a Ray worker's ("ray::...")."""
+    while pid > 1:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                return pid
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
 def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
-    """Kill the worker process of a running CPU-stage task mid-prep: Ray retries that task (its killed
+    """Kill the Ray worker process of a running CPU-stage task mid-prep: Ray retries that task (its killed
     attempt FAILED, a later attempt FINISHED: checked in Ray's task table) and the output is unchanged.
 
-    The input is the sample plus a FIFO nobody writes to: its task sits in the decoder for
-    decode_timeout_s, so there is always a task that is really running when the kill lands."""
+    The input is the sample plus a FIFO that this test holds open for writing and never writes to: the
+    decoder child that reads it blocks for decode_timeout_s with the FIFO among its open files, so the
+    worker to kill is found for certain (the FIFO reader's Ray worker ancestor), never a worker the state
+    API still lists as running a task it has already finished."""
     from ray.util.state import list_tasks
 
     from data_prep.schema import read_clips, read_rejects
@@ -250,37 +277,35 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
     assert prep_job[1] == "SUCCEEDED"
     inputs = work / "kill_input"
     shutil.copytree(work / "sample", inputs)
-    os.mkfifo(inputs / "stalls.ts")
-    job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--input", str(inputs),
-                    "--output", str(work / "prep_killed"), "--set", "clip.decode_timeout_s=20")
+    fifo = inputs / "stalls.ts"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer that never writes: a reader opens, then blocks reading
+    try:
+        job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--input", str(inputs),
+                        "--output", str(work / "prep_killed"), "--set", "clip.decode_timeout_s=20")
 
-    def job_tasks(**filters) -> list:
-        hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
-        if not hex_id:
-            return []
-        conditions = [("job_id", "=", hex_id)] + [(k, "=", v) for k, v in filters.items()]
-        return [t for t in list_tasks(address=dashboard, filters=conditions, detail=True, limit=10_000,
-                                      raise_on_missing_output=False) if "FlatMap" in t.name]
+        def stalled_worker() -> int | None:
+            for reader in _fifo_readers(fifo.resolve()):
+                worker = _ray_worker_above(reader)
+                if worker is not None:
+                    return worker
+            return None
 
-    def long_running_task():  # running for 3 s already: not about to finish under the kill
-        now_ms = time.time() * 1000
-        running = [t for t in job_tasks(state="RUNNING")
-                   if t.worker_pid and t.start_time_ms and now_ms - t.start_time_ms > 3000]
-        return running[0] if running else None
-
-    task = wait_for(long_running_task, 300, "a prep task running for 3 s", every=0.5)
-    os.kill(task.worker_pid, signal.SIGKILL)
-    assert wait_job(dashboard, job_id) == "SUCCEEDED"
-    # The state API can report a task RUNNING a moment after its worker moved on to the next task, so the
-    # killed attempt may belong to another task than the one listed: require that some task of the job had
-    # an attempt FAILED by the kill and a later attempt FINISHED (a real retry), whichever task it was.
+        worker = wait_for(stalled_worker, 300, "a Ray worker whose decoder reads the FIFO", every=0.2)
+        os.kill(worker, signal.SIGKILL)
+        assert wait_job(dashboard, job_id) == "SUCCEEDED"
+    finally:
+        os.close(writer)
+    hex_id = http_json(f"{dashboard}/api/jobs/{job_id}")["job_id"]
+    tasks = [t for t in list_tasks(address=dashboard, filters=[("job_id", "=", hex_id)], detail=True,
+                                   limit=10_000, raise_on_missing_output=False) if "FlatMap" in t.name]
     attempts: dict[str, set] = {}
-    for t in job_tasks():
+    for t in tasks:
         attempts.setdefault(t.task_id, set()).add((t.attempt_number, t.state))
-    retried = [tid for tid, seen in attempts.items()
-               if any(state == "FAILED" for _, state in seen)
-               and any(n > min(k for k, s in seen if s == "FAILED") and s == "FINISHED" for n, s in seen)]
-    assert retried, {tid: seen for tid, seen in attempts.items() if len(seen) > 1 or tid == task.task_id}
+    killed = [t for t in tasks if t.worker_pid == worker and t.state == "FAILED"]  # the worker's earlier tasks FINISHED
+    assert killed, [(t.task_id, t.attempt_number, t.state) for t in tasks if t.worker_pid == worker]
+    for t in killed:  # each attempt the kill ended was retried, and a later attempt finished
+        assert any(n > t.attempt_number and s == "FINISHED" for n, s in attempts[t.task_id]), attempts[t.task_id]
 
     def rows(root: Path) -> list[tuple]:
         clips = read_clips(root).to_pylist()

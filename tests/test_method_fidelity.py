@@ -21,15 +21,17 @@ def _bench():
 def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "json.json"
-    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct", "--absence", "1,4",
+    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct,oracle_memory", "--absence", "1,4",
                           "--identities", "3", "--out", str(tmp_path / "runs"), "--json", str(out),
                           "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     data = json.loads(out.read_text())
     assert data["chance"] == pytest.approx(1 / 3)
-    assert set(data["variants"]) == {"memorypack", "direct"}
+    assert set(data["variants"]) == {"memorypack", "direct", "oracle_memory"}
     for entry in data["variants"].values():
         assert set(entry["recall"]) == {"mean", "std", "per_seed"} and len(entry["recall"]["per_seed"]) == 1
         assert set(entry["recall_by_absence"]) == {"1", "4"}
+        assert set(entry["memory_probe_by_absence"]) == {"1", "4"}  # every variant here has a memory
+        assert all(0.0 <= v <= 1.0 for v in entry["memory_probe_by_absence"].values())
         assert 0.0 <= entry["returned"] <= 1.0
         assert set(entry["drift"]) == {"mean", "std", "per_seed"} and entry["drift"]["mean"] >= 0
         assert entry["train_seconds_per_clip"] > 0 and entry["train_flops_per_clip"] > 0
@@ -45,7 +47,7 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mempack-method-fidelity")
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.data.params["variant"] for r in runs} == {"memorypack", "direct"}
+    assert {r.data.params["variant"] for r in runs} == {"memorypack", "direct", "oracle_memory"}
     artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id, "rollouts")}
     assert any(p.endswith(".mp4") for p in artifacts)
 

@@ -86,3 +86,46 @@ def test_every_knob_is_checked():
     assert len(video.distractor_ids) == 2 and video.identity not in video.distractor_ids
     seen = {k for f in range(1, video.latents.shape[1]) for _, _, k in world.detect(video.latents[:, f])}
     assert set(video.distractor_ids) <= seen
+
+
+def _small_model(world, oracle: bool):
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+
+    from mempack.model import MemoryPackTransformer, SemanticPack
+    from mempack.model.memorypack import MemoryPackConfig
+    from mempack.presets import TINY
+    from mempack.world import OracleMemoryTransformer
+
+    torch.manual_seed(0)
+    backbone = HunyuanVideoFramepackTransformer3DModel(**TINY.transformer)
+    memory = SemanticPack(**TINY.semantic_pack)
+    if oracle:
+        return OracleMemoryTransformer(backbone, memory, MemoryPackConfig(), world)
+    return MemoryPackTransformer(backbone, memory, MemoryPackConfig())
+
+
+def test_the_oracle_memory_holds_the_identity_last_seen_and_the_probe_reads_it(world):
+    from mempack.eval.fidelity import memory_probe
+
+    oracle = _small_model(world, oracle=True)
+    video = world.video(11, absence=4)
+    memory = oracle.initial_memory(world.conditioning(video))
+    assert memory.tokens.abs().sum() == 0  # nothing seen yet: the start latent never holds the object
+    for section in range(video.returns):
+        memory = oracle.update_memory(memory, video.latents[None, :, video.section_frames(section)])
+        if section == video.enter:
+            entered = memory.tokens.clone()
+    code = memory.tokens[0, 0, :CHANNELS]
+    torch.testing.assert_close(code, world.codes[video.identity])  # kept through 4 absent sections
+    torch.testing.assert_close(memory.tokens, entered)
+    assert memory.tokens[0, 0, CHANNELS:].abs().sum() == 0 and memory.step == video.returns
+    # the read-out finds what the oracle holds, and finds nothing where ψ holds nothing of the identity
+    assert memory_probe(oracle, world, [4], seed=5, videos=40) == {4: 1.0}
+    blind = _small_model(world, oracle=False)
+    blind.semantic_pack.memorize.requires_grad_(False)
+    with torch.no_grad():  # a memory that ignores the video: ψ₁ = Squeeze(Memorize = constant, ψ₀)
+        blind.semantic_pack.patchify.weight.zero_()
+        blind.semantic_pack.patchify.bias.zero_()
+    assert memory_probe(blind, world, [4], seed=5, videos=40)[4] <= 0.5  # chance 0.2 (K = 5) on 10 test videos
+    blind.config.use_semantic_pack = False
+    assert memory_probe(blind, world, [4], seed=5, videos=40) is None

@@ -7,6 +7,10 @@
   that guesses among the K codes scores 1/K; one that draws a blend of codes, which the world's decoder
   does not accept as any identity, scores below that); `returned` = how often an object of any
   identity came back.
+* **What ψ holds** (`memory_probe`): a ridge classifier reads the identity from ψ's tokens (as the
+  backbone receives them) after the object left view for L sections, on held-out videos. It separates
+  the two halves of the memory claim: whether Memorize/Squeeze *keep* the identity, and whether the
+  backbone *uses* it (recall).
 * **Drift** (paper eq. 8): roll out many sections from a start latent alone, score every frame against
   the world's truth (background error + object integrity, `World.frame_errors`) and take
   |mean over the first 15% − mean over the last 15%| of the frames the model generated.
@@ -91,3 +95,36 @@ def rollout_drift(
         if keep_latents:
             kept.append(out)
     return DriftResult(float(np.mean(per)), per, np.mean(curves, axis=0).tolist()), kept
+
+
+def memory_probe(
+    model: MemoryPackTransformer, world: World, absences: list[int], *, seed: int, videos: int = 160,
+    train_fraction: float = 0.75, ridge: float = 10.0,
+) -> dict[int, float] | None:
+    """Held-out accuracy of a ridge read-out of the identity from ψ after L absent sections, per L.
+
+    ψ is built from ground-truth sections up to (not including) the return, exactly as `memory_recall`'s
+    prefix builds it; the features are ψ's context tokens (what the backbone sees). Chance is 1/K; None
+    when the model has no memory.
+    """
+    if not model.uses_memory:
+        return None
+    out = {}
+    fit = int(videos * train_fraction)
+    for absence in absences:
+        features, labels = [], []
+        with torch.no_grad():
+            for v in range(videos):
+                video = world.video(seed + 1000 * absence + v, absence=absence)
+                memory = model.initial_memory(world.conditioning(video))
+                for section in range(video.returns):
+                    memory = model.update_memory(memory, video.latents[None, :, video.section_frames(section)])
+                features.append(model.semantic_pack.context_tokens(memory)[0].flatten().double().numpy())
+                labels.append(video.identity)
+        x, y = np.stack(features), np.asarray(labels)
+        mean, std = x[:fit].mean(0), x[:fit].std(0) + 1e-6
+        x = (x - mean) / std
+        targets = np.eye(world.config.identities)[y[:fit]]
+        weights = np.linalg.solve(x[:fit].T @ x[:fit] + ridge * np.eye(x.shape[1]), x[:fit].T @ targets)
+        out[absence] = float(((x[fit:] @ weights).argmax(1) == y[fit:]).mean())
+    return out
