@@ -377,8 +377,8 @@ def _stop_pids(pids: list[int]) -> None:
 
 @pytest.mark.slow
 def test_readme_local_head_sequence_runs_as_written_with_token_auth(tmp_path):
-    """A fresh machine (empty HOME), the README's block line by line; only the ports, the temp dir and the
-    output folder are this test's own, and the head is stopped by PID instead of `ray stop`."""
+    """A fresh machine (empty HOME), the README's block line by line; only the ports (the agent's included), the
+    temp dir and the output folder are this test's own, and the head is stopped by PID instead of `ray stop`."""
     import tempfile
     import urllib.error
     import urllib.request
@@ -390,11 +390,14 @@ def test_readme_local_head_sequence_runs_as_written_with_token_auth(tmp_path):
     commands = [c for c in commands if c and not c.startswith("#")]
     assert [c.split()[0:2] for c in commands] == [["export", "RAY_AUTH_MODE=token"], ["ray", "get-auth-token"],
                                                   ["ray", "start"], ["ray", "job"], ["ray", "stop"]], commands
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="mpk", dir="/tmp")  # short: Ray's socket paths have a length limit
     output = tmp_path / "prep-ray"
     script = "\n".join(commands[:-1])  # everything but `ray stop` (it would stop every Ray on this machine)
-    script = (script.replace("--port=6379", f"--port={gcs}").replace("8265", str(dashboard))
+    # the agent's HTTP port too: its default (52365) is taken while any other Ray runs on this machine, and then
+    # the head never gets an agent and `ray job submit` answers "No available agent to submit job"
+    script = (script.replace("--port=6379", f"--port={gcs} --dashboard-agent-listen-port={agent}")
+              .replace("8265", str(dashboard))
               .replace("/tmp/ray-mempack", temp_dir).replace('"$PWD/outputs/prep-ray"', str(output)))
     home = tmp_path / "home"
     home.mkdir()
