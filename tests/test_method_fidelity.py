@@ -59,3 +59,16 @@ def test_bad_flags_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "oracle" in err[0]
+
+
+def test_memory_diagnosis_plumbing(tmp_path):
+    """bench/memory_diagnosis.py trains one model with a chosen clip and frozen memory and writes its curve."""
+    spec = importlib.util.spec_from_file_location("memory_diagnosis", ROOT / "bench" / "memory_diagnosis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "diag.json"
+    curve = module.main(["--clip", "return", "--freeze-memory", "--steps", "4", "--every", "2", "--events", "1",
+                         "--probe-videos", "8", "--eval", "1", "--width", "64", "--layers", "1", "--json", str(out)])
+    assert [row["step"] for row in curve] == [2, 4]
+    assert set(curve[-1]["psi_readout"]) == {1} and set(curve[-1]["recall"]) == {1}
+    assert json.loads(out.read_text())["settings"]["freeze_memory"] is True

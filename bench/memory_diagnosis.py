@@ -1,0 +1,119 @@
+"""Where does MemoryPack's memory get stuck? One-model probes behind the README's diagnosis table.
+
+Trains one model of `bench/method_fidelity.py`'s size on the synthetic world with mempack's own per-video
+step (`mempack.train.steps.train_video`), and every `--every` steps prints memory recall
+(`mempack.eval.fidelity.memory_recall`) and the held-out ψ read-out (`memory_probe`). The knobs isolate the
+halves of the memory claim:
+
+    --variant oracle_memory     ψ holds the answer: can the backbone, sampler and scorer use a memory?
+    --clip return               train only each video's return section (the one clip that needs memory)
+    --freeze-memory             Memorize/Squeeze frozen (ψ's projection and the backbone train)
+    --absence 1,1 --eval 1      one absence length only
+
+    python bench/memory_diagnosis.py --variant oracle_memory --clip return --steps 400
+    python bench/memory_diagnosis.py --clip return --absence 1,1 --eval 1 --freeze-memory --steps 1200
+
+Writes the curve as JSON (`--json`, default bench/results/memory_diagnosis.json).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def parse_args(argv=None):
+    from mempack.cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variant", default="memorypack", choices=("memorypack", "oracle_memory", "zero_memory"))
+    p.add_argument("--clip", default="uniform", choices=("uniform", "return"),
+                   help="which clip of a video trains: stage 1's uniform draw, or the return section only")
+    p.add_argument("--freeze-memory", action="store_true", help="freeze SemanticPack except its projection")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--every", type=int, default=200, help="evaluate every N steps")
+    p.add_argument("--identities", type=int, default=4)
+    p.add_argument("--absence", default="1,8", help="absent sections in training videos, LO,HI")
+    p.add_argument("--eval", default="1,4", help="absences to evaluate, comma-separated")
+    p.add_argument("--events", type=int, default=12)
+    p.add_argument("--probe-videos", type=int, default=160)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="bench/results/memory_diagnosis.json")
+    args = p.parse_args(argv)
+    try:
+        args.absence = tuple(int(x) for x in args.absence.split(","))
+        args.eval = [int(x) for x in args.eval.split(",")]
+    except ValueError:
+        p.error("--absence is LO,HI and --eval a comma-separated list of integers")
+    if len(args.absence) != 2 or min(args.absence) < 1 or min(args.eval) < 1:
+        p.error("--absence is LO,HI >= 1 and --eval positive integers")
+    if args.steps < 1 or args.every < 1 or args.probe_videos < 8:
+        p.error("--steps and --every >= 1, --probe-videos >= 8")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    from method_fidelity import Settings, build_model, world_for
+
+    from mempack.eval.fidelity import memory_probe, memory_recall
+    from mempack.forcing import ForcingConfig
+    from mempack.train.steps import train_video, trained_clip
+
+    s = Settings(identities=args.identities, absences=args.eval, world_seed=0, train_steps=args.steps,
+                 stage2_steps=0, stage2_videos=0, lr=args.lr, stage2_lr=0.0, events=args.events, drift_sections=1,
+                 rollouts=1, sample_steps=8, width=args.width, layers=args.layers, student_steps=5,
+                 memory_grad_window=-1, out="", mlflow_uri=None, train_absence=args.absence,
+                 probe_videos=args.probe_videos)
+    world = world_for(s, 1)
+    model = build_model(s, args.variant, args.seed, world)
+    model.set_trainable("all")
+    if args.freeze_memory:
+        for name, param in model.semantic_pack.named_parameters():
+            param.requires_grad_(name.startswith("to_context"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    forcing = ForcingConfig(mode="teacher", memory_grad_window=-1)
+    curve, losses, began = [], [], time.perf_counter()
+    model.train()
+    for step in range(args.steps):
+        video = world.video(1_000_000 * (args.seed + 1) + step)
+        clips = video.clips()
+        generator = torch.Generator().manual_seed(step)
+        only = clips.shape[0] - 1 if args.clip == "return" else trained_clip(1, "teacher", clips.shape[0], generator)
+        optimizer.zero_grad(set_to_none=True)
+        stats = train_video(model, clips, world.conditioning(video), forcing,
+                            lambda loss, last, retain: loss.backward(retain_graph=retain), only_clip=only,
+                            generator=generator)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(stats.loss)
+        if (step + 1) % args.every == 0 or step + 1 == args.steps:
+            model.eval()
+            recall = memory_recall(model, world, args.eval, args.events, seed=900_000_000, steps=8)
+            probe = memory_probe(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
+            model.train()
+            window = losses[-args.every:]
+            row = {"step": step + 1, "loss": sum(window) / len(window), "recall": recall.recall,
+                   "returned": recall.returned, "psi_readout": probe, "seconds": time.perf_counter() - began}
+            curve.append(row)
+            print(f"step {row['step']:>5}  loss {row['loss']:.4f}  recall {recall.recall}  returned {recall.returned}"
+                  f"  psi read-out {probe}  ({row['seconds']:.0f} s)", flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2, default=str))
+    return curve
+
+
+if __name__ == "__main__":
+    main()
