@@ -122,7 +122,6 @@ def test_the_oracle_memory_holds_the_identity_last_seen_and_the_probe_reads_it(w
     # the read-out finds what the oracle holds, and finds nothing where ψ holds nothing of the identity
     assert memory_probe(oracle, world, [4], seed=5, videos=40) == {4: 1.0}
     blind = _small_model(world, oracle=False)
-    blind.semantic_pack.memorize.requires_grad_(False)
     with torch.no_grad():  # a memory that ignores the video: ψ₁ = Squeeze(Memorize = constant, ψ₀)
         blind.semantic_pack.patchify.weight.zero_()
         blind.semantic_pack.patchify.bias.zero_()
