@@ -40,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--identities", type=int, default=4)
     p.add_argument("--absence", default="1,8", help="absent sections in training videos, LO,HI")
     p.add_argument("--eval", default="1,4", help="absences to evaluate, comma-separated")
-    p.add_argument("--events", type=int, default=12)
+    p.add_argument("--events", type=int, default=12, help="return events per L (identities cycle: use a multiple of K)")
     p.add_argument("--probe-videos", type=int, default=160)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=128)
@@ -106,10 +106,11 @@ def main(argv=None) -> list[dict]:
             model.train()
             window = losses[-args.every:]
             row = {"step": step + 1, "loss": sum(window) / len(window), "recall": recall.recall,
-                   "returned": recall.returned, "psi_readout": probe, "seconds": time.perf_counter() - began}
+                   "returned": recall.returned, "drawn": recall.drawn, "psi_readout": probe,
+                   "seconds": time.perf_counter() - began}
             curve.append(row)
             print(f"step {row['step']:>5}  loss {row['loss']:.4f}  recall {recall.recall}  returned {recall.returned}"
-                  f"  psi read-out {probe}  ({row['seconds']:.0f} s)", flush=True)
+                  f"  drawn {recall.drawn}  psi read-out {probe}  ({row['seconds']:.0f} s)", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2, default=str))
     return curve

@@ -175,7 +175,8 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
                                 steps=s.sample_steps, keep_latents=True)
     out = {
         "variant": variant, "seed": seed, "export": str(folder),
-        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned, "memory_probe_by_absence": probe,
+        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned, "drawn_by_absence": recall.drawn,
+        "memory_probe_by_absence": probe,
         "drift": drift.drift, "drift_per_rollout": drift.per_rollout, "drift_curve": drift.curve,
         "train_seconds_per_clip": result.seconds / max(result.clips, 1), "train_flops_per_clip": flops,
         "train_clips": result.clips, "skipped_steps": result.skipped,
@@ -296,6 +297,9 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "recall": _stats(recall),
             "recall_by_absence": {L: float(np.mean([r["recall_by_absence"][L] for r in rows])) for L in s.absences},
             "returned": float(np.mean([np.mean(list(r["returned_by_absence"].values())) for r in rows])),
+            # identities drawn at the returns, summed over seeds: a model that always draws one is visible here
+            "drawn_by_absence": {L: np.sum([r["drawn_by_absence"][L] for r in rows], axis=0).tolist()
+                                 for L in s.absences},
             "memory_probe_by_absence": _probe_means(rows, s.absences),
             "drift": _stats([r["drift"] for r in rows]),
             "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
@@ -308,7 +312,28 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
         if any("drift_sampled_at_guidance_10" in r for r in rows):
             entry["drift_sampled_at_guidance_10"] = _stats([r["drift_sampled_at_guidance_10"] for r in rows])
         summary["variants"][v] = entry
+    summary["paired_drift"] = paired_drift(results)
     return summary
+
+
+PAIRS = (("direct", "memorypack"), ("direct", "student"), ("direct", "teacher_head"), ("memorypack", "framepack_only"))
+
+
+def paired_drift(results: list[dict]) -> dict:
+    """Drift differences within a seed, mean ± std over seeds, for the comparisons the paper makes.
+
+    A seed's stage-2 variants all start from that seed's memorypack export and roll out from the same
+    start latents with the same noise, so the per-seed difference removes what the seeds share (their
+    init, their rollouts); its spread, not the overlap of two variants' error bars, says whether an
+    ordering holds.
+    """
+    by = {(r["variant"], r["seed"]): r["drift"] for r in results}
+    out = {}
+    for a, b in PAIRS:
+        seeds = sorted(seed for (v, seed) in by if v == a and (b, seed) in by)
+        if seeds:
+            out[f"{a} - {b}"] = _stats([by[(a, seed)] - by[(b, seed)] for seed in seeds])
+    return out
 
 
 def write_strip(results: list[dict], path: Path, variants: tuple[str, ...] = ("framepack_only", "direct")) -> Path | None:
@@ -353,6 +378,9 @@ def print_table(summary: dict, s: Settings) -> None:
               + f" {e['returned']:>8.2f} {_probe_cell(e, summary['recall_absences']):>9}"
               + f" {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
               + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
+    for name, d in summary.get("paired_drift", {}).items():
+        print(f"drift {name:<28} {d['mean']:+.4f} ± {d['std']:.4f} (per seed: "
+              + ", ".join(f"{x:+.4f}" for x in d["per_seed"]) + ")")
     print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
           f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window); psi probe = held-out ridge "
           f"read-out of the identity from psi over the same L (- : no memory)")
@@ -385,7 +413,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage2-videos", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--stage2-lr", type=float, default=2e-4)
-    p.add_argument("--events", type=int, default=10, help="return events per absence length")
+    p.add_argument("--events", type=int, default=12,
+                   help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
     p.add_argument("--drift-sections", type=int, default=40)
     p.add_argument("--rollouts", type=int, default=2)
     p.add_argument("--probe-videos", type=int, default=160, help="videos per absence for the psi read-out")
@@ -424,9 +453,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
     if args.identities < 2 or args.seeds < 1 or args.workers < 0:
         p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
+    args.events = -(-args.events // args.identities) * args.identities  # each identity returns equally often
     if args.quick:
         args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
-        args.events, args.drift_sections, args.rollouts, args.sample_steps = 2, 4, 1, 2
+        args.events, args.drift_sections, args.rollouts, args.sample_steps = args.identities, 4, 1, 2
         args.probe_videos = 16
         args.width, args.layers = 64, 1
     return args

@@ -121,8 +121,10 @@ class World:
         self.palette = _palette(g)
 
     # ----- drawing ---------------------------------------------------------------------------------
-    def video(self, seed: int, absence: int | None = None) -> WorldVideo:
-        """One video from its own seed (`absence` forces the number of absent sections)."""
+    def video(self, seed: int, absence: int | None = None, identity: int | None = None) -> WorldVideo:
+        """One video from its own seed (`absence` forces the number of absent sections, `identity` the
+        tracked object's identity: evaluation sets balance identities so that a model which always draws
+        the same one scores exactly chance, not the share of its favourite in a small random draw)."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, seed])
         enter = int(rng.integers(cfg.enter[0], cfg.enter[1] + 1))
@@ -132,7 +134,10 @@ class World:
         returns = leave + absent
         sections = returns + 1 + cfg.after_return
         frames = 1 + SECTION * sections
-        identity = int(rng.integers(cfg.identities))
+        drawn = int(rng.integers(cfg.identities))  # drawn even when forced: the rest of the video stays the same
+        if identity is not None and not 0 <= identity < cfg.identities:
+            raise ValueError(f"identity must be in 0..{cfg.identities - 1}, got {identity}")
+        identity = drawn if identity is None else identity
         others = [k for k in range(cfg.identities) if k != identity]
         distractor_ids = [int(k) for k in rng.permutation(others)[: cfg.distractors]]
         background = self._background(rng)

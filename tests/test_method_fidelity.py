@@ -33,11 +33,20 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
         assert set(entry["memory_probe_by_absence"]) == {"1", "4"}  # every variant here has a memory
         assert all(0.0 <= v <= 1.0 for v in entry["memory_probe_by_absence"].values())
         assert 0.0 <= entry["returned"] <= 1.0
+        assert set(entry["drawn_by_absence"]) == {"1", "4"}
         assert set(entry["drift"]) == {"mean", "std", "per_seed"} and entry["drift"]["mean"] >= 0
         assert entry["train_seconds_per_clip"] > 0 and entry["train_flops_per_clip"] > 0
     # stage 2 trains only the head: fewer FLOPs per clip than stage 1's whole-network backward
     assert data["variants"]["direct"]["train_flops_per_clip"] < data["variants"]["memorypack"]["train_flops_per_clip"]
     assert "drift_sampled_at_guidance_10" in data["variants"]["direct"]
+    for r in data["runs"]:  # 3 events per L (rounded up to K = 3), balanced; every return drew one identity
+        assert data["settings"]["events"] == 3
+        for L, drawn in r["drawn_by_absence"].items():
+            assert len(drawn) == 3 and sum(drawn) == round(3 * r["returned_by_absence"][L])
+    # the same seed's drift difference: direct starts from memorypack's export
+    runs = {r["variant"]: r for r in data["runs"]}
+    paired = data["paired_drift"]["direct - memorypack"]
+    assert paired["per_seed"] == [pytest.approx(runs["direct"]["drift"] - runs["memorypack"]["drift"])]
     assert Path(data["variants"]["direct"]["rollouts"][0]).stat().st_size > 0
     table = capsys.readouterr().out
     assert "memorypack" in table and "chance = 1/K" in table

@@ -128,3 +128,21 @@ def test_the_oracle_memory_holds_the_identity_last_seen_and_the_probe_reads_it(w
     assert memory_probe(blind, world, [4], seed=5, videos=40)[4] <= 0.5  # chance 0.2 (K = 5) on 10 test videos
     blind.config.use_semantic_pack = False
     assert memory_probe(blind, world, [4], seed=5, videos=40) is None
+
+
+def test_a_forced_identity_changes_only_the_object_s_code(world):
+    """Evaluation balances identities (`video(..., identity=k)`): the rest of the video is the seed's own."""
+    drawn = world.video(21, absence=4)
+    for k in range(world.config.identities):
+        forced = world.video(21, absence=4, identity=k)
+        assert forced.identity == k
+        assert (forced.enter, forced.leave, forced.returns, forced.positions) == (
+            drawn.enter, drawn.leave, drawn.returns, drawn.positions)
+        object_cells = torch.tensor([pos is not None for pos in forced.positions])
+        torch.testing.assert_close(forced.background, drawn.background)
+        same = (forced.latents == drawn.latents).all(dim=0).flatten(1).all(dim=1)  # per frame
+        assert bool(same[~object_cells].all())  # frames without the object are identical
+        lane = (world.config.height - OBJECT, world.config.height)
+        assert world.identity_in(forced.latents, forced.section_frames(forced.returns), rows=lane) == k
+    with pytest.raises(ValueError, match="identity must be in"):
+        world.video(21, identity=world.config.identities)

@@ -6,7 +6,8 @@
   object's lane. Recall = return events where the right identity came back / all return events (a model
   that guesses among the K codes scores 1/K; one that draws a blend of codes, which the world's decoder
   does not accept as any identity, scores below that); `returned` = how often an object of any
-  identity came back.
+  identity came back. Events cycle through the K identities, so a model that always draws the same
+  identity scores exactly 1/K (with events a multiple of K); `drawn` counts what was drawn, per identity.
 * **What ψ holds** (`memory_probe`): a ridge classifier reads the identity from ψ's tokens (as the
   backbone receives them) after the object left view for L sections, on held-out videos. It separates
   the two halves of the memory claim: whether Memorize/Squeeze *keep* the identity, and whether the
@@ -18,7 +19,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ class RecallResult:
     recall: dict[int, float]
     returned: dict[int, float]
     events: int
+    drawn: dict[int, list[int]] = field(default_factory=dict)  # per L: how often each identity was drawn
 
     @property
     def mean_recall(self) -> float:
@@ -51,11 +53,12 @@ def memory_recall(
 ) -> RecallResult:
     """Recall of the identity after `L` absent sections, for each L, over `events` held-out videos each."""
     lane = (world.config.height - OBJECT, world.config.height)
-    recall, returned = {}, {}
+    recall, returned, drawn = {}, {}, {}
     for absence in absences:
         right = came_back = 0
+        counts = [0] * world.config.identities
         for e in range(events):
-            video = world.video(seed + 1000 * absence + e, absence=absence)
+            video = world.video(seed + 1000 * absence + e, absence=absence, identity=e % world.config.identities)
             prefix = video.latents[:, 1: video.section_frames(video.returns).start]
             out = generate(model, world.conditioning(video),
                            GenerationConfig(sections=1, steps=steps, guidance=guidance, seed=seed + e),
@@ -63,9 +66,12 @@ def memory_recall(
             seen = world.identity_in(out, video.section_frames(video.returns), rows=lane)
             came_back += seen is not None
             right += seen == video.identity
+            if seen is not None:
+                counts[seen] += 1
         recall[absence] = right / events
         returned[absence] = came_back / events
-    return RecallResult(recall, returned, events)
+        drawn[absence] = counts
+    return RecallResult(recall, returned, events, drawn)
 
 
 @dataclass
@@ -115,7 +121,7 @@ def memory_probe(
         features, labels = [], []
         with torch.no_grad():
             for v in range(videos):
-                video = world.video(seed + 1000 * absence + v, absence=absence)
+                video = world.video(seed + 1000 * absence + v, absence=absence, identity=v % world.config.identities)
                 memory = model.initial_memory(world.conditioning(video))
                 for section in range(video.returns):
                     memory = model.update_memory(memory, video.latents[None, :, video.section_frames(section)])
