@@ -9,6 +9,8 @@ halves of the memory claim:
     --clip return               train only each video's return section (the one clip that needs memory)
     --freeze-memory             Memorize/Squeeze frozen (ψ's projection and the backbone train)
     --absence 1,1 --eval 1      one absence length only
+    --memory-lr 2e-5            SemanticPack at its own learning rate (Adam's noise at 1e-3 erases ψ)
+    --oracle-share 0.01         the oracle's code as 1 % of its token's energy (a learned ψ's proportions)
 
     python bench/memory_diagnosis.py --variant oracle_memory --clip return --steps 400
     python bench/memory_diagnosis.py --clip return --absence 1,1 --eval 1 --freeze-memory --steps 1200
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--events", type=int, default=12, help="return events per L (identities cycle: use a multiple of K)")
     p.add_argument("--probe-videos", type=int, default=160)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--memory-lr", type=float, help="SemanticPack's learning rate (default: --lr)")
+    p.add_argument("--oracle-share", type=float, default=1.0,
+                   help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -55,9 +60,27 @@ def parse_args(argv=None):
         p.error("--absence is LO,HI and --eval a comma-separated list of integers")
     if len(args.absence) != 2 or min(args.absence) < 1 or min(args.eval) < 1:
         p.error("--absence is LO,HI >= 1 and --eval positive integers")
+    if not 0.0 < args.oracle_share <= 1.0:
+        p.error("--oracle-share must be in (0, 1]")
     if args.steps < 1 or args.every < 1 or args.probe_videos < 8:
         p.error("--steps and --every >= 1, --probe-videos >= 8")
     return args
+
+
+def optimizer_for(model, lr: float, memory_lr: float | None):
+    """AdamW over the trainable parameters, SemanticPack's at `memory_lr` (None: `lr`).
+
+    Why a separate rate: SemanticPack's gradients are 10-25x smaller per parameter than the backbone's
+    and noisy, and Adam scales every parameter's step to about `lr` whatever its signal, so at the
+    backbone's rate the memory random-walks (README, diagnosis).
+    """
+    import torch
+
+    memory = {id(p) for p in model.semantic_pack.parameters()} if model.semantic_pack is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in memory], "lr": lr},
+              {"params": [p for p in trainable if id(p) in memory], "lr": lr if memory_lr is None else memory_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
 
 
 def main(argv=None) -> list[dict]:
@@ -78,12 +101,14 @@ def main(argv=None) -> list[dict]:
                  probe_videos=args.probe_videos)
     world = world_for(s, 1)
     model = build_model(s, args.variant, args.seed, world)
+    if args.variant == "oracle_memory":
+        model.identity_share = args.oracle_share
     model.set_trainable("all")
     if args.freeze_memory:
         for name, param in model.semantic_pack.named_parameters():
             param.requires_grad_(name.startswith("to_context"))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    optimizer = optimizer_for(model, args.lr, args.memory_lr)
     forcing = ForcingConfig(mode="teacher", memory_grad_window=-1)
     curve, losses, began = [], [], time.perf_counter()
     model.train()

@@ -322,10 +322,9 @@ PAIRS = (("direct", "memorypack"), ("direct", "student"), ("direct", "teacher_he
 def paired_drift(results: list[dict]) -> dict:
     """Drift differences within a seed, mean ± std over seeds, for the comparisons the paper makes.
 
-    A seed's stage-2 variants all start from that seed's memorypack export and roll out from the same
-    start latents with the same noise, so the per-seed difference removes what the seeds share (their
-    init, their rollouts); its spread, not the overlap of two variants' error bars, says whether an
-    ordering holds.
+    Every variant of a seed rolls out from the same start latents with the same noise, and its stage-2
+    variants also start from that seed's memorypack export, so the per-seed difference removes what
+    they share; its spread, not the overlap of two variants' error bars, says whether an ordering holds.
     """
     by = {(r["variant"], r["seed"]): r["drift"] for r in results}
     out = {}

@@ -81,3 +81,18 @@ def test_memory_diagnosis_plumbing(tmp_path):
     assert [row["step"] for row in curve] == [2, 4]
     assert set(curve[-1]["psi_readout"]) == {1} and set(curve[-1]["recall"]) == {1}
     assert json.loads(out.read_text())["settings"]["freeze_memory"] is True
+
+
+def test_memory_diagnosis_gives_semantic_pack_its_own_learning_rate():
+    spec = importlib.util.spec_from_file_location("memory_diagnosis", ROOT / "bench" / "memory_diagnosis.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from mempack.model import MemoryPackTransformer
+
+    model = MemoryPackTransformer.from_preset("tiny")
+    model.set_trainable("all")
+    backbone, memory = module.optimizer_for(model, 1e-3, 2e-5).param_groups
+    assert (backbone["lr"], memory["lr"]) == (1e-3, 2e-5)
+    assert {id(p) for p in memory["params"]} == {id(p) for p in model.semantic_pack.parameters()}
+    assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
+    assert [g["lr"] for g in module.optimizer_for(model, 1e-3, None).param_groups] == [1e-3, 1e-3]

@@ -146,3 +146,28 @@ def test_a_forced_identity_changes_only_the_object_s_code(world):
         assert world.identity_in(forced.latents, forced.section_frames(forced.returns), rows=lane) == k
     with pytest.raises(ValueError, match="identity must be in"):
         world.video(21, identity=world.config.identities)
+
+
+def test_a_faint_oracle_holds_the_same_answer_under_a_constant_every_video_shares(world):
+    """identity_share = 0.01: the code is 1 % of the token's energy, the rest one vector for every video."""
+    from mempack.eval.fidelity import memory_probe
+
+    oracle = _small_model(world, oracle=True)
+    oracle.identity_share = 0.01
+    tokens = {}
+    for seed in (11, 12, 13, 14, 15, 16):
+        video = world.video(seed, absence=4)
+        memory = oracle.initial_memory(world.conditioning(video))
+        before = memory.tokens.clone()
+        for section in range(video.returns):
+            memory = oracle.update_memory(memory, video.latents[None, :, video.section_frames(section)])
+        code = world.codes[video.identity]
+        torch.testing.assert_close(memory.tokens[0, 0, :CHANNELS] - before[0, 0, :CHANNELS], code)
+        torch.testing.assert_close(memory.tokens[0, 0, CHANNELS:], before[0, 0, CHANNELS:])
+        constant_energy = float(before.square().sum())
+        assert constant_energy == pytest.approx(99 * float(code.square().sum()), rel=1e-4)
+        tokens[seed] = before
+    assert all(torch.equal(t, tokens[11]) for t in tokens.values())  # the same in every video
+    assert memory_probe(oracle, world, [4], seed=5, videos=40) == {4: 1.0}  # a read-out still finds it all
+    with pytest.raises(ValueError, match="identity_share"):
+        type(oracle)(oracle.backbone, oracle.semantic_pack, oracle.config, world, identity_share=0.0)
