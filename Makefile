@@ -9,7 +9,7 @@ demo: setup
 	$(PY) pipelines/demo.py
 
 test: setup
-	$(PY) -m pytest -q -x --timeout=900
+	$(PY) -m pytest -q -x --timeout=900 --durations=15
 
 bench: setup
 	for b in memory_scaling infer_scaling forcing_cost prep_throughput stream_encode decode_bounds; do $(PY) bench/$$b.py || exit 1; done

@@ -1,8 +1,9 @@
 """Where does MemoryPack's memory get stuck? One-model probes behind the README's diagnosis table.
 
 Trains one model of `bench/method_fidelity.py`'s size on the synthetic world with mempack's own per-video
-step (`mempack.train.steps.train_video`), and every `--every` steps prints memory recall
-(`mempack.eval.fidelity.memory_recall`) and the held-out ψ read-out (`memory_probe`). The knobs isolate the
+step (`mempack.train.steps.train_video`), and before training and every `--every` steps prints memory
+recall (`mempack.eval.fidelity.memory_recall`), the held-out ψ read-out (`memory_probe`), how loudly ψ holds
+the identity (`memory_energy`) and the gradient RMS of each part of the model. The knobs isolate the
 halves of the memory claim:
 
     --variant oracle_memory     ψ holds the answer: can the backbone, sampler and scorer use a memory?
@@ -62,8 +63,8 @@ def parse_args(argv=None):
         p.error("--absence is LO,HI >= 1 and --eval positive integers")
     if not 0.0 < args.oracle_share <= 1.0:
         p.error("--oracle-share must be in (0, 1]")
-    if args.steps < 1 or args.every < 1 or args.probe_videos < 8:
-        p.error("--steps and --every >= 1, --probe-videos >= 8")
+    if args.steps < 0 or args.every < 1 or args.probe_videos < 8:
+        p.error("--steps >= 0 (0: evaluate the untrained model only), --every >= 1, --probe-videos >= 8")
     return args
 
 
@@ -83,6 +84,21 @@ def optimizer_for(model, lr: float, memory_lr: float | None):
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
 
 
+def gradient_rms(model) -> dict[str, float]:
+    """Root-mean-square gradient per parameter of the backbone and of each SemanticPack part (before
+    clipping): how loud each part's training signal is (Adam moves each parameter by ~lr regardless)."""
+    parts = {"backbone": model.backbone}
+    if model.semantic_pack is not None:
+        parts.update((name, module) for name, module in model.semantic_pack.named_children())
+    out = {}
+    for name, module in parts.items():
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        count = sum(p.numel() for p in module.parameters())
+        if grads and count:
+            out[name] = float(sum(g.float().square().sum() for g in grads) / count) ** 0.5
+    return out
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     import torch
@@ -90,7 +106,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(1)
     from method_fidelity import Settings, build_model, world_for
 
-    from mempack.eval.fidelity import memory_probe, memory_recall
+    from mempack.eval.fidelity import memory_energy, memory_probe, memory_recall
     from mempack.forcing import ForcingConfig
     from mempack.train.steps import train_video, trained_clip
 
@@ -110,7 +126,26 @@ def main(argv=None) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer_for(model, args.lr, args.memory_lr)
     forcing = ForcingConfig(mode="teacher", memory_grad_window=-1)
-    curve, losses, began = [], [], time.perf_counter()
+    curve, losses, grads, began = [], [], [], time.perf_counter()
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        recall = memory_recall(model, world, args.eval, args.events, seed=900_000_000, steps=8)
+        probe = memory_probe(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
+        energy = memory_energy(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
+        model.train()
+        window, grad_window = losses[-args.every:], grads[-args.every:]
+        row = {"step": step, "loss": sum(window) / len(window) if window else None, "recall": recall.recall,
+               "returned": recall.returned, "drawn": recall.drawn, "psi_readout": probe, "psi_energy": energy,
+               "grad_rms": {k: sum(g[k] for g in grad_window) / len(grad_window) for k in grad_window[0]}
+               if grad_window else None, "seconds": time.perf_counter() - began}
+        curve.append(row)
+        shares = None if energy is None else {L: f"{e['identity']:.4f}/{e['varying']:.3f}" for L, e in energy.items()}
+        print(f"step {step:>5}  loss {row['loss'] or float('nan'):.4f}  recall {recall.recall}  returned "
+              f"{recall.returned}  drawn {recall.drawn}  psi read-out {probe}  psi identity/varying energy {shares}"
+              f"  ({row['seconds']:.0f} s)", flush=True)
+
+    evaluate(0)  # the untrained model: what the architecture carries before any learning
     model.train()
     for step in range(args.steps):
         video = world.video(1_000_000 * (args.seed + 1) + step)
@@ -121,21 +156,12 @@ def main(argv=None) -> list[dict]:
         stats = train_video(model, clips, world.conditioning(video), forcing,
                             lambda loss, last, retain: loss.backward(retain_graph=retain), only_clip=only,
                             generator=generator)
+        grads.append(gradient_rms(model))
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(stats.loss)
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
-            model.eval()
-            recall = memory_recall(model, world, args.eval, args.events, seed=900_000_000, steps=8)
-            probe = memory_probe(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
-            model.train()
-            window = losses[-args.every:]
-            row = {"step": step + 1, "loss": sum(window) / len(window), "recall": recall.recall,
-                   "returned": recall.returned, "drawn": recall.drawn, "psi_readout": probe,
-                   "seconds": time.perf_counter() - began}
-            curve.append(row)
-            print(f"step {row['step']:>5}  loss {row['loss']:.4f}  recall {recall.recall}  returned {recall.returned}"
-                  f"  drawn {recall.drawn}  psi read-out {probe}  ({row['seconds']:.0f} s)", flush=True)
+            evaluate(step + 1)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2, default=str))
     return curve

@@ -78,8 +78,12 @@ def test_memory_diagnosis_plumbing(tmp_path):
     out = tmp_path / "diag.json"
     curve = module.main(["--clip", "return", "--freeze-memory", "--steps", "4", "--every", "2", "--events", "1",
                          "--probe-videos", "8", "--eval", "1", "--width", "64", "--layers", "1", "--json", str(out)])
-    assert [row["step"] for row in curve] == [2, 4]
+    assert [row["step"] for row in curve] == [0, 2, 4]  # the untrained model first
     assert set(curve[-1]["psi_readout"]) == {1} and set(curve[-1]["recall"]) == {1}
+    assert set(curve[-1]["psi_energy"][1]) == {"identity", "varying"}
+    # frozen memory: only the backbone and ψ's projection get gradients
+    assert curve[0]["grad_rms"] is None and set(curve[-1]["grad_rms"]) == {"backbone", "to_context"}
+    assert all(v > 0 for v in curve[-1]["grad_rms"].values())
     assert json.loads(out.read_text())["settings"]["freeze_memory"] is True
 
 

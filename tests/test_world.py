@@ -171,3 +171,21 @@ def test_a_faint_oracle_holds_the_same_answer_under_a_constant_every_video_share
     assert memory_probe(oracle, world, [4], seed=5, videos=40) == {4: 1.0}  # a read-out still finds it all
     with pytest.raises(ValueError, match="identity_share"):
         type(oracle)(oracle.backbone, oracle.semantic_pack, oracle.config, world, identity_share=0.0)
+
+
+def test_memory_energy_says_how_loudly_psi_holds_the_identity(world):
+    """An oracle's ψ varies only with the identity; a faint one holds it at a far smaller share of energy."""
+    from mempack.eval.fidelity import memory_energy
+
+    oracle = _small_model(world, oracle=True)
+    clean = memory_energy(oracle, world, [4], seed=5, videos=40)[4]
+    assert clean["identity"] == pytest.approx(clean["varying"], rel=1e-6)  # nothing but the identity varies
+    oracle.identity_share = 0.01
+    faint = memory_energy(oracle, world, [4], seed=5, videos=40)[4]
+    assert faint["identity"] == pytest.approx(faint["varying"], rel=1e-6)
+    assert faint["identity"] < 0.1 * clean["identity"]
+    model = _small_model(world, oracle=False)
+    learned = memory_energy(model, world, [4], seed=5, videos=40)[4]
+    assert 0 <= learned["identity"] < learned["varying"] < 1  # the background varies too
+    model.config.use_semantic_pack = False
+    assert memory_energy(model, world, [4], seed=5, videos=40) is None

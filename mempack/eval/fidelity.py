@@ -12,6 +12,8 @@
   backbone receives them) after the object left view for L sections, on held-out videos. It separates
   the two halves of the memory claim: whether Memorize/Squeeze *keep* the identity, and whether the
   backbone *uses* it (recall).
+* **How loudly ψ holds it** (`memory_energy`): the share of ψ's energy that varies between videos, and
+  the share the identity explains; the backbone, unlike the read-out, sees ψ unstandardised.
 * **Drift** (paper eq. 8): roll out many sections from a start latent alone, score every frame against
   the world's truth (background error + object integrity, `World.frame_errors`) and take
   |mean over the first 15% − mean over the last 15%| of the frames the model generated.
@@ -103,34 +105,70 @@ def rollout_drift(
     return DriftResult(float(np.mean(per)), per, np.mean(curves, axis=0).tolist()), kept
 
 
+def psi_tokens(model: MemoryPackTransformer, world: World, absence: int, *, seed: int, videos: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """ψ's context tokens [videos, M, D] after the object left view for `absence` sections, and the identities.
+
+    ψ is built from ground-truth sections up to (not including) the return, exactly as `memory_recall`'s
+    prefix builds it; the tokens are what the backbone receives. Identities cycle through the K.
+    """
+    features, labels = [], []
+    with torch.no_grad():
+        for v in range(videos):
+            video = world.video(seed + 1000 * absence + v, absence=absence, identity=v % world.config.identities)
+            memory = model.initial_memory(world.conditioning(video))
+            for section in range(video.returns):
+                memory = model.update_memory(memory, video.latents[None, :, video.section_frames(section)])
+            features.append(model.semantic_pack.context_tokens(memory)[0].double().numpy())
+            labels.append(video.identity)
+    return np.stack(features), np.asarray(labels)
+
+
 def memory_probe(
     model: MemoryPackTransformer, world: World, absences: list[int], *, seed: int, videos: int = 160,
     train_fraction: float = 0.75, ridge: float = 10.0,
 ) -> dict[int, float] | None:
     """Held-out accuracy of a ridge read-out of the identity from ψ after L absent sections, per L.
 
-    ψ is built from ground-truth sections up to (not including) the return, exactly as `memory_recall`'s
-    prefix builds it; the features are ψ's context tokens (what the backbone sees). Chance is 1/K; None
-    when the model has no memory.
+    The features are ψ's context tokens (`psi_tokens`), each standardised over the fitting videos. Chance
+    is 1/K; None when the model has no memory.
     """
     if not model.uses_memory:
         return None
     out = {}
     fit = int(videos * train_fraction)
     for absence in absences:
-        features, labels = [], []
-        with torch.no_grad():
-            for v in range(videos):
-                video = world.video(seed + 1000 * absence + v, absence=absence, identity=v % world.config.identities)
-                memory = model.initial_memory(world.conditioning(video))
-                for section in range(video.returns):
-                    memory = model.update_memory(memory, video.latents[None, :, video.section_frames(section)])
-                features.append(model.semantic_pack.context_tokens(memory)[0].flatten().double().numpy())
-                labels.append(video.identity)
-        x, y = np.stack(features), np.asarray(labels)
+        tokens, y = psi_tokens(model, world, absence, seed=seed, videos=videos)
+        x = tokens.reshape(videos, -1)
         mean, std = x[:fit].mean(0), x[:fit].std(0) + 1e-6
         x = (x - mean) / std
         targets = np.eye(world.config.identities)[y[:fit]]
         weights = np.linalg.solve(x[:fit].T @ x[:fit] + ridge * np.eye(x.shape[1]), x[:fit].T @ targets)
         out[absence] = float(((x[fit:] @ weights).argmax(1) == y[fit:]).mean())
+    return out
+
+
+def memory_energy(
+    model: MemoryPackTransformer, world: World, absences: list[int], *, seed: int, videos: int = 160,
+) -> dict[int, dict[str, float]] | None:
+    """How loudly ψ holds the identity: shares of its context tokens' energy (mean square), per L.
+
+    `varying`: the part that differs between videos (variance over videos / mean square); `identity`: the
+    part the identity explains (variance of the per-identity means / mean square). A read-out standardises
+    every feature and so finds an identity at any share; the backbone reads ψ as it comes, and how fast it
+    learns to depends on this share (README: a faint oracle at 1 % is not read in 800 steps, at 100 % in
+    400). None when the model has no memory.
+    """
+    if not model.uses_memory:
+        return None
+    out = {}
+    for absence in absences:
+        x, y = psi_tokens(model, world, absence, seed=seed, videos=videos)
+        energy = float(np.square(x).mean())
+        groups = [x[y == k] for k in np.unique(y)]  # balanced: the same number of videos per identity
+        means = np.stack([g.mean(0) for g in groups])
+        # the spread of K sample means includes (K − 1)/K · within-identity variance / n: remove it (one-way ANOVA)
+        noise = (len(groups) - 1) / len(groups) * float(np.mean([g.var(0, ddof=1).mean() / len(g) for g in groups]))
+        out[absence] = {"varying": float(x.var(0).mean()) / energy,
+                        "identity": max(0.0, float(means.var(0).mean()) - noise) / energy}
     return out
