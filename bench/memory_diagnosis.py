@@ -10,7 +10,7 @@ halves of the memory claim:
     --clip return               train only each video's return section (the one clip that needs memory)
     --freeze-memory             Memorize/Squeeze frozen (ψ's projection and the backbone train)
     --absence 1,1 --eval 1      one absence length only
-    --memory-lr 2e-5            SemanticPack at its own learning rate (Adam's noise at 1e-3 erases ψ)
+    --memory-lr 2e-5            what writes ψ at its own learning rate (Adam's noise at 1e-3 erases ψ)
     --oracle-share 0.01         the oracle's code as 1 % of its token's energy (a learned ψ's proportions)
 
     python bench/memory_diagnosis.py --variant oracle_memory --clip return --steps 400
@@ -46,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--events", type=int, default=12, help="return events per L (identities cycle: use a multiple of K)")
     p.add_argument("--probe-videos", type=int, default=160)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--memory-lr", type=float, help="SemanticPack's learning rate (default: --lr)")
+    p.add_argument("--memory-lr", type=float,
+                   help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)")
     p.add_argument("--oracle-share", type=float, default=1.0,
                    help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)")
     p.add_argument("--width", type=int, default=128)
@@ -69,15 +70,19 @@ def parse_args(argv=None):
 
 
 def optimizer_for(model, lr: float, memory_lr: float | None):
-    """AdamW over the trainable parameters, SemanticPack's at `memory_lr` (None: `lr`).
+    """AdamW over the trainable parameters; what writes ψ (SemanticPack but its projection into the
+    backbone, `to_context`) at `memory_lr` (None: `lr`).
 
-    Why a separate rate: SemanticPack's gradients are 10-25x smaller per parameter than the backbone's
-    and noisy, and Adam scales every parameter's step to about `lr` whatever its signal, so at the
-    backbone's rate the memory random-walks (README, diagnosis).
+    Why a separate rate: those gradients are 5-26x smaller per parameter than the backbone's and noisy,
+    and Adam scales every parameter's step to about `lr` whatever its signal, so at the backbone's rate
+    the memory random-walks (README, diagnosis). The projection stays at `lr`: it is what learns to
+    amplify the identity in ψ for the backbone.
     """
     import torch
 
-    memory = {id(p) for p in model.semantic_pack.parameters()} if model.semantic_pack is not None else set()
+    memory = set()
+    if model.semantic_pack is not None:
+        memory = {id(p) for name, p in model.semantic_pack.named_parameters() if not name.startswith("to_context")}
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in memory], "lr": lr},
               {"params": [p for p in trainable if id(p) in memory], "lr": lr if memory_lr is None else memory_lr}]

@@ -97,6 +97,8 @@ def test_memory_diagnosis_gives_semantic_pack_its_own_learning_rate():
     model.set_trainable("all")
     backbone, memory = module.optimizer_for(model, 1e-3, 2e-5).param_groups
     assert (backbone["lr"], memory["lr"]) == (1e-3, 2e-5)
-    assert {id(p) for p in memory["params"]} == {id(p) for p in model.semantic_pack.parameters()}
+    writers = {id(p) for n, p in model.semantic_pack.named_parameters() if not n.startswith("to_context")}
+    assert {id(p) for p in memory["params"]} == writers  # ψ's projection learns with the backbone
+    assert all(id(p) in {id(q) for q in backbone["params"]} for p in model.semantic_pack.to_context.parameters())
     assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
     assert [g["lr"] for g in module.optimizer_for(model, 1e-3, None).param_groups] == [1e-3, 1e-3]
