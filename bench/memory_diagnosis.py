@@ -12,6 +12,8 @@ halves of the memory claim:
     --absence 1,1 --eval 1      one absence length only
     --memory-lr 2e-5            what writes ψ at its own learning rate (Adam's noise at 1e-3 erases ψ)
     --oracle-share 0.01         the oracle's code as 1 % of its token's energy (a learned ψ's proportions)
+    --memorize-input segment --pooling learned --no-carry
+                                SemanticPack read literally (each flag alone: one ablation)
 
     python bench/memory_diagnosis.py --variant oracle_memory --clip return --steps 400
     python bench/memory_diagnosis.py --clip return --absence 1,1 --eval 1 --freeze-memory --steps 1200
@@ -50,6 +52,11 @@ def parse_args(argv=None):
                    help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)")
     p.add_argument("--oracle-share", type=float, default=1.0,
                    help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)")
+    p.add_argument("--memorize-input", default="novelty", choices=("novelty", "segment"),
+                   help="what Memorize reads: the segment minus the start latent, or the segment (the paper literally)")
+    p.add_argument("--pooling", default="salience", choices=("salience", "learned"),
+                   help="Memorize's window pooling: biased by token energy, or learned queries alone")
+    p.add_argument("--no-carry", dest="carry", action="store_false", help="no residual carry of psi between updates")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -69,26 +76,6 @@ def parse_args(argv=None):
     return args
 
 
-def optimizer_for(model, lr: float, memory_lr: float | None):
-    """AdamW over the trainable parameters; what writes ψ (SemanticPack but its projection into the
-    backbone, `to_context`) at `memory_lr` (None: `lr`).
-
-    Why a separate rate: those gradients are 5-26x smaller per parameter than the backbone's and noisy,
-    and Adam scales every parameter's step to about `lr` whatever its signal, so at the backbone's rate
-    the memory random-walks (README, diagnosis). The projection stays at `lr`: it is what learns to
-    amplify the identity in ψ for the backbone.
-    """
-    import torch
-
-    memory = set()
-    if model.semantic_pack is not None:
-        memory = {id(p) for name, p in model.semantic_pack.named_parameters() if not name.startswith("to_context")}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in memory], "lr": lr},
-              {"params": [p for p in trainable if id(p) in memory], "lr": lr if memory_lr is None else memory_lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
-
-
 def gradient_rms(model) -> dict[str, float]:
     """Root-mean-square gradient per parameter of the backbone and of each SemanticPack part (before
     clipping): how loud each part's training signal is (Adam moves each parameter by ~lr regardless)."""
@@ -104,6 +91,13 @@ def gradient_rms(model) -> dict[str, float]:
     return out
 
 
+def mean_by_part(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each part's mean over the steps that reached it (a video's first clip trains before any ψ update,
+    so Memorize and Squeeze get no gradient on those steps)."""
+    parts = sorted({k for row in rows for k in row})
+    return {k: sum(row[k] for row in rows if k in row) / sum(k in row for row in rows) for k in parts}
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     import torch
@@ -113,13 +107,15 @@ def main(argv=None) -> list[dict]:
 
     from mempack.eval.fidelity import memory_energy, memory_probe, memory_recall
     from mempack.forcing import ForcingConfig
+    from mempack.train.optim import parameter_groups
     from mempack.train.steps import train_video, trained_clip
 
     s = Settings(identities=args.identities, absences=args.eval, world_seed=0, train_steps=args.steps,
                  stage2_steps=0, stage2_videos=0, lr=args.lr, stage2_lr=0.0, events=args.events, drift_sections=1,
                  rollouts=1, sample_steps=8, width=args.width, layers=args.layers, student_steps=5,
                  memory_grad_window=-1, out="", mlflow_uri=None, train_absence=args.absence,
-                 probe_videos=args.probe_videos)
+                 probe_videos=args.probe_videos, semantic_pack=dict(
+                     memorize_input=args.memorize_input, pooling=args.pooling, carry=args.carry))
     world = world_for(s, 1)
     model = build_model(s, args.variant, args.seed, world)
     if args.variant == "oracle_memory":
@@ -129,7 +125,7 @@ def main(argv=None) -> list[dict]:
         for name, param in model.semantic_pack.named_parameters():
             param.requires_grad_(name.startswith("to_context"))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer_for(model, args.lr, args.memory_lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.lr, args.memory_lr), weight_decay=0.0)
     forcing = ForcingConfig(mode="teacher", memory_grad_window=-1)
     curve, losses, grads, began = [], [], [], time.perf_counter()
 
@@ -142,8 +138,7 @@ def main(argv=None) -> list[dict]:
         window, grad_window = losses[-args.every:], grads[-args.every:]
         row = {"step": step, "loss": sum(window) / len(window) if window else None, "recall": recall.recall,
                "returned": recall.returned, "drawn": recall.drawn, "psi_readout": probe, "psi_energy": energy,
-               "grad_rms": {k: sum(g[k] for g in grad_window) / len(grad_window) for k in grad_window[0]}
-               if grad_window else None, "seconds": time.perf_counter() - began}
+               "grad_rms": mean_by_part(grad_window) if grad_window else None, "seconds": time.perf_counter() - began}
         curve.append(row)
         shares = None if energy is None else {L: f"{e['identity']:.4f}/{e['varying']:.3f}" for L, e in energy.items()}
         print(f"step {step:>5}  loss {row['loss'] or float('nan'):.4f}  recall {recall.recall}  returned "

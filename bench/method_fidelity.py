@@ -36,7 +36,7 @@ import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -76,6 +76,8 @@ class Settings:
     distractors: int = 0
     after_return: int = 0
     probe_videos: int = 160  # held-out videos per absence for the ψ read-out (3/4 fit it, 1/4 score it)
+    memory_lr: float | None = None  # stage 1: what writes ψ (mempack.train.optim); None: lr
+    semantic_pack: dict = field(default_factory=dict)  # SemanticPack overrides (ablations: memorize_input, ...)
 
 
 def world_for(s: Settings, stage: int):
@@ -108,7 +110,7 @@ def build_model(s: Settings, variant: str, seed: int, world=None):
     memory = None
     if variant != "framepack_only":
         memory = SemanticPack(**{**TINY.semantic_pack, "context_dim": s.width, "dim": s.width // 2, "num_heads": 4,
-                                 "init": "zero" if variant == "zero_memory" else "prompt_image"})
+                                 "init": "zero" if variant == "zero_memory" else "prompt_image", **s.semantic_pack})
     config = MemoryPackConfig(use_semantic_pack=memory is not None)
     if variant == "oracle_memory":
         return OracleMemoryTransformer(backbone, memory, config, world if world is not None else world_for(s, 1))
@@ -160,7 +162,8 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
         def videos(step: int):
             v = world.video(base + step)
             return v.clips(), world.conditioning(v)
-        config = LocalTrainConfig(stage=1, steps=s.train_steps, lr=s.lr, seed=seed, forcing=forcing)
+        config = LocalTrainConfig(stage=1, steps=s.train_steps, lr=s.lr, memory_lr=s.memory_lr, seed=seed,
+                                  forcing=forcing)
     else:
         drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
         videos = [(v.clips(), world.conditioning(v)) for v in drawn]
@@ -411,6 +414,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
     p.add_argument("--stage2-videos", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--memory-lr", type=float, default=1e-4,
+                   help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)")
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--events", type=int, default=12,
                    help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
@@ -452,6 +457,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
     if args.identities < 2 or args.seeds < 1 or args.workers < 0:
         p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
+    if min(args.lr, args.memory_lr, args.stage2_lr) <= 0:
+        p.error("--lr, --memory-lr and --stage2-lr must be > 0")
     args.events = -(-args.events // args.identities) * args.identities  # each identity returns equally often
     if args.quick:
         args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
@@ -471,7 +478,7 @@ def main(argv=None) -> dict:
                  args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
-                 args.after_return, args.probe_videos)
+                 args.after_return, args.probe_videos, args.memory_lr)
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts

@@ -86,19 +86,3 @@ def test_memory_diagnosis_plumbing(tmp_path):
     assert all(v > 0 for v in curve[-1]["grad_rms"].values())
     assert json.loads(out.read_text())["settings"]["freeze_memory"] is True
 
-
-def test_memory_diagnosis_gives_semantic_pack_its_own_learning_rate():
-    spec = importlib.util.spec_from_file_location("memory_diagnosis", ROOT / "bench" / "memory_diagnosis.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from mempack.model import MemoryPackTransformer
-
-    model = MemoryPackTransformer.from_preset("tiny")
-    model.set_trainable("all")
-    backbone, memory = module.optimizer_for(model, 1e-3, 2e-5).param_groups
-    assert (backbone["lr"], memory["lr"]) == (1e-3, 2e-5)
-    writers = {id(p) for n, p in model.semantic_pack.named_parameters() if not n.startswith("to_context")}
-    assert {id(p) for p in memory["params"]} == writers  # ψ's projection learns with the backbone
-    assert all(id(p) in {id(q) for q in backbone["params"]} for p in model.semantic_pack.to_context.parameters())
-    assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
-    assert [g["lr"] for g in module.optimizer_for(model, 1e-3, None).param_groups] == [1e-3, 1e-3]

@@ -180,3 +180,83 @@ def test_framepack_f1_preset_builds_on_meta_with_the_real_size():
     assert all(p.device.type == "meta" for p in model.parameters())
     assert abs(backbone - F1_PARAMETERS) / F1_PARAMETERS < 0.05
     assert 15e6 < head < 25e6  # norm_out.linear + proj_out, ~19 M
+
+
+def semantic_pack(seed: int = 0, **overrides) -> SemanticPack:
+    """The tiny preset's SemanticPack; the same seed gives the same weights whatever the overrides
+    (memorize_input, pooling and carry add no parameters)."""
+    torch.manual_seed(seed)
+    return SemanticPack(**{**TINY.semantic_pack, **overrides})
+
+
+def write(sp: SemanticPack, cond: Conditioning, segments: list[torch.Tensor]) -> torch.Tensor:
+    memory = sp.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds, cond.start_latent)
+    with torch.no_grad():
+        for segment in segments:
+            memory = sp.update(memory, segment)
+    return memory.tokens
+
+
+def with_object(background: torch.Tensor, code: torch.Tensor, frame: int = 4) -> torch.Tensor:
+    """A segment [1, C, 9, H, W] that is the static `background` [1, C, 1, H, W] plus, in one latent
+    frame, a 2×2 object carrying `code` [C] (one token of Memorize's 2×2 patches)."""
+    segment = background.repeat(1, 1, WINDOW, 1, 1).clone()
+    segment[0, :, frame, 2:4, 2:4] += code[:, None, None]
+    return segment
+
+
+def test_novelty_memory_ignores_what_the_start_latent_holds():
+    cond = make_cond(seed=5)
+    sp, literal = semantic_pack(), semantic_pack(memorize_input="segment")
+    code = torch.randn(C)
+    segments = [with_object(cond.start_latent, code), cond.start_latent.repeat(1, 1, WINDOW, 1, 1)]
+    shifted = make_cond(seed=5)
+    field = torch.randn(1, C, 1, H, W)  # another static background, in the start latent and every frame
+    shifted.start_latent = cond.start_latent + field
+    moved = [s + field for s in segments]
+    torch.testing.assert_close(write(sp, shifted, moved), write(sp, cond, segments), atol=1e-5, rtol=0)
+    assert (write(literal, shifted, moved) - write(literal, cond, segments)).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="start latent"):
+        sp.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds)
+
+
+def test_salience_pooling_lets_a_one_token_object_move_memorize_s_output():
+    """At initialisation, learned queries pool a window's 48 tokens almost evenly, so an object on one of
+    them barely moves the summary; weighting by input energy lets it dominate. Equal energy everywhere
+    pools exactly as the queries alone do."""
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(2, C, generator=g) * 1.5
+    empty = torch.zeros(1, C, WINDOW, H, W)
+    zero = torch.zeros(1, C, 1, H, W)
+    shares = {}
+    for pooling in ("salience", "learned"):
+        sp = semantic_pack(pooling=pooling)
+        with torch.no_grad():
+            a, b = (sp.memorize_segment(with_object(zero, code), zero) for code in codes)
+        shares[pooling] = float((a - b).norm() / a.norm())
+    assert shares["salience"] > 5 * shares["learned"], shares
+    sp = semantic_pack()
+    tokens = torch.randn(1, 3, 16, sp.config.dim, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(sp.memorize(tokens, (4, 4), torch.full((1, 3, 16), 0.7)), sp.memorize(tokens, (4, 4)))
+
+
+def test_carry_adds_the_previous_memory_at_unit_gain_and_keeps_what_it_held():
+    cond = make_cond(seed=2)
+    carried, rebuilt = semantic_pack(carry=True), semantic_pack(carry=False)
+    first = with_object(cond.start_latent, torch.randn(C))
+    still = cond.start_latent.repeat(1, 1, WINDOW, 1, 1)
+    psi = write(carried, cond, [first])
+    memory = carried.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds, cond.start_latent)
+    with torch.no_grad():
+        one = carried.update(rebuilt.update(memory, first), still).tokens
+        reference = (rebuilt.update(rebuilt.update(memory, first), still).tokens + rebuilt.update(memory, first).tokens)
+    torch.testing.assert_close(one, reference * 0.5**0.5)
+    assert psi.shape == one.shape
+    # what the first segment wrote, four empty sections later: two objects' memories still differ
+    other = with_object(cond.start_latent, torch.randn(C))
+    kept = {}
+    for name, sp in (("carry", carried), ("no carry", rebuilt)):
+        a, b = (write(sp, cond, [seg] + [still] * 4) for seg in (first, other))
+        kept[name] = float((a - b).norm() / a.norm())
+    assert kept["carry"] > 4 * kept["no carry"], kept  # 8.7x at this seed

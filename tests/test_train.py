@@ -260,10 +260,12 @@ def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
     from mempack.train.loop import build_model
 
     config = load_config(TrainConfig(stage=1), None, ["model.frames_4x=32", "model.structure=B",
-                                                       "model.memory_init=zero"])
+                                                       "model.memory_init=zero", "model.memorize_input=segment",
+                                                       "model.pooling=learned", "model.carry=false"])
     model = build_model(config)
     assert model.config.layout == HistoryLayout(1, 2, 32, 9)
-    assert (model.semantic_pack.config.structure, model.semantic_pack.config.init) == ("B", "zero")
+    sp = model.semantic_pack.config
+    assert (sp.structure, sp.init, sp.memorize_input, sp.pooling, sp.carry) == ("B", "zero", "segment", "learned", False)
     start, history = torch.randn(1, 16, 1, 8, 8), torch.randn(1, 16, 45, 8, 8)
     packed = pack_history(start, history, model.config.layout)
     assert packed.latents_4x.shape[2] == 32 and packed.indices_4x.tolist() == list(range(46 - 35, 46 - 3))
@@ -271,12 +273,15 @@ def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
     model.save_pretrained(tmp_path / "stage1")
     again = build_model(TrainConfig(stage=2, init=str(tmp_path / "stage1")))
     assert again.config.layout == model.config.layout and again.semantic_pack.config.structure == "B"
+    assert (again.semantic_pack.config.memorize_input, again.semantic_pack.config.carry) == ("segment", False)
     assert isinstance(again, MemoryPackTransformer)
 
     ablation = build_model(TrainConfig(stage=1, model=ArchitectureConfig(semantic_pack=False, rope="relative")))
     assert ablation.semantic_pack is None and ablation.config.rope == "relative"
     with pytest.raises(ValueError, match="model.structure"):
         load_config(TrainConfig(), None, ["model.structure=D"])
+    with pytest.raises(ValueError, match="model.pooling"):
+        load_config(TrainConfig(), None, ["model.pooling=max"])
     with pytest.raises(ValueError, match="at least one frame"):
         ArchitectureConfig(frames_2x=0)
 

@@ -43,7 +43,7 @@ from mempack.train.deepspeed_config import resolve
 from mempack.train.steps import train_video
 
 torch.manual_seed(0)
-config = TrainConfig(stage=1, pretrained=pretrained, zero_stage=3, num_workers=world, lr=1e-2)
+config = TrainConfig(stage=1, pretrained=pretrained, zero_stage=3, num_workers=world, lr=1e-2, memory_lr=1e-3)
 ds = resolve(config)
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
 model = loop.build_model(config, ds, rank)
@@ -52,7 +52,7 @@ partitioned = all(hasattr(p, "ds_id") and p.ds_tensor.numel() < max(p.ds_numel, 
 # export straight after loading: must equal the pretrained weights; small shards force the sharded layout
 zero3.export_by_module({BACKBONE_DIR: model.backbone, SEMANTIC_PACK_DIR: model.semantic_pack}, out / "loaded", rank,
                        max_shard_bytes=64 * 1024)
-engine = loop._init_engine(model, ds, False)
+engine = loop._init_engine(model, ds, False, config.memory_lr)
 module = engine.module
 g = torch.Generator().manual_seed(1)
 cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
@@ -68,7 +68,8 @@ stats = train_video(module, clips, cond, ForcingConfig(), backward, only_clip=1,
 loop._export(engine, module, str(out / "trained"), rank)
 if rank == 0:
     (out / "rank0.json").write_text(json.dumps({"partitioned": partitioned, "loss": stats.loss,
-                                                "applied": engine.was_step_applied()}))
+                                                "applied": engine.was_step_applied(),
+                                                "group_lrs": [g["lr"] for g in engine.optimizer.param_groups]}))
 """
 
 
@@ -103,6 +104,7 @@ def test_zero3_builds_partitioned_loads_pretrained_and_exports_by_module(tmp_pat
     info = json.loads((tmp_path / "rank0.json").read_text())
     assert info["partitioned"], "parameters were not partitioned at construction"
     assert info["applied"] and info["loss"] == info["loss"]
+    assert info["group_lrs"] == [1e-2, 1e-3]  # what writes ψ keeps its own rate under ZeRO-3
 
     for part in ("transformer", "semantic_pack"):
         loaded = tmp_path / "loaded" / part
@@ -142,7 +144,7 @@ from mempack.train.steps import train_video
 
 config = TrainConfig(stage=1, num_workers=1, lr=1e-2, max_nonfinite_steps=3, zero_stage=int(sys.argv[2]))
 ds = resolve(config)
-engine = loop._init_engine(loop.build_model(config, ds), ds, False)
+engine = loop._init_engine(loop.build_model(config, ds), ds, False, None)
 module = engine.module
 g = torch.Generator().manual_seed(1)
 cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
@@ -196,6 +198,45 @@ def test_schedule_clipping_and_overflow_checks_reach_deepspeed():
     for bad in ({"warmup_steps": -1}, {"ema_decay": 1.0}, {"max_nonfinite_steps": 0}, {"grad_clip": -1.0}):
         with pytest.raises(ValueError):
             TrainConfig(stage=1, **bad)
+
+
+def test_warm_up_ramps_each_parameter_group_to_its_own_rate():
+    from deepspeed.runtime.lr_schedules import WarmupLR
+
+    from mempack.train.deepspeed_config import with_group_rates
+    from mempack.train.optim import parameter_groups
+
+    model = MemoryPackTransformer.from_preset("tiny")
+    model.set_trainable("all")
+    config = TrainConfig(stage=1, lr=2e-4, memory_lr=2e-5, warmup_steps=4)
+    groups = parameter_groups(model, config.lr, config.memory_lr)
+    ds = with_group_rates(resolve(config), groups)
+    assert resolve(config)["scheduler"]["params"]["warmup_max_lr"] == 2e-4  # the input is left as it was
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = WarmupLR(optimizer, **ds["scheduler"]["params"])
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 2e-5])
+    model.set_trainable("head")  # stage 2: one group, the scheduler config untouched
+    head = parameter_groups(model, config.lr, config.memory_lr)
+    assert len(head) == 1 and with_group_rates(resolve(config), head) == resolve(config)
+
+
+def test_parameter_groups_give_what_writes_psi_its_own_rate():
+    from mempack.train.optim import parameter_groups
+
+    model = MemoryPackTransformer.from_preset("tiny")
+    model.set_trainable("all")
+    backbone, memory = parameter_groups(model, 1e-3, 2e-5)
+    assert (backbone["lr"], memory["lr"]) == (1e-3, 2e-5)
+    writers = {id(p) for n, p in model.semantic_pack.named_parameters() if not n.startswith("to_context")}
+    assert {id(p) for p in memory["params"]} == writers  # ψ's projection learns with the backbone
+    assert all(id(p) in {id(q) for q in backbone["params"]} for p in model.semantic_pack.to_context.parameters())
+    assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
+    assert [g["lr"] for g in parameter_groups(model, 1e-3, None)] == [1e-3, 1e-3]
+    with pytest.raises(ValueError, match="memory_lr"):
+        TrainConfig(stage=1, memory_lr=0.0)
 
 
 def test_ema_averages_and_swaps_back():

@@ -187,5 +187,9 @@ def test_memory_energy_says_how_loudly_psi_holds_the_identity(world):
     model = _small_model(world, oracle=False)
     learned = memory_energy(model, world, [4], seed=5, videos=40)[4]
     assert 0 <= learned["identity"] < learned["varying"] < 1  # the background varies too
+    with torch.no_grad():  # a silent projection (zero-initialised adapters start so): shares of nothing are 0
+        for param in model.semantic_pack.to_context[1].parameters():
+            param.zero_()
+    assert memory_energy(model, world, [4], seed=5, videos=8) == {4: {"varying": 0.0, "identity": 0.0}}
     model.config.use_semantic_pack = False
     assert memory_energy(model, world, [4], seed=5, videos=40) is None

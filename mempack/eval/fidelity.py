@@ -165,6 +165,9 @@ def memory_energy(
     for absence in absences:
         x, y = psi_tokens(model, world, absence, seed=seed, videos=videos)
         energy = float(np.square(x).mean())
+        if energy == 0.0:  # a silent ψ (e.g. a zero-initialised projection): no share of nothing
+            out[absence] = {"varying": 0.0, "identity": 0.0}
+            continue
         groups = [x[y == k] for k in np.unique(y)]  # balanced: the same number of videos per identity
         means = np.stack([g.mean(0) for g in groups])
         # the spread of K sample means includes (K − 1)/K · within-identity variance / n: remove it (one-way ANOVA)

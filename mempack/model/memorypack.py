@@ -232,7 +232,8 @@ class MemoryPackTransformer(nn.Module):
         """ψ₀ from the prompt and image features (None when SemanticPack is off)."""
         if not self.uses_memory:
             return None
-        return self.semantic_pack.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds)
+        return self.semantic_pack.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds,
+                                                 cond.start_latent)
 
     def update_memory(self, memory: SemanticMemory | None, segment_latents: torch.Tensor) -> SemanticMemory | None:
         """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)), once per finished section."""

@@ -3,14 +3,30 @@
 ψ₀ is the prompt's features joined with the reference image's features, projected to the memory
 width (`init="zero"` replaces it with zeros: the paper's ablation). After each finished segment xⁿ:
 
-* **Memorize** patchifies the segment's latents, adds fixed (frame, row, column) positions, runs
-  self-attention inside fixed windows of `window_frames` latent frames (never across the whole
+* **Memorize** patchifies what it reads of the segment, adds fixed (frame, row, column) positions,
+  runs self-attention inside fixed windows of `window_frames` latent frames (never across the whole
   history, so the cost is that of one segment), and pools each window to `tokens_per_window`
   embeddings with learned attention queries.
 * **Squeeze** is cross-attention + residual + norm (+ a feed-forward block) that folds the
   Memorize output and ψₙ into ψₙ₊₁. Structure A (default): query = Memorize(xⁿ), key/value = ψₙ.
   Structure B: query = ψₙ, key/value = Memorize(xⁿ). Structure C: as B, but the first update's
   query is ψ₀ joined with the first segment's Memorize output.
+
+Three choices the paper leaves open make the memory trainable (README, "Does it work?", measures each);
+each can be set back to the literal reading for ablations:
+
+* `memorize_input="novelty"`: Memorize reads the segment minus the start latent, which FramePack keeps
+  in every forward anyway. ψ then spends its capacity on what the start frame does not hold; read
+  literally (`"segment"`), ψ's video-to-video variation is mostly the static background, which the
+  backbone learns to ignore, and the rest of ψ goes with it.
+* `pooling="salience"`: each window's pooling attention is biased by the log of each token's input
+  energy, so a small new object is not averaged away among dozens of unchanged tokens (`"learned"`:
+  queries alone, which at initialisation pool almost uniformly: an object covering 1/16 of a frame
+  held 0.1 % of ψ's energy).
+* `carry=True`: ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 whenever both have the same tokens (structure
+  A after its first update; B; C after its first), a residual path through time. Without it,
+  structure A rebuilds ψ from the newest segment each section and what was seen fades about tenfold per
+  update at initialisation, so after four absent sections nothing is left for gradients to amplify.
 
 Every update reads one segment and a ψ of fixed size, so its cost does not grow with the video:
 total cost is linear in the number of segments. ψ is read by the backbone through
@@ -24,6 +40,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -33,15 +50,17 @@ Structure = Literal["A", "B", "C"]
 
 @dataclass
 class SemanticMemory:
-    """ψ: memory tokens [B, M, D], which of them are real [B, M] (bool), and updates so far."""
+    """ψ: memory tokens [B, M, D], which of them are real [B, M] (bool), updates so far, and the start
+    latent [B, C, 1, H, W] that novelty is measured against (None when Memorize reads whole segments)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
     step: int = 0
+    anchor: torch.Tensor | None = None
 
     def detach(self) -> "SemanticMemory":
         """Cut the graph between clips (stage 2 trains only the head; stage 1 may keep a window)."""
-        return SemanticMemory(self.tokens.detach(), self.mask, self.step)
+        return SemanticMemory(self.tokens.detach(), self.mask, self.step, self.anchor)
 
 
 def sincos_positions(frames: int, height: int, width: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -71,13 +90,15 @@ class Memorize(nn.Module):
     Tokens carry fixed (frame-in-window, row, column) positions. Each window of `window_frames`
     frames is pooled by `tokens_per_window` learned queries that attend over all its tokens — a
     learned summary rather than an average of raster spans that would mix the end of one row or
-    frame with the start of the next.
+    frame with the start of the next. Given `salience` (each token's input energy), the pooling
+    logits are biased by its log, so the queries start from an energy-weighted summary.
     """
 
     def __init__(self, dim: int, num_heads: int, num_layers: int, window_frames: int, tokens_per_window: int):
         super().__init__()
         self.window_frames = window_frames
         self.tokens_per_window = tokens_per_window
+        self.num_heads = num_heads
         layer = nn.TransformerEncoderLayer(
             dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -86,18 +107,33 @@ class Memorize(nn.Module):
         self.pool = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """tokens [B, T, N, D] (frames × spatial tokens of a `grid` = (h, w)) → [B, windows · tokens_per_window, D]."""
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], salience: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T, N, D] (frames × spatial tokens of a `grid` = (h, w)), optional salience [B, T, N]
+        (≥ 0) → [B, windows · tokens_per_window, D]."""
         b, t, n, d = tokens.shape
         positions = sincos_positions(self.window_frames, grid[0], grid[1], d, tokens.device, tokens.dtype)
+        saliences = [None] * len(tokens.split(self.window_frames, dim=1)) if salience is None else \
+            salience.split(self.window_frames, dim=1)
         pooled = []
-        for window in tokens.split(self.window_frames, dim=1):
+        for window, energy in zip(tokens.split(self.window_frames, dim=1), saliences):
             frames = window.shape[1]
             x = self.blocks((window + positions[:frames]).reshape(b, frames * n, d))
             query = self.queries.to(x.dtype)[None].repeat(b, 1, 1)  # a copy: no-grad views of a leaf still require grad
-            summary, _ = self.pool(query, x, x, need_weights=False)
+            bias = None if energy is None else self._salience_bias(energy.reshape(b, frames * n)).to(x.dtype)
+            summary, _ = self.pool(query, x, x, attn_mask=bias, need_weights=False)
             pooled.append(summary + query)
         return self.norm(torch.cat(pooled, dim=1))
+
+    def _salience_bias(self, energy: torch.Tensor) -> torch.Tensor:
+        """Additive pooling logits [B·heads, queries, tokens] = log(energy + 10 % of the window's mean).
+
+        Scale-free (latents of any VAE scale get the same weights); the floor keeps near-silent tokens
+        in play and makes a window where nothing stands out pool uniformly, as the queries alone would.
+        """
+        floor = 0.1 * energy.mean(dim=1, keepdim=True) + torch.finfo(energy.dtype).tiny
+        bias = torch.log(energy + floor)  # [B, tokens]
+        bias = bias[:, None, :].expand(-1, self.tokens_per_window, -1)
+        return bias.repeat_interleave(self.num_heads, dim=0)
 
 
 class Squeeze(nn.Module):
@@ -135,12 +171,19 @@ class SemanticPack(ModelMixin, ConfigMixin):
         memorize_layers: int = 2,
         structure: str = "A",
         init: str = "prompt_image",
+        memorize_input: str = "novelty",
+        pooling: str = "salience",
+        carry: bool = True,
     ):
         super().__init__()
         if structure not in ("A", "B", "C"):
             raise ValueError(f"structure must be A, B or C, got {structure!r}")
         if init not in ("prompt_image", "zero"):
             raise ValueError(f"init must be 'prompt_image' or 'zero', got {init!r}")
+        if memorize_input not in ("novelty", "segment"):
+            raise ValueError(f"memorize_input must be 'novelty' or 'segment', got {memorize_input!r}")
+        if pooling not in ("salience", "learned"):
+            raise ValueError(f"pooling must be 'salience' or 'learned', got {pooling!r}")
         self.text_in = nn.Linear(text_embed_dim, dim)
         self.image_in = nn.Linear(image_embed_dim, dim)
         self.patchify = nn.Conv3d(latent_channels, dim, (1, patch_size, patch_size), (1, patch_size, patch_size))
@@ -149,27 +192,42 @@ class SemanticPack(ModelMixin, ConfigMixin):
         self.to_context = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, context_dim))
 
     def initial_memory(
-        self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, image_embeds: torch.Tensor
+        self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, image_embeds: torch.Tensor,
+        start_latent: torch.Tensor | None = None,
     ) -> SemanticMemory:
-        """ψ₀ = [text_in(prompt tokens) ; image_in(image tokens)] — timestep-independent features."""
+        """ψ₀ = [text_in(prompt tokens) ; image_in(image tokens)] — timestep-independent features — and
+        the start latent [B, C, 1, H, W] novelty is measured against (required for `memorize_input="novelty"`)."""
+        if self.config.memorize_input == "novelty" and start_latent is None:
+            raise ValueError("memorize_input='novelty' measures novelty against the start latent: pass start_latent")
         text = self.text_in(prompt_embeds.to(self.dtype))
         image = self.image_in(image_embeds.to(self.dtype))
         tokens = torch.cat([text, image], dim=1)
         mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(image.shape[:2]).bool()], dim=1)
         if self.config.init == "zero":
             tokens = torch.zeros_like(tokens)
-        return SemanticMemory(tokens, mask, 0)
+        anchor = start_latent if self.config.memorize_input == "novelty" else None
+        return SemanticMemory(tokens, mask, 0, anchor)
 
-    def memorize_segment(self, segment_latents: torch.Tensor) -> torch.Tensor:
-        """Memorize(xⁿ): segment latents [B, C, T, H, W] → compact embeddings [B, K, D]."""
-        x = self.patchify(segment_latents.to(self.dtype))  # [B, D, T, h, w]
+    def memorize_segment(self, segment_latents: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """Memorize(xⁿ): segment latents [B, C, T, H, W] (minus `anchor` [B, C, 1, H, W] when Memorize
+        reads novelty) → compact embeddings [B, K, D]."""
+        x = segment_latents.to(self.dtype)
+        if self.config.memorize_input == "novelty":
+            if anchor is None:
+                raise ValueError("memorize_input='novelty' needs the start latent (ψ₀ from initial_memory carries it)")
+            x = x - anchor.to(x)
+        salience = None
+        if self.config.pooling == "salience":
+            size = self.config.patch_size
+            salience = F.avg_pool3d(x.square().mean(1, keepdim=True), (1, size, size)).flatten(3)[:, 0]  # [B, T, h·w]
+        x = self.patchify(x)  # [B, D, T, h, w]
         grid = (x.shape[3], x.shape[4])
         x = x.flatten(3).permute(0, 2, 3, 1)  # [B, T, h·w, D]
-        return self.memorize(x, grid)
+        return self.memorize(x, grid, salience)
 
     def update(self, memory: SemanticMemory, segment_latents: torch.Tensor) -> SemanticMemory:
-        """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)) under the configured structure."""
-        visual = self.memorize_segment(segment_latents)
+        """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)) under the configured structure (+ ψₙ, over √2, with `carry`)."""
+        visual = self.memorize_segment(segment_latents, memory.anchor)
         visual_mask = torch.ones(visual.shape[:2], dtype=torch.bool, device=visual.device)
         structure = self.config.structure
         if structure == "A":
@@ -179,7 +237,9 @@ class SemanticPack(ModelMixin, ConfigMixin):
             tokens, mask = self.squeeze(query, visual, None), torch.cat([memory.mask, visual_mask], dim=1)
         else:  # B, and C after its first update
             tokens, mask = self.squeeze(memory.tokens, visual, None), memory.mask
-        return SemanticMemory(tokens, mask, memory.step + 1)
+        if self.config.carry and tokens.shape == memory.tokens.shape:
+            tokens = (tokens + memory.tokens) * 0.5**0.5  # unit gain for uncorrelated parts: ψ's scale stays put
+        return SemanticMemory(tokens, mask, memory.step + 1, memory.anchor)
 
     def context_tokens(self, memory: SemanticMemory) -> torch.Tensor:
         """ψ projected to the backbone's width, [B, M, context_dim]; padded tokens set to zero."""

@@ -23,12 +23,17 @@ class ArchitectureConfig:
     semantic_pack: bool = True  # False: FramePack-only (ablation)
     structure: str = "A"  # Squeeze structure of appendix A.1: A, B or C
     memory_init: str = "prompt_image"  # ψ₀ = prompt ⊕ image, or "zero" (ablation)
+    memorize_input: str = "novelty"  # Memorize reads the segment minus the start latent; "segment": as is
+    pooling: str = "salience"  # Memorize's window pooling biased by token energy; "learned": queries alone
+    carry: bool = True  # ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 (semantic_pack.py says why each)
 
     def __post_init__(self) -> None:
         HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x)  # raises on an empty stream
         for name, value, allowed in (("rope", self.rope, ("absolute", "relative")),
                                      ("structure", self.structure, ("A", "B", "C")),
-                                     ("memory_init", self.memory_init, ("prompt_image", "zero"))):
+                                     ("memory_init", self.memory_init, ("prompt_image", "zero")),
+                                     ("memorize_input", self.memorize_input, ("novelty", "segment")),
+                                     ("pooling", self.pooling, ("salience", "learned"))):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
 
@@ -36,7 +41,9 @@ class ArchitectureConfig:
         """Keyword arguments of `MemoryPackTransformer.from_preset` / `from_pretrained`."""
         return dict(frames_1x=self.frames_1x, frames_2x=self.frames_2x, frames_4x=self.frames_4x, rope=self.rope,
                     use_semantic_pack=self.semantic_pack,
-                    semantic_pack_overrides=dict(structure=self.structure, init=self.memory_init))
+                    semantic_pack_overrides=dict(structure=self.structure, init=self.memory_init,
+                                                 memorize_input=self.memorize_input, pooling=self.pooling,
+                                                 carry=self.carry))
 
 
 @dataclass
@@ -53,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     # optimisation
     lr: float = 1e-5
+    memory_lr: float | None = None  # what writes ψ (SemanticPack but its projection); None: lr (mempack.train.optim)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # DeepSpeed's gradient_clipping (global norm); 0 disables
     warmup_steps: int = 0  # linear LR warm-up from 0 over this many optimizer steps, then constant (the paper's)
@@ -93,6 +101,8 @@ class TrainConfig:
             self.output = f"outputs/train/stage{self.stage}"
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.max_nonfinite_steps < 1 or self.batch_size < 1:
             raise ValueError("warmup_steps and grad_clip must be >= 0, batch_size and max_nonfinite_steps >= 1")
+        if self.memory_lr is not None and self.memory_lr <= 0:
+            raise ValueError(f"memory_lr must be > 0 (or unset: lr), got {self.memory_lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 

@@ -62,3 +62,12 @@ def resolve(config: TrainConfig) -> dict:
     ds["gradient_accumulation_steps"] = 1  # set per curriculum bucket (clips per video) in stage 2
     ds.pop("train_batch_size", None)
     return ds
+
+
+def with_group_rates(ds: dict, groups: list[dict]) -> dict:
+    """`ds` with the warm-up scheduler ramping each optimizer group to its own rate (DeepSpeed's WarmupLR
+    takes one peak per group; a single number would lift the memory writer to the backbone's rate)."""
+    if "scheduler" not in ds or len(groups) < 2:
+        return ds
+    scheduler = {**ds["scheduler"], "params": {**ds["scheduler"]["params"], "warmup_max_lr": [g["lr"] for g in groups]}}
+    return {**ds, "scheduler": scheduler}

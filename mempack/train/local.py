@@ -24,6 +24,7 @@ import torch
 
 from mempack.forcing import ForcingConfig, resolve_mode
 from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.train.optim import parameter_groups
 from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class LocalTrainConfig:
     stage: int = 1
     steps: int = 100  # optimizer steps = videos trained
     lr: float = 1e-4
+    memory_lr: float | None = None  # what writes ψ (mempack.train.optim); None: lr
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
@@ -69,7 +71,8 @@ def train_in_process(
     model.set_trainable("all" if config.stage == 1 else "head")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.memory_lr),
+                                  weight_decay=config.weight_decay)
     order = _curriculum(videos) if not callable(videos) else None
     losses: list[float] = []
     clips_seen = skipped = 0

@@ -31,11 +31,13 @@ from mempack.train.steps import clips_trained_per_video, train_video, trained_cl
 from mempack.model import MemoryPackTransformer
 from mempack.model.memorypack import CONFIG_NAME, SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
 from mempack.train import zero3
+from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
 from mempack.train.config import TrainConfig
 from mempack.train.data import Bucket, collate_videos, to_training_inputs
 from mempack.train.mlflow_logger import worker_logger
+from mempack.train.optim import parameter_groups
 from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, console_logger
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | 
     return model
 
 
-def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):
+def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool, memory_lr: float | None):
     import deepspeed
 
     if not use_gpu:
@@ -81,9 +83,9 @@ def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool):
         # first use; gloo alone is correct, so skip it.
         # (importlib: `import deepspeed.comm.torch as m` binds deepspeed.comm's attribute `torch`, the torch package)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config,
-                                           dist_init_required=False)
+    groups = parameter_groups(model, ds_config["optimizer"]["params"]["lr"], memory_lr)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups,
+                                           config=with_group_rates(ds_config, groups), dist_init_required=False)
     return engine
 
 
@@ -128,7 +130,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model.set_trainable(config.trainable)
     if config.gradient_checkpointing:
         model.backbone.enable_gradient_checkpointing()
-    engine = _init_engine(model, ds_config, config.use_gpu)
+    engine = _init_engine(model, ds_config, config.use_gpu, config.memory_lr)
     module: MemoryPackTransformer = engine.module
     dtype = next(module.parameters()).dtype
     logger = worker_logger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank,
