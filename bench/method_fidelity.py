@@ -78,6 +78,7 @@ class Settings:
     probe_videos: int = 160  # held-out videos per absence for the ψ read-out (3/4 fit it, 1/4 score it)
     memory_lr: float | None = None  # stage 1: what writes ψ (mempack.train.optim); None: lr
     semantic_pack: dict = field(default_factory=dict)  # SemanticPack overrides (ablations: memorize_input, ...)
+    stage1_clip: str = "uniform"  # which clip a stage-1 step trains: uniform (the library's), or the return section
 
 
 def world_for(s: Settings, stage: int):
@@ -168,7 +169,9 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
         drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
         videos = [(v.clips(), world.conditioning(v)) for v in drawn]
         config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing)
-    result = train_in_process(model, videos, config)
+    returns_only = stage == 1 and s.stage1_clip == "return"  # sections: …, the return, then after_return more
+    result = train_in_process(model, videos, config,
+                              pick_clip=(lambda n: n - 1 - s.after_return) if returns_only else None)
     folder = Path(s.out) / "models" / f"{variant}-seed{seed}"
     model.save_pretrained(folder)
     eval_world = world_for(s, 1)
@@ -416,6 +419,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--memory-lr", type=float, default=1e-4,
                    help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)")
+    p.add_argument("--stage1-clip", default="uniform", choices=("uniform", "return"),
+                   help="stage 1 trains one clip per video: drawn uniformly (the library's), or its return section "
+                        "(the one whose content must come from memory)")
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--events", type=int, default=12,
                    help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
@@ -478,7 +484,8 @@ def main(argv=None) -> dict:
                  args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
-                 args.after_return, args.probe_videos, args.memory_lr)
+                 args.after_return, args.probe_videos, args.memory_lr,
+                 stage1_clip=args.stage1_clip)
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts
@@ -503,7 +510,7 @@ def main(argv=None) -> dict:
                    machine=f"{os.cpu_count()} CPUs", runs=results)
     print_table(summary, s)
     print(f"total {summary['seconds']:.0f} s")
-    strip = write_strip(results, Path(args.json).with_name("method_fidelity_strip.png"))
+    strip = write_strip(results, Path(args.json).with_name(f"{Path(args.json).stem}_strip.png"))
     if strip:
         summary["strip_png"] = str(strip)
         print(f"rollout strip (framepack_only above direct): {strip}")

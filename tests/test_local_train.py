@@ -62,3 +62,21 @@ def test_which_clips_a_step_trains_follows_stage_and_mode():
     assert TrainConfig(stage=1, forcing=ForcingConfig(mode="direct")).resolved_forcing().mode == "direct"
     assert TrainConfig(stage=2, forcing=ForcingConfig(mode="teacher")).resolved_forcing().mode == "teacher"
     assert TrainConfig(stage=2).resolved_forcing().mode == "direct"
+
+
+def test_a_chosen_clip_replaces_the_uniform_draw_and_memory_learns_only_from_late_clips(world):
+    """The first clip is generated before any ψ update, so training only it leaves Memorize untouched;
+    training the last one reaches it. `memory_lr` gives Memorize its own rate."""
+    video = world.video(3, absence=2)
+    clips, cond = video.clips(), world.conditioning(video)
+    changed = {}
+    for name, pick in (("first", lambda n: 0), ("last", lambda n: n - 1)):
+        model = MemoryPackTransformer.from_preset("tiny", seed=2)
+        before = model.semantic_pack.patchify.weight.detach().clone()
+        seen = []
+        result = train_in_process(model, [(clips, cond)], LocalTrainConfig(stage=1, steps=2, lr=1e-3, memory_lr=1e-4),
+                                  pick_clip=lambda n, pick=pick: seen.append(n) or pick(n))
+        assert seen == [clips.shape[0]] * 2 and result.clips == 2
+        changed[name] = (model.semantic_pack.patchify.weight - before).abs().max().item()
+    assert changed["first"] == 0.0
+    assert 0.0 < changed["last"] < 3e-4  # two Adam steps of about memory_lr each (at lr they would reach 2e-3)

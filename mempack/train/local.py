@@ -62,9 +62,14 @@ def train_in_process(
     config: LocalTrainConfig,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    pick_clip: Callable[[int], int] | None = None,
 ) -> LocalTrainResult:
     """Train `model` for `config.steps` videos; `videos` is a list (epochs in curriculum order) or a
-    function step → video (an endless stream, e.g. freshly drawn synthetic videos)."""
+    function step → video (an endless stream, e.g. freshly drawn synthetic videos).
+
+    `pick_clip` (number of clips → index) chooses the one clip a stage-1 teacher-forcing step trains
+    instead of the uniform draw: an experiment's curriculum, e.g. the benchmark training only the
+    sections whose content must come from memory."""
     torch.manual_seed(config.seed)
     mode = resolve_mode(config.forcing.mode, config.stage)
     forcing = dataclasses.replace(config.forcing, mode=mode)
@@ -83,6 +88,8 @@ def train_in_process(
         scale = 1.0 / clips_trained_per_video(config.stage, mode, num_clips)
         shared = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         only = trained_clip(config.stage, mode, num_clips, shared)
+        if pick_clip is not None and only is not None:
+            only = pick_clip(num_clips)
 
         def backward(loss: torch.Tensor, last: bool, retain: bool) -> None:
             if torch.isfinite(loss):
