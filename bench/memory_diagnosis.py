@@ -105,7 +105,7 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(1)
     from method_fidelity import Settings, build_model, world_for
 
-    from mempack.eval.fidelity import memory_energy, memory_probe, memory_recall
+    from mempack.eval.fidelity import energy_shares, memory_recall, psi_tokens, readout_accuracy
     from mempack.forcing import ForcingConfig
     from mempack.train.optim import parameter_groups
     from mempack.train.steps import train_video, trained_clip
@@ -132,8 +132,11 @@ def main(argv=None) -> list[dict]:
     def evaluate(step: int) -> None:
         model.eval()
         recall = memory_recall(model, world, args.eval, args.events, seed=900_000_000, steps=8)
-        probe = memory_probe(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
-        energy = memory_energy(model, world, args.eval, seed=920_000_000, videos=args.probe_videos)
+        probe = energy = None
+        if model.uses_memory:  # ψ built once per absence for both the read-out and its energy shares
+            tokens = {L: psi_tokens(model, world, L, seed=920_000_000, videos=args.probe_videos) for L in args.eval}
+            probe = {L: readout_accuracy(*tokens[L], world.config.identities) for L in args.eval}
+            energy = {L: energy_shares(*tokens[L]) for L in args.eval}
         model.train()
         window, grad_window = losses[-args.every:], grads[-args.every:]
         row = {"step": step, "loss": sum(window) / len(window) if window else None, "recall": recall.recall,

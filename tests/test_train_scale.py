@@ -210,8 +210,9 @@ def test_warm_up_ramps_each_parameter_group_to_its_own_rate():
     model.set_trainable("all")
     config = TrainConfig(stage=1, lr=2e-4, memory_lr=2e-5, warmup_steps=4)
     groups = parameter_groups(model, config.lr, config.memory_lr)
-    ds = with_group_rates(resolve(config), groups)
-    assert resolve(config)["scheduler"]["params"]["warmup_max_lr"] == 2e-4  # the input is left as it was
+    single = resolve(config)
+    ds = with_group_rates(single, groups)
+    assert single["scheduler"]["params"]["warmup_max_lr"] == 2e-4  # the input is left as it was
     optimizer = torch.optim.AdamW(groups)
     scheduler = WarmupLR(optimizer, **ds["scheduler"]["params"])
     for _ in range(6):

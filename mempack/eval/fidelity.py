@@ -135,17 +135,22 @@ def memory_probe(
     """
     if not model.uses_memory:
         return None
-    out = {}
+    return {absence: readout_accuracy(*psi_tokens(model, world, absence, seed=seed, videos=videos),
+                                      world.config.identities, train_fraction=train_fraction, ridge=ridge)
+            for absence in absences}
+
+
+def readout_accuracy(tokens: np.ndarray, labels: np.ndarray, identities: int, *, train_fraction: float = 0.75,
+                     ridge: float = 10.0) -> float:
+    """Held-out accuracy of a ridge classifier of `labels` from `tokens` [videos, M, D], every feature
+    standardised over the first `train_fraction` of the videos (which fit it)."""
+    videos = tokens.shape[0]
     fit = int(videos * train_fraction)
-    for absence in absences:
-        tokens, y = psi_tokens(model, world, absence, seed=seed, videos=videos)
-        x = tokens.reshape(videos, -1)
-        mean, std = x[:fit].mean(0), x[:fit].std(0) + 1e-6
-        x = (x - mean) / std
-        targets = np.eye(world.config.identities)[y[:fit]]
-        weights = np.linalg.solve(x[:fit].T @ x[:fit] + ridge * np.eye(x.shape[1]), x[:fit].T @ targets)
-        out[absence] = float(((x[fit:] @ weights).argmax(1) == y[fit:]).mean())
-    return out
+    x = tokens.reshape(videos, -1)
+    x = (x - x[:fit].mean(0)) / (x[:fit].std(0) + 1e-6)
+    targets = np.eye(identities)[labels[:fit]]
+    weights = np.linalg.solve(x[:fit].T @ x[:fit] + ridge * np.eye(x.shape[1]), x[:fit].T @ targets)
+    return float(((x[fit:] @ weights).argmax(1) == labels[fit:]).mean())
 
 
 def memory_energy(
@@ -161,17 +166,17 @@ def memory_energy(
     """
     if not model.uses_memory:
         return None
-    out = {}
-    for absence in absences:
-        x, y = psi_tokens(model, world, absence, seed=seed, videos=videos)
-        energy = float(np.square(x).mean())
-        if energy == 0.0:  # a silent ψ (e.g. a zero-initialised projection): no share of nothing
-            out[absence] = {"varying": 0.0, "identity": 0.0}
-            continue
-        groups = [x[y == k] for k in np.unique(y)]  # balanced: the same number of videos per identity
-        means = np.stack([g.mean(0) for g in groups])
-        # the spread of K sample means includes (K − 1)/K · within-identity variance / n: remove it (one-way ANOVA)
-        noise = (len(groups) - 1) / len(groups) * float(np.mean([g.var(0, ddof=1).mean() / len(g) for g in groups]))
-        out[absence] = {"varying": float(x.var(0).mean()) / energy,
-                        "identity": max(0.0, float(means.var(0).mean()) - noise) / energy}
-    return out
+    return {absence: energy_shares(*psi_tokens(model, world, absence, seed=seed, videos=videos))
+            for absence in absences}
+
+
+def energy_shares(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """`varying` and `identity` shares of the energy of tokens `x` [videos, ...] labelled `y` (see `memory_energy`)."""
+    energy = float(np.square(x).mean())
+    if energy == 0.0:  # a silent ψ (e.g. a zero-initialised projection): no share of nothing
+        return {"varying": 0.0, "identity": 0.0}
+    groups = [x[y == k] for k in np.unique(y)]  # balanced: the same number of videos per identity
+    means = np.stack([g.mean(0) for g in groups])
+    # the spread of K sample means includes (K − 1)/K · within-identity variance / n: remove it (one-way ANOVA)
+    noise = (len(groups) - 1) / len(groups) * float(np.mean([g.var(0, ddof=1).mean() / len(g) for g in groups]))
+    return {"varying": float(x.var(0).mean()) / energy, "identity": max(0.0, float(means.var(0).mean()) - noise) / energy}

@@ -112,10 +112,10 @@ class Memorize(nn.Module):
         (≥ 0) → [B, windows · tokens_per_window, D]."""
         b, t, n, d = tokens.shape
         positions = sincos_positions(self.window_frames, grid[0], grid[1], d, tokens.device, tokens.dtype)
-        saliences = [None] * len(tokens.split(self.window_frames, dim=1)) if salience is None else \
-            salience.split(self.window_frames, dim=1)
+        windows = tokens.split(self.window_frames, dim=1)
+        saliences = [None] * len(windows) if salience is None else salience.split(self.window_frames, dim=1)
         pooled = []
-        for window, energy in zip(tokens.split(self.window_frames, dim=1), saliences):
+        for window, energy in zip(windows, saliences):
             frames = window.shape[1]
             x = self.blocks((window + positions[:frames]).reshape(b, frames * n, d))
             query = self.queries.to(x.dtype)[None].repeat(b, 1, 1)  # a copy: no-grad views of a leaf still require grad
