@@ -12,6 +12,8 @@ evaluates each on world videos whose seeds were never trained on:
     direct          memorypack + stage 2 Direct Forcing (head only, curriculum, one step per video)
     student         memorypack + stage 2 student forcing (5 sampling steps)
     teacher_head    memorypack + stage 2 teacher forcing, head only (the "more training" control)
+    direct_all      memorypack + stage 2 Direct Forcing, whole network (is the head too small at this scale?)
+    teacher_all     memorypack + stage 2 teacher forcing, whole network, every clip (direct_all's control)
     oracle_memory   memorypack with ψ replaced by the world's truth (the identity last seen): the ceiling
                     of recall, which calibrates the instrument (mempack.world.OracleMemoryTransformer)
 
@@ -43,8 +45,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGE1 = ("framepack_only", "zero_memory", "memorypack", "oracle_memory")
-STAGE2 = {"direct": "direct", "student": "student", "teacher_head": "teacher"}
+# stage-2 variants: (forcing mode, what trains); the paper's Direct Forcing trains the head only
+STAGE2 = {"direct": ("direct", "head"), "student": ("student", "head"), "teacher_head": ("teacher", "head"),
+          "direct_all": ("direct", "all"), "teacher_all": ("teacher", "all")}
 VARIANTS = STAGE1 + tuple(STAGE2)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if not v.endswith("_all"))  # the whole-network pair: on request
 FRAMEPACK_WINDOW_SECTIONS = 19 / 9  # 1 + 2 + 16 latent frames of history
 
 
@@ -79,6 +84,7 @@ class Settings:
     memory_lr: float | None = None  # stage 1: what writes ψ (mempack.train.optim); None: lr
     semantic_pack: dict = field(default_factory=dict)  # SemanticPack overrides (ablations: memorize_input, ...)
     stage1_clip: str = "uniform"  # which clip a stage-1 step trains: uniform (the library's), or the return section
+    exposure_videos: int = 4  # held-out videos whose sections are made from own vs true history (exposure_gap)
 
 
 def world_for(s: Settings, stage: int):
@@ -118,7 +124,7 @@ def build_model(s: Settings, variant: str, seed: int, world=None):
     return MemoryPackTransformer(backbone, memory, config)
 
 
-def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
+def flops_per_clip(model, world, stage: int, mode: str, trainable: str, s: Settings) -> float:
     """FLOPs of one training step (forward + backward) of a 6-section video, per trained clip."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -128,7 +134,7 @@ def flops_per_clip(model, world, stage: int, mode: str, s: Settings) -> float:
 
     video = world.video(10**9, absence=3)
     clips, cond = video.clips()[:6], world.conditioning(video)
-    model.set_trainable("all" if stage == 1 else "head")
+    model.set_trainable(trainable)
     forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
                             memory_grad_window=s.memory_grad_window)
     only = trained_clip(stage, mode, clips.shape[0], torch.Generator().manual_seed(0))
@@ -146,18 +152,18 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from mempack.eval.fidelity import memory_probe, memory_recall, rollout_drift
+    from mempack.eval.fidelity import exposure_gap, memory_probe, memory_recall, rollout_drift
     from mempack.forcing import ForcingConfig
     from mempack.model import MemoryPackTransformer
     from mempack.train.local import LocalTrainConfig, train_in_process
 
     stage = 1 if variant in STAGE1 else 2
-    mode = "teacher" if stage == 1 else STAGE2[variant]
+    mode, trainable = ("teacher", "all") if stage == 1 else STAGE2[variant]
     world = world_for(s, stage)
     model = build_model(s, variant, seed, world) if init is None else MemoryPackTransformer.from_pretrained(init)
     forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
                             memory_grad_window=s.memory_grad_window)
-    flops = flops_per_clip(model, world, stage, mode, s)
+    flops = flops_per_clip(model, world, stage, mode, trainable, s)
     base = 1_000_000 * (seed + 1)  # training seeds; evaluation uses 900_000_000 + ..., never trained on
     if stage == 1:
         def videos(step: int):
@@ -168,7 +174,8 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     else:
         drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
         videos = [(v.clips(), world.conditioning(v)) for v in drawn]
-        config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing)
+        config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing,
+                                  trainable=trainable)
     returns_only = stage == 1 and s.stage1_clip == "return"  # sections: …, the return, then after_return more
     result = train_in_process(model, videos, config,
                               pick_clip=(lambda n: n - 1 - s.after_return) if returns_only else None)
@@ -179,8 +186,11 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     probe = memory_probe(model, eval_world, s.absences, seed=920_000_000, videos=s.probe_videos)
     drift, kept = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
                                 steps=s.sample_steps, keep_latents=True)
+    exposure = exposure_gap(model, eval_world, s.exposure_videos, seed=930_000_000, steps=s.sample_steps)
     out = {
         "variant": variant, "seed": seed, "export": str(folder),
+        "exposure_gap": exposure.gap, "exposure_gap_per_video": exposure.per_video,
+        "exposure_rollout_curve": exposure.rollout_curve, "exposure_teacher_curve": exposure.teacher_curve,
         "recall_by_absence": recall.recall, "returned_by_absence": recall.returned, "drawn_by_absence": recall.drawn,
         "memory_probe_by_absence": probe,
         "drift": drift.drift, "drift_per_rollout": drift.per_rollout, "drift_curve": drift.curve,
@@ -223,8 +233,8 @@ def _log_mlflow(s: Settings, out: dict, video: Path) -> None:
         metrics = {f"recall_L{k}": v for k, v in out["recall_by_absence"].items()}
         metrics.update({f"returned_L{k}": v for k, v in out["returned_by_absence"].items()})
         metrics.update({f"psi_probe_L{k}": v for k, v in (out["memory_probe_by_absence"] or {}).items()})
-        metrics.update(drift=out["drift"], train_seconds_per_clip=out["train_seconds_per_clip"],
-                       train_flops_per_clip=out["train_flops_per_clip"])
+        metrics.update(drift=out["drift"], exposure_gap=out["exposure_gap"],
+                       train_seconds_per_clip=out["train_seconds_per_clip"], train_flops_per_clip=out["train_flops_per_clip"])
         mlflow.log_metrics(metrics)
         for i, value in enumerate(out["drift_curve"]):
             mlflow.log_metric("drift_curve", value, step=i)
@@ -309,6 +319,12 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "memory_probe_by_absence": _probe_means(rows, s.absences),
             "drift": _stats([r["drift"] for r in rows]),
             "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
+            # the error level the rollout ends at (mean over its last 15 % of sections), beside eq. 8's difference
+            "exposure_gap": _stats([r["exposure_gap"] for r in rows]),
+            "exposure_curves": {"own_history": np.mean([r["exposure_rollout_curve"] for r in rows], axis=0).tolist(),
+                                "true_history": np.mean([r["exposure_teacher_curve"] for r in rows], axis=0).tolist()},
+            "late_error": _stats([float(np.mean(r["drift_curve"][-max(1, round(0.15 * len(r["drift_curve"]))):]))
+                                  for r in rows]),
             "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
             "train_flops_per_clip": float(np.mean([r["train_flops_per_clip"] for r in rows])),
             "loss": {"first": float(np.mean([r["first_loss"] for r in rows])),
@@ -318,26 +334,35 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
         if any("drift_sampled_at_guidance_10" in r for r in rows):
             entry["drift_sampled_at_guidance_10"] = _stats([r["drift_sampled_at_guidance_10"] for r in rows])
         summary["variants"][v] = entry
-    summary["paired_drift"] = paired_drift(results)
+    summary["paired_drift"] = paired(results, "drift", "drift_per_rollout")
+    summary["paired_exposure_gap"] = paired(results, "exposure_gap", "exposure_gap_per_video")
     return summary
 
 
-PAIRS = (("direct", "memorypack"), ("direct", "student"), ("direct", "teacher_head"), ("memorypack", "framepack_only"))
+PAIRS = (("direct", "memorypack"), ("direct", "student"), ("direct", "teacher_head"), ("direct_all", "teacher_all"),
+         ("memorypack", "framepack_only"))
 
 
-def paired_drift(results: list[dict]) -> dict:
-    """Drift differences within a seed, mean ± std over seeds, for the comparisons the paper makes.
+def paired(results: list[dict], key: str, per_key: str) -> dict:
+    """Differences of `key` within a seed, mean ± std over seeds, for the comparisons the paper makes.
 
     Every variant of a seed rolls out from the same start latents with the same noise, and its stage-2
     variants also start from that seed's memorypack export, so the per-seed difference removes what
     they share; its spread, not the overlap of two variants' error bars, says whether an ordering holds.
+    `per_rollout` pools the pairs rollout by rollout (`per_key`: same start and noise) over the seeds.
     """
-    by = {(r["variant"], r["seed"]): r["drift"] for r in results}
+    import numpy as np
+
+    by = {(r["variant"], r["seed"]): r for r in results}
     out = {}
     for a, b in PAIRS:
         seeds = sorted(seed for (v, seed) in by if v == a and (b, seed) in by)
         if seeds:
-            out[f"{a} - {b}"] = _stats([by[(a, seed)] - by[(b, seed)] for seed in seeds])
+            out[f"{a} - {b}"] = _stats([by[(a, seed)][key] - by[(b, seed)][key] for seed in seeds])
+            diffs = np.concatenate([np.subtract(by[(a, seed)][per_key], by[(b, seed)][per_key]) for seed in seeds])
+            out[f"{a} - {b}"]["per_rollout"] = {
+                "mean": float(diffs.mean()), "n": int(diffs.size),
+                "sem": float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0}
     return out
 
 
@@ -374,7 +399,7 @@ def _probe_means(rows: list[dict], absences: list[int]) -> dict | None:
 def print_table(summary: dict, s: Settings) -> None:
     absences = s.absences
     head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
-        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
+        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'exposure gap':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
     print(head)
     print("-" * len(head))
     for v, e in summary["variants"].items():
@@ -382,13 +407,18 @@ def print_table(summary: dict, s: Settings) -> None:
               + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
               + f" {e['returned']:>8.2f} {_probe_cell(e, summary['recall_absences']):>9}"
               + f" {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
+              + f" {e['exposure_gap']['mean']:>8.4f} ± {e['exposure_gap']['std']:<6.4f}"
               + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
-    for name, d in summary.get("paired_drift", {}).items():
-        print(f"drift {name:<28} {d['mean']:+.4f} ± {d['std']:.4f} (per seed: "
-              + ", ".join(f"{x:+.4f}" for x in d["per_seed"]) + ")")
+    for label, name, d in [(label, name, d) for label, key in (("drift", "paired_drift"), ("gap", "paired_exposure_gap"))
+                           for name, d in summary.get(key, {}).items()]:
+        pooled = d.get("per_rollout", {})
+        print(f"{label:<5} {name:<28} {d['mean']:+.4f} ± {d['std']:.4f} (per seed: "
+              + ", ".join(f"{x:+.4f}" for x in d["per_seed"]) + ")"
+              + (f"; per rollout {pooled['mean']:+.4f} ± {pooled['sem']:.4f} s.e., n={pooled['n']}" if pooled else ""))
     print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
           f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window); psi probe = held-out ridge "
-          f"read-out of the identity from psi over the same L (- : no memory)")
+          f"read-out of the identity from psi over the same L (- : no memory); exposure gap = error of a section made "
+          f"from the model's own history minus the same section (same noise) from the true history")
 
 
 def _probe_cell(entry: dict, absences: list[int]) -> str:
@@ -412,7 +442,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
     p.add_argument("--distractors", type=int, default=0, help="extra always-visible objects")
     p.add_argument("--after-return", type=int, default=0, help="sections after the return (longer videos)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated subset of {','.join(VARIANTS)} (default: all but the *_all pair)")
     p.add_argument("--train-steps", type=int, default=2000, help="stage-1 optimizer steps (one video each)")
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
     p.add_argument("--stage2-videos", type=int, default=48)
@@ -426,7 +457,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=12,
                    help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
     p.add_argument("--drift-sections", type=int, default=40)
-    p.add_argument("--rollouts", type=int, default=2)
+    p.add_argument("--rollouts", type=int, default=4, help="drift rollouts per variant and seed")
+    p.add_argument("--exposure-videos", type=int, default=4,
+                   help="held-out videos for the exposure gap (own vs true history, section by section)")
     p.add_argument("--probe-videos", type=int, default=160, help="videos per absence for the psi read-out")
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
     p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
@@ -461,6 +494,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--width must be a multiple of 32, at least 64")
     if args.probe_videos < 8:
         p.error("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
+    if args.rollouts < 1 or args.exposure_videos < 1:
+        p.error("--rollouts and --exposure-videos must be >= 1")
     if args.identities < 2 or args.seeds < 1 or args.workers < 0:
         p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
     if min(args.lr, args.memory_lr, args.stage2_lr) <= 0:
@@ -469,6 +504,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
         args.events, args.drift_sections, args.rollouts, args.sample_steps = args.identities, 4, 1, 2
+        args.exposure_videos = 1
         args.probe_videos = 16
         args.width, args.layers = 64, 1
     return args
@@ -485,7 +521,7 @@ def main(argv=None) -> dict:
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
                  args.after_return, args.probe_videos, args.memory_lr,
-                 stage1_clip=args.stage1_clip)
+                 stage1_clip=args.stage1_clip, exposure_videos=args.exposure_videos)
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts

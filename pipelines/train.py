@@ -23,6 +23,7 @@ from mempack.cli import ArgumentParser  # noqa: E402
 from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args  # noqa: E402
 from mempack.forcing import FORCING_MODES  # noqa: E402
 from mempack.train.config import TrainConfig  # noqa: E402
+from mempack.train.optim import TRAINABLE_SCOPES  # noqa: E402
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -46,7 +47,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
     add_config_arguments(p, TrainConfig, required=("stage",),
                          choices={"stage": (1, 2), "preset": tuple(PRESETS),
-                                  "placement_strategy": PLACEMENT_STRATEGIES, "forcing.mode": FORCING_MODES})
+                                  "placement_strategy": PLACEMENT_STRATEGIES, "forcing.mode": FORCING_MODES,
+                                  "trainable": TRAINABLE_SCOPES})
     return p
 
 

@@ -16,6 +16,7 @@ CASES = [
     (["pipelines/train.py", "--stage", "1", "--set", "nonsense=1"], "unknown config key 'nonsense'"),
     (["pipelines/train.py", "--stage", "1", "--lr", "fast"], "config key 'lr': Input should be a valid number"),
     (["pipelines/train.py", "--stage", "1", "--set", "max_steps=1.5"], "config key 'max_steps'"),
+    (["pipelines/train.py", "--stage", "2", "--set", "trainable=backbone"], "trainable must be one of"),
     (["pipelines/prep.py", "--clip.max-shot-seconds", "long"], "config key 'clip.max_shot_seconds'"),
     (["pipelines/infer.py", "--seconds", "0"], "--seconds must be > 0"),
     (["pipelines/infer.py", "--seconds", "5", "--sections", "2"], "not allowed with argument"),

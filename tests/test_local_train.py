@@ -53,6 +53,25 @@ def test_stage_two_trains_only_the_head_with_one_optimizer_step_per_video(world)
                        "backbone.proj_out.weight", "backbone.proj_out.bias"}
 
 
+def test_stage_two_can_train_the_whole_network_on_the_same_clips(world):
+    """`trainable="all"`: the paper's head-only choice as an ablation; the clips trained stay stage 2's."""
+    video = world.video(4)
+    clips = video.clips()[:3]
+    model = MemoryPackTransformer.from_preset("tiny", seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = train_in_process(model, [(clips, world.conditioning(video))],
+                              LocalTrainConfig(stage=2, steps=1, lr=1e-3, trainable="all",
+                                               forcing=ForcingConfig(mode="teacher")))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert result.clips == 3  # every clip, as stage 2 trains them
+    assert "backbone.proj_out.weight" in changed and "backbone.x_embedder.proj.weight" in changed
+    assert any(n.startswith("backbone.transformer_blocks.") for n in changed)
+    assert TrainConfig(stage=2).resolved_trainable() == "head" and TrainConfig(stage=1).resolved_trainable() == "all"
+    assert TrainConfig(stage=2, trainable="all").resolved_trainable() == "all"
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        TrainConfig(stage=2, trainable="backbone")
+
+
 def test_which_clips_a_step_trains_follows_stage_and_mode():
     g = torch.Generator().manual_seed(0)
     assert samples_one_clip(1, "teacher") and not samples_one_clip(2, "teacher")

@@ -21,12 +21,12 @@ def _bench():
 def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "json.json"
-    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct,oracle_memory", "--absence", "1,4",
+    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct,direct_all,oracle_memory", "--absence", "1,4",
                           "--identities", "3", "--out", str(tmp_path / "runs"), "--json", str(out),
                           "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     data = json.loads(out.read_text())
     assert data["chance"] == pytest.approx(1 / 3)
-    assert set(data["variants"]) == {"memorypack", "direct", "oracle_memory"}
+    assert set(data["variants"]) == {"memorypack", "direct", "direct_all", "oracle_memory"}
     for entry in data["variants"].values():
         assert set(entry["recall"]) == {"mean", "std", "per_seed"} and len(entry["recall"]["per_seed"]) == 1
         assert set(entry["recall_by_absence"]) == {"1", "4"}
@@ -35,9 +35,14 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
         assert 0.0 <= entry["returned"] <= 1.0
         assert set(entry["drawn_by_absence"]) == {"1", "4"}
         assert set(entry["drift"]) == {"mean", "std", "per_seed"} and entry["drift"]["mean"] >= 0
+        assert entry["late_error"]["mean"] == pytest.approx(entry["drift_curve"][-1])  # 4 sections: the last one
+        curves = entry["exposure_curves"]  # section 0 has no history: own and true history draw it alike
+        assert len(curves["own_history"]) == len(curves["true_history"]) > 1
+        assert curves["own_history"][0] == pytest.approx(curves["true_history"][0], abs=1e-9)
         assert entry["train_seconds_per_clip"] > 0 and entry["train_flops_per_clip"] > 0
     # stage 2 trains only the head: fewer FLOPs per clip than stage 1's whole-network backward
-    assert data["variants"]["direct"]["train_flops_per_clip"] < data["variants"]["memorypack"]["train_flops_per_clip"]
+    flops = {v: e["train_flops_per_clip"] for v, e in data["variants"].items()}
+    assert flops["direct"] < flops["memorypack"] and flops["direct"] < flops["direct_all"]
     assert "drift_sampled_at_guidance_10" in data["variants"]["direct"]
     for r in data["runs"]:  # 3 events per L (rounded up to K = 3), balanced; every return drew one identity
         assert data["settings"]["events"] == 3
@@ -47,6 +52,9 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
     runs = {r["variant"]: r for r in data["runs"]}
     paired = data["paired_drift"]["direct - memorypack"]
     assert paired["per_seed"] == [pytest.approx(runs["direct"]["drift"] - runs["memorypack"]["drift"])]
+    assert paired["per_rollout"]["n"] == 1 and paired["per_rollout"]["mean"] == pytest.approx(paired["mean"])
+    gap = data["paired_exposure_gap"]["direct - memorypack"]
+    assert gap["per_seed"] == [pytest.approx(runs["direct"]["exposure_gap"] - runs["memorypack"]["exposure_gap"])]
     assert Path(data["variants"]["direct"]["rollouts"][0]).stat().st_size > 0
     table = capsys.readouterr().out
     assert "memorypack" in table and "chance = 1/K" in table
@@ -56,7 +64,7 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mempack-method-fidelity")
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.data.params["variant"] for r in runs} == {"memorypack", "direct", "oracle_memory"}
+    assert {r.data.params["variant"] for r in runs} == {"memorypack", "direct", "direct_all", "oracle_memory"}
     artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id, "rollouts")}
     assert any(p.endswith(".mp4") for p in artifacts)
 

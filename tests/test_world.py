@@ -193,3 +193,26 @@ def test_memory_energy_says_how_loudly_psi_holds_the_identity(world):
     assert memory_energy(model, world, [4], seed=5, videos=8) == {4: {"varying": 0.0, "identity": 0.0}}
     model.config.use_semantic_pack = False
     assert memory_energy(model, world, [4], seed=5, videos=40) is None
+
+
+def test_exposure_gap_compares_own_and_true_history_under_the_same_noise(world):
+    """Section 0 has no history: both passes draw it identically. The premise of the pairing: section 1
+    generated from the rollout's own section 0 with the generator advanced one draw IS the rollout's."""
+    from mempack.eval.fidelity import exposure_gap
+    from mempack.generate import GenerationConfig, generate
+
+    model = _small_model(world, oracle=False)
+    result = exposure_gap(model, world, 2, seed=7, steps=2, absence=1)
+    sections = world.video(7, absence=1).sections
+    assert len(result.rollout_curve) == len(result.teacher_curve) == sections and len(result.per_video) == 2
+    assert result.rollout_curve[0] == pytest.approx(result.teacher_curve[0], abs=1e-9)
+    assert result.gap == pytest.approx(np.mean(result.per_video))
+    assert result.gap == pytest.approx(np.mean(np.subtract(result.rollout_curve, result.teacher_curve)[1:]))
+    video = world.video(7, absence=1)
+    cond = world.conditioning(video)
+    own = generate(model, cond, GenerationConfig(sections=2, steps=2, seed=3), progress=False).latents
+    generator = torch.Generator().manual_seed(3)
+    torch.randn((1, CHANNELS, SECTION, *own.shape[3:]), generator=generator)
+    again = generate(model, cond, GenerationConfig(sections=1, steps=2), progress=False,
+                     prefix=own[:, :, 1:1 + SECTION], generator=generator).latents
+    torch.testing.assert_close(again[:, :, 1 + SECTION:], own[:, :, 1 + SECTION:])

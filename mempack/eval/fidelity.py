@@ -17,6 +17,11 @@
 * **Drift** (paper eq. 8): roll out many sections from a start latent alone, score every frame against
   the world's truth (background error + object integrity, `World.frame_errors`) and take
   |mean over the first 15% − mean over the last 15%| of the frames the model generated.
+* **Exposure gap** (`exposure_gap`): what Direct Forcing targets, isolated. Each section of a held-out
+  video is generated twice with the same noise: in a rollout (history = the model's own sections) and
+  from the ground-truth prefix (history = the truth, as teacher forcing trains). Their error difference
+  is the cost of conditioning on one's own output. Unlike eq. 8 it does not mix in how the world's
+  content changes along a video (an object entering raises every model's error, drift or not).
 """
 
 from __future__ import annotations
@@ -103,6 +108,51 @@ def rollout_drift(
         if keep_latents:
             kept.append(out)
     return DriftResult(float(np.mean(per)), per, np.mean(curves, axis=0).tolist()), kept
+
+
+@dataclass
+class ExposureResult:
+    """Per section: error of the rollout and of the same section made from the ground-truth prefix."""
+
+    gap: float  # mean over videos and sections ≥ 1 of rollout − ground-truth-prefix error
+    per_video: list[float]
+    rollout_curve: list[float]  # mean error per section, own history
+    teacher_curve: list[float]  # mean error per section, ground-truth history
+
+
+def exposure_gap(
+    model: MemoryPackTransformer, world: World, videos: int, *, seed: int, steps: int = 10,
+    guidance: float = 1.0, absence: int | None = None,
+) -> ExposureResult:
+    """Own history against true history, section by section, on `videos` held-out videos.
+
+    Section k of the ground-truth-prefix pass draws the k-th noise of the rollout's generator, so the
+    two differ only in their history (section 0, which has none, is identical). Videos use the world's
+    longest absence unless `absence` is given (the longest videos: the most sections to compare).
+    """
+    absence = world.config.absence[1] if absence is None else absence
+    rollouts, teachers, per = [], [], []
+    for v in range(videos):
+        video = world.video(seed + v, absence=absence)
+        cond, n = world.conditioning(video), video.sections
+        config = GenerationConfig(sections=n, steps=steps, guidance=guidance, seed=seed + v)
+        own = generate(model, cond, config, progress=False).latents[0]
+        rollout = world.frame_errors(own[:, 1:], video.background)["total"].reshape(n, -1).mean(axis=1)
+        teacher = np.empty(n)
+        noise_shape = (1, video.latents.shape[0], model.config.layout.window, *video.latents.shape[2:])
+        for k in range(n):
+            generator = torch.Generator().manual_seed(seed + v)
+            for _ in range(k):  # the noises of the rollout's sections before k (generate draws one per section)
+                torch.randn(noise_shape, generator=generator)
+            prefix = video.latents[None, :, 1:video.section_frames(k).start] if k else None
+            out = generate(model, cond, GenerationConfig(sections=1, steps=steps, guidance=guidance),
+                           progress=False, prefix=prefix, generator=generator).latents[0]
+            teacher[k] = world.frame_errors(out[:, video.section_frames(k)], video.background)["total"].mean()
+        rollouts.append(rollout)
+        teachers.append(teacher)
+        per.append(float((rollout[1:] - teacher[1:]).mean()) if n > 1 else 0.0)
+    return ExposureResult(float(np.mean(per)), per, np.mean(rollouts, axis=0).tolist(),
+                          np.mean(teachers, axis=0).tolist())
 
 
 def psi_tokens(model: MemoryPackTransformer, world: World, absence: int, *, seed: int, videos: int

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from mempack.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
+from mempack.train.optim import resolve_trainable
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     # optimisation
     lr: float = 1e-5
     memory_lr: float | None = None  # what writes ψ (SemanticPack but its projection); None: lr (mempack.train.optim)
+    trainable: str | None = None  # "all" or "head"; None: the stage's (stage 1 all, stage 2 head, as the paper)
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # DeepSpeed's gradient_clipping (global norm); 0 disables
     warmup_steps: int = 0  # linear LR warm-up from 0 over this many optimizer steps, then constant (the paper's)
@@ -105,12 +107,12 @@ class TrainConfig:
             raise ValueError(f"memory_lr must be > 0 (or unset: lr), got {self.memory_lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        resolve_trainable(self.trainable, self.stage)  # raises on an unknown scope
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""
         return dataclasses.replace(self.forcing, mode=resolve_mode(self.forcing.mode, self.stage))
 
-    @property
-    def trainable(self) -> str:
-        """Stage 1 trains the whole network; stage 2 only the final norm + output projection."""
-        return "all" if self.stage == 1 else "head"
+    def resolved_trainable(self) -> str:
+        """What this run trains: `trainable`, or the stage's default (stage 1 all, stage 2 the head)."""
+        return resolve_trainable(self.trainable, self.stage)

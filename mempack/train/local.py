@@ -5,7 +5,8 @@ per-video step (`mempack.train.steps.train_video`: forcing, clip sampling, ψ's 
 optimizer step per video) with a plain AdamW in the calling process, so a small model trains in
 seconds without starting Ray. The rules it shares with the Ray loop:
 
-* stage 1 trains the whole network, stage 2 only the final norm and output projection;
+* stage 1 trains the whole network, stage 2 only the final norm and output projection (unless
+  `trainable` says otherwise);
 * the loss of each trained clip is divided by the clips trained per video (what DeepSpeed's gradient
   accumulation does), and the optimizer steps once per video, after its last clip;
 * curriculum: each epoch visits videos by ascending clip count (one-clip videos first);
@@ -24,7 +25,7 @@ import torch
 
 from mempack.forcing import ForcingConfig, resolve_mode
 from mempack.model import Conditioning, MemoryPackTransformer
-from mempack.train.optim import parameter_groups
+from mempack.train.optim import parameter_groups, resolve_trainable
 from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class LocalTrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
+    trainable: str | None = None  # "all" or "head"; None: the stage's (mempack.train.optim.resolve_trainable)
 
 
 @dataclass
@@ -73,7 +75,7 @@ def train_in_process(
     torch.manual_seed(config.seed)
     mode = resolve_mode(config.forcing.mode, config.stage)
     forcing = dataclasses.replace(config.forcing, mode=mode)
-    model.set_trainable("all" if config.stage == 1 else "head")
+    model.set_trainable(resolve_trainable(config.trainable, config.stage))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.memory_lr),

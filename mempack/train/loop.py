@@ -127,7 +127,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.cuda.set_device(device)
 
     model = build_model(config, ds_config, rank)
-    model.set_trainable(config.trainable)
+    model.set_trainable(config.resolved_trainable())
     if config.gradient_checkpointing:
         model.backbone.enable_gradient_checkpointing()
     engine = _init_engine(model, ds_config, config.use_gpu, config.memory_lr)

@@ -16,6 +16,22 @@ from torch import nn
 
 from mempack.model import MemoryPackTransformer
 
+TRAINABLE_SCOPES: tuple[str, ...] = ("all", "head")
+
+
+def resolve_trainable(scope: str | None, stage: int) -> str:
+    """What a stage trains: stage 1 the whole network, stage 2 the final norm + output projection
+    (the paper's Direct Forcing), unless asked otherwise.
+
+    Stage 2 with "all" is the ablation the paper's head-only choice invites: at a small scale the head
+    alone may be too small to absorb what Direct Forcing teaches (README, "Does it work?").
+    """
+    if scope is None:
+        return "all" if stage == 1 else "head"
+    if scope not in TRAINABLE_SCOPES:
+        raise ValueError(f"trainable must be one of {TRAINABLE_SCOPES}, got {scope!r}")
+    return scope
+
 
 def memory_writer_parameters(model: MemoryPackTransformer) -> list[nn.Parameter]:
     """SemanticPack's parameters except its projection into the backbone (`to_context`)."""

@@ -380,7 +380,7 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     offload_optimizer = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
     offload_params = zero.get("offload_param", {}).get("device", "none") == "cpu"
     model = model.to(dtype)
-    model.set_trainable(config.trainable)
+    model.set_trainable(config.resolved_trainable())
     counts = ParameterCounts.of(model)
     states = model_state_bytes(counts, config.num_workers, zero_stage, mixed, offload_optimizer, offload_params)
     if image_tokens is None:
