@@ -114,9 +114,9 @@ def rollout_drift(
 class ExposureResult:
     """Per section: error of the rollout and of the same section made from the ground-truth prefix."""
 
-    gap: float  # mean over videos and sections ≥ 1 of rollout − ground-truth-prefix error
+    gap: float  # mean over videos of their mean rollout − ground-truth-prefix error over sections ≥ 1
     per_video: list[float]
-    rollout_curve: list[float]  # mean error per section, own history
+    rollout_curve: list[float]  # mean error per section, own history (the sections every video has)
     teacher_curve: list[float]  # mean error per section, ground-truth history
 
 
@@ -151,8 +151,9 @@ def exposure_gap(
         rollouts.append(rollout)
         teachers.append(teacher)
         per.append(float((rollout[1:] - teacher[1:]).mean()) if n > 1 else 0.0)
-    return ExposureResult(float(np.mean(per)), per, np.mean(rollouts, axis=0).tolist(),
-                          np.mean(teachers, axis=0).tolist())
+    common = min(len(r) for r in rollouts)  # videos differ in length (entrance, time in view)
+    return ExposureResult(float(np.mean(per)), per, np.mean([r[:common] for r in rollouts], axis=0).tolist(),
+                          np.mean([t[:common] for t in teachers], axis=0).tolist())
 
 
 def psi_tokens(model: MemoryPackTransformer, world: World, absence: int, *, seed: int, videos: int
