@@ -87,6 +87,12 @@ class Settings:
     exposure_videos: int = 4  # held-out videos whose sections are made from own vs true history (exposure_gap)
 
 
+def settings_from_dict(saved: dict) -> Settings:
+    """The Settings a results JSON recorded (`settings`), with its ranges back as tuples."""
+    ranges = ("train_absence", "visible", "speed")
+    return Settings(**{k: tuple(v) if k in ranges and isinstance(v, list) else v for k, v in saved.items()})
+
+
 def world_for(s: Settings, stage: int):
     from mempack.world import World, WorldConfig
 

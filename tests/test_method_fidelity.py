@@ -68,6 +68,19 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
     artifacts = {a.path for r in runs for a in client.list_artifacts(r.info.run_id, "rollouts")}
     assert any(p.endswith(".mp4") for p in artifacts)
 
+    # bench/exposure_recheck.py re-measures the saved exports on fresh videos, paired video by video
+    spec = importlib.util.spec_from_file_location("exposure_recheck", ROOT / "bench" / "exposure_recheck.py")
+    recheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recheck)
+    again = recheck.main(["--run", str(out), "--videos", "2", "--pairs", "direct:memorypack", "--workers", "0",
+                          "--json", str(tmp_path / "recheck.json")])
+    pair = again["pairs"]["direct - memorypack"]
+    assert pair["gap"]["n"] == 2 and len(pair["gap"]["per_seed"]) == 1
+    for variant, entry in again["variants"].items():
+        assert entry["gap"] == pytest.approx(entry["own"] - entry["true"])
+    assert pair["gap"]["mean"] == pytest.approx(again["variants"]["direct"]["gap"] - again["variants"]["memorypack"]["gap"])
+    assert json.loads((tmp_path / "recheck.json").read_text())["videos"] == 2
+
 
 def test_bad_flags_are_one_line(capsys):
     bench = _bench()
