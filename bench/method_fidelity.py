@@ -1,6 +1,6 @@
 """Does mempack do what the paper claims? Memory recall and drift on a world whose truth we know.
 
-Trains six variants with mempack's own model (`MemoryPackTransformer`), forcing (`mempack.forcing`),
+Trains the paper's variants with mempack's own model (`MemoryPackTransformer`), forcing (`mempack.forcing`),
 per-video training step (`mempack.train.steps.train_video`, run in process by
 `mempack.train.local.train_in_process`, the same step the Ray Train loop runs) and generator
 (`mempack.generate.generate`), on the synthetic latent world of `mempack.world`, for several seeds, and
@@ -14,13 +14,15 @@ evaluates each on world videos whose seeds were never trained on:
     teacher_head    memorypack + stage 2 teacher forcing, head only (the "more training" control)
     direct_all      memorypack + stage 2 Direct Forcing, whole network (is the head too small at this scale?)
     teacher_all     memorypack + stage 2 teacher forcing, whole network, every clip (direct_all's control)
+                    (the *_all pair runs when --variants names it)
     oracle_memory   memorypack with ψ replaced by the world's truth (the identity last seen): the ceiling
                     of recall, which calibrates the instrument (mempack.world.OracleMemoryTransformer)
 
 Measures: memory recall after L absent sections (`mempack.eval.fidelity.memory_recall`), what ψ holds
-(a held-out ridge read-out of the identity from ψ, `memory_probe`), drift over a
-long rollout (paper eq. 8, `rollout_drift`), and training cost per clip (FLOPs counted by torch, wall
-seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method, and prep's
+(a held-out ridge read-out of the identity from ψ, `memory_probe`), drift over a long rollout (paper
+eq. 8, `rollout_drift`), the exposure gap (each section made after the model's own sections against the
+same section, same noise, after the true ones: `exposure_gap`), and training cost per clip (FLOPs
+counted by torch, wall seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method, and prep's
 contract is tested on its own. Prints a table of mean ± std over seeds, writes JSON (default
 bench/results/method_fidelity.json) and logs every run, with a rollout mp4, to MLflow.
 
@@ -325,10 +327,10 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "memory_probe_by_absence": _probe_means(rows, s.absences),
             "drift": _stats([r["drift"] for r in rows]),
             "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
-            # the error level the rollout ends at (mean over its last 15 % of sections), beside eq. 8's difference
             "exposure_gap": _stats([r["exposure_gap"] for r in rows]),
             "exposure_curves": {"own_history": np.mean([r["exposure_rollout_curve"] for r in rows], axis=0).tolist(),
                                 "true_history": np.mean([r["exposure_teacher_curve"] for r in rows], axis=0).tolist()},
+            # the error level the rollout ends at (mean over its last 15 % of sections), beside eq. 8's difference
             "late_error": _stats([float(np.mean(r["drift_curve"][-max(1, round(0.15 * len(r["drift_curve"]))):]))
                                   for r in rows]),
             "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
