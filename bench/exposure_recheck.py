@@ -37,9 +37,10 @@ def measure(export: str, settings: dict, videos: int) -> dict:
 
     s = settings_from_dict(settings)
     model = MemoryPackTransformer.from_pretrained(export)
+    world = world_for(s, 1)
     own, true = [], []
-    for v in range(videos):  # one video per call: each keeps all its sections
-        result = exposure_gap(model, world_for(s, 1), 1, seed=RECHECK_SEED + v, steps=s.sample_steps)
+    for v in range(videos):  # one video per call: each keeps all its sections (the curves keep the common ones)
+        result = exposure_gap(model, world, 1, seed=RECHECK_SEED + v, steps=s.sample_steps)
         own.append(float(np.mean(result.rollout_curve[1:])))
         true.append(float(np.mean(result.teacher_curve[1:])))
     return {"export": export, "own": own, "true": true, "gap": list(np.subtract(own, true))}
@@ -75,11 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (0: in this process)")
     p.add_argument("--json", default="bench/results/exposure_recheck.json")
     args = p.parse_args(argv)
-    try:
-        args.pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",") if pair.strip()]
-        assert all(len(pair) == 2 for pair in args.pairs)
-    except AssertionError:
+    pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",") if pair.strip()]
+    if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
         p.error(f"--pairs must be A:B[,C:D...], got {args.pairs!r}")
+    args.pairs = pairs
     if args.videos < 2 or args.workers < 0:
         p.error("--videos must be >= 2 and --workers >= 0")
     if not Path(args.run).is_file():
