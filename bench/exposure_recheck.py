@@ -6,7 +6,7 @@ videos it never used (another seed range): the error of each section made after 
 (a rollout), the error of the same section, same noise, made after the true ones, and their gap. Pairs
 are compared video by video (same start latent, same noise), pooled over the run's seeds.
 
-    python bench/exposure_recheck.py --run docs/method_fidelity_drift.json --videos 16
+    python bench/exposure_recheck.py --run docs/results/method_fidelity_drift.json --videos 16
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def measure(export: str, settings: dict, videos: int) -> dict:
 
     torch.set_num_threads(1)
     from bench.method_fidelity import settings_from_dict, world_for
-    from mempack.eval.fidelity import exposure_gap
+    from mempack.fidelity.metrics import exposure_gap
     from mempack.model import MemoryPackTransformer
 
     s = settings_from_dict(settings)
@@ -66,7 +66,7 @@ def summarise(measured: dict[tuple[str, int], dict], pairs: list[tuple[str, str]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mempack.cli import ArgumentParser
+    from mempack.config import ArgumentParser
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a method_fidelity JSON whose settings.out holds the exports")

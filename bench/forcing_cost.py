@@ -1,6 +1,6 @@
 """Training cost per video of teacher, direct and student forcing (same model, same clips).
 
-For each mode, one video of `--clips` clips goes through `mempack.forcing.video_clip_steps` with a
+For each mode, one video of `--clips` clips goes through `mempack.train.forcing.video_clip_steps` with a
 backward per clip (what a stage-2 step does, minus the optimizer): wall time (median of repeats,
 after a warm-up) and FLOPs counted by torch's FlopCounterMode. Direct forcing reuses the forward it
 already made (x̃ = x_t + (1−t)·v), so it should cost what teacher forcing costs; student forcing pays
@@ -25,7 +25,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def one_video(model, clips, cond, config, seed: int) -> None:
-    from mempack.forcing import video_clip_steps
+    from mempack.train.forcing import video_clip_steps
 
     generator = torch.Generator().manual_seed(seed)
     for step in video_clip_steps(model, clips, cond, config, generator=generator):
@@ -34,7 +34,7 @@ def one_video(model, clips, cond, config, seed: int) -> None:
 
 
 def measure(mode: str, model, clips, cond, student_steps: int, repeats: int) -> dict:
-    from mempack.forcing import ForcingConfig
+    from mempack.train.forcing import ForcingConfig
 
     config = ForcingConfig(mode=mode, student_steps=student_steps)
     one_video(model, clips, cond, config, seed=0)  # warm-up

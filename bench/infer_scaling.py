@@ -1,6 +1,6 @@
 """Seconds per section of autoregressive generation as the video grows, against diffusers' F1 pipeline.
 
-Ours: `mempack.generate.generate` with SemanticPack on (absolute RoPE, ψ updated after every
+Ours: `mempack.sampling.generate` with SemanticPack on (absolute RoPE, ψ updated after every
 section). Reference: diffusers' `HunyuanVideoFramepackPipeline` (sampling_type="vanilla", the F1
 sampler) on the *same backbone weights*, latents out (no VAE decode in either), timed per section
 with a step-end callback. Tiny preset; both draw noise from a seeded CPU generator. Prints a table
@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ours(model, cond, sections: int, steps: int) -> list[float]:
-    from mempack.generate import GenerationConfig, generate
+    from mempack.sampling import GenerationConfig, generate
 
     stamps = [time.perf_counter()]
     generate(model, cond, GenerationConfig(sections=sections, steps=steps, seed=0), progress=False,
@@ -47,7 +47,7 @@ def diffusers_pipeline(model, encoders, cond, size: int, sections: int, steps: i
             stamps.append(time.perf_counter())
         return {}
 
-    from mempack.sample_inputs import sample_image
+    from mempack.sample import sample_image
 
     pipe(image=sample_image(size, size), prompt_embeds=cond.prompt_embeds, prompt_attention_mask=cond.prompt_mask,
          pooled_prompt_embeds=cond.pooled, height=size, width=size, num_frames=33 * sections, latent_window_size=9,
@@ -75,7 +75,7 @@ def main() -> None:
     from mempack.encoders import VideoEncoders
     from mempack.inference import conditioning
     from mempack.model import MemoryPackTransformer
-    from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
+    from mempack.sample import SAMPLE_PROMPT, sample_image
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     encoders = VideoEncoders.build("tiny", device=args.device)

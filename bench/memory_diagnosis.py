@@ -1,8 +1,8 @@
 """Where does MemoryPack's memory get stuck? One-model probes behind the README's diagnosis table.
 
 Trains one model of `bench/method_fidelity.py`'s size on the synthetic world with mempack's own per-video
-step (`mempack.train.steps.train_video`), and before training and every `--every` steps prints memory
-recall (`mempack.eval.fidelity.memory_recall`), the held-out ψ read-out (`memory_probe`), how loudly ψ holds
+step (`mempack.train.step.train_video`), and before training and every `--every` steps prints memory
+recall (`mempack.fidelity.metrics.memory_recall`), the held-out ψ read-out (`memory_probe`), how loudly ψ holds
 the identity (`memory_energy`) and the gradient RMS of each part of the model. The knobs isolate the
 halves of the memory claim:
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv=None):
-    from mempack.cli import ArgumentParser
+    from mempack.config import ArgumentParser
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="memorypack", choices=("memorypack", "oracle_memory", "zero_memory"))
@@ -105,10 +105,10 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(1)
     from method_fidelity import Settings, build_model, world_for
 
-    from mempack.eval.fidelity import energy_shares, memory_recall, psi_tokens, readout_accuracy
-    from mempack.forcing import ForcingConfig
+    from mempack.fidelity.metrics import energy_shares, memory_recall, psi_tokens, readout_accuracy
+    from mempack.train.forcing import ForcingConfig
     from mempack.train.optim import parameter_groups
-    from mempack.train.steps import train_video, trained_clip
+    from mempack.train.step import train_video, trained_clip
 
     s = Settings(identities=args.identities, absences=args.eval, world_seed=0, train_steps=args.steps,
                  stage2_steps=0, stage2_videos=0, lr=args.lr, stage2_lr=0.0, events=args.events, drift_sections=1,

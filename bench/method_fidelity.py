@@ -1,9 +1,9 @@
 """Does mempack do what the paper claims? Memory recall and drift on a world whose truth we know.
 
-Trains the paper's variants with mempack's own model (`MemoryPackTransformer`), forcing (`mempack.forcing`),
-per-video training step (`mempack.train.steps.train_video`, run in process by
-`mempack.train.local.train_in_process`, the same step the Ray Train loop runs) and generator
-(`mempack.generate.generate`), on the synthetic latent world of `mempack.world`, for several seeds, and
+Trains the paper's variants with mempack's own model (`MemoryPackTransformer`), forcing (`mempack.train.forcing`),
+per-video training step (`mempack.train.step.train_video`, run in process by
+`mempack.train.in_process.train_in_process`, the same step the Ray Train loop runs) and generator
+(`mempack.sampling.generate`), on the synthetic latent world of `mempack.fidelity.world`, for several seeds, and
 evaluates each on world videos whose seeds were never trained on:
 
     framepack_only  SemanticPack off, stage 1 teacher forcing
@@ -16,9 +16,9 @@ evaluates each on world videos whose seeds were never trained on:
     teacher_all     memorypack + stage 2 teacher forcing, whole network, every clip (direct_all's control)
                     (the *_all pair runs when --variants names it)
     oracle_memory   memorypack with ψ replaced by the world's truth (the identity last seen): the ceiling
-                    of recall, which calibrates the instrument (mempack.world.OracleMemoryTransformer)
+                    of recall, which calibrates the instrument (mempack.fidelity.world.OracleMemoryTransformer)
 
-Measures: memory recall after L absent sections (`mempack.eval.fidelity.memory_recall`), what ψ holds
+Measures: memory recall after L absent sections (`mempack.fidelity.metrics.memory_recall`), what ψ holds
 (a held-out ridge read-out of the identity from ψ, `memory_probe`), drift over a long rollout (paper
 eq. 8, `rollout_drift`), the exposure gap (each section made after the model's own sections against the
 same section, same noise, after the true ones: `exposure_gap`), and training cost per clip (FLOPs
@@ -96,7 +96,7 @@ def settings_from_dict(saved: dict) -> Settings:
 
 
 def world_for(s: Settings, stage: int):
-    from mempack.world import World, WorldConfig
+    from mempack.fidelity.world import World, WorldConfig
 
     absence = s.train_absence or (1, max(s.absences))
     if stage == 2:  # stage 2 trains every clip of a video: shorter videos keep its cost near stage 1's
@@ -114,7 +114,7 @@ def build_model(s: Settings, variant: str, seed: int, world=None):
     from mempack.model import MemoryPackTransformer, SemanticPack
     from mempack.model.memorypack import MemoryPackConfig
     from mempack.presets import TINY
-    from mempack.world import OracleMemoryTransformer
+    from mempack.fidelity.oracle import OracleMemoryTransformer
 
     torch.manual_seed(seed)
     head_dim = 32
@@ -137,8 +137,8 @@ def flops_per_clip(model, world, stage: int, mode: str, trainable: str, s: Setti
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mempack.forcing import ForcingConfig
-    from mempack.train.steps import train_video, trained_clip
+    from mempack.train.forcing import ForcingConfig
+    from mempack.train.step import train_video, trained_clip
 
     video = world.video(10**9, absence=3)
     clips, cond = video.clips()[:6], world.conditioning(video)
@@ -160,10 +160,10 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from mempack.eval.fidelity import exposure_gap, memory_probe, memory_recall, rollout_drift
-    from mempack.forcing import ForcingConfig
+    from mempack.fidelity.metrics import exposure_gap, memory_probe, memory_recall, rollout_drift
+    from mempack.train.forcing import ForcingConfig
     from mempack.model import MemoryPackTransformer
-    from mempack.train.local import LocalTrainConfig, train_in_process
+    from mempack.train.in_process import LocalTrainConfig, train_in_process
 
     stage = 1 if variant in STAGE1 else 2
     mode, trainable = ("teacher", "all") if stage == 1 else STAGE2[variant]
@@ -437,7 +437,7 @@ def _probe_cell(entry: dict, absences: list[int]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mempack.cli import ArgumentParser
+    from mempack.config import ArgumentParser
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="plumbing smoke run: 1 seed, few steps, small evaluation")

@@ -53,7 +53,7 @@ import json, sys, time, tempfile
 sys.path.insert(0, {str(ROOT)!r})
 import ray
 ray.init(address="local", num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
-from data_prep.pipeline import PrepConfig, run_prep
+from data_prep.job import PrepConfig, run_prep
 from data_prep.sources import load_inputs
 out = tempfile.mkdtemp()
 started = time.perf_counter()
@@ -77,7 +77,7 @@ def main() -> None:
 
     from data_prep.decode import decode_frames
     from data_prep.process import ClipSpec, process_input
-    from data_prep.sample import make_sample
+    from mempack.sample import make_sample
     from data_prep.sources import load_inputs
 
     with tempfile.TemporaryDirectory() as tmp:

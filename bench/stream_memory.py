@@ -37,9 +37,9 @@ def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, o
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from mempack.checkpoints import load_pipeline
+    from mempack.export import load_pipeline
     from mempack.pipeline import DEFAULT_FPS
-    from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
+    from mempack.sample import SAMPLE_PROMPT, sample_image
     from mempack.video_io import write_mp4
 
     torch.set_num_threads(1)

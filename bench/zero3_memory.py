@@ -54,7 +54,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     import deepspeed
     import torch
 
-    from mempack.forcing import ForcingConfig, video_clip_steps
+    from mempack.train.forcing import ForcingConfig, video_clip_steps
     from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import get_preset
     from mempack.train import loop, rss

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from data_prep.clips import source_offsets
-from data_prep.schema import SCHEMA_VERSION, pack_tensor, to_row_table, unpack_tensor
+from mempack.schema import SCHEMA_VERSION, pack_tensor, to_row_table, unpack_tensor
 from mempack.presets import SECTION_LATENT_FRAMES
 
 log = logging.getLogger(__name__)

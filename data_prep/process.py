@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from data_prep.clips import min_source_frames, plan_stream
 from data_prep.decode import MAX_ASPECT_RATIO, DecodeError, stream_frames
 from data_prep.dynamism import dynamism_score
-from data_prep.schema import SCHEMA_VERSION, pack_tensor
+from mempack.schema import SCHEMA_VERSION, pack_tensor
 from data_prep.shots import Shot, ShotSplitter
 from mempack.encoders import resize_center_crop
 from mempack.presets import get_preset, nearest_bucket, whole_sections

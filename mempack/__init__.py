@@ -25,7 +25,7 @@ _PUBLIC = {
     "MemoryPackConfig": "mempack.model.memorypack",
     "SemanticPack": "mempack.model.semantic_pack",
     "HistoryLayout": "mempack.model.history",
-    "GenerationConfig": "mempack.generate",
+    "GenerationConfig": "mempack.sampling",
     "VideoEncoders": "mempack.encoders",
     "TrainConfig": "mempack.train.config",
     "ArchitectureConfig": "mempack.train.config",
@@ -38,7 +38,7 @@ __all__ = sorted(_PUBLIC)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
     from mempack.encoders import VideoEncoders
     from mempack.export import export_pipeline
-    from mempack.generate import GenerationConfig
+    from mempack.sampling import GenerationConfig
     from mempack.mlflow_model import log_pipeline_model
     from mempack.model.history import HistoryLayout
     from mempack.model.memorypack import MemoryPackConfig, MemoryPackTransformer

@@ -29,7 +29,7 @@ import typing
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -53,6 +53,18 @@ class ConfigKey:
 
 
 # ---------------------------------------------------------------------------------------------- types
+
+# Every command-line entry point shares this parser: argparse answers a bad argument with its whole usage
+# block and then the error; on a cluster log or in CI the line that matters drowns. Here a bad argument
+# prints exactly one `error: ...` line that names `--help`, and exits with argparse's status 2.
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: <what> (see <prog> --help)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mempack.checkpoints import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
-from mempack.generate import frames_for_sections, sections_for_frames
+from mempack.export import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
+from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
-from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
+from mempack.sample import SAMPLE_PROMPT, sample_image
 
 log = logging.getLogger(__name__)
 

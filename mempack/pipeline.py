@@ -12,7 +12,7 @@ What it shares with diffusers' `HunyuanVideoFramepackPipeline`: the components, 
 * Conditioning is encoded by `mempack.encoders.VideoEncoders`, the code that made the training data
   (posterior mode, not a sample, for the start latent; the preset's prompt template), so inference sees
   what training saw.
-* Sections are sampled by `mempack.generate.generate` (one implementation: absolute RoPE, ψ updated
+* Sections are sampled by `mempack.sampling.generate` (one implementation: absolute RoPE, ψ updated
   after every section, a bounded history tail). The registered `FlowMatchEulerDiscreteScheduler` is
   kept for its configuration: its time grid equals `generate`'s (tests/test_pipeline.py), but it steps
   from float64 sigmas and 1000·σ timesteps where `generate` uses float32 paper time, so it would not
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from mempack import flow
 from mempack.encoders import VideoEncoders, resize_center_crop
-from mempack.generate import GenerationConfig, generate, sections_for_frames
+from mempack.sampling import GenerationConfig, generate, sections_for_frames
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
 from mempack.model.memorypack import CONFIG_NAME, _preset_matching
 from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mempack.cli import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser  # noqa: E402
 
 
 # The paper's lr (1e-5) fine-tunes real FramePack-F1 weights; the tiny preset starts from random

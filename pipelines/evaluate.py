@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm.auto import tqdm  # noqa: E402
 
-from mempack.cli import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser  # noqa: E402
 from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames  # noqa: E402
 
 

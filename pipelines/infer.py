@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mempack.cli import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torch/diffusers load only after the arguments are checked: a typo is answered at once
-    from mempack.checkpoints import CheckpointError, download_mlflow_model, newest_training_export
+    from mempack.export import CheckpointError, download_mlflow_model, newest_training_export
     from mempack.inference import InferenceError, InferenceRequest, run_inference
 
     out = args.out or f"outputs/infer/{default_name(args)}.mp4"

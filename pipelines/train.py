@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mempack.cli import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser  # noqa: E402
 from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args  # noqa: E402
-from mempack.forcing import FORCING_MODES  # noqa: E402
+from mempack.train.forcing import FORCING_MODES  # noqa: E402
 from mempack.train.config import TrainConfig  # noqa: E402
 from mempack.train.optim import TRAINABLE_SCOPES  # noqa: E402
 

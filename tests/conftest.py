@@ -31,8 +31,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def sample_prep(ray_local, tmp_path_factory):
     """The built-in sample prepped once per session: (output root, summary, config)."""
-    from data_prep.pipeline import PrepConfig, run_prep
-    from data_prep.sample import make_sample
+    from data_prep.job import PrepConfig, run_prep
+    from mempack.sample import make_sample
     from data_prep.sources import load_inputs
 
     folder = tmp_path_factory.mktemp("sample")

@@ -271,7 +271,7 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
     API still lists as running a task it has already finished."""
     from ray.util.state import list_tasks
 
-    from data_prep.schema import read_clips, read_rejects
+    from mempack.schema import read_clips, read_rejects
 
     dashboard, mlflow_url, work = cluster
     assert prep_job[1] == "SUCCEEDED"

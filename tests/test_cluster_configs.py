@@ -90,7 +90,7 @@ def _check_command(argv: list[str], where: str) -> None:
         if config.deepspeed:
             assert (ROOT / config.deepspeed).is_file(), f"{where}: {config.deepspeed} does not exist"
     else:  # the parser and the typed config, without the checks that need the cluster's files
-        from data_prep.pipeline import PrepConfig
+        from data_prep.job import PrepConfig
         from mempack.config import config_from_args
 
         prep = _load_cli("prep")

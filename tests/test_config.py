@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_prep.pipeline import PrepConfig
+from data_prep.job import PrepConfig
 from data_prep.process import ClipSpec
 from mempack.config import ConfigError, config_keys, dump_config, flag_name, load_config
-from mempack.forcing import ForcingConfig
-from mempack.generate import GenerationConfig
+from mempack.train.forcing import ForcingConfig
+from mempack.sampling import GenerationConfig
 from mempack.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import pytest
 from data_prep.clips import min_source_frames, plan_stream, resample_indices
 from data_prep.decode import decode_frames
 from data_prep.process import ClipSpec, shot_rows
-from data_prep.schema import SCHEMA_VERSION, SchemaVersionError, read_clips, read_videos, unpack_tensor
+from mempack.schema import SCHEMA_VERSION, SchemaVersionError, read_clips, read_videos, unpack_tensor
 from data_prep.shots import Shot
 from mempack.presets import (
     FPS, PRESETS, SECTION_LATENT_FRAMES, frames_for_sections, get_preset, nearest_bucket, sections_for_frames,

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mempack import flow
-from mempack.forcing import ForcingConfig, resolve_mode, student_sample, video_clip_steps
-from mempack.generate import sample_section, section_times
+from mempack.train.forcing import ForcingConfig, resolve_mode, student_sample, video_clip_steps
+from mempack.sampling import sample_section, section_times
 from mempack.model import pack_history
 from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.presets import TINY

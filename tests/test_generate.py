@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mempack import flow
 from mempack.encoders import VideoEncoders
-from mempack.generate import (
+from mempack.sampling import (
     GenerationConfig,
     frames_for_sections,
     generate,
@@ -20,7 +20,7 @@ from mempack.generate import (
 )
 from mempack.inference import conditioning
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
-from mempack.sample_inputs import SAMPLE_PROMPT, sample_image
+from mempack.sample import SAMPLE_PROMPT, sample_image
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def test_exif_rotated_photo_is_upright(export, tmp_path):
 
 def test_pipeline_export_and_missing_encoders(tmp_path):
     """A complete export (model_index.json) runs; a bare model folder with no encoders named is one line."""
-    from mempack.checkpoints import EncoderSpec
+    from mempack.export import EncoderSpec
     from mempack.export import export_pipeline
 
     model = MemoryPackTransformer.from_preset("tiny", seed=2)

@@ -4,12 +4,12 @@ that the loss really falls on the synthetic world."""
 import pytest
 import torch
 
-from mempack.forcing import ForcingConfig
+from mempack.train.forcing import ForcingConfig
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
-from mempack.train.local import LocalTrainConfig, train_in_process
-from mempack.train.steps import clips_trained_per_video, samples_one_clip, trained_clip
-from mempack.world import World, WorldConfig
+from mempack.train.in_process import LocalTrainConfig, train_in_process
+from mempack.train.step import clips_trained_per_video, samples_one_clip, trained_clip
+from mempack.fidelity.world import World, WorldConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mempack.checkpoints import EncoderSpec
+from mempack.export import EncoderSpec
 from mempack.encoders import VideoEncoders
 from mempack.export import ExportError, export_pipeline
-from mempack.generate import GenerationConfig, generate, section_times
+from mempack.sampling import GenerationConfig, generate, section_times
 from mempack.model import MemoryPackTransformer
 from mempack.pipeline import MemoryPackPipeline, conditioning, image_to_array
-from mempack.sample_inputs import sample_image
+from mempack.sample import sample_image
 from mempack.stream_decode import SectionDecoder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.decode import decode_frames
-from data_prep.pipeline import PrepConfig, run_prep
-from data_prep.schema import (
+from data_prep.job import PrepConfig, run_prep
+from mempack.schema import (
     SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
 )
 from data_prep.shots import detect_shots

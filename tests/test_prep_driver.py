@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_prep.schema import CLIP_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, TENSOR_DTYPES, VIDEO_COLUMNS
+from mempack.schema import CLIP_COLUMNS, ROW_SCHEMA, SCHEMA_VERSION, TENSOR_DTYPES, VIDEO_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS, PER_VIDEO, TENSOR_BYTES = 50_000, 5, 8192  # 50,000 x 8 KB = 410 MB of latents if anyone loads them
@@ -21,7 +21,7 @@ MEASURE = r"""
 import json, sys
 import pyarrow.dataset  # imported before the baseline: only the reading is measured
 from data_prep.decode import peak_rss_bytes as peak  # VmHWM: ru_maxrss would carry pytest's own peak over exec
-from data_prep.pipeline import PrepConfig, summarise
+from data_prep.job import PrepConfig, summarise
 from data_prep.sources import VideoInput
 from mempack.train.data import check_dataset, video_index
 from pathlib import Path

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from data_prep.decode import DecodeError, decode_frames, stream_frames
-from data_prep.pipeline import PrepConfig, run_prep
+from data_prep.job import PrepConfig, run_prep
 from data_prep.process import ClipSpec
-from data_prep.sample import SampleShot, render_shot
-from data_prep.schema import read_clips, read_rejects, read_warnings
+from mempack.sample import SampleShot, render_shot
+from mempack.schema import read_clips, read_rejects, read_warnings
 from data_prep.sources import load_inputs
 
 

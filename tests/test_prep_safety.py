@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.pipeline import PrepConfig, run_prep
+from data_prep.job import PrepConfig, run_prep
 from data_prep.sources import load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]

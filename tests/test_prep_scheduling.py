@@ -1,12 +1,12 @@
 """What prep tells Ray about its stages (no cluster): memory hints sized from the config, and the args
-that keep the prep tasks spreading over nodes (data_prep.pipeline.stage_remote_args)."""
+that keep the prep tasks spreading over nodes (data_prep.job.stage_remote_args)."""
 
 from __future__ import annotations
 
 from ray.data import DataContext
 from ray.data._internal.logical.rules.operator_fusion import are_remote_args_compatible
 
-from data_prep.pipeline import PrepConfig, stage_remote_args
+from data_prep.job import PrepConfig, stage_remote_args
 from data_prep.process import ClipSpec
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mempack.presets import FPS
-from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, format_duration
+from mempack.train.metrics import ProgressLine, format_duration
+from mempack.train.validation import SampleSettings, ValidationSampler
 
 
 class FakeClock:

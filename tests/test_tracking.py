@@ -133,7 +133,7 @@ def test_evaluation_tags_the_model_run_and_a_failed_evaluation_ends_failed(store
 
 def test_prep_that_fails_ends_its_run_failed(store, tmp_path):
     sys.path.insert(0, str(ROOT))
-    from data_prep.pipeline import PrepConfig
+    from data_prep.job import PrepConfig
     from pipelines.prep import run_tracked
 
     _make_store(store)
@@ -196,7 +196,7 @@ def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_pat
     from conftest import free_port
     from test_cluster import _up, wait_for
 
-    from mempack.train.mlflow_logger import FAST_FAIL_ENV, MlflowRunLogger
+    from mempack.train.metrics import FAST_FAIL_ENV, MlflowRunLogger
 
     for key, value in FAST_FAIL_ENV.items():  # what the trainer gives its workers
         monkeypatch.setenv(key, value)
@@ -212,7 +212,7 @@ def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_pat
         logger.log({"loss": 1.0}, step=1)
         wait_for(lambda: logger.buffered == 0, 30, "the first metric sent")
         _stop(server)  # the server goes away mid-run
-        caplog.set_level(logging.WARNING, logger="mempack.train.mlflow_logger")
+        caplog.set_level(logging.WARNING, logger="mempack.train.metrics")
         slowest = 0.0
         for step in range(2, 12):  # training goes on: every log call returns at once
             start = time.perf_counter()
@@ -237,7 +237,7 @@ def test_metrics_that_cannot_be_sent_are_spilled_to_a_file_and_replayable(tmp_pa
     """No server at all until the end: close() gives up after its deadline and writes what it kept."""
     from conftest import free_port
 
-    from mempack.train.mlflow_logger import FAST_FAIL_ENV, MlflowRunLogger, replay_spilled
+    from mempack.train.metrics import FAST_FAIL_ENV, MlflowRunLogger, replay_spilled
 
     for key, value in FAST_FAIL_ENV.items():
         monkeypatch.setenv(key, value)

@@ -88,7 +88,7 @@ def test_register_model_registers_the_run_s_mlflow_model_under_an_alias(stage1):
 def test_training_export_is_a_pipeline_that_generates(stage1):
     """The export is a complete diffusers pipeline folder: loads by itself and samples a video."""
     from mempack import MemoryPackPipeline
-    from mempack.sample_inputs import sample_image
+    from mempack.sample import sample_image
 
     pipe = MemoryPackPipeline.from_pretrained(stage1["export"])
     pipe.set_progress_bar_config(disable=True)

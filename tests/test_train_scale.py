@@ -34,13 +34,13 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WOR
 import deepspeed
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
-from mempack.forcing import ForcingConfig
+from mempack.train.forcing import ForcingConfig
 from mempack.model import Conditioning
 from mempack.model.memorypack import BACKBONE_DIR, SEMANTIC_PACK_DIR
 from mempack.train import loop, zero3
 from mempack.train.config import TrainConfig
 from mempack.train.deepspeed_config import resolve
-from mempack.train.steps import train_video
+from mempack.train.step import train_video
 
 torch.manual_seed(0)
 config = TrainConfig(stage=1, pretrained=pretrained, zero_stage=3, num_workers=world, lr=1e-2, memory_lr=1e-3)
@@ -134,13 +134,13 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WO
 import deepspeed
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
-from mempack.forcing import ForcingConfig
+from mempack.train.forcing import ForcingConfig
 from mempack.model import Conditioning
 from mempack.train import loop
 from mempack.train.config import TrainConfig
 from mempack.train.deepspeed_config import resolve
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, local_tensor, weights_finite
-from mempack.train.steps import train_video
+from mempack.train.step import train_video
 
 config = TrainConfig(stage=1, num_workers=1, lr=1e-2, max_nonfinite_steps=3, zero_stage=int(sys.argv[2]))
 ds = resolve(config)
@@ -279,7 +279,7 @@ def _rewrite(folder: Path, change) -> None:
 def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_path):
     import pyarrow as pa
 
-    from data_prep.schema import DataContractError
+    from mempack.schema import DataContractError
     from mempack.train.data import load_video
     from mempack.train.trainer import TrainSetupError, validate
 
@@ -310,7 +310,7 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
 
 def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
     from mempack.train.data import check_dataset
-    from mempack.train.run_digest import DIGEST_FILE, ResumeMismatchError, check_or_write
+    from mempack.train.checkpoint import DIGEST_FILE, ResumeMismatchError, check_or_write
 
     data = _copy_prep(sample_prep, tmp_path)
     out = tmp_path / "run"
@@ -333,7 +333,7 @@ def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
 
 
 def test_videos_of_one_layout_batch_and_mixed_layouts_are_refused():
-    from data_prep.schema import DataContractError
+    from mempack.schema import DataContractError
     from mempack.model import Conditioning
     from mempack.train.data import collate_videos
     from mempack.train.loop import _batches

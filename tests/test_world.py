@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mempack.world import CHANNELS, OBJECT, SECTION, World, WorldConfig
+from mempack.fidelity.world import CHANNELS, OBJECT, SECTION, World, WorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def _small_model(world, oracle: bool):
     from mempack.model import MemoryPackTransformer, SemanticPack
     from mempack.model.memorypack import MemoryPackConfig
     from mempack.presets import TINY
-    from mempack.world import OracleMemoryTransformer
+    from mempack.fidelity.oracle import OracleMemoryTransformer
 
     torch.manual_seed(0)
     backbone = HunyuanVideoFramepackTransformer3DModel(**TINY.transformer)
@@ -105,7 +105,7 @@ def _small_model(world, oracle: bool):
 
 
 def test_the_oracle_memory_holds_the_identity_last_seen_and_the_probe_reads_it(world):
-    from mempack.eval.fidelity import memory_probe
+    from mempack.fidelity.metrics import memory_probe
 
     oracle = _small_model(world, oracle=True)
     video = world.video(11, absence=4)
@@ -150,7 +150,7 @@ def test_a_forced_identity_changes_only_the_object_s_code(world):
 
 def test_a_faint_oracle_holds_the_same_answer_under_a_constant_every_video_shares(world):
     """identity_share = 0.01: the code is 1 % of the token's energy, the rest one vector for every video."""
-    from mempack.eval.fidelity import memory_probe
+    from mempack.fidelity.metrics import memory_probe
 
     oracle = _small_model(world, oracle=True)
     oracle.identity_share = 0.01
@@ -175,7 +175,7 @@ def test_a_faint_oracle_holds_the_same_answer_under_a_constant_every_video_share
 
 def test_memory_energy_says_how_loudly_psi_holds_the_identity(world):
     """An oracle's ψ varies only with the identity; a faint one holds it at a far smaller share of energy."""
-    from mempack.eval.fidelity import memory_energy
+    from mempack.fidelity.metrics import memory_energy
 
     oracle = _small_model(world, oracle=True)
     clean = memory_energy(oracle, world, [4], seed=5, videos=40)[4]
@@ -198,8 +198,8 @@ def test_memory_energy_says_how_loudly_psi_holds_the_identity(world):
 def test_exposure_gap_compares_own_and_true_history_under_the_same_noise(world):
     """Section 0 has no history: both passes draw it identically. The premise of the pairing: section 1
     generated from the rollout's own section 0 with the generator advanced one draw IS the rollout's."""
-    from mempack.eval.fidelity import exposure_gap
-    from mempack.generate import GenerationConfig, generate
+    from mempack.fidelity.metrics import exposure_gap
+    from mempack.sampling import GenerationConfig, generate
 
     model = _small_model(world, oracle=False)
     result = exposure_gap(model, world, 3, seed=10, steps=2, absence=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mempack.forcing import ForcingConfig, resolve_mode
+from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
 from mempack.train.optim import resolve_trainable
 

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from data_prep.schema import (
+from mempack.schema import (
     CLIP_COLUMNS,
     VIDEO_COLUMNS,
     DataContractError,

@@ -1,6 +1,6 @@
 """The Ray Train worker loop: DeepSpeed engine, curriculum buckets, forcing, checkpoints, metrics.
 
-Per video (one Ray Data row), `mempack.train.steps.train_video` makes one step: stage 1 samples one
+Per video (one Ray Data row), `mempack.train.step.train_video` makes one step: stage 1 samples one
 clip and trains it with teacher forcing (history and ψ from the ground truth of the earlier clips,
 ψ's graph kept through `forcing.memory_grad_window` updates); stage 2 runs Direct Forcing (or the
 teacher/student controls) over all clips in order. Each clip's loss is back-propagated at once, and
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
+from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
 from mempack.model.memorypack import CONFIG_NAME, SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
 from mempack.train import zero3
@@ -36,9 +36,10 @@ from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
 from mempack.train.config import TrainConfig
 from mempack.train.data import Bucket, collate_videos, to_training_inputs
-from mempack.train.mlflow_logger import worker_logger
+from mempack.train.metrics import worker_logger
 from mempack.train.optim import parameter_groups
-from mempack.train.progress import ProgressLine, SampleSettings, ValidationSampler, console_logger
+from mempack.train.metrics import ProgressLine, console_logger
+from mempack.train.validation import SampleSettings, ValidationSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name

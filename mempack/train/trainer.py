@@ -21,7 +21,7 @@ from mempack.tracking import RUN_FILE
 from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.presets import get_preset
 from mempack.train.data import check_dataset, check_shapes
-from mempack.train.run_digest import ResumeMismatchError, check_or_write
+from mempack.train.checkpoint import ResumeMismatchError, check_or_write
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def newest_export(stage_dir: Path) -> Path | None:
 
 def validate(config: TrainConfig) -> dict:
     """Everything that can be checked before Ray starts; returns the curriculum index."""
-    from data_prep.schema import SchemaVersionError
+    from mempack.schema import SchemaVersionError
     from mempack.train.data import EmptyDatasetError
 
     if config.stage == 2:
@@ -226,7 +226,7 @@ def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path) 
 
 
 def _worker_env() -> dict[str, str]:
-    from mempack.train.mlflow_logger import FAST_FAIL_ENV
+    from mempack.train.metrics import FAST_FAIL_ENV
 
     cache = Path.home() / ".cache" / "mempack" / "torch_extensions"
     # the workers' MLflow client fails fast in an outage; MlflowRunLogger buffers and retries instead

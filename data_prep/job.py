@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from data_prep.decode import DECODERS
 from data_prep.process import ClipSpec, process_input
-from data_prep.schema import (
+from mempack.schema import (
     OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
 )
 from data_prep.sources import VideoInput

@@ -28,6 +28,7 @@ write, and lets training read the data with pyarrow alone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,36 @@ def read_rejects(root: str | Path) -> pa.Table:
 def read_warnings(root: str | Path) -> pa.Table:
     """Kept inputs that decoded only partly, with where and why they stopped (empty if none)."""
     return _read_own(root, "warnings")
+
+
+# What prep's summary.json says about the data (its one reader).
+
+
+def _prep_summary(data: str | Path) -> dict:
+    summary = Path(data) / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def _prep_config(data: str | Path) -> dict:
+    return _prep_summary(data).get("config", {})
+
+
+def data_encoders(data: str | Path, preset: str) -> dict:
+    """The encoders that made the training data ({"preset", "path", "seed"}): what inference and the
+    validation samples must build (read from the prep summary; the preset's random set without one)."""
+    prep = _prep_config(data)
+    if not prep:
+        return {"preset": preset, "path": None, "seed": 0}
+    return {"preset": prep.get("preset", preset), "path": prep.get("encoders"), "seed": prep.get("encoder_seed", 0)}
+
+
+def data_clip_settings(data: str | Path, preset: str = "tiny") -> dict:
+    """Height, width and fps of the training videos (validation samples match them): the prep output's
+    most common resolution bucket (the preset's default bucket without a summary), at the one clock."""
+    from mempack.presets import get_preset
+
+    summary = _prep_summary(data)
+    clock = get_preset(summary.get("config", {}).get("preset", preset))
+    buckets = summary.get("resolution_buckets") or {}
+    height, width = (int(v) for v in max(buckets, key=buckets.get).split("x")) if buckets else clock.default_bucket
+    return {"height": height, "width": width, "fps": clock.fps}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -219,3 +220,50 @@ def worker_logger(tracking_uri: str, run_id: str, output: str | Path, rank: int,
             node = f"node{context.get_node_rank()}"
     return MlflowRunLogger(tracking_uri, run_id, enabled=rank == 0, spill_path=Path(output) / UNSENT_METRICS,
                            system_metrics_node=node)
+
+
+# The console side of a run's metrics: a rank-0 line every N steps.
+# A multi-day run that prints nothing is indistinguishable from a hung one. `ProgressLine` turns the
+# step counter into one line every `every` steps: step, loss, seconds per step (averaged since the
+# previous line, so a checkpoint or a sample shows up in it) and the ETA to `max_steps`.
+
+
+def console_logger() -> logging.Logger:
+    """This module's logger with a stdout handler: Ray Train workers have no logging set up, and their
+    stdout is what reaches the driver's console and the job logs."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class ProgressLine:
+    """One console line every `every` steps: `step 20/40 | loss 0.1234 | 1.52 s/step | ETA 0:00:30`."""
+
+    def __init__(self, max_steps: int, every: int, start_step: int = 0, clock=time.perf_counter):
+        self.max_steps, self.every, self.clock = max_steps, every, clock
+        self._since_step, self._since = start_step, clock()
+        self._losses: list[float] = []
+
+    def update(self, step: int, loss: float) -> str | None:
+        """Record a finished step; returns (and logs) the line when one is due."""
+        self._losses.append(loss)
+        if self.every <= 0 or (step % self.every and step < self.max_steps):
+            return None
+        now = self.clock()
+        per_step = (now - self._since) / max(1, step - self._since_step)
+        mean_loss = sum(self._losses) / len(self._losses)
+        line = (f"step {step}/{self.max_steps} | loss {mean_loss:.4f} | {per_step:.2f} s/step | "
+                f"ETA {format_duration(per_step * max(0, self.max_steps - step))}")
+        self._since_step, self._since, self._losses = step, now, []
+        console_logger().info(line)
+        return line

@@ -1,7 +1,7 @@
 """The same training, in one process: for experiments, the method-fidelity benchmark and notebooks.
 
 Ray Train + DeepSpeed (`mempack.train.loop`) is how mempack trains at scale; this runs the very same
-per-video step (`mempack.train.steps.train_video`: forcing, clip sampling, ψ's gradient window, one
+per-video step (`mempack.train.step.train_video`: forcing, clip sampling, ψ's gradient window, one
 optimizer step per video) with a plain AdamW in the calling process, so a small model trains in
 seconds without starting Ray. The rules it shares with the Ray loop:
 
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mempack.forcing import ForcingConfig, resolve_mode
+from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.train.optim import parameter_groups, resolve_trainable
-from mempack.train.steps import clips_trained_per_video, train_video, trained_clip
+from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 
 log = logging.getLogger(__name__)
 

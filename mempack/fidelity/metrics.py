@@ -1,8 +1,8 @@
-"""The method's two claims, measured on the synthetic world (mempack/world.py) with mempack's generator.
+"""The method's two claims, measured on the synthetic world (mempack/fidelity/world.py) with mempack's generator.
 
 * **Memory recall**: continue a ground-truth prefix in which the object was seen and then stayed out of
   view for L sections (up to the last absent section, whose beacon announces the return); generate the
-  return section with `mempack.generate.generate(prefix=...)` and read the identity the model drew in the
+  return section with `mempack.sampling.generate(prefix=...)` and read the identity the model drew in the
   object's lane. Recall = return events where the right identity came back / all return events (a model
   that guesses among the K codes scores 1/K; one that draws a blend of codes, which the world's decoder
   does not accept as any identity, scores below that); `returned` = how often an object of any
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mempack.generate import GenerationConfig, generate
+from mempack.sampling import GenerationConfig, generate
 from mempack.model import MemoryPackTransformer
-from mempack.world import OBJECT, World
+from mempack.fidelity.world import OBJECT, World
 
 
 @dataclass

@@ -26,7 +26,7 @@ pass, the paper's point), student forcing runs the real sampler at `sample_guida
 configurable; bench/method_fidelity.py measures the mismatch on the synthetic world.
 
 `video_clip_steps` yields one `ClipStep` per trained clip in chronological order and leaves backward and
-optimizer stepping to the caller (see mempack/train/steps.py), so a plain loop or a DeepSpeed engine
+optimizer stepping to the caller (see mempack/train/step.py), so a plain loop or a DeepSpeed engine
 owns accumulation (one optimizer step per video).
 """
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mempack import flow
-from mempack.generate import DEFAULT_SAMPLING_GUIDANCE, sample_section, section_times
+from mempack.sampling import DEFAULT_SAMPLING_GUIDANCE, sample_section, section_times
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.model.semantic_pack import SemanticMemory
 

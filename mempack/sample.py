@@ -90,3 +90,15 @@ def make_sample(folder: str | Path, size: tuple[int, int] | None = None) -> list
         if video.caption:
             (folder / f"{video.name}.txt").write_text(video.caption + "\n", encoding="utf-8")
     return videos
+
+
+# The built-in conditioning inputs of inference: a synthetic first frame and a prompt, drawn the way
+# the built-in training sample draws its shots, so a model trained by `make demo` is asked for something it has seen.
+
+SAMPLE_PROMPT = SAMPLE_VIDEOS[2].caption  # "a yellow kite sweeps across a long sky"
+
+
+def sample_image(height: int = 64, width: int = 64, seed: int = 200) -> np.ndarray:
+    """uint8 [height, width, 3]: the first frame of a moving shot of the built-in sample."""
+    shot = SampleShot(frames=1, speed=1.2, hue=SAMPLE_VIDEOS[2].shots[0].hue)
+    return render_shot(shot, (height, width), seed=seed)[0]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mempack.forcing import ForcingConfig, video_clip_steps
+from mempack.train.forcing import ForcingConfig, video_clip_steps
 from mempack.model import Conditioning, MemoryPackTransformer
 
 Backward = Callable[[torch.Tensor, bool, bool], None]  # (loss, is the video's last clip, retain graph)
