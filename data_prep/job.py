@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.decode import DECODERS
+from data_prep.encode import ClipEncoder as ClipEncoderUDF
 from data_prep.process import ClipSpec, process_input
 from mempack.schema import (
     OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
@@ -289,5 +290,3 @@ def _to_table(batch):
     """flat_map yields dict rows; give the encoder typed Arrow batches of the one row schema."""
     return to_row_table(batch.to_pylist())
 
-
-from data_prep.encode import ClipEncoder as ClipEncoderUDF  # noqa: E402  (Ray pickles the class by reference)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_config(config)  # the VAE's size rules etc.: one line now, not a failed job later
     except ValueError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     source = args.input
     if source is None:
         source = str(Path(config.output).parent / "sample")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs = load_inputs(source, args.video_root, args.limit)
         check_output(config.output, inputs, protected)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
 
     import ray
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = run_prep(inputs, config, protected)
             (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
     except (ValueError, AccountingError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     out = Path(config.output).resolve()
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"prep output: {out} (clips/, videos/, rejects/, warnings/, summary.json)")

@@ -88,7 +88,7 @@ def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
             latent_size(get_preset(config.preset), plan_size)
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     print(format_plan(plan_run(config, ds_config, plan_size, clips_per_video=clips)))
 
 
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     try:
         validate(config)
     except TrainSetupError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     import ray
 
     if args.ray_address or os.environ.get("RAY_ADDRESS"):
@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     try:
         result = run_training(config, resume=args.resume)
     except TrainSetupError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=2))
     print(f"stage {config.stage} export: {result['export']}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {result['tracking_uri']} --host 127.0.0.1")
