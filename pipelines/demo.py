@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mempack.config import ArgumentParser
 
-from mempack.config import ArgumentParser  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # The paper's lr (1e-5) fine-tunes real FramePack-F1 weights; the tiny preset starts from random

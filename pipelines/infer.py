@@ -17,13 +17,10 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser
 
 
 def parse_args(argv=None) -> argparse.Namespace:

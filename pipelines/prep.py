@@ -16,16 +16,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
-from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep  # noqa: E402
-from mempack.sample import make_sample  # noqa: E402
-from data_prep.sources import load_inputs  # noqa: E402
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict  # noqa: E402
+from mempack.config import ArgumentParser
+from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep
+from mempack.sample import make_sample
+from data_prep.sources import load_inputs
+from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict
 
 
 def build_parser() -> ArgumentParser:

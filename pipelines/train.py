@@ -14,16 +14,12 @@ import argparse
 import json
 import logging
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args  # noqa: E402
-from mempack.train.forcing import FORCING_MODES  # noqa: E402
-from mempack.train.config import TrainConfig  # noqa: E402
-from mempack.train.optim import TRAINABLE_SCOPES  # noqa: E402
+from mempack.config import ArgumentParser
+from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args
+from mempack.train.forcing import FORCING_MODES
+from mempack.train.config import TrainConfig
+from mempack.train.optim import TRAINABLE_SCOPES
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
