@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mempack.layout import EXPORT_DIR
 from mempack.model import MemoryPackTransformer
 from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR
 
@@ -41,9 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIR = "model"
 ENCODERS_FILE = "encoders.json"
-STAGE_ORDER = ("stage2", "stage1")  # the newest stage first
 
 
 class CheckpointError(ValueError):
@@ -80,14 +79,6 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / "transformer" / "config.json").is_file():
             return candidate
     raise CheckpointError(f"no exported model in {path} (expected {EXPORT_DIR}/mempack.json or a diffusers config.json)")
-
-
-def newest_training_export(root: str | Path = "outputs/train") -> Path | None:
-    """The stage-2 export under `root`, else the stage-1 one, else None."""
-    for stage in STAGE_ORDER:
-        if (Path(root) / stage / EXPORT_DIR / "mempack.json").is_file():
-            return Path(root) / stage / EXPORT_DIR
-    return None
 
 
 def encoder_spec(model_dir: Path) -> EncoderSpec | None:

@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from mempack import layout
 from mempack.config import ArgumentParser
 from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep
 from mempack.sample import make_sample
@@ -72,7 +73,7 @@ def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, pro
         out = Path(config.output).resolve()
         flat = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in flat.items()])
-        client.log_artifact(run_id, str(out / "summary.json"))
+        client.log_artifact(run_id, str(out / layout.SUMMARY_FILE))
         tracking.write_run_file(out, run_id, uri)
     summary["mlflow_run_id"] = run_id
     return summary
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment, protected)
         else:
             summary = run_prep(inputs, config, protected)
-            (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
+            (Path(config.output) / layout.RUN_FILE).unlink(missing_ok=True)  # an earlier run's link no longer holds
     except (ValueError, AccountingError) as err:
         raise SystemExit(f"error: {err}") from None
     out = Path(config.output).resolve()

@@ -15,10 +15,10 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from mempack.layout import DIGEST_FILE
 from mempack.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-DIGEST_FILE = "run_digest.json"
 MAY_CHANGE_ON_RESUME = frozenset({
     "output", "max_steps", "epochs", "checkpoint_every", "log_every", "max_failures", "max_nonfinite_steps",
     "mlflow_uri", "experiment", "run_name", "cpus_per_worker", "placement_strategy",

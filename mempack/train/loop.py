@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR, SAMPLES_DIR
 from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
 from mempack.model.memorypack import CONFIG_NAME, SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
@@ -43,9 +44,6 @@ from mempack.train.validation import SampleSettings, ValidationSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
-EXPORT_DIR = "model"
-EXPORT_EMA_DIR = "model_ema"  # the EMA weights, same layout, when ema_decay > 0
-SAMPLES_DIR = "samples"  # validation videos: in the run folder and the MLflow run
 
 
 def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | None = None) -> MemoryPackTransformer:

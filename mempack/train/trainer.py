@@ -16,8 +16,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mempack import tracking
-from mempack.tracking import RUN_FILE
+from mempack import layout, tracking
+from mempack.layout import RUN_FILE
 from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.presets import get_preset
 from mempack.train.data import check_dataset, check_shapes
@@ -46,9 +46,9 @@ def validate(config: TrainConfig) -> dict:
     if config.stage == 2:
         if config.model != ArchitectureConfig():
             raise TrainSetupError("stage 2 keeps the stage-1 export's architecture: drop the model.* settings")
-        init = Path(config.init) if config.init else Path(config.output).parent / "stage1"
-        if (init / "model" / "mempack.json").is_file():
-            init = init / "model"
+        init = Path(config.init) if config.init else Path(config.output).parent / layout.stage_name(1)
+        if (init / layout.EXPORT_DIR / "mempack.json").is_file():
+            init = init / layout.EXPORT_DIR
         if not (init / "mempack.json").is_file() and not (init / "config.json").is_file():
             raise TrainSetupError(f"stage 2 needs stage-1 weights: none at {init} (run --stage 1 first or pass --init)")
         config.init = str(init.resolve())
@@ -129,7 +129,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
     index = validate(config)
     out = Path(config.output).resolve()
     name = config.run_name or f"stage{config.stage}"
-    storage = out / "ray"
+    storage = out / layout.RAY_DIR
     if not resume:
         shutil.rmtree(storage / name, ignore_errors=True)
         (out / RUN_FILE).unlink(missing_ok=True)
@@ -158,7 +158,8 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mempack.train.data import bucket_datasets
-    from mempack.train.loop import EXPORT_DIR, EXPORT_EMA_DIR, train_loop_per_worker
+    from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR
+    from mempack.train.loop import train_loop_per_worker
 
     datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
     for ds in datasets.values():
