@@ -34,7 +34,8 @@ import torch
 
 from mempack.layout import EXPORT_DIR
 from mempack.model import MemoryPackTransformer
-from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR
+from mempack.schema import data_encoders, read_summary, summary_path
+from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR, MemoryPackConfig
 
 if TYPE_CHECKING:
     from mempack.encoders import VideoEncoders
@@ -74,7 +75,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / "model_index.json").is_file():
             return candidate
     for candidate in (path / EXPORT_DIR, path):
-        if (candidate / "mempack.json").is_file() or (candidate / "config.json").is_file():
+        if MemoryPackConfig.saved_in(candidate) or (candidate / "config.json").is_file():
             return candidate
         if (candidate / "transformer" / "config.json").is_file():
             return candidate
@@ -188,13 +189,10 @@ class ExportError(ValueError):
 
 def encoders_of_prep(data_dir: str | Path, preset: str) -> EncoderSpec:
     """Which encoders made the training data, from prep's summary.json (the preset's tiny set if none)."""
-    summary = Path(data_dir) / "summary.json"
-    if not summary.is_file():
-        if preset != "tiny":
-            raise ExportError(f"no {summary}: cannot tell which encoder weights made the training data")
-        return EncoderSpec(preset=preset)
-    prep = json.loads(summary.read_text()).get("config", {})
-    return EncoderSpec(prep.get("preset", preset), prep.get("encoders"), int(prep.get("encoder_seed", 0)))
+    if read_summary(data_dir) is None and preset != "tiny":
+        raise ExportError(f"no {summary_path(data_dir)}: cannot tell which encoder weights made the training data")
+    spec = data_encoders(data_dir, preset)
+    return EncoderSpec(spec["preset"], spec["path"], int(spec["seed"]))
 
 
 def export_pipeline(model_dir: str | Path, dst: str | Path, encoders: EncoderSpec) -> Path:

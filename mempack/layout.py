@@ -79,11 +79,11 @@ def newest_export(train: str | Path | None = None) -> Path | None:
 
     An export counts when its model config (`mempack.json`) is there; exports are renamed into place whole.
     """
-    from mempack.model.memorypack import CONFIG_NAME  # torch: only when asked, not for every path lookup
+    from mempack.model.memorypack import MemoryPackConfig  # torch: only when asked, not for every path lookup
 
     train = train_dir() if train is None else Path(train)
     for stage in reversed(STAGES):
         export = train / stage_name(stage) / EXPORT_DIR
-        if (export / CONFIG_NAME).is_file():
+        if MemoryPackConfig.saved_in(export):
             return export
     return None

@@ -198,12 +198,13 @@ def log_prep_input(client, run_id: str, data_dir: str | Path, context: str = "tr
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    from mempack.schema import read_summary, summary_path
+
     data_dir = Path(data_dir)
-    summary_path = data_dir / "summary.json"
-    if not summary_path.is_file():
-        log.warning("no %s: the run's data input is not recorded", summary_path)
+    summary = read_summary(data_dir)
+    if summary is None:
+        log.warning("no %s: the run's data input is not recorded", summary_path(data_dir))
         return None
-    summary = json.loads(summary_path.read_text())
     digest = prep_digest(summary)
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one local class
         warnings.simplefilter("ignore", UserWarning)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,7 +28,7 @@ import torch
 from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR, SAMPLES_DIR
 from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
-from mempack.model.memorypack import CONFIG_NAME, SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
+from mempack.model.memorypack import SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
 from mempack.train import zero3
 from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
@@ -268,6 +266,6 @@ def _export(engine, module: MemoryPackTransformer, folder: str, rank: int) -> No
             parts[SEMANTIC_PACK_DIR] = module.semantic_pack
         zero3.export_by_module(parts, Path(folder), rank)
         if rank == 0:
-            (Path(folder) / CONFIG_NAME).write_text(json.dumps(asdict(module.config), indent=2))
+            module.config.save(folder)
     elif rank == 0:
         module.save_pretrained(folder)
