@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RECHECK_SEED = 940_000_000  # held-out videos method_fidelity never draws (it uses 900/910/920/930 million)
 

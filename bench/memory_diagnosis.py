@@ -24,12 +24,8 @@ Writes the curve as JSON (`--json`, default bench/results/memory_diagnosis.json)
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv=None):
@@ -103,7 +99,7 @@ def main(argv=None) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    from method_fidelity import Settings, build_model, world_for
+    from bench.method_fidelity import Settings, build_model, world_for
 
     from mempack.fidelity.metrics import energy_shares, memory_recall, psi_tokens, readout_accuracy
     from mempack.train.forcing import ForcingConfig

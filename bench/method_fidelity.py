@@ -36,15 +36,12 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGE1 = ("framepack_only", "zero_memory", "memorypack", "oracle_memory")
 # stage-2 variants: (forcing mode, what trains); the paper's Direct Forcing trains the head only

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -50,7 +49,6 @@ def whole_pipeline(folder: str, cpus: int) -> float:
     """Wall seconds of run_prep on a fresh local Ray with `cpus` CPUs (run in a subprocess)."""
     code = f"""
 import json, sys, time, tempfile
-sys.path.insert(0, {str(ROOT)!r})
 import ray
 ray.init(address="local", num_cpus={cpus}, include_dashboard=False, log_to_driver=False)
 from data_prep.job import PrepConfig, run_prep

@@ -23,13 +23,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
 
 _CHILD = """
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
 import numpy as np, torch
 from mempack.encoders import VideoEncoders
 enc = VideoEncoders.build("tiny", seed=0)

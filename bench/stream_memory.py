@@ -34,7 +34,6 @@ def rss_mb() -> float:
 
 def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, out: Path) -> dict:
     """One generation in this process; returns its numbers."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from mempack.export import load_pipeline

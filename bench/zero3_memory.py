@@ -172,9 +172,9 @@ def main(argv=None) -> dict:
         params = None if args.pretrained or args.from_preset else make_pretrained(preset, pretrained)
         port = _free_port()
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import zero3_memory as b; " \
+        code = "import sys; from bench import zero3_memory as b; " \
                "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
         source = "" if args.from_preset else str(pretrained)
         procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,

@@ -182,7 +182,7 @@ def _open_pyav(path: str):
     try:
         return av.open(path)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+        raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}") from err
 
 
 def _open_checked(req: DecodeRequest):

@@ -33,16 +33,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.decode import DECODERS
+from data_prep.encode import ClipEncoder as ClipEncoderUDF
 from data_prep.process import ClipSpec, process_input
 from mempack.schema import (
     OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
 )
 from data_prep.sources import VideoInput
+from mempack import layout
 from mempack.presets import get_preset
 
 log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects", "warnings")
-OWNED = (*TABLES, "summary.json")  # everything prep writes into an output folder, and all it ever removes
+OWNED = (*TABLES, layout.SUMMARY_FILE)  # everything prep writes into an output folder, and all it ever removes
 STAGING_MARK = ".mempack-prep-staging"
 # host memory of one encoder actor, for Ray's scheduler (tiny: Ray Data measured up to 520 MiB on the sample)
 ENCODER_MEMORY_GB = {"tiny": 0.75, "framepack-f1": 32.0}
@@ -56,7 +58,7 @@ class AccountingError(RuntimeError):
 class PrepConfig:
     """Everything the prep job needs; loadable from YAML and overridable from the CLI."""
 
-    output: str = "outputs/prep"
+    output: str = str(layout.prep_dir())
     preset: str = "tiny"
     encoders: str | None = None  # folder with real encoder weights; None = tiny random (seeded)
     encoder_seed: int = 0
@@ -220,7 +222,7 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig, protected: Iterable[s
             _run_job(inputs, config, staging / "raw")
             _organise(staging / "raw", staging)
         summary = summarise(staging, inputs, config, time.perf_counter() - start)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+        (staging / layout.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -289,5 +291,3 @@ def _to_table(batch):
     """flat_map yields dict rows; give the encoder typed Arrow batches of the one row schema."""
     return to_row_table(batch.to_pylist())
 
-
-from data_prep.encode import ClipEncoder as ClipEncoderUDF  # noqa: E402  (Ray pickles the class by reference)

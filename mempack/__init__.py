@@ -36,15 +36,19 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports lazily
-    from mempack.encoders import VideoEncoders
-    from mempack.export import export_pipeline
-    from mempack.sampling import GenerationConfig
-    from mempack.mlflow_model import log_pipeline_model
-    from mempack.model.history import HistoryLayout
-    from mempack.model.memorypack import MemoryPackConfig, MemoryPackTransformer
-    from mempack.model.semantic_pack import SemanticPack
-    from mempack.pipeline import MemoryPackPipeline, MemoryPackPipelineOutput
-    from mempack.train.config import ArchitectureConfig, TrainConfig
+    # `X as X`: an explicit re-export (PEP 484), so linters know these imports are the public names
+    from mempack.encoders import VideoEncoders as VideoEncoders
+    from mempack.export import export_pipeline as export_pipeline
+    from mempack.mlflow_model import log_pipeline_model as log_pipeline_model
+    from mempack.model.history import HistoryLayout as HistoryLayout
+    from mempack.model.memorypack import MemoryPackConfig as MemoryPackConfig
+    from mempack.model.memorypack import MemoryPackTransformer as MemoryPackTransformer
+    from mempack.model.semantic_pack import SemanticPack as SemanticPack
+    from mempack.pipeline import MemoryPackPipeline as MemoryPackPipeline
+    from mempack.pipeline import MemoryPackPipelineOutput as MemoryPackPipelineOutput
+    from mempack.sampling import GenerationConfig as GenerationConfig
+    from mempack.train.config import ArchitectureConfig as ArchitectureConfig
+    from mempack.train.config import TrainConfig as TrainConfig
 
 
 def __getattr__(name: str) -> Any:

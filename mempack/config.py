@@ -27,7 +27,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -109,14 +109,14 @@ def type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("NoneType", "None")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(cls: type):
     from pydantic import TypeAdapter
 
     return TypeAdapter(cls)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _comments(cls: type) -> dict[str, str]:
     """Trailing `# comment` of each field line in the class source: the field's documentation."""
     try:

@@ -32,8 +32,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mempack.layout import EXPORT_DIR
 from mempack.model import MemoryPackTransformer
-from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR
+from mempack.schema import data_encoders, read_summary, summary_path
+from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR, MemoryPackConfig
 
 if TYPE_CHECKING:
     from mempack.encoders import VideoEncoders
@@ -41,9 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORT_DIR = "model"
 ENCODERS_FILE = "encoders.json"
-STAGE_ORDER = ("stage2", "stage1")  # the newest stage first
 
 
 class CheckpointError(ValueError):
@@ -75,19 +75,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (candidate / "model_index.json").is_file():
             return candidate
     for candidate in (path / EXPORT_DIR, path):
-        if (candidate / "mempack.json").is_file() or (candidate / "config.json").is_file():
+        if MemoryPackConfig.saved_in(candidate) or (candidate / "config.json").is_file():
             return candidate
         if (candidate / "transformer" / "config.json").is_file():
             return candidate
     raise CheckpointError(f"no exported model in {path} (expected {EXPORT_DIR}/mempack.json or a diffusers config.json)")
-
-
-def newest_training_export(root: str | Path = "outputs/train") -> Path | None:
-    """The stage-2 export under `root`, else the stage-1 one, else None."""
-    for stage in STAGE_ORDER:
-        if (Path(root) / stage / EXPORT_DIR / "mempack.json").is_file():
-            return Path(root) / stage / EXPORT_DIR
-    return None
 
 
 def encoder_spec(model_dir: Path) -> EncoderSpec | None:
@@ -197,13 +189,10 @@ class ExportError(ValueError):
 
 def encoders_of_prep(data_dir: str | Path, preset: str) -> EncoderSpec:
     """Which encoders made the training data, from prep's summary.json (the preset's tiny set if none)."""
-    summary = Path(data_dir) / "summary.json"
-    if not summary.is_file():
-        if preset != "tiny":
-            raise ExportError(f"no {summary}: cannot tell which encoder weights made the training data")
-        return EncoderSpec(preset=preset)
-    prep = json.loads(summary.read_text()).get("config", {})
-    return EncoderSpec(prep.get("preset", preset), prep.get("encoders"), int(prep.get("encoder_seed", 0)))
+    if read_summary(data_dir) is None and preset != "tiny":
+        raise ExportError(f"no {summary_path(data_dir)}: cannot tell which encoder weights made the training data")
+    spec = data_encoders(data_dir, preset)
+    return EncoderSpec(spec["preset"], spec["path"], int(spec["seed"]))
 
 
 def export_pipeline(model_dir: str | Path, dst: str | Path, encoders: EncoderSpec) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mempack import layout
 from mempack.export import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
 from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
@@ -52,7 +53,7 @@ class InferenceRequest:
     use_memory: bool = True
     device: str = "auto"
     crf: int = 18  # x264 quality; 0 is lossless (bit-exact frames, large files)
-    out: str = "outputs/infer/sample.mp4"
+    out: str = str(layout.infer_dir() / "sample.mp4")
     progress: bool = True
 
 

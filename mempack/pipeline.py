@@ -24,12 +24,11 @@ What it shares with diffusers' `HunyuanVideoFramepackPipeline`: the components, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from mempack import flow
 from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.sampling import GenerationConfig, generate, sections_for_frames
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
-from mempack.model.memorypack import CONFIG_NAME, _preset_matching
+from mempack.model.memorypack import _preset_matching
 from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket
 from mempack.stream_decode import SectionDecoder
 
@@ -161,14 +160,14 @@ class MemoryPackPipeline(DiffusionPipeline):
             raise FileNotFoundError(f"no pipeline at {folder} (model_index.json missing)")
         kwargs.setdefault("local_files_only", True)
         pipe = super().from_pretrained(str(folder), **kwargs)
-        if (folder / CONFIG_NAME).is_file():
-            pipe.model_config = MemoryPackConfig(**json.loads((folder / CONFIG_NAME).read_text()))
+        if MemoryPackConfig.saved_in(folder):
+            pipe.model_config = MemoryPackConfig.load(folder)
         return pipe
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """diffusers' folder plus mempack.json, so the folder also loads as a MemoryPackTransformer."""
         super().save_pretrained(save_directory, **kwargs)
-        Path(save_directory, CONFIG_NAME).write_text(json.dumps(asdict(self.model_config), indent=2))
+        self.model_config.save(save_directory)
 
     @property
     def model_config(self) -> MemoryPackConfig:

@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from mempack import layout
+
 SCHEMA_VERSION = 2
 
 TENSOR_DTYPES: dict[str, np.dtype] = {
@@ -203,13 +205,19 @@ def read_warnings(root: str | Path) -> pa.Table:
 # What prep's summary.json says about the data (its one reader).
 
 
-def _prep_summary(data: str | Path) -> dict:
-    summary = Path(data) / "summary.json"
-    return json.loads(summary.read_text()) if summary.is_file() else {}
+def summary_path(data: str | Path) -> Path:
+    """Where a prep output keeps its summary (counts, buckets, the prep config)."""
+    return Path(data) / layout.SUMMARY_FILE
+
+
+def read_summary(data: str | Path) -> dict | None:
+    """Prep's summary of the output folder `data`; None when it has none (data not made by prep)."""
+    path = summary_path(data)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _prep_config(data: str | Path) -> dict:
-    return _prep_summary(data).get("config", {})
+    return (read_summary(data) or {}).get("config", {})
 
 
 def data_encoders(data: str | Path, preset: str) -> dict:
@@ -226,7 +234,7 @@ def data_clip_settings(data: str | Path, preset: str = "tiny") -> dict:
     most common resolution bucket (the preset's default bucket without a summary), at the one clock."""
     from mempack.presets import get_preset
 
-    summary = _prep_summary(data)
+    summary = read_summary(data) or {}
     clock = get_preset(summary.get("config", {}).get("preset", preset))
     buckets = summary.get("resolution_buckets") or {}
     height, width = (int(v) for v in max(buckets, key=buckets.get).split("x")) if buckets else clock.default_bucket

@@ -27,9 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mempack import layout
+from mempack.layout import RUN_FILE
+
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"  # {"run_id", "tracking_uri"} beside a stage's output: how later stages find its run
 COMMIT_ENV = "MEMPACK_GIT_COMMIT"  # the commit when the code runs without its .git (a Ray job's working_dir)
 MODEL_RUN_TAG = "mempack.model_run_id"
 MODEL_URI_TAG = "mempack.model"
@@ -43,9 +45,9 @@ def default_tracking_uri(base: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI (a team server, set on a cluster), else a sqlite store under ./outputs."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    base = (base or Path.cwd()) / "outputs"
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+    db = (base or Path.cwd()) / layout.mlflow_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db.resolve()}"
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -196,12 +198,13 @@ def log_prep_input(client, run_id: str, data_dir: str | Path, context: str = "tr
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    from mempack.schema import read_summary, summary_path
+
     data_dir = Path(data_dir)
-    summary_path = data_dir / "summary.json"
-    if not summary_path.is_file():
-        log.warning("no %s: the run's data input is not recorded", summary_path)
+    summary = read_summary(data_dir)
+    if summary is None:
+        log.warning("no %s: the run's data input is not recorded", summary_path(data_dir))
         return None
-    summary = json.loads(summary_path.read_text())
     digest = prep_digest(summary)
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": two registrations of one local class
         warnings.simplefilter("ignore", UserWarning)

@@ -100,7 +100,7 @@ class Mp4Writer:
         if self._container is not None:
             try:
                 self._container.close()
-            except Exception:  # noqa: BLE001 — closing a half-written container may fail; the file goes anyway
+            except Exception:  # closing a half-written container may fail; the file goes anyway
                 log.debug("closing an aborted mp4 failed", exc_info=True)
             self._container = None
         self._tmp.unlink(missing_ok=True)
@@ -127,8 +127,8 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
         fps = float(vr.get_avg_fps())
         frames = vr.get_batch(list(range(n))).asnumpy()
         return frames, fps
-    except Exception as err:  # decord raises its own DECORDError and RuntimeError
-        log.debug("decord could not read %s (%s); trying PyAV", path, err)
+    except Exception:  # decord raises its own DECORDError and RuntimeError
+        log.debug("decord could not read %s; trying PyAV", path, exc_info=True)
     import av
 
     with av.open(path) as container:

@@ -19,12 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm.auto import tqdm
 
-from tqdm.auto import tqdm  # noqa: E402
-
-from mempack.config import ArgumentParser  # noqa: E402
-from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames  # noqa: E402
+from mempack.config import ArgumentParser
+from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

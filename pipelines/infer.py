@@ -17,13 +17,10 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
+from mempack.config import ArgumentParser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,10 +92,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torch/diffusers load only after the arguments are checked: a typo is answered at once
-    from mempack.export import CheckpointError, download_mlflow_model, newest_training_export
+    from mempack.export import CheckpointError, download_mlflow_model
+    from mempack.layout import infer_dir, newest_export
     from mempack.inference import InferenceError, InferenceRequest, run_inference
 
-    out = args.out or f"outputs/infer/{default_name(args)}.mp4"
+    out = args.out or str(infer_dir() / f"{default_name(args)}.mp4")
     tracking = contextlib.nullcontext()
     client = run_id = None
     if args.mlflow_uri:  # the run exists from the start, so a failed inference ends FAILED, never RUNNING
@@ -113,7 +111,7 @@ def main(argv=None) -> None:
             else:
                 model_dir = args.checkpoint or args.pretrained
                 if model_dir is None:
-                    newest = newest_training_export()
+                    newest = newest_export()
                     model_dir = str(newest) if newest else None
             request = InferenceRequest(
                 model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video,

@@ -16,16 +16,14 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
-from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep  # noqa: E402
-from mempack.sample import make_sample  # noqa: E402
-from data_prep.sources import load_inputs  # noqa: E402
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict  # noqa: E402
+from mempack import layout
+from mempack.config import ArgumentParser
+from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep
+from mempack.sample import make_sample
+from data_prep.sources import load_inputs
+from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict
 
 
 def build_parser() -> ArgumentParser:
@@ -75,7 +73,7 @@ def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, pro
         out = Path(config.output).resolve()
         flat = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in flat.items()])
-        client.log_artifact(run_id, str(out / "summary.json"))
+        client.log_artifact(run_id, str(out / layout.SUMMARY_FILE))
         tracking.write_run_file(out, run_id, uri)
     summary["mlflow_run_id"] = run_id
     return summary
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_config(config)  # the VAE's size rules etc.: one line now, not a failed job later
     except ValueError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     source = args.input
     if source is None:
         source = str(Path(config.output).parent / "sample")
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs = load_inputs(source, args.video_root, args.limit)
         check_output(config.output, inputs, protected)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
 
     import ray
 
@@ -114,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             summary = run_tracked(inputs, config, args.mlflow_uri, args.experiment, protected)
         else:
             summary = run_prep(inputs, config, protected)
-            (Path(config.output) / "mlflow_run.json").unlink(missing_ok=True)  # an earlier run's link no longer holds
+            (Path(config.output) / layout.RUN_FILE).unlink(missing_ok=True)  # an earlier run's link no longer holds
     except (ValueError, AccountingError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     out = Path(config.output).resolve()
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"prep output: {out} (clips/, videos/, rejects/, warnings/, summary.json)")

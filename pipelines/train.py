@@ -14,16 +14,12 @@ import argparse
 import json
 import logging
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mempack.config import ArgumentParser  # noqa: E402
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args  # noqa: E402
-from mempack.train.forcing import FORCING_MODES  # noqa: E402
-from mempack.train.config import TrainConfig  # noqa: E402
-from mempack.train.optim import TRAINABLE_SCOPES  # noqa: E402
+from mempack.config import ArgumentParser
+from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args
+from mempack.train.forcing import FORCING_MODES
+from mempack.train.config import TrainConfig
+from mempack.train.optim import TRAINABLE_SCOPES
 
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -88,7 +84,7 @@ def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
             latent_size(get_preset(config.preset), plan_size)
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     print(format_plan(plan_run(config, ds_config, plan_size, clips_per_video=clips)))
 
 
@@ -103,7 +99,7 @@ def main(argv=None) -> None:
     try:
         validate(config)
     except TrainSetupError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     import ray
 
     if args.ray_address or os.environ.get("RAY_ADDRESS"):
@@ -113,7 +109,7 @@ def main(argv=None) -> None:
     try:
         result = run_training(config, resume=args.resume)
     except TrainSetupError as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, indent=2))
     print(f"stage {config.stage} export: {result['export']}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {result['tracking_uri']} --host 127.0.0.1")

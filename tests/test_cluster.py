@@ -178,6 +178,23 @@ def metrics_of(run: dict) -> dict[str, float]:
     return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
 
 
+def test_a_job_imports_mempack_from_its_uploaded_working_dir(cluster):
+    """No script edits sys.path: Ray 2.60 starts a job's entrypoint in the uploaded copy with that copy first
+    on PYTHONPATH (ray/_private/runtime_env/working_dir.py, `set_pythonpath_in_context`), ahead of the
+    nodes' own PYTHONPATH (this checkout, see `cluster_env`) and of the installed package."""
+    dashboard, _, _ = cluster
+    job_id = submit(dashboard, "imports", "python", "-c",
+                    "import os, mempack, pipelines.prep; print('IMPORTED', os.getcwd(), mempack.__file__, "
+                    "pipelines.prep.__file__)")
+    assert wait_job(dashboard, job_id, timeout=300) == "SUCCEEDED"
+    logs = ray_cli("job", "logs", job_id, "--address", dashboard).stdout
+    [line] = [line for line in logs.splitlines() if line.startswith("IMPORTED ")]
+    cwd, mempack_file, prep_file = (Path(p) for p in line.split()[1:])
+    assert cwd != ROOT and "working_dir_files" in cwd.parts  # the job runs in Ray's unpacked copy
+    assert mempack_file == cwd / "mempack" / "__init__.py"
+    assert prep_file == cwd / "pipelines" / "prep.py"
+
+
 @pytest.fixture(scope="module")
 def prep_job(cluster):
     dashboard, mlflow_url, work = cluster

@@ -142,7 +142,6 @@ def test_every_key_is_a_flag_and_print_config_shows_the_resolved_values(script, 
 
 
 def test_train_flags_set_and_aliases_resolve_in_order():
-    sys.path.insert(0, str(ROOT))
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_train_cli_for_config_test", ROOT / "pipelines" / "train.py")

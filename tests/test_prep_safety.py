@@ -37,11 +37,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 def prep_main(*args: str) -> str:
     """pipelines/prep.py's main in this process (no Ray is started: the refusal comes first)."""
-    sys.path.insert(0, str(ROOT / "pipelines"))
-    try:
-        import prep
-    finally:
-        sys.path.pop(0)
+    from pipelines import prep
     with pytest.raises(SystemExit) as exit_info:
         prep.main(list(args))
     message = str(exit_info.value.code)

@@ -132,7 +132,6 @@ def test_evaluation_tags_the_model_run_and_a_failed_evaluation_ends_failed(store
 
 
 def test_prep_that_fails_ends_its_run_failed(store, tmp_path):
-    sys.path.insert(0, str(ROOT))
     from data_prep.job import PrepConfig
     from pipelines.prep import run_tracked
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class _TorchFeatures:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
 
-    def _embed(self, inputs: dict) -> "torch.Tensor":  # noqa: F821
+    def _embed(self, inputs: dict) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:

@@ -73,6 +73,23 @@ class MemoryPackConfig:
     def layout(self) -> HistoryLayout:
         return HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x, self.window)
 
+    # The one reader and writer of mempack.json (diffusers' ConfigMixin with `config_name`, in small).
+    def save(self, folder: str | Path) -> Path:
+        """Write `folder/mempack.json`: what makes a folder a MemoryPack model (or pipeline) folder."""
+        path = Path(folder) / CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MemoryPackConfig:
+        """Read `folder/mempack.json` (FileNotFoundError without one); an unknown key is a TypeError."""
+        return cls(**json.loads((Path(folder) / CONFIG_NAME).read_text()))
+
+    @staticmethod
+    def saved_in(folder: str | Path) -> bool:
+        """Whether `folder` holds a saved config (an export, as opposed to plain diffusers weights)."""
+        return (Path(folder) / CONFIG_NAME).is_file()
+
 
 @contextmanager
 def default_dtype(dtype: torch.dtype | None):
@@ -111,8 +128,8 @@ def pretrained_folders(path: str | Path) -> PretrainedFolders:
     if not path.is_dir():
         raise FileNotFoundError(f"no model folder at {path}")
     saved = {}
-    if (path / CONFIG_NAME).is_file():
-        saved = json.loads((path / CONFIG_NAME).read_text())
+    if MemoryPackConfig.saved_in(path):
+        saved = asdict(MemoryPackConfig.load(path))
         backbone_dir = path / BACKBONE_DIR
     elif (path / "config.json").is_file():
         backbone_dir = path
@@ -220,7 +237,7 @@ class MemoryPackTransformer(nn.Module):
         self.backbone.save_pretrained(path / BACKBONE_DIR, safe_serialization=safe_serialization)
         if self.semantic_pack is not None:
             self.semantic_pack.save_pretrained(path / SEMANTIC_PACK_DIR, safe_serialization=safe_serialization)
-        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+        self.config.save(path)
         return path
 
     # ----- memory ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from mempack import layout
 from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
 from mempack.train.optim import resolve_trainable
@@ -52,7 +53,7 @@ class TrainConfig:
     """Stage, data, model, optimisation, Ray and tracking settings of one training run."""
 
     stage: int = 1
-    data: str = "outputs/prep"
+    data: str = str(layout.prep_dir())
     output: str = ""  # default: outputs/train/stage{stage}
     preset: str = "tiny"
     pretrained: str | None = None  # FramePack-F1 transformer (diffusers layout) or one of our exports
@@ -100,7 +101,7 @@ class TrainConfig:
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if not self.output:
-            self.output = f"outputs/train/stage{self.stage}"
+            self.output = str(layout.stage_dir(self.stage))
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.max_nonfinite_steps < 1 or self.batch_size < 1:
             raise ValueError("warmup_steps and grad_clip must be >= 0, batch_size and max_nonfinite_steps >= 1")
         if self.memory_lr is not None and self.memory_lr <= 0:

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR, SAMPLES_DIR
 from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
-from mempack.model.memorypack import CONFIG_NAME, SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
+from mempack.model.memorypack import SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
 from mempack.train import zero3
 from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
@@ -43,9 +42,6 @@ from mempack.train.validation import SampleSettings, ValidationSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
-EXPORT_DIR = "model"
-EXPORT_EMA_DIR = "model_ema"  # the EMA weights, same layout, when ema_decay > 0
-SAMPLES_DIR = "samples"  # validation videos: in the run folder and the MLflow run
 
 
 def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | None = None) -> MemoryPackTransformer:
@@ -270,6 +266,6 @@ def _export(engine, module: MemoryPackTransformer, folder: str, rank: int) -> No
             parts[SEMANTIC_PACK_DIR] = module.semantic_pack
         zero3.export_by_module(parts, Path(folder), rank)
         if rank == 0:
-            (Path(folder) / CONFIG_NAME).write_text(json.dumps(asdict(module.config), indent=2))
+            module.config.save(folder)
     elif rank == 0:
         module.save_pretrained(folder)

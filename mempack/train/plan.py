@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -395,14 +395,13 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
 def _meta_model(config) -> MemoryPackTransformer:
     """The run's network on the meta device: the preset's shapes with the run's architecture choices.
     Stage 2 (and --pretrained exports) keep the export's own choices, read from its mempack.json."""
-    import json
+    from mempack.model.memorypack import MemoryPackConfig
 
     preset, overrides = config.preset, config.model.model_overrides()
     source = config.init if config.stage == 2 else config.pretrained
-    saved = Path(source) / "mempack.json" if source else None
-    if saved is not None and saved.is_file():
-        overrides = json.loads(saved.read_text())
-        preset = overrides.pop("preset", preset)
+    if source and MemoryPackConfig.saved_in(source):
+        overrides = asdict(MemoryPackConfig.load(source))
+        preset = overrides.pop("preset")
     return MemoryPackTransformer.from_preset(preset, device="meta", seed=None, **overrides)
 
 

@@ -16,10 +16,12 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from mempack import tracking
-from mempack.tracking import RUN_FILE
+from mempack import layout, tracking
+from mempack.layout import RUN_FILE
+from mempack.model.memorypack import MemoryPackConfig
 from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.presets import get_preset
+from mempack.schema import summary_path
 from mempack.train.data import check_dataset, check_shapes
 from mempack.train.checkpoint import ResumeMismatchError, check_or_write
 
@@ -46,10 +48,10 @@ def validate(config: TrainConfig) -> dict:
     if config.stage == 2:
         if config.model != ArchitectureConfig():
             raise TrainSetupError("stage 2 keeps the stage-1 export's architecture: drop the model.* settings")
-        init = Path(config.init) if config.init else Path(config.output).parent / "stage1"
-        if (init / "model" / "mempack.json").is_file():
-            init = init / "model"
-        if not (init / "mempack.json").is_file() and not (init / "config.json").is_file():
+        init = Path(config.init) if config.init else Path(config.output).parent / layout.stage_name(1)
+        if MemoryPackConfig.saved_in(init / layout.EXPORT_DIR):
+            init = init / layout.EXPORT_DIR
+        if not MemoryPackConfig.saved_in(init) and not (init / "config.json").is_file():
             raise TrainSetupError(f"stage 2 needs stage-1 weights: none at {init} (run --stage 1 first or pass --init)")
         config.init = str(init.resolve())
     if config.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
@@ -81,8 +83,8 @@ def validate(config: TrainConfig) -> dict:
 
 def _model_preset(config: TrainConfig) -> str:
     """The preset whose widths the data must have: the stage-1 export's in stage 2, else the run's."""
-    if config.stage == 2 and config.init and (Path(config.init) / "mempack.json").is_file():
-        return json.loads((Path(config.init) / "mempack.json").read_text()).get("preset", config.preset)
+    if config.stage == 2 and config.init and MemoryPackConfig.saved_in(config.init):
+        return MemoryPackConfig.load(config.init).preset
     return config.preset
 
 
@@ -104,7 +106,7 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
         client.log_dict(run_id, asdict(config), "config/train_config.json")
         client.log_dict(run_id, ds_config, "config/deepspeed.json")
-        summary = Path(config.data) / "summary.json"
+        summary = summary_path(config.data)
         if summary.is_file():
             client.log_artifact(run_id, str(summary), "data")
         tracking.log_prep_input(client, run_id, config.data)
@@ -129,7 +131,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
     index = validate(config)
     out = Path(config.output).resolve()
     name = config.run_name or f"stage{config.stage}"
-    storage = out / "ray"
+    storage = out / layout.RAY_DIR
     if not resume:
         shutil.rmtree(storage / name, ignore_errors=True)
         (out / RUN_FILE).unlink(missing_ok=True)
@@ -158,7 +160,8 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from mempack.train.data import bucket_datasets
-    from mempack.train.loop import EXPORT_DIR, EXPORT_EMA_DIR, train_loop_per_worker
+    from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR
+    from mempack.train.loop import train_loop_per_worker
 
     datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
     for ds in datasets.values():
