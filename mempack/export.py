@@ -207,8 +207,8 @@ def export_pipeline(model_dir: str | Path, dst: str | Path, encoders: EncoderSpe
     try:
         for name in (CONFIG_NAME, BACKBONE_DIR, SEMANTIC_PACK_DIR):
             src = model_dir / name
-            if src.is_dir():
-                shutil.copytree(src, staging / name)
+            if src.is_dir():  # hard links: the run folder's export costs no space beside the final checkpoint
+                _link_tree(src, staging / name)
             elif src.is_file():
                 shutil.copy2(src, staging / name)
         _add_encoders(staging, encoders)

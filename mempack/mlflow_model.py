@@ -8,12 +8,19 @@ guidance, seed, crf, height, width; 0 means "the preset's default").
 
 `log_pipeline_model` logs it to the active MLflow run and, given a name, registers a version and
 points an alias at it (MLflow 3's registry uses aliases, not stages).
+
+At real size the pipeline folder is 25.8 GB of transformer weights: it is uploaded once, as this model's
+artifact (not again as run files). With `reference=True` the weights stay in the run's storage and the
+model's artifact is a small JSON file (`pipeline_reference.json`) naming that folder and the size of every
+file in it; loading follows it, and refuses a folder whose files have changed since (a later run in the
+same output folder) rather than serve other weights under this run's name.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import io
+import json
 import logging
 import math
 import tempfile
@@ -23,6 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "pipeline"
+REFERENCE_FILE = "pipeline_reference.json"  # the artifact of a model logged with reference=True
 DEFAULT_SECONDS = 5.0
 # what the model needs at load time (pinned to what logged it); pandas and mlflow come with pyfunc
 REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "accelerate", "av",
@@ -46,7 +54,8 @@ class MemoryPackPyfunc(_pyfunc_base()):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.pipe = MemoryPackPipeline.from_pretrained(context.artifacts[ARTIFACT_KEY], dtype=dtype).to(device)
+        folder = follow_reference(context.artifacts[ARTIFACT_KEY])
+        self.pipe = MemoryPackPipeline.from_pretrained(folder, dtype=dtype).to(device)
         self.pipe.set_progress_bar_config(disable=True)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
@@ -103,10 +112,41 @@ def _requirements() -> list[str]:
     return pins
 
 
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_reference(folder: str | Path, dst: str | Path) -> Path:
+    """A reference file naming the pipeline folder (absolute path) and the size of each of its files."""
+    folder = Path(folder).resolve()
+    dst = Path(dst)
+    dst.write_text(json.dumps({"path": str(folder), "files": _file_sizes(folder)}, indent=1))
+    return dst
+
+
+def follow_reference(artifact: str | Path) -> Path:
+    """The pipeline folder a model's artifact stands for: the artifact itself, or the folder its reference
+    file names (ValueError if that folder is gone or its files are not the ones referenced)."""
+    artifact = Path(artifact)
+    if artifact.is_dir() and (artifact / REFERENCE_FILE).is_file():
+        artifact = artifact / REFERENCE_FILE
+    if not (artifact.is_file() and artifact.name == REFERENCE_FILE):
+        return artifact
+    ref = json.loads(artifact.read_text())
+    folder = Path(ref["path"])
+    if not folder.is_dir():
+        raise ValueError(f"the model's weights were kept in the run's storage at {folder}, which is not readable here")
+    if _file_sizes(folder) != ref["files"]:
+        raise ValueError(f"the weights at {folder} changed since this model was logged (a later run wrote there?)")
+    return folder
+
+
 def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | None = None, *,
-                       alias: str = "candidate", name: str = "model"):
+                       alias: str = "candidate", name: str = "model", reference: bool = False):
     """Log the pipeline folder as a pyfunc MLflow Model to the active run; register it when named.
 
+    `reference`: upload only a reference to the folder (it must stay where it is, readable wherever the
+    model is loaded: the run's shared storage), not its weights.
     Returns MLflow's ModelInfo (`.model_uri` is `models:/...`; `runs:/<run id>/<name>` loads it too).
     A registered version gets `alias` (load it as `models:/<registered_model_name>@<alias>`).
     """
@@ -118,11 +158,13 @@ def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | No
     folder = Path(pipeline_dir)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no pipeline folder at {folder} (model_index.json missing)")
-    info = mlflow.pyfunc.log_model(
-        name=name, python_model=MemoryPackPyfunc(), artifacts={ARTIFACT_KEY: str(folder)},
-        code_paths=[str(Path(mempack.__file__).parent)], signature=signature(),
-        pip_requirements=_requirements(), registered_model_name=registered_model_name,
-    )
+    with tempfile.TemporaryDirectory(prefix="mempack-ref-") as tmp:
+        artifact = write_reference(folder, Path(tmp) / REFERENCE_FILE) if reference else folder
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=MemoryPackPyfunc(), artifacts={ARTIFACT_KEY: str(artifact)},
+            code_paths=[str(Path(mempack.__file__).parent)], signature=signature(),
+            pip_requirements=_requirements(), registered_model_name=registered_model_name,
+        )
     if registered_model_name:
         version = info.registered_model_version
         MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
@@ -140,4 +182,4 @@ def pipeline_dir_of(model_dir: str | Path) -> Path:
         relative = spec["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
     except (KeyError, TypeError):
         raise FileNotFoundError(f"{model_dir} is an MLflow Model but not a mempack pipeline") from None
-    return model_dir / relative
+    return follow_reference(model_dir / relative)

@@ -18,7 +18,7 @@ import os
 from mempack.config import ArgumentParser
 from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args
 from mempack.train.forcing import FORCING_MODES
-from mempack.train.config import TrainConfig
+from mempack.train.config import MLFLOW_WEIGHTS, TrainConfig
 from mempack.train.optim import TRAINABLE_SCOPES
 
 
@@ -37,14 +37,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--student-steps", help="sampling steps of student forcing (= --forcing.student-steps)")
     p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
     p.add_argument("--plan", action="store_true",
-                   help="print this run's per-GPU memory (weights, grads, optimizer, activations) and exit")
+                   help="print this run's per-GPU memory (weights, grads, optimizer, activations), its checkpoint "
+                   "size and the storage it needs, and exit")
     p.add_argument("--plan-size", metavar="HxW",
                    help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)")
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
     add_config_arguments(p, TrainConfig, required=("stage",),
                          choices={"stage": (1, 2), "preset": tuple(PRESETS),
                                   "placement_strategy": PLACEMENT_STRATEGIES, "forcing.mode": FORCING_MODES,
-                                  "trainable": TRAINABLE_SCOPES})
+                                  "trainable": TRAINABLE_SCOPES, "mlflow_weights": MLFLOW_WEIGHTS})
     return p
 
 
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     config = config_from_args(p, TrainConfig, args, {k: v for k, v in aliases.items() if v is not None})
     if args.student_steps is not None and (config.forcing.mode or "") != "student":
         p.error("--student-steps needs --conditioning student")
-    for name in ("num_workers", "max_steps", "epochs", "checkpoint_every"):
+    for name in ("num_workers", "max_steps", "epochs"):
         if getattr(config, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if config.lr <= 0:
@@ -72,6 +73,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
 def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
     """`--plan`: the run's memory per GPU, from its flags, without Ray or weights."""
     from mempack.train import deepspeed_config
+    from mempack.train.checkpoint import format_checkpoint_size, plan_checkpoint_size
     from mempack.train.plan import data_shapes, format_plan, latent_size, plan_run
     from mempack.presets import get_preset
 
@@ -85,7 +87,9 @@ def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    print(format_plan(plan_run(config, ds_config, plan_size, clips_per_video=clips)))
+    plan = plan_run(config, ds_config, plan_size, clips_per_video=clips)
+    print(format_plan(plan))
+    print(format_checkpoint_size(plan_checkpoint_size(plan, config.ema_decay > 0)))
 
 
 def main(argv=None) -> None:

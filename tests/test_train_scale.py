@@ -187,6 +187,103 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(zero_stage):
     assert result["finite"] and result["changed"]  # DeepSpeed dropped the NaN gradients, the good steps trained
 
 
+ENGINE_FORWARD = """
+import importlib, json, os, sys
+import torch
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
+from mempack.train.forcing import ForcingConfig
+from mempack.model import Conditioning
+from mempack.train import loop
+from mempack.train.config import TrainConfig
+from mempack.train.deepspeed_config import resolve
+from mempack.train.guards import local_tensor
+from mempack.train.step import train_video
+
+config = TrainConfig(stage=1, num_workers=1, lr=1e-2, zero_stage=int(sys.argv[2]))
+ds = resolve(config)
+ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+# stage 1: everything trains on one sampled clip (teacher forcing, ψ's graph through the clip before it);
+# stage 2: the head trains on all three clips (direct forcing), DeepSpeed accumulating gradients over 3
+CASES = {1: ("all", "teacher", 1, 1), 2: ("head", "direct", None, 3)}
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
+                        torch.randn(1, 32, generator=g), torch.randn(1, 4, 32, generator=g),
+                        torch.randn(1, 16, 1, 8, 8, generator=g))
+    return cond, torch.randn(3, 16, 9, 8, 8, generator=g), g
+
+def reference(stage):
+    # plain PyTorch, no DeepSpeed: the gradient of the mean clip loss
+    trainable, mode, only, clips_trained = CASES[stage]
+    torch.manual_seed(0)
+    model = loop.build_model(config, None, 0)
+    model.set_trainable(trainable)
+    cond, clips, g = inputs()
+    stats = train_video(model, clips, cond, ForcingConfig(mode=mode),
+                        lambda loss, last, retain: (loss / clips_trained).backward(retain_graph=retain),
+                        only_clip=only, generator=g)
+    return stats.loss, float(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]).norm())
+
+def one_step(through_engine, stage):
+    trainable, mode, only, clips_trained = CASES[stage]
+    torch.manual_seed(0)
+    model = loop.build_model(config, ds)
+    model.set_trainable(trainable)
+    engine = loop._init_engine(model, ds, False, None)
+    module = engine.module
+    engine.set_train_batch_size(clips_trained)
+    cond, clips, g = inputs()
+    before = torch.cat([local_tensor(p).detach().flatten().float().clone() for p in module.parameters()])
+    calls = []
+    engine.register_forward_pre_hook(lambda m, a: calls.append(1))
+
+    def backward(loss, last, retain):
+        engine.set_gradient_accumulation_boundary(last)
+        engine.backward(loss, retain_graph=retain)
+        engine.step()
+
+    stats = train_video(module, clips, cond, ForcingConfig(mode=mode), backward, only_clip=only, generator=g,
+                        forward=engine if through_engine else None)
+    weights = torch.cat([local_tensor(p).detach().flatten().float() for p in module.parameters()])
+    return dict(loss=stats.loss, grad_norm=float(engine.get_global_grad_norm()), weights=weights,
+                moved=float((weights - before).abs().max()), engine_forwards=len(calls), steps=engine.global_steps)
+
+for stage in (1, 2):
+    old, new = one_step(False, stage), one_step(True, stage)
+    ref_loss, ref_norm = reference(stage)
+    print("RESULT " + json.dumps({"stage": stage, "reference": [ref_loss, ref_norm],
+          "old": [old["loss"], old["grad_norm"]], "new": [new["loss"], new["grad_norm"]],
+          "max_weight_diff": float((old["weights"] - new["weights"]).abs().max()), "moved": [old["moved"], new["moved"]],
+          "engine_forwards": [old["engine_forwards"], new["engine_forwards"]], "optimizer_steps": [old["steps"], new["steps"]]}))
+"""
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_the_training_forward_goes_through_the_engine_and_gives_the_true_gradient(zero_stage):
+    """Issue 20: the loop calls the engine (`engine(...)`: DeepSpeed's forward and its backward hooks), not
+    `engine.module(...)`. One optimizer step's loss and gradient norm equal plain PyTorch's gradient of the mean
+    clip loss (stage 1: all weights through ψ's graph; stage 2: the head over a 3-clip video, gradient
+    accumulation 3). Under ZeRO-2 the old path gave the same step; under ZeRO-3 with accumulation it kept only the
+    last clip's gradient (stage 2 here: norm 0.120 where the true one is 0.298), which the engine's forward fixes."""
+    proc = subprocess.run([sys.executable, "-c", ENGINE_FORWARD, str(_free_port()), str(zero_stage)], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert [r["stage"] for r in results] == [1, 2]
+    for result, clips in zip(results, (1, 3)):
+        assert result["engine_forwards"] == [0, clips]  # the new path called the engine once per trained clip
+        assert result["optimizer_steps"] == [1, 1] and min(result["moved"]) > 1e-4  # a real step each
+        (ref_loss, ref_norm), (new_loss, new_norm) = result["reference"], result["new"]
+        assert ref_norm > 0 and abs(new_loss - ref_loss) <= 1e-6 * ref_loss, result
+        assert abs(new_norm - ref_norm) <= 1e-4 * ref_norm, result  # fp32 sums in another order
+        if zero_stage == 2:  # the old path's step, unchanged
+            assert result["old"] == result["new"] and result["max_weight_diff"] == 0.0, result
+
+
 def test_schedule_clipping_and_overflow_checks_reach_deepspeed():
     ds = resolve(TrainConfig(stage=1, lr=2e-4, grad_clip=0.5, warmup_steps=100))
     assert ds["gradient_clipping"] == 0.5

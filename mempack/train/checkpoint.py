@@ -1,4 +1,4 @@
-"""What makes a run resumable: the same data and the same training-defining settings.
+"""Checkpoints: what makes a run resumable, where and how often checkpoints are written, how big they are.
 
 `--resume` continues a run from its last checkpoint and skips the videos it had trained on; with other
 data or another learning rate, model, stage or ZeRO layout the result would silently be neither run.
@@ -6,6 +6,10 @@ A new run writes a digest of both beside its MLflow run file; a resume compares 
 with one line naming what changed. Settings that only say how long or how the run is watched (steps,
 epochs, checkpoint interval, tracking, validation samples, Ray placement) may change on resume; the rest
 must match. Every setting is in exactly one of the two lists, so a new one needs a decision.
+
+Checkpoints at real size (docs/checkpoints.md): written by every rank straight into the run's storage (or a
+scratch disk the user names, uploaded by Ray in the background), only what trains plus what resuming needs,
+on a wall-clock interval by default; `checkpoint_size` is what `train.py --plan` prints.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mempack.layout import DIGEST_FILE
@@ -22,9 +27,11 @@ from mempack.train.config import TrainConfig
 log = logging.getLogger(__name__)
 MAY_CHANGE_ON_RESUME = frozenset({
     # how long, where, and how often a checkpoint is kept
-    "output", "max_steps", "epochs", "checkpoint_every", "max_failures", "max_nonfinite_steps",
+    "output", "max_steps", "epochs", "checkpoint_every", "checkpoint_minutes", "checkpoint_scratch", "max_failures",
+    "max_nonfinite_steps",
     # how the run is watched: tracking and validation videos
     "mlflow_uri", "experiment", "run_name", "log_every", "progress_every", "system_metrics", "register_model",
+    "mlflow_weights",  # upload the export or log a reference: how the run is reported
     "sample_every", "sample_image", "sample_prompt", "sample_sections", "sample_steps",
     # Ray placement
     "cpus_per_worker", "placement_strategy",
@@ -85,3 +92,120 @@ def check_or_write(config: TrainConfig, index: dict[int, list[str]], out: Path, 
     if changed:
         raise ResumeMismatchError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
                                   "use the run's settings or start a new run")
+
+
+# ----- where checkpoints are written, how often, and how big they are ---------------------------------
+CHECKPOINT_TAG = "state"  # DeepSpeed's tag folder; not "latest": DeepSpeed writes a file of that name
+OPTIMIZER_BYTES_PER_TRAINED = 12  # ZeRO's fp32 master weights + Adam's two fp32 moments, per trained parameter
+EMA_BYTES_PER_TRAINED = 4  # the EMA shadow, fp32, per trained parameter (mempack.train.ema)
+CHECKPOINTS_ON_DISK = 3  # Ray keeps the newest two (CheckpointConfig(num_to_keep=2)); a third is being written
+
+
+def checkpoint_dir_name(step: int, restarts: int) -> str:
+    """The same name on every rank (all ranks restore the same state), unique across attempts: a restarted
+    attempt never writes into a folder Ray already registered (its bookkeeping would later delete it)."""
+    return f"checkpoint_step{step:07d}_attempt{restarts}"
+
+
+def checkpoint_folder(run_storage: str | Path, scratch: str | None, name: str, rank: int) -> tuple[Path, bool]:
+    """(where this rank writes the checkpoint, whether Ray must upload it).
+
+    Without `scratch` every rank writes its shard straight into the run's storage (shared by all nodes),
+    into the one folder Ray will register: nothing is staged or copied. With `scratch` (a fast node-local
+    disk the user names) each rank writes into its own folder there and Ray uploads it in the background
+    and deletes it after; one folder per rank, so no rank deletes what another still uploads.
+    """
+    if scratch:
+        return Path(scratch) / Path(run_storage).name / name / f"rank{rank}", True
+    return Path(run_storage) / name, False
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Sum of the sizes of the files under `folder` (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+class CheckpointSchedule:
+    """When to checkpoint: every `every_steps` optimizer steps and/or every `every_minutes` of wall time.
+
+    The time rule is decided on rank 0 and broadcast (`sync`), so every rank checkpoints at the same step
+    even though their clocks differ; the step rule needs no communication.
+    """
+
+    def __init__(self, every_steps: int, every_minutes: float, sync=None, clock=time.monotonic):
+        self.every_steps, self.every_seconds = every_steps, every_minutes * 60.0
+        self.sync, self.clock = sync, clock
+        self.last = clock()
+
+    def due(self, step: int) -> bool:
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        if self.every_seconds <= 0:
+            return by_steps
+        by_time = self.clock() - self.last >= self.every_seconds
+        if self.sync is not None:
+            by_time = self.sync(by_time)
+        return by_steps or by_time
+
+    def saved(self) -> None:
+        self.last = self.clock()
+
+
+def rank0_decides(device) -> "callable":
+    """A `CheckpointSchedule.sync`: every rank takes rank 0's answer (one 1-element broadcast per step)."""
+    import torch
+    import torch.distributed as dist
+
+    def sync(flag: bool) -> bool:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+    return sync
+
+
+@dataclass
+class CheckpointSize:
+    """Bytes of one training checkpoint and of the storage a run needs (`train.py --plan`)."""
+
+    weights: int  # the trained parameters in the training dtype (DeepSpeed's module state)
+    optimizer: int  # fp32 master weights and Adam moments of the trained parameters
+    ema: int  # the EMA shadow (0 without --ema-decay)
+    export: int  # the final export's transformer + semantic_pack weights (every parameter, training dtype)
+
+    @property
+    def checkpoint(self) -> int:
+        return self.weights + self.optimizer + self.ema
+
+    @property
+    def run_storage(self) -> int:
+        """Checkpoints Ray keeps plus the one being written, and the export (model/, and model_ema/ with
+        an EMA) in the final checkpoint, which the run folder's model/ hard-links. Encoders are not counted."""
+        return CHECKPOINTS_ON_DISK * self.checkpoint + self.export * (2 if self.ema else 1)
+
+
+def checkpoint_size(total: int, trained: int, weight_bytes: int, zero_stage: int, ema: bool) -> CheckpointSize:
+    """What `engine.save_checkpoint(..., exclude_frozen_parameters=True)` writes, summed over ranks.
+
+    Frozen parameters are never written (resume rebuilds them from the run's init weights). Under ZeRO-3
+    the module state holds no weights (ZeRO's fp32 partitions are the weights); under ZeRO-0/1/2 rank 0
+    writes the trained parameters in the training dtype. Measured, not assumed: bench/checkpoint_bytes.py.
+    """
+    weights = 0 if zero_stage == 3 else weight_bytes * trained
+    return CheckpointSize(weights, OPTIMIZER_BYTES_PER_TRAINED * trained, EMA_BYTES_PER_TRAINED * trained if ema else 0,
+                          weight_bytes * total)
+
+
+def format_checkpoint_size(size: CheckpointSize) -> str:
+    """The --plan lines: one checkpoint, and the storage the run folder needs."""
+    gb = 1e9
+    return (f"  checkpoint        {size.checkpoint / gb:8.2f} GB each ({size.weights / gb:.2f} weights + "
+            f"{size.optimizer / gb:.2f} optimizer + {size.ema / gb:.2f} EMA; frozen weights are not saved)\n"
+            f"  run storage       {size.run_storage / gb:8.2f} GB ({CHECKPOINTS_ON_DISK} checkpoints + the export, "
+            f"{size.export / gb:.2f} GB{' x 2 with the EMA' if size.ema else ''})")
+
+
+def plan_checkpoint_size(plan, ema: bool) -> CheckpointSize:
+    """`checkpoint_size` of a `mempack.train.plan.MemoryPlan` (its parameter counts, dtype and ZeRO stage)."""
+    weight_bytes = 2 if plan.dtype in ("bfloat16", "float16") else 4
+    return checkpoint_size(plan.counts.total, plan.counts.trainable, weight_bytes, plan.zero_stage, ema)

@@ -10,6 +10,8 @@ from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
 from mempack.train.optim import resolve_trainable
 
+MLFLOW_WEIGHTS = ("upload", "reference")
+
 
 @dataclass
 class ArchitectureConfig:
@@ -81,7 +83,11 @@ class TrainConfig:
     placement_strategy: str = "PACK"  # Ray placement group strategy of the workers (SPREAD: one per node)
     deepspeed: str | None = None  # JSON file; default built in code
     zero_stage: int = 2
-    checkpoint_every: int = 10
+    # checkpoints (docs/checkpoints.md): at 12.9 B a stage-1 checkpoint is ~155 GB, a few minutes to write, so
+    # by wall time (every 30 min: a failure costs at most that, writing costs a few %) unless steps are asked for
+    checkpoint_every: int = 0  # also every N optimizer steps (0: by time only)
+    checkpoint_minutes: float = 30.0  # every N minutes of training (0: by steps only)
+    checkpoint_scratch: str | None = None  # node-local folder to write into, uploaded in the background (None: storage)
     max_failures: int = 2
     # tracking
     mlflow_uri: str | None = None
@@ -96,6 +102,7 @@ class TrainConfig:
     sample_steps: int = 10  # sampling steps of the validation video
     system_metrics: bool = False  # also log CPU, memory and GPU use of every node to the run (MLflow system metrics)
     register_model: str | None = None  # register the logged MLflow Model under this name (registry aliases, not stages)
+    mlflow_weights: str = "upload"  # "upload": the export is the MLflow Model's artifact; "reference": only its path
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -109,6 +116,10 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         resolve_trainable(self.trainable, self.stage)  # raises on an unknown scope
+        if self.checkpoint_every < 0 or self.checkpoint_minutes < 0:
+            raise ValueError("checkpoint_every and checkpoint_minutes must be >= 0 (0: off)")
+        if self.mlflow_weights not in MLFLOW_WEIGHTS:
+            raise ValueError(f"mlflow_weights must be one of {MLFLOW_WEIGHTS}, got {self.mlflow_weights!r}")
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""

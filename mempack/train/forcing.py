@@ -32,7 +32,7 @@ owns accumulation (one optimizer step per video).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -149,13 +149,15 @@ def video_clip_steps(
     *,
     generator: torch.Generator | None = None,
     only_clip: int | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> Iterator[ClipStep]:
     """Train on a video's clips in order, yielding each trained clip's loss.
 
     `clips` is one video [N, C, T, h, w] or a batch of videos with the same layout [B, N, C, T, h, w]
     (batch-B `cond`). `only_clip=i` yields just clip i: the earlier clips only build the history and ψ
     (teacher forcing on a sampled clip, stage 1), and ψ keeps the graph of the last
-    `memory_grad_window` updates so the loss trains the memory to hold information that long.
+    `memory_grad_window` updates so the loss trains the memory to hold information that long. `forward` makes
+    the training forward (a DeepSpeed engine wrapping `model`; default `model` itself).
     """
     mode = config.mode or "teacher"
     device = cond.start_latent.device
@@ -182,7 +184,7 @@ def video_clip_steps(
                                        logit_std=config.logit_std, generator=generator, device=device)
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
         x_t = flow.interpolate(x, noise, t)
-        velocity = model(x_t, t, cond, packed, memory, config.guidance)
+        velocity = (model if forward is None else forward)(x_t, t, cond, packed, memory, config.guidance)
         loss = flow_matching_loss(velocity, x, noise)
         estimate = flow.one_step_estimate(x_t, velocity.detach().to(x_t.dtype), t)
         more = i + 1 < last

@@ -7,10 +7,16 @@ teacher/student controls) over all clips in order. Each clip's loss is back-prop
 DeepSpeed's gradient accumulation is set to the clips trained per video, so the optimizer steps
 exactly once per video.
 
-Checkpoints: every `checkpoint_every` optimizer steps every rank writes its DeepSpeed shard to a
-temporary folder and reports it (`ray.train.report(..., checkpoint=...)`); Ray merges the shards into
-one checkpoint. On (re)start the loop loads the latest one — after a worker crash (FailureConfig) or
-a rerun with the same run name (--resume) — and skips the videos it had already trained on.
+Checkpoints (docs/checkpoints.md): every `checkpoint_minutes` (and/or `checkpoint_every` steps) every rank
+writes its DeepSpeed shard straight into one folder of the run's storage and reports it without upload
+(`CheckpointUploadMode.NO_UPLOAD`); with `checkpoint_scratch` it writes to that node-local folder and Ray
+uploads it in the background and deletes the local copy (`ASYNC`). Frozen parameters are not saved (stage 2:
+only the head, its optimizer state and the loop's position): on resume they come from the init weights
+`build_model` loads. On (re)start the loop loads the latest checkpoint — after a worker crash (FailureConfig)
+or a rerun with the same run name (--resume) — and skips the videos it had already trained on.
+
+The training forward goes through the engine (`engine(...)`, DeepSpeed's forward with its backward hooks),
+never around it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import contextlib
 import importlib
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +35,8 @@ from mempack.train.step import clips_trained_per_video, train_video, trained_cli
 from mempack.model import MemoryPackTransformer
 from mempack.model.memorypack import SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
 from mempack.train import zero3
+from mempack.train.checkpoint import (CHECKPOINT_TAG, CheckpointSchedule, checkpoint_dir_name, checkpoint_folder,
+                                      folder_bytes, rank0_decides)
 from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
@@ -41,7 +48,6 @@ from mempack.train.metrics import ProgressLine, console_logger
 from mempack.train.validation import SampleSettings, ValidationSampler
 
 log = logging.getLogger(__name__)
-CHECKPOINT_TAG = "state"  # not "latest": DeepSpeed writes a file of that name
 
 
 def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | None = None) -> MemoryPackTransformer:
@@ -111,7 +117,7 @@ def _generator(seed: int, *keys: int) -> torch.Generator:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
-    from ray.train import Checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
 
     config: TrainConfig = loop_config["config"]
     ds_config: dict = loop_config["deepspeed"]
@@ -138,8 +144,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            # pickle inside: only ever our own run folder's checkpoints (README: trust boundary)
-            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+            # pickle inside: only ever our own run folder's checkpoints (README: trust boundary); frozen
+            # parameters are not in it (exclude_frozen_parameters): they are the init weights build_model loaded
+            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_module_strict=False)
             if ema is not None:
                 ema.load(folder, rank)
         state.update({k: client_state[k] for k in state if k in client_state})
@@ -151,21 +158,32 @@ def train_loop_per_worker(loop_config: dict) -> None:
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps, skipped=state["skipped_steps"])
     progress = ProgressLine(config.max_steps, config.progress_every if rank == 0 else 0, state["step"])
     sampler = _validation_sampler(config, device, dtype) if config.sample_every > 0 and rank == 0 else None
+    schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, rank0_decides(device))
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         if not weights_finite(module):
             raise NonFiniteTrainingError(f"weights are non-finite at step {state['step']}: "
                                          "not checkpointing or exporting them")
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(tmp, tag=CHECKPOINT_TAG, client_state=dict(state))
+        name = checkpoint_dir_name(state["step"], state["restarts"])
+        folder, upload = checkpoint_folder(loop_config["run_storage"], config.checkpoint_scratch, name, rank)
+        started = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, client_state=dict(state),
+                               exclude_frozen_parameters=True)
+        if ema is not None:
+            ema.save(folder, rank)
+        if final:
+            _export(engine, module, os.path.join(folder, EXPORT_DIR), rank)
             if ema is not None:
-                ema.save(tmp, rank)
-            if final:
-                _export(engine, module, os.path.join(tmp, EXPORT_DIR), rank)
-                if ema is not None:
-                    with ema.swapped_in():
-                        _export(engine, module, os.path.join(tmp, EXPORT_EMA_DIR), rank)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+                with ema.swapped_in():
+                    _export(engine, module, os.path.join(folder, EXPORT_EMA_DIR), rank)
+        # what this rank wrote to the node's own disk (0 when it wrote into the run's storage)
+        staged = folder_bytes(folder) if upload else 0
+        metrics = {**metrics, "checkpoint_seconds": time.perf_counter() - started, "checkpoint_staged_bytes": staged}
+        mode = CheckpointUploadMode.ASYNC if upload else CheckpointUploadMode.NO_UPLOAD
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name,
+                         checkpoint_upload_mode=mode)
+        schedule.saved()
 
     done = state["step"] >= config.max_steps
     last_metrics: dict = {}
@@ -191,7 +209,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     engine.backward(loss, retain_graph=retain)
                     engine.step()
 
-                stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g)
+                stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g,
+                                    forward=engine)
                 losses, tokens, n_clips = [stats.loss], stats.tokens, stats.clips
                 applied = nonfinite.record(stats.loss, engine.was_step_applied(), state["step"] + 1)
                 state["skipped_steps"] = nonfinite.skipped
@@ -218,7 +237,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 done = state["step"] >= config.max_steps
                 if done:
                     break
-                if state["step"] % config.checkpoint_every == 0:
+                if schedule.due(state["step"]):
                     save_and_report({**last_metrics, "step": state["step"]})
             if done:
                 break

@@ -65,13 +65,19 @@ def train_video(
     *,
     only_clip: int | None,
     generator: torch.Generator | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
 ) -> VideoStepStats:
-    """Forward and back-propagate every trained clip of one video; the caller then steps once."""
+    """Forward and back-propagate every trained clip of one video; the caller then steps once.
+
+    `forward` runs the training forward (the DeepSpeed engine, whose forward registers the hooks its
+    backward relies on); `model` is what it wraps, for ψ's updates and the layout (default: `model` itself).
+    """
     num_clips = clips.shape[1] if clips.ndim == 6 else clips.shape[0]
     planned = 1 if only_clip is not None else num_clips
     losses: list[float] = []
     tokens = 0
-    for n, step in enumerate(video_clip_steps(model, clips, cond, forcing, generator=generator, only_clip=only_clip)):
+    for n, step in enumerate(video_clip_steps(model, clips, cond, forcing, generator=generator, only_clip=only_clip,
+                                                   forward=forward)):
         backward(step.loss, n == planned - 1, step.retain_graph)
         losses.append(step.loss.item())
         tokens += step.tokens

@@ -155,7 +155,6 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
 
 def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str, run_id: str, out: Path,
                     name: str, storage: Path) -> dict:
-    from mlflow.tracking import MlflowClient
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -172,7 +171,7 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "deepspeed": ds_config, "buckets": list(index),
-                           "mlflow_uri": uri, "mlflow_run_id": run_id},
+                           "mlflow_uri": uri, "mlflow_run_id": run_id, "run_storage": str(storage / name)},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources,
@@ -186,7 +185,6 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     result = trainer.fit()
     if result.error:
         raise result.error
-    client = MlflowClient(uri)
     from mempack.export import encoders_of_prep, export_pipeline
 
     # a complete pipeline folder (weights + the encoders that made the data), swapped in atomically
@@ -197,33 +195,39 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
         export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR, encoders)
         if config.ema_decay > 0:
             export_ema = export_pipeline(Path(folder) / EXPORT_EMA_DIR, out / EXPORT_EMA_DIR, encoders)
-    client.log_artifacts(run_id, str(export), "model")
-    if export_ema is not None:
-        client.log_artifacts(run_id, str(export_ema), EXPORT_EMA_DIR)
-    elif (out / EXPORT_EMA_DIR).exists():
+    if export_ema is None and (out / EXPORT_EMA_DIR).exists():
         # an earlier run's EMA must not sit beside weights it was never averaged from
         log.info("removing %s: this run keeps no EMA", out / EXPORT_EMA_DIR)
         shutil.rmtree(out / EXPORT_EMA_DIR)
-    _log_mlflow_model(config, uri, run_id, export)
+    _log_mlflow_model(config, uri, run_id, export, EXPORT_DIR, config.register_model)
+    if export_ema is not None:
+        _log_mlflow_model(config, uri, run_id, export_ema, EXPORT_EMA_DIR, None)
     return {"export": str(export), "export_ema": str(export_ema) if export_ema else None, "mlflow_run_id": run_id,
             "tracking_uri": uri, "metrics": result.metrics}
 
 
-def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path) -> None:
-    """Log the export as an MLflow Model (pyfunc) and register it with --register-model.
+def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path, name: str,
+                      register: str | None) -> None:
+    """Log the export once, as the run's MLflow Model `name` (pyfunc: `runs:/ID/name`), registered as
+    `register` if given. Its artifacts are the export itself, or with --mlflow-weights reference only a small
+    file naming the export in the run's storage (at 12.9 B the export is 25.8 GB per copy).
 
-    The pyfunc wrapper lives in mempack.mlflow_model; a build without it keeps the files only.
+    The pyfunc wrapper lives in mempack.mlflow_model; a build without it logs the files under `name`/.
     """
     try:
         from mempack.mlflow_model import log_pipeline_model
     except ImportError:
-        log.info("mempack.mlflow_model not available: the export is logged as files under model/ only")
+        log.info("mempack.mlflow_model not available: the export is logged as files under %s/ only", name)
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).log_artifacts(run_id, str(export), name)
         return
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # the fluent API inside our already-open run
-        log_pipeline_model(str(export), registered_model_name=config.register_model)
+        log_pipeline_model(str(export), registered_model_name=register, name=name,
+                           reference=config.mlflow_weights == "reference")
     # start_run(run_id=...) ends the run FINISHED on exit: the caller's run_status decides the final state
     mlflow.tracking.MlflowClient(uri).set_terminated(run_id, status="RUNNING")
 
