@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from mempack.model import MemoryPackTransformer, SemanticPack, build_backbone, pack_history
 from mempack.presets import TINY
-from tests.test_model import C, H, W, WINDOW, make_cond
+from tests.test_model import C, H, W, WINDOW, make_cond, open_gate
 
 ROUND_OFF = 1e-6  # fp32, outputs of order 1
 
@@ -59,17 +59,18 @@ def test_step_one_trains_the_gate_and_step_two_every_psi_parameter():
     cond, packed, noisy, segment = _inputs()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sp = model.semantic_pack
-    grads = []
+    grads, gates = [], []
     for _ in range(2):
         optimizer.zero_grad()
         memory = model.update_memory(model.initial_memory(cond), segment)
         model(noisy, torch.tensor([0.6]), cond, packed, memory).square().mean().backward()
         grads.append({n: (0.0 if p.grad is None else p.grad.abs().sum().item()) for n, p in sp.named_parameters()})
         optimizer.step()
+        gates.append(sp.gate().item())
     first, second = grads
     assert first["gate.value"] > 0
     assert {n for n, g in first.items() if g > 0} == {"gate.value"}  # ψ's other weights: exactly zero
-    assert sp.gate.value.item() != 0
+    assert abs(gates[0]) == pytest.approx(1e-3 * sp.gate.gain, rel=1e-3)  # Adam's first step: lr · gain
     assert all(g > 0 for g in second.values()), [n for n, g in second.items() if g == 0]
 
 
@@ -77,9 +78,7 @@ def test_gradient_checkpointing_recomputes_the_same_gate():
     cond, packed, noisy, segment = _inputs()
     grads = []
     for checkpointing in (False, True):
-        model = _fresh()
-        with torch.no_grad():
-            model.semantic_pack.gate.value.fill_(0.5)
+        model = open_gate(_fresh(), 0.5)
         if checkpointing:
             model.backbone.enable_gradient_checkpointing()
         memory = model.update_memory(model.initial_memory(cond), segment)

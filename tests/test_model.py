@@ -27,9 +27,10 @@ def make_cond(batch: int = 1, seed: int = 0, valid_tokens: int = 5) -> Condition
 
 
 def open_gate(model: MemoryPackTransformer, value: float = 1.0) -> MemoryPackTransformer:
-    """Set ψ's gate as training would have moved it (a fresh one is 0: ψ then changes nothing)."""
+    """Set ψ's gate g to `value`, as training would have moved it (a fresh one is 0: ψ then changes nothing)."""
+    gate = model.semantic_pack.gate
     with torch.no_grad():
-        model.semantic_pack.gate.value.fill_(value)
+        gate.value.fill_(value / gate.gain)
     return model
 
 

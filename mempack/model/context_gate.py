@@ -8,7 +8,7 @@ start from a perturbed F1.
 So each backbone attention splits its keys: F1's own context and latents in one softmax (exactly the
 attention F1 computes without ψ), ψ's tokens in a second one, and adds the second scaled by a learnable
 scalar g that starts at 0 (the zero-initialised gate of Flamingo's cross-attention, or IP-Adapter's
-decoupled attention):
+decoupled attention; `ContextGate` says why g carries a gain):
 
     out = attention(q, K_F1, V_F1) + g · attention(q, K_ψ, V_ψ)
 
@@ -37,16 +37,23 @@ TAG = "_mempack_memory_gate"  # the attribute `temb` carries through the blocks
 
 
 class ContextGate(nn.Module):
-    """g, ψ's weight in the backbone's attention: one learnable scalar, 0 at initialisation."""
+    """g = gain · value, ψ's weight in the backbone's attention: one learnable scalar, 0 at initialisation.
 
-    def __init__(self):
+    Why a gain: Adam moves a parameter by about its learning rate per step whatever the gradient's size, so
+    a bare gate fine-tuned at F1's 1e-5 would need ~10⁵ steps to open, and for that long ψ's own weights
+    would get gradients scaled by g ≈ 0. With gain 100 the gate moves ~100 × lr per step (1e-3 at 1e-5),
+    opening over about a thousand steps; at 0 it is exact whatever the gain.
+    """
+
+    def __init__(self, gain: float = 100.0):
         super().__init__()
+        self.gain = gain
         self.value = nn.Parameter(torch.zeros(1))  # shape [1], not []: ZeRO-3 flattens parameters
 
     def forward(self) -> torch.Tensor:
         # a new tensor (not the parameter itself): under ZeRO-3 the parameter is released after this call,
         # while the blocks, and their recomputation under gradient checkpointing, still read g
-        return self.value * 1.0
+        return self.value * self.gain
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,9 @@ class GatedMemoryAttnProcessor(HunyuanVideoAttnProcessor2_0):
         attend = dict(dropout_p=0.0, is_causal=False, backend=self._attention_backend,
                       parallel_config=self._parallel_config)
         out = dispatch_attention_fn(query, f1_part(key), f1_part(value), attn_mask=mask_f1, **attend)
-        read = dispatch_attention_fn(query, key[:, memory], value[:, memory], attn_mask=mask_memory, **attend)
+        # ψ's keys and values as copies (M tokens): views would keep the whole sequence's k and v alive for backward
+        read = dispatch_attention_fn(query, key[:, memory].clone(), value[:, memory].clone(), attn_mask=mask_memory,
+                                     **attend)
         out = (out + state.gate.to(out.dtype) * read).flatten(2, 3).to(query.dtype)
         out, context = out[:, :latent], out[:, latent:]
         if getattr(attn, "to_out", None) is not None:

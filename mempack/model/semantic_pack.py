@@ -181,6 +181,7 @@ class SemanticPack(ModelMixin, ConfigMixin):
         pooling: str = "salience",
         carry: bool = True,
         context_gate: bool = True,
+        gate_gain: float = 100.0,
     ):
         super().__init__()
         if structure not in ("A", "B", "C"):
@@ -199,7 +200,7 @@ class SemanticPack(ModelMixin, ConfigMixin):
         self.to_context = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, context_dim))
         # ψ's weight in the backbone's attention, 0 at init: F1 starts unchanged (context_gate.py); False: ψ's
         # tokens share F1's softmax ungated (exports written before the gate existed load that way)
-        self.gate = ContextGate() if context_gate else None
+        self.gate = ContextGate(gate_gain) if context_gate else None
 
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs) -> "SemanticPack":
