@@ -2,11 +2,14 @@
 
 A class UDF so Ray Data builds the encoders once per actor (on a GPU when one is assigned). Reject
 rows pass through untouched. A `shots` row (a training video's 1 + 36·n frames, see data_prep.process)
-is VAE-encoded ONCE, as FramePack-F1 encodes a video and decodes a generation: latent 0 (the first
-frame alone) becomes the video's start latent, and clip s takes latents 1 + 9s … 9 + 9s of the same
-stream. Encoding each section on its own would start every one with a one-frame latent that F1 never
-sees mid-video. The video row (prompt embeddings, pooled prompt, SigLIP tokens of frame 0, start latent)
-is emitted beside the clips, so no groupby is needed anywhere in the streaming graph.
+is VAE-encoded ONCE, as FramePack-F1 encodes a video and decodes a generation: clip s takes latents
+1 + 9s … 9 + 9s of that stream. Encoding each section on its own would start every one with a one-frame
+latent that F1 never sees mid-video. The start latent is different: it is frame 0 encoded ALONE, as
+inference encodes the image it is given (`VideoEncoders.encode_image_latent`). The stream's latent 0 is
+not that: the VAE's GroupNorm spans each temporal tile, so latent 0 of a stream depends on frames 1–16
+(0.076 max abs apart on the tiny VAE, against a latent std of 0.094), and inference never has those frames.
+The video row (prompt embeddings, pooled prompt, SigLIP tokens of frame 0, start latent) is emitted
+beside the clips, so no groupby is needed anywhere in the streaming graph.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ _SHOT_FIELDS = ("schema_version", "input_id", "video_id", "source", "source_path
 
 
 def section_latents(stream: np.ndarray, sections: int) -> list[np.ndarray]:
-    """A stream's latents [C, 1 + 9n, h, w] → the n sections' [C, 9, h, w] (latent 0 is the start latent)."""
+    """A stream's latents [C, 1 + 9n, h, w] → the n sections' [C, 9, h, w] (latent 0 is not stored: the start
+    latent is frame 0 encoded alone)."""
     window = SECTION_LATENT_FRAMES
     if stream.shape[1] != 1 + window * sections:
         raise ValueError(f"a stream of {sections} sections has {1 + window * sections} latents, got {stream.shape[1]}")
@@ -67,7 +71,7 @@ class ClipEncoder:
             **pack_tensor("prompt_mask", prompt.prompt_mask[0].cpu().numpy()),
             **pack_tensor("pooled_prompt_embeds", prompt.pooled[0].cpu().numpy()),
             **pack_tensor("image_embeds", self.encoders.encode_image(first)[0].cpu().numpy()),
-            **pack_tensor("image_latent", stream[:, :1]),
+            **pack_tensor("image_latent", self.encoders.encode_image_latent(first)[0].numpy()),
         }
         return clips + [video]
 

@@ -293,7 +293,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         cond = conditioning(encoders, first, prompt)
         prefix = None
         if frames_in is not None:
-            prefix = self._video_latents(encoders, frames_in, height, width, cond)
+            prefix = self._video_latents(encoders, frames_in, height, width)
         model = self.memorypack
         window, temporal = model.config.window, encoders.preset.vae_temporal
         if prefix is None:  # num_frames counts the image's frame
@@ -344,9 +344,11 @@ class MemoryPackPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         return {"latents": result.latents, "section_seconds": result.section_seconds}
 
-    def _video_latents(self, encoders: VideoEncoders, frames: np.ndarray, height: int, width: int,
-                       cond: Conditioning) -> torch.Tensor:
-        """A video to continue → the latents after its start latent (its first frame is the image)."""
+    def _video_latents(self, encoders: VideoEncoders, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """A video to continue → the latents after its start latent (its first frame is the image).
+
+        The start latent stays the one-frame encode of that image (`conditioning`), as in training; the rest
+        are latents 1 … of one causal stream, as prep encodes a training video's sections."""
         temporal = encoders.preset.vae_temporal
         usable = (len(frames) - 1) // temporal * temporal + 1
         if usable < 1 + temporal:
@@ -354,9 +356,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         if usable < len(frames):
             log.info("continuing from the first %d of %d frames (a causal VAE takes 4k+1)", usable, len(frames))
         frames = resize_center_crop(frames[:usable], height, width)
-        latents = encoders.encode_video(frames)  # one causal stream, as prep encodes training videos
-        cond.start_latent = latents[:, :, :1]
-        return latents[:, :, 1:]
+        return encoders.encode_video(frames)[:, :, 1:]
 
 
 class _StepReporter:

@@ -11,10 +11,13 @@ Layout of a prep output root:
 
 `input_id` (`source:source_id`, unique per input item) is on every clip, reject and warning row.
 
-Version 2, FramePack-F1's latent contract (version 1 encoded every 33-frame clip on its own at 8 fps):
+Version 3, FramePack-F1's latent contract with inference's start latent (version 2 stored the stream's
+latent 0 as `image_latent`; version 1 encoded every 33-frame clip on its own at 8 fps):
 - a training video is ONE causal VAE stream of 1 + 36·n frames at the one clock (30 fps, mempack.presets),
   at one resolution bucket (`height` × `width`, the same for its clips and its video row);
-- `image_latent` is the stream's latent 0 (the first frame alone), `image_embeds` SigLIP of that frame;
+- `image_latent` is frame 0 encoded ALONE (a one-frame VAE call), exactly what inference computes from the
+  image it is given; `image_embeds` is SigLIP of that frame. It is not the stream's latent 0, which the
+  VAE's GroupNorm makes depend on frames 1–16 (data_prep/encode.py says by how much);
 - clip s (`clip_index`) holds latents 1 + 9s … 9 + 9s of the stream, [C, 9, height/8, width/8];
   `start_frame` is the source frame of its first pixel frame, `fps` the clock, `source_fps` the file's;
 - the video row's `num_frames` is 1 + 36·n and `num_clips` is n. A batch never mixes shapes: training
@@ -37,7 +40,7 @@ import pyarrow.dataset as pads
 
 from mempack import layout
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TENSOR_DTYPES: dict[str, np.dtype] = {
     "frames": np.dtype(np.uint8),
@@ -161,7 +164,8 @@ def check_version(where: str | Path, versions) -> None:
     if found and found != {SCHEMA_VERSION}:
         raise SchemaVersionError(
             f"{where} holds prep output of schema_version {sorted(found, key=str)}, this mempack reads version "
-            f"{SCHEMA_VERSION} (one causal VAE stream per video at 30 fps, resolution buckets): "
+            f"{SCHEMA_VERSION} (one causal VAE stream per video at 30 fps, resolution buckets, the start latent "
+            "encoded from the first frame alone): "
             "re-run pipelines/prep.py into a new output")
 
 

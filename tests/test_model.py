@@ -26,9 +26,17 @@ def make_cond(batch: int = 1, seed: int = 0, valid_tokens: int = 5) -> Condition
     )
 
 
+def open_gate(model: MemoryPackTransformer, value: float = 1.0) -> MemoryPackTransformer:
+    """Set ψ's gate g to `value`, as training would have moved it (a fresh one is 0: ψ then changes nothing)."""
+    gate = model.semantic_pack.gate
+    with torch.no_grad():
+        gate.value.fill_(value / gate.gain)
+    return model
+
+
 @pytest.fixture(scope="module")
 def model() -> MemoryPackTransformer:
-    return MemoryPackTransformer.from_preset("tiny", seed=0)
+    return open_gate(MemoryPackTransformer.from_preset("tiny", seed=0))
 
 
 @pytest.mark.parametrize("sections", [0, 1, 5, 40])
@@ -108,9 +116,9 @@ def test_memory_shape_and_cost_are_constant_in_the_number_of_segments(model):
 @pytest.mark.parametrize("structure", ["A", "B", "C"])
 @pytest.mark.parametrize("init", ["prompt_image", "zero"])
 def test_structures_and_zero_init_run_and_train(structure, init):
-    model = MemoryPackTransformer.from_preset(
+    model = open_gate(MemoryPackTransformer.from_preset(
         "tiny", seed=1, semantic_pack_overrides=dict(structure=structure, init=init)
-    )
+    ))
     cond = make_cond()
     memory = model.initial_memory(cond)
     if init == "zero":
@@ -133,7 +141,7 @@ def test_structures_and_zero_init_run_and_train(structure, init):
 
 
 def test_batched_forward_matches_per_sample_shapes():
-    model = MemoryPackTransformer.from_preset("tiny", seed=2)
+    model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=2))
     cond = make_cond(batch=2)
     memory = model.initial_memory(cond)
     v = model(torch.randn(2, C, WINDOW, H, W), torch.tensor([0.2, 0.8]), cond,

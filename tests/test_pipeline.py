@@ -148,9 +148,9 @@ def test_continue_a_video(pipe, model, encoders):
     kw = dict(prompt="a kite", num_frames=36, num_inference_steps=2, output_type="latent", **SIZE)
     out = pipe(video=video, generator=torch.Generator().manual_seed(4), **kw).frames
     latents = encoders.encode_video(resize_center_crop(video[:37], 32, 32))  # one causal stream
-    assert out.shape == (1, 16, 1 + 9 + 9, 4, 4) and torch.equal(out[:, :, :10], latents)
-    cond = conditioning(encoders, video[0], "a kite")
-    cond.start_latent = latents[:, :, :1]
+    cond = conditioning(encoders, video[0], "a kite")  # the start latent: the first frame alone, as in training
+    assert out.shape == (1, 16, 1 + 9 + 9, 4, 4) and torch.equal(out[:, :, 1:10], latents[:, :, 1:])
+    assert torch.equal(out[:, :, :1], cond.start_latent)
     ref = generate(model, cond, GenerationConfig(sections=1, steps=2), progress=False, prefix=latents[:, :, 1:],
                    generator=torch.Generator().manual_seed(4)).latents
     assert torch.equal(out, ref)

@@ -13,7 +13,7 @@ import pytest
 from data_prep.decode import decode_frames
 from data_prep.job import PrepConfig, run_prep
 from mempack.schema import (
-    SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
+    SCHEMA_VERSION, SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
 )
 from data_prep.shots import detect_shots
 from data_prep.sources import load_inputs
@@ -98,7 +98,8 @@ def test_latents_read_back_equal_the_encoder_output(prepped, sample):
     np.testing.assert_array_equal(unpack_tensor("prompt_embeds", video["prompt_embeds"], video["prompt_embeds_shape"]),
                                   prompt.prompt_embeds[0].numpy().astype(np.float16))
     np.testing.assert_array_equal(unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]),
-                                  stream[:, :1].numpy().astype(np.float16))
+                                  encoders.encode_image_latent(resize_center_crop(frames[:1], 80, 48))[0]
+                                  .numpy().astype(np.float16))  # frame 0 alone, not the stream's latent 0
 
 
 def test_curriculum_partitions_hold_exactly_their_videos(prepped):
@@ -137,7 +138,8 @@ def test_unknown_schema_version_is_refused(prepped, tmp_path):
     import pyarrow as pa
     table = table.set_column(idx, "schema_version", pa.array([99] * table.num_rows, pa.int32()))
     pq.write_table(table, f)
-    with pytest.raises(SchemaVersionError, match="schema_version \\[.*99\\].*reads version 2.*re-run pipelines/prep.py"):
+    refused = f"schema_version \\[.*99\\].*reads version {SCHEMA_VERSION}.*re-run pipelines/prep.py"
+    with pytest.raises(SchemaVersionError, match=refused):
         read_videos(copy)
 
 

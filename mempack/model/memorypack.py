@@ -6,7 +6,8 @@ Neither gets RoPE, and the image tokens' attention mask is built from `image_pro
 length. So a forward hook on `image_projection` that returns `[ψ tokens ; image tokens]` adds ψ as
 extra context tokens with no change to diffusers' code or weight names: FramePack-F1 checkpoints load
 as they are, and with ψ switched off the hook is a no-op — the output is bit-identical to calling
-diffusers directly. ψ is built from timestep-independent features and updated once per section,
+diffusers directly. With ψ on, ψ's keys get their own softmax in each block, weighted by SemanticPack's
+`context_gate` (0 at init): a fresh SemanticPack leaves F1's output unchanged (`context_gate.py`). ψ is built from timestep-independent features and updated once per section,
 outside the denoising loop; only its projection to the backbone width runs inside each forward.
 
 For batch size 1 (how F1 and the paper train and sample) padded ψ tokens are dropped exactly; with
@@ -26,6 +27,8 @@ from diffusers import HunyuanVideoFramepackTransformer3DModel
 from torch import nn
 
 from mempack import flow
+from mempack.model import context_gate
+from mempack.model.context_gate import GateState
 from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
 from mempack.presets import PRESETS, Preset, get_preset
@@ -165,7 +168,11 @@ class MemoryPackTransformer(nn.Module):
         self.semantic_pack = semantic_pack
         self.config = config or MemoryPackConfig()
         self._pending_context: torch.Tensor | None = None
+        self._pending_gate: GateState | None = None
         backbone.image_projection.register_forward_hook(self._join_memory_tokens)
+        if semantic_pack is not None and semantic_pack.gate is not None:
+            context_gate.install(backbone)
+            backbone.time_text_embed.register_forward_hook(self._tag_gate)
 
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
@@ -263,6 +270,9 @@ class MemoryPackTransformer(nn.Module):
             return output
         return torch.cat([self._pending_context.to(output.dtype), output], dim=1)
 
+    def _tag_gate(self, module: nn.Module, args, output: tuple) -> None:
+        context_gate.tag(output[0], self._pending_gate)  # temb: every block receives it, recomputation too
+
     @contextmanager
     def _memory_tokens(self, memory: SemanticMemory | None):
         if memory is None or not self.uses_memory:
@@ -272,10 +282,13 @@ class MemoryPackTransformer(nn.Module):
         if tokens.shape[0] == 1:
             tokens = tokens[:, memory.mask[0]]
         self._pending_context = tokens
+        if self.semantic_pack.gate is not None:
+            self._pending_gate = GateState(tokens.shape[1], self.semantic_pack.gate())
         try:
             yield
         finally:
             self._pending_context = None
+            self._pending_gate = None
 
     # ----- forward -----------------------------------------------------------------------------
     def forward(

@@ -30,13 +30,17 @@ each can be set back to the literal reading for ablations:
 
 Every update reads one segment and a ψ of fixed size, so its cost does not grow with the video:
 total cost is linear in the number of segments. ψ is read by the backbone through
-`context_tokens`, a projection to the backbone's width (see `memorypack.py` for how it enters).
+`context_tokens`, a projection to the backbone's width (see `memorypack.py` for how it enters), weighted
+by `context_gate`, a learnable scalar that starts at 0 so that a fresh SemanticPack leaves F1 unchanged
+(`context_gate.py`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -44,6 +48,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from mempack.model.context_gate import ContextGate
 
 Structure = Literal["A", "B", "C"]
 
@@ -174,6 +180,8 @@ class SemanticPack(ModelMixin, ConfigMixin):
         memorize_input: str = "novelty",
         pooling: str = "salience",
         carry: bool = True,
+        context_gate: bool = True,
+        gate_gain: float = 100.0,
     ):
         super().__init__()
         if structure not in ("A", "B", "C"):
@@ -190,6 +198,17 @@ class SemanticPack(ModelMixin, ConfigMixin):
         self.memorize = Memorize(dim, num_heads, memorize_layers, window_frames, tokens_per_window)
         self.squeeze = Squeeze(dim, num_heads)
         self.to_context = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, context_dim))
+        # ψ's weight in the backbone's attention, 0 at init: F1 starts unchanged (context_gate.py); False: ψ's
+        # tokens share F1's softmax ungated (exports written before the gate existed load that way)
+        self.gate = ContextGate(gate_gain) if context_gate else None
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs) -> "SemanticPack":
+        """diffusers' loader, with an export written before the gate existed read as it was trained: ungated."""
+        config = Path(path) / "config.json"
+        if config.is_file() and "context_gate" not in json.loads(config.read_text()):
+            kwargs.setdefault("context_gate", False)
+        return super().from_pretrained(path, *args, **kwargs)
 
     def initial_memory(
         self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, image_embeds: torch.Tensor,

@@ -7,7 +7,7 @@ memory random-walks and forgets what it held; at a tenth of it the same model le
 (README, "Does it work?": after 1,000 return sections, recall 0.50 / 0.58 at one rate, 0.83 / 0.75 at
 two; L = 1 / 4). At real scale the direction may flip: a pretrained F1 backbone fine-tunes at
 1e-5 while SemanticPack starts from scratch. Either way it is one number, `memory_lr`. ψ's projection into
-the backbone (`to_context`) stays at `lr`: it is what learns to read ψ, alongside the backbone.
+the backbone (`to_context`) and its gate (`gate`) stay at `lr`: they learn to read ψ, alongside the backbone.
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def resolve_trainable(scope: str | None, stage: int) -> str:
     return scope
 
 
+READ_SIDE = ("to_context", "gate")  # how the backbone reads ψ: trained beside the backbone, at `lr`
+
+
 def memory_writer_parameters(model: MemoryPackTransformer) -> list[nn.Parameter]:
-    """SemanticPack's parameters except its projection into the backbone (`to_context`)."""
+    """SemanticPack's parameters except how the backbone reads ψ (`to_context`, `gate`)."""
     if model.semantic_pack is None:
         return []
-    return [p for name, p in model.semantic_pack.named_parameters() if not name.startswith("to_context")]
+    return [p for name, p in model.semantic_pack.named_parameters() if not name.startswith(READ_SIDE)]
 
 
 def parameter_groups(model: MemoryPackTransformer, lr: float, memory_lr: float | None) -> list[dict]:
