@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from data_prep.decode import DECODERS
 from data_prep.process import ClipSpec, process_input
 from mempack.schema import (
-    OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
+    OWN_COLUMNS, ROW_GROUP_ROWS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
 )
 from data_prep.sources import VideoInput
 from mempack.presets import get_preset
@@ -282,7 +282,7 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
         batch_format="pyarrow", batch_size=config.encode_batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.encode_actors), **args["encode"],
     )
-    ds.write_parquet(str(raw), partition_cols=["table", "num_clips"])
+    ds.write_parquet(str(raw), partition_cols=["table", "num_clips"], row_group_size=ROW_GROUP_ROWS)
 
 
 def _to_table(batch):

@@ -70,7 +70,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # steps in a row with a non-finite loss or gradients before the run stops
     batch_size: int = 1  # videos per worker per step (one bucket: same clips and size), 1 as F1 and the paper
     max_steps: int = 40  # optimizer steps (one per video in stage 2)
-    epochs: int = 1000  # upper bound; max_steps usually stops first
+    epochs: int = 1000  # upper bound on passes over every bucket; max_steps usually stops first
+    curriculum: str = "progression"  # buckets short → long once ("cycle": short → long every pass; data.curriculum)
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
     gradient_checkpointing: bool = False
     # distribution
@@ -108,6 +109,8 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         resolve_trainable(self.trainable, self.stage)  # raises on an unknown scope
+        if self.curriculum not in ("progression", "cycle"):
+            raise ValueError(f"curriculum must be 'progression' or 'cycle', got {self.curriculum!r}")
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""
