@@ -63,7 +63,8 @@ def write_prep_output(root: Path, lengths: int, resolutions: int, per_bucket: in
     from mempack.schema import ROW_GROUP_ROWS, SCHEMA_VERSION, pack_tensor, to_row_table
 
     rng = np.random.default_rng(seed)
-    shots = [(n, 48 + 16 * r, 80, k) for n in range(1, lengths + 1) for r in range(resolutions) for k in range(per_bucket)]
+    shots = [(n, 48 + 16 * r, 80, k)
+             for n in range(1, lengths + 1) for r in range(resolutions) for k in range(per_bucket)]
     random.Random(seed).shuffle(shots)  # prep's encoder batches arrive in no particular order
     condition = {name: rng.standard_normal(shape).astype(np.float16) for name, shape in (
         ("prompt_embeds", (16, 32)), ("pooled_prompt_embeds", (32,)), ("image_embeds", (16, 32)),
