@@ -135,3 +135,26 @@ def test_in_process_training_follows_the_same_curriculum():
     order = _curriculum(videos, 10)
     assert [videos[i][0].shape[0] for i in order] == [1] * 4 + [2] * 4 + [3] * 2
     assert order[:4] == [1, 4, 1, 4] and order[4:8] == [2, 3, 2, 3]
+
+
+def test_each_worker_streams_its_share_of_every_step_in_order(synthetic, ray_local):
+    """What the Ray loop iterates: rank r's videos of each step from `start` on, loaded, in step order."""
+    from mempack.train.data import worker_videos
+
+    root, _ = synthetic
+    index, locations = video_index(root), locate_videos(root)
+    steps = curriculum(index, max_steps=12, epochs=1000, group=2)
+    for rank in (0, 1):
+        rows = list(worker_videos(root, steps, rank, 2, locations, start=3).iter_rows())
+        assert [r["step"] for r in rows] == list(range(3, 12))
+        assert [r["video_id"] for r in rows] == [s.videos[rank] for s in steps[3:]]
+        assert [r["clips"].shape[0] for r in rows] == [list(index)[s.bucket].num_clips for s in steps[3:]]
+
+
+def test_a_row_out_of_step_order_stops_the_worker():
+    from mempack.train.loop import _steps
+
+    rows = [{"step": 4}, {"step": 4}, {"step": 5}, {"step": 5}]
+    assert [(step, len(batch)) for step, batch in _steps(rows, 2, start=4)] == [(4, 2), (5, 2)]
+    with pytest.raises(RuntimeError, match="row 2 is of step 6, expected 5"):
+        list(_steps([{"step": 4}, {"step": 4}, {"step": 6}], 2, start=4))

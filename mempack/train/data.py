@@ -248,6 +248,9 @@ def check_shapes(root: str | Path, preset) -> None:
 
 
 CURRICULA = ("progression", "cycle")
+# videos a Ray Data task loads in turn: few blocks to create at start-up (a long run has tens of thousands of
+# steps), while each task still streams its output in Ray Data's bounded blocks (128 MiB by default)
+VIDEOS_PER_TASK = 32
 
 
 class Step(NamedTuple):
@@ -303,7 +306,7 @@ def worker_videos(root: str | Path, steps: list[Step], rank: int, world: int,
     root = str(Path(root).resolve())
     items = [{"step": i, "bucket": s.bucket, "video_id": vid, **locations[vid]._asdict()}
              for i, s in enumerate(steps[start:], start) for vid in s.videos[rank::world]]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // VIDEOS_PER_TASK)))
     ds.context.execution_options.preserve_order = True  # one consumer: rows arrive in step order
 
     def load(row: dict, root: str = root) -> dict:
