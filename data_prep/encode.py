@@ -42,12 +42,15 @@ def section_latents(stream: np.ndarray, sections: int) -> list[np.ndarray]:
 class ClipEncoder:
     """Callable over pyarrow batches of ROW_SCHEMA rows: `shots` rows in, `clips` + `videos` rows out."""
 
-    def __init__(self, preset: str = "tiny", weights: str | None = None, seed: int = 0):
-        from mempack.encoders import VideoEncoders
+    def __init__(self, preset: str = "tiny", weights: str | None = None, seed: int = 0, vae_dtype: str = "auto"):
+        """Text and image encoders in bf16 on a GPU (fp32 on a CPU), the VAE in `vae_dtype`
+        (mempack.encoders.resolve_vae_dtype: "auto" is fp16 on a GPU, fp32 on a CPU)."""
+        from mempack.encoders import VideoEncoders, resolve_vae_dtype
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.encoders = VideoEncoders.build(preset, weights, device=device, dtype=dtype, seed=seed)
+        self.encoders = VideoEncoders.build(preset, weights, device=device, dtype=dtype, seed=seed,
+                                            vae_dtype=resolve_vae_dtype(vae_dtype, device))
 
     def encode_shot(self, row: dict) -> list[dict]:
         """One shot row → its n clip rows (sections of one stream) and its video row."""

@@ -36,7 +36,7 @@ from data_prep.decode import DECODERS
 from data_prep.encode import ClipEncoder as ClipEncoderUDF
 from data_prep.process import ClipSpec, process_input
 from mempack.schema import (
-    OWN_COLUMNS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
+    OWN_COLUMNS, ROW_GROUP_ROWS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
 )
 from data_prep.sources import VideoInput
 from mempack import layout
@@ -62,6 +62,7 @@ class PrepConfig:
     preset: str = "tiny"
     encoders: str | None = None  # folder with real encoder weights; None = tiny random (seeded)
     encoder_seed: int = 0
+    vae_dtype: str = "auto"  # the VAE's precision: auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16 (bands)
     clip: ClipSpec = field(default_factory=ClipSpec)
     encode_actors: int = 1
     encode_batch_size: int = 1  # shots per encoder batch: a shot row holds up to a minute of frames
@@ -87,6 +88,10 @@ def check_config(config: PrepConfig) -> None:
             raise ValueError(f"clip.{name}={getattr(spec, name)!r} must be a positive integer")
     if spec.decoder not in DECODERS:
         raise ValueError(f"clip.decoder={spec.decoder!r} must be one of {', '.join(DECODERS)}")
+    from mempack.encoders import VAE_DTYPES
+
+    if config.vae_dtype != "auto" and config.vae_dtype not in VAE_DTYPES:
+        raise ValueError(f"vae_dtype={config.vae_dtype!r} must be auto or one of {', '.join(VAE_DTYPES)}")
     if config.encode_actors < 1 or config.encode_batch_size < 1:
         raise ValueError("encode_actors and encode_batch_size must be >= 1")
 
@@ -280,11 +285,11 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
     ds = ds.map_batches(_to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, **args["to_table"])
     ds = ds.map_batches(
         ClipEncoderUDF, fn_constructor_kwargs=dict(preset=config.preset, weights=config.encoders,
-                                                   seed=config.encoder_seed),
+                                                   seed=config.encoder_seed, vae_dtype=config.vae_dtype),
         batch_format="pyarrow", batch_size=config.encode_batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.encode_actors), **args["encode"],
     )
-    ds.write_parquet(str(raw), partition_cols=["table", "num_clips"])
+    ds.write_parquet(str(raw), partition_cols=["table", "num_clips"], row_group_size=ROW_GROUP_ROWS)
 
 
 def _to_table(batch):

@@ -35,6 +35,17 @@ SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2
 TILE_ABOVE_PIXELS = 512 * 512
 TINY_PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}
 PIXEL_CHUNK_FRAMES = 64  # decoded frames converted to uint8 (and moved off the device) at a time
+VAE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_vae_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """The VAE's dtype by name; "auto": fp32 on a CPU, fp16 on a GPU, as FramePack and diffusers run the
+    HunyuanVideo VAE (in bf16, the transformer's dtype, its 8-bit mantissa bands smooth gradients)."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in VAE_DTYPES:
+        raise ValueError(f"vae dtype must be auto or one of {', '.join(VAE_DTYPES)}, got {name!r}")
+    return VAE_DTYPES[name]
 
 
 @dataclass
@@ -148,7 +159,7 @@ def _feature_extractor_dir(root: Path) -> Path:
     )
 
 
-def _load_components(root: Path, dtype: torch.dtype) -> dict:
+def _load_components(root: Path, dtype: torch.dtype, vae: torch.dtype) -> dict:
     """Real components from a local folder in diffusers/transformers layout."""
     if not root.is_dir():
         raise FileNotFoundError(f"encoder weights folder not found: {root}")
@@ -161,9 +172,9 @@ def _load_components(root: Path, dtype: torch.dtype) -> dict:
     from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, SiglipVisionModel
 
     local = dict(local_files_only=True)
-    log.info("loading encoders from %s (%s)", root, dtype)
+    log.info("loading encoders from %s (%s, VAE %s)", root, dtype, vae)
     return dict(
-        vae=AutoencoderKLHunyuanVideo.from_pretrained(root / "vae", torch_dtype=dtype, **local),
+        vae=AutoencoderKLHunyuanVideo.from_pretrained(root / "vae", torch_dtype=vae, **local),
         text_encoder=LlamaModel.from_pretrained(root / "text_encoder", dtype=dtype, **local),
         tokenizer=AutoTokenizer.from_pretrained(root / "tokenizer", **local),
         text_encoder_2=CLIPTextModel.from_pretrained(root / "text_encoder_2", dtype=dtype, **local),
@@ -204,39 +215,46 @@ def _as_uint8_tensor(array, ndim: int, what: str) -> torch.Tensor:
 
 
 class VideoEncoders:
-    """Everything between pixels/text and the transformer's inputs, on one device and dtype."""
+    """Everything between pixels/text and the transformer's inputs, on one device: the text and image
+    encoders in `dtype`, the VAE in `vae_dtype` (default `resolve_vae_dtype("auto")`: fp32 on a CPU, fp16 on a GPU)."""
 
     def __init__(self, preset: Preset, components: dict, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None, place: bool = True):
+                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None, place: bool = True,
+                 vae_dtype: torch.dtype | None = None):
         """`place=False` leaves the modules where they are: a diffusers pipeline (and its CPU-offload
         hooks) owns their placement, and `device` is only where inputs go."""
         self.preset = preset
         self.device = torch.device(device)
         self.dtype = dtype
+        self.vae_dtype = vae_dtype if vae_dtype is not None else resolve_vae_dtype("auto", self.device)
         self.vae_tiling = vae_tiling  # None: tile frames above TILE_ABOVE_PIXELS
         self.prompt_template = prompt_template_for(preset)
         for name, value in components.items():
             if isinstance(value, torch.nn.Module) and place:
                 value = value.to(self.device)
-                if value.dtype != dtype:  # loaded weights already are `dtype`; casting again only warns
-                    value = value.to(dtype)
+                want = self.vae_dtype if name == "vae" else dtype
+                if value.dtype != want:  # loaded weights already are `want`; casting again only warns
+                    value = value.to(want)
                 value = value.eval()
             setattr(self, name, value)
         self.vae.enable_slicing()  # one sample at a time: same numbers, bounded memory for batches
 
     @classmethod
     def build(cls, preset: str = "tiny", path: str | Path | None = None, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, seed: int = 0) -> "VideoEncoders":
-        """`tiny` random encoders (path None) or real ones loaded from `path`, checked against the preset."""
+              dtype: torch.dtype = torch.float32, seed: int = 0, vae_dtype: torch.dtype | None = None
+              ) -> "VideoEncoders":
+        """`tiny` random encoders (path None) or real ones loaded from `path`, checked against the preset;
+        `vae_dtype` None: `resolve_vae_dtype("auto", device)`."""
         spec = get_preset(preset)
+        vae = vae_dtype if vae_dtype is not None else resolve_vae_dtype("auto", device)
         if path is None:
             if preset != "tiny":
                 raise ValueError(f"preset {preset!r} has no random init here: pass the weights folder (--encoders DIR)")
             components = _tiny_components(spec, seed)
         else:
-            components = _load_components(Path(path), dtype)
+            components = _load_components(Path(path), dtype, vae)
             _check_widths(spec, components)
-        return cls(spec, components, device, dtype)
+        return cls(spec, components, device, dtype, vae_dtype=vae)
 
     def save_pretrained(self, root: str | Path) -> Path:
         """Write the real layout, so a saved tiny set loads through the same path as real weights."""
@@ -273,7 +291,7 @@ class VideoEncoders:
 
     def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [1, T, H, W, 3] → the VAE's input [1, 3, T, H, W] in [-1, 1], on the device, in its dtype."""
-        return (frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).to(self.dtype)
+        return (frames.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).to(self.vae_dtype)
 
     def _tile_means(self, frames: torch.Tensor) -> torch.Tensor:
         """Posterior means of one temporal tile: the VAE's own per-tile path (spatially tiled or not)."""
@@ -324,7 +342,7 @@ class VideoEncoders:
         """Scaled latents [B, C, T', h, w] → uint8 frames [B, 4(T'−1)+1, 8h, 8w, 3]."""
         s = self.preset.vae_spatial
         self._set_tiling(latents.shape[-2] * s, latents.shape[-1] * s)
-        video = self.vae.decode(latents.to(self.device, self.dtype) / self.scaling_factor).sample
+        video = self.vae.decode(latents.to(self.device, self.vae_dtype) / self.scaling_factor).sample
         return pixels_to_uint8(video)
 
     @torch.inference_mode()

@@ -98,44 +98,50 @@ def encoder_spec(model_dir: Path) -> EncoderSpec | None:
 
 def load_pipeline(
     path: str | Path | None, *, encoders: str | None = None, preset: str = "tiny",
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_dtype: torch.dtype | None = None,
 ) -> "MemoryPackPipeline":
     """The pipeline to sample: a pipeline folder, an older export or bare weights + `encoders`.
+
+    The VAE loads in `vae_dtype` (None: `resolve_vae_dtype("auto", device)`, fp32 on a CPU, fp16 on a GPU),
+    everything else in `dtype`.
 
     path None samples the preset's RANDOM weights (a smoke test before training, said loudly).
     `encoders` (a folder of real encoder weights) replaces or supplies the encoder components.
     Every failure is a CheckpointError with one line.
     """
+    from mempack.encoders import resolve_vae_dtype
     from mempack.pipeline import MemoryPackPipeline
 
+    vae = vae_dtype if vae_dtype is not None else resolve_vae_dtype("auto", device)
     if path is None:
         log.warning("no trained weights: sampling the %r preset's RANDOM weights (train first, or pass --checkpoint)",
                     preset)
         model = MemoryPackTransformer.from_preset(preset, seed=0, device=device).to(dtype).eval()
-        return MemoryPackPipeline.from_model(model, _build_encoders(EncoderSpec(preset, encoders), device, dtype))
+        return MemoryPackPipeline.from_model(model, _build_encoders(EncoderSpec(preset, encoders), device, dtype, vae))
     folder = resolve_model_dir(path)
     if (folder / "model_index.json").is_file():
         try:
-            pipe = MemoryPackPipeline.from_pretrained(folder, dtype=dtype)
+            pipe = MemoryPackPipeline.from_pretrained(folder, dtype={"default": dtype, "vae": vae})
         except Exception as err:  # noqa: BLE001 — safetensors, json, torch, transformers and diffusers raise many kinds
             raise CheckpointError(f"cannot load checkpoint {folder}: {_first_line(err)}") from None
         if encoders:
             pipe.register_modules(**_encoder_components(
-                _build_encoders(EncoderSpec(pipe.preset_name, encoders), "cpu", dtype)))
+                _build_encoders(EncoderSpec(pipe.preset_name, encoders), "cpu", dtype, vae)))
         return pipe.to(device)
     model = load_model(folder, device=device, dtype=dtype)
     spec = EncoderSpec(model.config.preset, encoders) if encoders else encoder_spec(folder)
     if spec is None:
         raise CheckpointError(f"{folder} holds no encoders and names none (no encoders.json): "
                               "pass --encoders DIR, the weights its training data was encoded with")
-    return MemoryPackPipeline.from_model(model, _build_encoders(spec, device, dtype))
+    return MemoryPackPipeline.from_model(model, _build_encoders(spec, device, dtype, vae))
 
 
-def _build_encoders(spec: EncoderSpec, device, dtype) -> "VideoEncoders":
+def _build_encoders(spec: EncoderSpec, device, dtype, vae_dtype: torch.dtype) -> "VideoEncoders":
     from mempack.encoders import VideoEncoders
 
     try:
-        return VideoEncoders.build(spec.preset, spec.path, device=device, dtype=dtype, seed=spec.seed)
+        return VideoEncoders.build(spec.preset, spec.path, device=device, dtype=dtype, seed=spec.seed,
+                                   vae_dtype=vae_dtype)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot build encoders ({spec.preset}, {spec.path}): {_first_line(err)}") from None
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mempack import layout
+from mempack.encoders import resolve_vae_dtype
 from mempack.export import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
 from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
@@ -52,6 +53,7 @@ class InferenceRequest:
     seed: int = 0
     use_memory: bool = True
     device: str = "auto"
+    vae_dtype: str = "auto"  # fp32 on a CPU, fp16 on a GPU (mempack.encoders.resolve_vae_dtype); or fp32, fp16, bf16
     crf: int = 18  # x264 quality; 0 is lossless (bit-exact frames, large files)
     out: str = str(layout.infer_dir() / "sample.mp4")
     progress: bool = True
@@ -172,8 +174,12 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
     video = load_video(request.video) if request.video else None
     device = _device(request.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        vae_dtype = resolve_vae_dtype(request.vae_dtype, device)
+    except ValueError as err:
+        raise InferenceError(str(err)) from None
     pipe = load_pipeline(request.model_dir, encoders=request.encoders, preset=request.preset, device=device,
-                         dtype=dtype)
+                         dtype=dtype, vae_dtype=vae_dtype)
     pipe.set_progress_bar_config(disable=not request.progress)
     preset = pipe.preset_name
     fps = request.fps or DEFAULT_FPS[preset]

@@ -198,7 +198,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         components = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2",
                                                              "tokenizer_2", "image_encoder", "feature_extractor")}
         return VideoEncoders(get_preset(self.preset_name), components, device=self._execution_device,
-                             dtype=self.vae.dtype, place=False)
+                             dtype=self.text_encoder.dtype, place=False, vae_dtype=self.vae.dtype)
 
     @property
     def interrupt(self) -> bool:

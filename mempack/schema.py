@@ -23,6 +23,10 @@ latent 0 as `image_latent`; version 1 encoded every 33-frame clip on its own at 
 - the video row's `num_frames` is 1 + 36·n and `num_clips` is n. A batch never mixes shapes: training
   groups videos by (num_clips, height, width).
 
+Files and row groups: prep writes one file per encoder batch per `num_clips` folder (a video's rows are in
+one file), in row groups of at most ROW_GROUP_ROWS rows, so training can read one video by its row groups
+alone (mempack.train.data.locate_videos / load_video) instead of filtering the whole dataset.
+
 Tensors are stored as raw little-endian bytes plus a shape column (`<name>` + `<name>_shape`), with
 the dtype fixed per column (`TENSOR_DTYPES`). This keeps float16 exact (Ray Data silently pickles
 bfloat16 tensor columns), lets clips, videos and rejects share one Arrow schema inside one streaming
@@ -51,6 +55,12 @@ TENSOR_DTYPES: dict[str, np.dtype] = {
     "image_embeds": np.dtype(np.float16),
     "image_latent": np.dtype(np.float16),
 }
+
+# Rows per Parquet row group, the unit a reader fetches. At FramePack-F1 size a clip row holds 16 × 9 ×
+# 60 × 104 fp16 latents (1.8 MB at 480×832) and a video row ~4 MB of prompt and image embeddings, so a group
+# is ~30 MB of clips (a minute-long video, 50 clips ≈ 90 MB, spans 3-4 groups) or ~60 MB of video rows:
+# big enough for sequential reads, small enough that reading one video fetches little beyond its own rows.
+ROW_GROUP_ROWS = 16
 
 _SCALARS = [
     ("table", pa.string()),

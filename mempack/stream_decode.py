@@ -73,7 +73,7 @@ class SectionDecoder:
             raise RuntimeError("push() after finish()")
         if latents.ndim != 5 or latents.shape[0] != 1:
             raise ValueError(f"expected latents [1, C, T, h, w], got {tuple(latents.shape)}")
-        scaled = latents.to(self.encoders.device, self.encoders.dtype) / self.encoders.scaling_factor
+        scaled = latents.to(self.encoders.device, self.encoders.vae_dtype) / self.encoders.scaling_factor
         self._pending = scaled if self._pending is None else torch.cat([self._pending, scaled], dim=2)
         self._seen += latents.shape[2]
         if not self.vae.use_framewise_decoding or self._seen <= self.tile_latents - 1:

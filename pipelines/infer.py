@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="x264 quality, 0-51 (default: %(default)s; 0 = lossless, frame-exact across runs)")
     p.add_argument("--out", help="output mp4 (default: outputs/infer/<name>.mp4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--vae-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="VAE precision (default auto: fp32 on a CPU, fp16 on a GPU; bf16 bands)")
     p.add_argument("--no-memory", action="store_true", help="switch SemanticPack off (the FramePack-only ablation)")
     p.add_argument("--mlflow-uri", help="log the settings and the mp4 to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-infer")
@@ -117,7 +119,8 @@ def main(argv=None) -> None:
                 model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video,
                 prompt=args.prompt, seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height,
                 width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                use_memory=not args.no_memory, device=args.device, crf=args.crf, out=out, progress=not args.quiet)
+                use_memory=not args.no_memory, device=args.device, vae_dtype=args.vae_dtype, crf=args.crf, out=out,
+                progress=not args.quiet)
             result = run_inference(request).as_dict()
         except (CheckpointError, InferenceError) as err:
             raise SystemExit(f"error: {err}")

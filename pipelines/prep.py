@@ -39,7 +39,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-prep", help="MLflow experiment (default: %(default)s)")
-    add_config_arguments(p, PrepConfig, choices={"preset": tuple(PRESETS)})
+    add_config_arguments(p, PrepConfig, choices={"preset": tuple(PRESETS),
+                                                 "vae_dtype": ("auto", "fp32", "fp16", "bf16")})
     return p
 
 

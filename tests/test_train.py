@@ -126,8 +126,10 @@ def test_stage2_changes_only_the_head(stage1, stage2):
 def test_stage2_steps_once_per_video_in_curriculum_order(stage2):
     uri, run_id = stage2["tracking_uri"], stage2["mlflow_run_id"]
     # the sample's buckets hold 1, 2 and 1 videos of 1, 2 and 3 clips; with 2 workers and batch 2 each bucket
-    # is padded to 4 videos, one batch per worker, so 6 steps are two passes over the curriculum, short first
-    assert metric(uri, run_id, "clips_per_video") == [1, 2, 3, 1, 2, 3]
+    # is padded to 4 videos, one batch per worker, so 6 steps are two passes of each bucket: one progression,
+    # every pass of the shortest bucket before the next (data.curriculum, "progression")
+    assert metric(uri, run_id, "clips_per_video") == [1, 1, 2, 2, 3, 3]
+    assert metric(uri, run_id, "curriculum_bucket") == [0, 0, 1, 1, 2, 2]
     assert metric(uri, run_id, "optimizer_steps") == [1, 2, 3, 4, 5, 6]  # DeepSpeed stepped once per video
 
 

@@ -313,7 +313,7 @@ class MemoryPackTransformer(nn.Module):
         with self._memory_tokens(memory):
             prediction = self.backbone(
                 hidden_states=noisy_latents.to(dtype),
-                timestep=flow.to_backbone_timestep(t.float()).to(dtype),
+                timestep=flow.to_backbone_timestep(t.float()),  # fp32, as diffusers: bf16 rounds t (8-bit mantissa)
                 encoder_hidden_states=cond.prompt_embeds.to(dtype),
                 encoder_attention_mask=cond.prompt_mask,
                 pooled_projections=cond.pooled.to(dtype),

@@ -73,7 +73,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # steps in a row with a non-finite loss or gradients before the run stops
     batch_size: int = 1  # videos per worker per step (one bucket: same clips and size), 1 as F1 and the paper
     max_steps: int = 40  # optimizer steps (one per video in stage 2)
-    epochs: int = 1000  # upper bound; max_steps usually stops first
+    epochs: int = 1000  # upper bound on passes over every bucket; max_steps usually stops first
+    curriculum: str = "progression"  # buckets short → long once ("cycle": short → long every pass; data.curriculum)
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
     gradient_checkpointing: bool = False
     # distribution
@@ -120,6 +121,8 @@ class TrainConfig:
             raise ValueError("checkpoint_every and checkpoint_minutes must be >= 0 (0: off)")
         if self.mlflow_weights not in MLFLOW_WEIGHTS:
             raise ValueError(f"mlflow_weights must be one of {MLFLOW_WEIGHTS}, got {self.mlflow_weights!r}")
+        if self.curriculum not in ("progression", "cycle"):
+            raise ValueError(f"curriculum must be 'progression' or 'cycle', got {self.curriculum!r}")
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""

@@ -1,11 +1,12 @@
-"""Training data: prep's Parquet → per-video samples, in curriculum buckets, streamed by Ray Data.
+"""Training data: prep's Parquet → per-video samples, in curriculum order, streamed by Ray Data.
 
 A training video is a shot: its clips (sections of one VAE stream) in order plus its per-video
-conditions. The driver reads only the small columns of `videos/` to build an index; Ray Data loads each
-video's clips in its own tasks (`load_video`) and streams them to the workers. A bucket is the videos of
-one (number of clips, height, width): the curriculum's length and the resolution bucket together, so a
-batch never mixes shapes. Every bucket is its own dataset, padded to a multiple of the worker count, so
-all workers take the same number of micro-steps per video and DeepSpeed's collectives stay in lockstep.
+conditions. The driver reads only small columns: the videos' index (`video_index`), grouped into buckets
+of one (number of clips, height, width), so a batch never mixes shapes, and where each video's rows are
+(`locate_videos`: file and row groups). The run's steps follow one `curriculum` that every worker computes
+alike; each worker streams its own videos (`worker_videos`), each loaded in a Ray Data task that opens only
+its files and reads only its row groups (`load_video`). Every step trains videos of one bucket on every
+worker, so all workers take the same micro-steps and DeepSpeed's collectives stay in lockstep.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import torch
 
 from mempack.schema import (
@@ -67,11 +70,75 @@ def video_index(root: str | Path) -> dict[Bucket, list[str]]:
     return {k: sorted(v) for k, v in sorted(buckets.items())}
 
 
-def load_video(root: str | Path, video_id: str) -> dict:
-    """One video's clips [N, C, T, H, W] (float16) and conditions, from the Parquet files."""
+class VideoRows(NamedTuple):
+    """Where one video's rows are: its clip files and video file (relative to the prep root), each with the
+    row groups holding the video's rows. Flat lists, so it rides in a Ray Data row as plain columns."""
+
+    clip_files: list[str]
+    clip_groups: list[list[int]]
+    video_files: list[str]
+    video_groups: list[list[int]]
+
+
+def locate_videos(root: str | Path) -> dict[str, VideoRows]:
+    """{video_id: VideoRows}, from the `video_id` column of every row group of clips/ and videos/: read once
+    on the driver (footers and one small column), so that `load_video` never scans the dataset again."""
     root = Path(root)
-    clips = pads.dataset(root / "clips", format="parquet", partitioning="hive").to_table(
-        filter=pc.field("video_id") == video_id, columns=["schema_version", "clip_index", "latents", "latents_shape"])
+    found: dict[str, dict[str, dict[str, list[int]]]] = defaultdict(lambda: {"clips": {}, "videos": {}})
+    for table in ("clips", "videos"):
+        for path in sorted((root / table).rglob("*.parquet")):
+            name, parquet = str(path.relative_to(root)), pq.ParquetFile(path)
+            for group in range(parquet.num_row_groups):
+                ids = parquet.read_row_group(group, columns=["video_id"]).column(0).unique().to_pylist()
+                for vid in ids:
+                    found[vid][table].setdefault(name, []).append(group)
+    return {vid: VideoRows(list(where["clips"]), list(where["clips"].values()), list(where["videos"]),
+                           list(where["videos"].values())) for vid, where in found.items()}
+
+
+_CLIP_READ = ["video_id", "schema_version", "clip_index", "latents", "latents_shape"]
+_CONDITIONS = ("prompt_embeds", "prompt_mask", "pooled_prompt_embeds", "image_embeds", "image_latent")
+_VIDEO_READ = ["video_id", "schema_version", *(c for name in _CONDITIONS for c in (name, f"{name}_shape"))]
+
+
+def _scan(folder: Path, video_id: str, columns: list[str], filesystem) -> pa.Table:
+    """The video's rows by a filter over every file of `folder` (num_clips from the hive folders)."""
+    dataset = pads.dataset(str(folder), format="parquet", partitioning="hive", filesystem=filesystem)
+    return dataset.to_table(filter=pc.field("video_id") == video_id, columns=[*columns, "num_clips"])
+
+
+def _read_groups(root: Path, files: list[str], groups: list[list[int]], video_id: str, columns: list[str],
+                 filesystem) -> pa.Table:
+    """The video's rows from the listed row groups only (num_clips from each file's `num_clips=K` folder)."""
+    parts = []
+    for name, wanted in zip(files, groups):
+        parquet = pq.ParquetFile(str(root / name), filesystem=filesystem)
+        table = parquet.read_row_groups([int(g) for g in wanted], columns=columns)
+        table = table.filter(pc.equal(table.column("video_id"), video_id))
+        folder = next(p for p in Path(name).parts if p.startswith("num_clips="))
+        parts.append(table.append_column("num_clips", pa.array([int(folder.split("=")[1])] * table.num_rows,
+                                                               pa.int32())))
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in [*columns, "num_clips"]})
+
+
+def load_video(root: str | Path, video_id: str, rows: VideoRows | None = None, filesystem=None) -> dict:
+    """One video's clips [N, C, T, H, W] (float16) and conditions, from the Parquet files.
+
+    With `rows` (from `locate_videos`) only the files holding the video are opened and only its row groups
+    read: what training does for every video. Without, every file of clips/ and videos/ is scanned with a
+    `video_id` filter (a one-off read). `filesystem`: a pyarrow filesystem (default: local)."""
+    root = Path(root)
+    if rows is None:
+        clips, videos = _scan(root / "clips", video_id, _CLIP_READ, filesystem), _scan(
+            root / "videos", video_id, _VIDEO_READ, filesystem)
+    else:
+        clips = _read_groups(root, rows.clip_files, rows.clip_groups, video_id, _CLIP_READ, filesystem)
+        videos = _read_groups(root, rows.video_files, rows.video_groups, video_id, _VIDEO_READ, filesystem)
+    return _assemble(root, video_id, clips, videos)
+
+
+def _assemble(root: Path, video_id: str, clips: pa.Table, videos: pa.Table) -> dict:
+    """A video's clip rows and video row → the training row, checked against the contract."""
     if clips.num_rows == 0:
         raise EmptyDatasetError(f"video {video_id} has no clips under {root}")
     check_version(root / "clips", clips.column("schema_version").to_pylist())
@@ -80,14 +147,15 @@ def load_video(root: str | Path, video_id: str) -> dict:
     if len(shapes) != 1:
         raise DataContractError(f"clips of {video_id} have different latent shapes {sorted(shapes)}")
     latents = np.stack([unpack_checked("latents", r["latents"], r["latents_shape"]) for r in rows])
-    videos = pads.dataset(root / "videos", format="parquet", partitioning="hive")
-    video = videos.to_table(filter=pc.field("video_id") == video_id).to_pylist()[0]
+    if videos.num_rows == 0:
+        raise EmptyDatasetError(f"video {video_id} has no video row under {root}")
+    video = videos.to_pylist()[0]
     check_version(root / "videos", [video["schema_version"]])
     if [r["clip_index"] for r in rows] != list(range(int(video["num_clips"]))):
         raise ValueError(f"video {video_id} has clips {[r['clip_index'] for r in rows]}, expected "
                          f"0..{int(video['num_clips']) - 1}: the prep output is incomplete (re-run pipelines/prep.py)")
     out = {"video_id": video_id, "clips": latents}
-    for name in ("prompt_embeds", "prompt_mask", "pooled_prompt_embeds", "image_embeds", "image_latent"):
+    for name in _CONDITIONS:
         out[name] = unpack_checked(name, video[name], video[f"{name}_shape"])
     return out
 
@@ -179,17 +247,71 @@ def check_shapes(root: str | Path, preset) -> None:
                                     f"start latent {list(first) if first else 'missing'}")
 
 
-def bucket_datasets(root: str | Path, index: dict[Bucket, list[str]], world_size: int, batch_size: int = 1):
-    """{bucket.name: ray.data.Dataset of loaded videos}, each padded to a multiple of `world_size` ×
-    `batch_size`, so every worker takes the same number of full batches (ZeRO's collectives stay in step)."""
-    world_size = world_size * batch_size
+CURRICULA = ("progression", "cycle")
+# videos a Ray Data task loads in turn: few blocks to create at start-up (a long run has tens of thousands of
+# steps), while each task still streams its output in Ray Data's bounded blocks (128 MiB by default)
+VIDEOS_PER_TASK = 32
+
+
+class Step(NamedTuple):
+    """One optimizer step of the whole run: its bucket (index into the curriculum) and its `group` videos;
+    rank r of `world` trains videos[r::world] (its batch)."""
+
+    bucket: int
+    videos: tuple[str, ...]
+
+
+def curriculum(index: dict[Bucket, list[str]], max_steps: int, epochs: int, group: int,
+               kind: str = "progression") -> list[Step]:
+    """The run's steps in order: buckets by ascending clips (`index`'s order), `group` (= workers × batch)
+    videos of one bucket per step, so every rank takes the same number of steps in every bucket.
+
+    A pass over a bucket is its videos in order, padded (its first videos again) to whole steps. The run
+    makes `passes` = min(epochs, max_steps / one pass over all buckets) passes of every bucket:
+    - "progression" (default, the paper's: one clip first, then ever more clips): all passes of a bucket
+      before the next bucket, once through the curriculum; a fractional number of passes is shared out over
+      the buckets in proportion to their steps (largest remainder), so the run still ends on the longest;
+    - "cycle": one pass of every bucket (short → long), then again from the shortest, until the end.
+    """
+    if kind not in CURRICULA:
+        raise ValueError(f"curriculum must be one of {CURRICULA}, got {kind!r}")
+    passes = [(b, ids, -(-len(ids) // group)) for b, ids in enumerate(index.values())]
+    per_pass = sum(n for _, _, n in passes)
+    total = min(max_steps, epochs * per_pass)
+
+    def step(b: int, ids: list[str], k: int, n: int) -> Step:
+        first = (k % n) * group  # the k-th step of the bucket; every pass starts from its first video
+        return Step(b, tuple(ids[(first + j) % len(ids)] for j in range(group)))
+
+    if kind == "cycle":
+        one_pass = [step(b, ids, k, n) for b, ids, n in passes for k in range(n)]
+        return [one_pass[i % per_pass] for i in range(total)]
+    exact = [total * n / per_pass for _, _, n in passes]
+    shares = [int(x) for x in exact]
+    for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[: total - sum(shares)]:
+        shares[i] += 1
+    return [step(b, ids, k, n) for (b, ids, n), share in zip(passes, shares) for k in range(share)]
+
+
+def worker_videos(root: str | Path, steps: list[Step], rank: int, world: int,
+                  locations: dict[str, VideoRows], start: int = 0):
+    """A Ray Dataset of this rank's videos from step `start` on, loaded in Ray Data tasks, in step order.
+
+    One dataset per worker, built in the worker, for the whole run: each rank's videos (and so every rank's
+    bucket at every step) follow from the shared `curriculum`, not from how Ray Data splits a dataset
+    (`streaming_split` promises equal counts, not which rows). Each row carries its location, so a task
+    opens only the files of its video."""
     import ray
 
     root = str(Path(root).resolve())
-    datasets = {}
-    for bucket, ids in index.items():
-        padded = [ids[i % len(ids)] for i in range(-(-len(ids) // world_size) * world_size)]
-        items = [{"video_id": v, "order": i} for i, v in enumerate(padded)]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        datasets[bucket.name] = ds.map(lambda r, root=root: {**load_video(root, r["video_id"]), "order": r["order"]})
-    return datasets
+    items = [{"step": i, "bucket": s.bucket, "video_id": vid, **locations[vid]._asdict()}
+             for i, s in enumerate(steps[start:], start) for vid in s.videos[rank::world]]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // VIDEOS_PER_TASK)))
+    ds.context.execution_options.preserve_order = True  # one consumer: rows arrive in step order
+
+    def load(row: dict, root: str = root) -> dict:
+        where = VideoRows([str(f) for f in row["clip_files"]], [[int(g) for g in gs] for gs in row["clip_groups"]],
+                          [str(f) for f in row["video_files"]], [[int(g) for g in gs] for gs in row["video_groups"]])
+        return {**load_video(root, row["video_id"], where), "step": row["step"], "bucket": row["bucket"]}
+
+    return ds.map(load)

@@ -9,7 +9,8 @@ seconds without starting Ray. The rules it shares with the Ray loop:
   `trainable` says otherwise);
 * the loss of each trained clip is divided by the clips trained per video (what DeepSpeed's gradient
   accumulation does), and the optimizer steps once per video, after its last clip;
-* curriculum: each epoch visits videos by ascending clip count (one-clip videos first);
+* curriculum: `mempack.train.data.curriculum` over the videos grouped by clip count (one-clip videos
+  first, each group's passes before the next: one progression);
 * gradients are clipped to `grad_clip`; a video whose loss is not finite is skipped and counted.
 """
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import defaultdict
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from mempack.train.data import curriculum
 from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.train.optim import parameter_groups, resolve_trainable
@@ -80,12 +83,12 @@ def train_in_process(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.memory_lr),
                                   weight_decay=config.weight_decay)
-    order = _curriculum(videos) if not callable(videos) else None
+    order = _curriculum(videos, config.steps) if not callable(videos) else None
     losses: list[float] = []
     clips_seen = skipped = 0
     began = time.perf_counter()
     for step in range(config.steps):
-        clips, cond = videos(step) if order is None else videos[order[step % len(order)]]
+        clips, cond = videos(step) if order is None else videos[order[step]]
         num_clips = clips.shape[0]
         scale = 1.0 / clips_trained_per_video(config.stage, mode, num_clips)
         shared = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -114,8 +117,12 @@ def train_in_process(
     return LocalTrainResult(losses, time.perf_counter() - began, clips_seen, skipped)
 
 
-def _curriculum(videos: Sequence[Video]) -> list[int]:
-    """Indices by ascending clip count (stable), as the Ray loop's buckets visit them."""
+def _curriculum(videos: Sequence[Video], steps: int) -> list[int]:
+    """The video index of every step: the Ray loop's curriculum, with buckets of one clip count and one
+    video per step."""
     if not videos:
         raise ValueError("no videos to train on")
-    return sorted(range(len(videos)), key=lambda i: videos[i][0].shape[0])
+    buckets: dict[int, list[int]] = defaultdict(list)
+    for i in sorted(range(len(videos)), key=lambda i: videos[i][0].shape[0]):
+        buckets[videos[i][0].shape[0]].append(i)
+    return [step.videos[0] for step in curriculum(buckets, steps, steps, group=1)]

@@ -1,6 +1,7 @@
 """The Ray Train worker loop: DeepSpeed engine, curriculum buckets, forcing, checkpoints, metrics.
 
-Per video (one Ray Data row), `mempack.train.step.train_video` makes one step: stage 1 samples one
+The run's steps are `mempack.train.data.curriculum` (buckets short → long, the same list on every
+rank); each worker streams its share of each step's videos (`worker_videos`). Per video (one Ray Data row), `mempack.train.step.train_video` makes one step: stage 1 samples one
 clip and trains it with teacher forcing (history and ψ from the ground truth of the earlier clips,
 ψ's graph kept through `forcing.memory_grad_window` updates); stage 2 runs Direct Forcing (or the
 teacher/student controls) over all clips in order. Each clip's loss is back-propagated at once, and
@@ -13,7 +14,8 @@ writes its DeepSpeed shard straight into one folder of the run's storage and rep
 uploads it in the background and deletes the local copy (`ASYNC`). Frozen parameters are not saved (stage 2:
 only the head, its optimizer state and the loop's position): on resume they come from the init weights
 `build_model` loads. On (re)start the loop loads the latest checkpoint — after a worker crash (FailureConfig)
-or a rerun with the same run name (--resume) — and skips the videos it had already trained on.
+or a rerun with the same run name (--resume) — and streams the curriculum from the step it had reached
+(a resume with another max_steps or epochs re-plans the curriculum and continues it at that step).
 
 The training forward goes through the engine (`engine(...)`, DeepSpeed's forward with its backward hooks),
 never around it.
@@ -41,7 +43,7 @@ from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
 from mempack.train.config import TrainConfig
-from mempack.train.data import Bucket, collate_videos, to_training_inputs
+from mempack.train.data import Bucket, collate_videos, curriculum, to_training_inputs, worker_videos
 from mempack.train.metrics import worker_logger
 from mempack.train.optim import parameter_groups
 from mempack.train.metrics import ProgressLine, console_logger
@@ -92,19 +94,18 @@ def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool, m
     return engine
 
 
-def _batches(rows, size: int):
-    """(position of the first row, rows) of `size` consecutive rows (the last batch may be shorter)."""
+def _steps(rows, size: int, start: int):
+    """(step, its `size` rows) from a worker's rows in step order; a row out of order is an error, never a
+    silently shifted curriculum (the ranks would train different buckets at one step and deadlock)."""
     batch: list = []
-    position = 0
     for i, row in enumerate(rows):
-        if not batch:
-            position = i
+        step = start + i // size
+        if int(row["step"]) != step:
+            raise RuntimeError(f"training data out of order: row {i} is of step {row['step']}, expected {step}")
         batch.append(row)
         if len(batch) == size:
-            yield position, batch
+            yield step, batch
             batch = []
-    if batch:
-        yield position, batch
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -121,7 +122,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     config: TrainConfig = loop_config["config"]
     ds_config: dict = loop_config["deepspeed"]
-    buckets: list[Bucket] = loop_config["buckets"]  # (num_clips, height, width), curriculum order
+    index: dict[Bucket, list[str]] = loop_config["index"]  # {(num_clips, height, width): video ids}, short first
+    buckets = list(index)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(config.seed)
@@ -140,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            config.system_metrics)
 
     ema = ParameterEMA(module, config.ema_decay) if config.ema_decay > 0 else None
-    state = {"step": 0, "epoch": 0, "bucket": 0, "videos_done": 0, "restarts": 0, "skipped_steps": 0}
+    state = {"step": 0, "restarts": 0, "skipped_steps": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -185,66 +187,54 @@ def train_loop_per_worker(loop_config: dict) -> None:
                          checkpoint_upload_mode=mode)
         schedule.saved()
 
-    done = state["step"] >= config.max_steps
+    steps = curriculum(index, config.max_steps, config.epochs, world * config.batch_size, config.curriculum)
+    stream = worker_videos(config.data, steps, rank, world, loop_config["locations"],
+                           state["step"]).iter_rows() if state["step"] < len(steps) else []
     last_metrics: dict = {}
-    while not done and state["epoch"] < config.epochs:
-        for b in range(state["bucket"], len(buckets)):
-            num_clips = buckets[b].num_clips
-            engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips) * world)
-            shard = ray.train.get_dataset_shard(buckets[b].name)
-            skip = state["videos_done"] if b == state["bucket"] else 0
-            for position, rows in _batches(shard.iter_rows(), config.batch_size):
-                if position < skip:
-                    continue
-                started = time.perf_counter()
-                clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
-                g = _generator(config.seed, state["epoch"], num_clips, position, rank)
-                shared = _generator(config.seed, state["epoch"], num_clips, position)
-                only = trained_clip(config.stage, forcing.mode, num_clips, shared)
+    train_batch = None
+    for step, rows in _steps(stream, config.batch_size, state["step"]):
+        num_clips = buckets[steps[step].bucket].num_clips
+        if clips_trained_per_video(config.stage, forcing.mode, num_clips) * world != train_batch:
+            train_batch = clips_trained_per_video(config.stage, forcing.mode, num_clips) * world
+            engine.set_train_batch_size(train_batch)
+        started = time.perf_counter()
+        clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
+        g = _generator(config.seed, step, rank)
+        shared = _generator(config.seed, step)
+        only = trained_clip(config.stage, forcing.mode, num_clips, shared)
 
-                def backward(loss, last: bool, retain: bool) -> None:
-                    # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
-                    # counter says: it runs across buckets of different lengths and is not checkpointed
-                    engine.set_gradient_accumulation_boundary(last)
-                    engine.backward(loss, retain_graph=retain)
-                    engine.step()
+        def backward(loss, last: bool, retain: bool) -> None:
+            # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
+            # counter says: it runs across buckets of different lengths and is not checkpointed
+            engine.set_gradient_accumulation_boundary(last)
+            engine.backward(loss, retain_graph=retain)
+            engine.step()
 
-                stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g,
-                                    forward=engine)
-                losses, tokens, n_clips = [stats.loss], stats.tokens, stats.clips
-                applied = nonfinite.record(stats.loss, engine.was_step_applied(), state["step"] + 1)
-                state["skipped_steps"] = nonfinite.skipped
-                if applied and ema is not None:
-                    ema.update()
-                state["step"] += 1
-                state["videos_done"] = position + len(rows)
-                state["bucket"] = b
-                seconds = time.perf_counter() - started
-                grad_norm = engine.get_global_grad_norm()
-                last_metrics = {
-                    "loss": sum(losses) / len(losses) if applied else None, "lr": engine.get_lr()[0],
-                    "skipped_steps": state["skipped_steps"],
-                    "grad_norm": float(grad_norm) if grad_norm is not None and applied else None,
-                    "clips_per_s": n_clips / seconds, "latent_tokens_per_s": tokens / seconds,
-                    "videos_per_step": len(rows), "latent_tokens_per_step": tokens,  # per worker; batch × clips
-                    "clips_per_video": num_clips, "optimizer_steps": engine.global_steps, "epoch": state["epoch"],
-                }
-                if state["step"] % config.log_every == 0:
-                    logger.log(last_metrics, step=state["step"])
-                progress.update(state["step"], stats.loss)  # nan on a skipped step
-                if config.sample_every > 0 and state["step"] % config.sample_every == 0:
-                    _validation_sample(engine, module, sampler, config.output, state["step"], logger)
-                done = state["step"] >= config.max_steps
-                if done:
-                    break
-                if schedule.due(state["step"]):
-                    save_and_report({**last_metrics, "step": state["step"]})
-            if done:
-                break
-            state["videos_done"] = 0
-        if not done:
-            state["epoch"] += 1
-            state["bucket"] = 0
+        stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g,
+                            forward=engine)
+        applied = nonfinite.record(stats.loss, engine.was_step_applied(), state["step"] + 1)
+        state["skipped_steps"] = nonfinite.skipped
+        if applied and ema is not None:
+            ema.update()
+        state["step"] += 1
+        seconds = time.perf_counter() - started
+        grad_norm = engine.get_global_grad_norm()
+        last_metrics = {
+            "loss": stats.loss if applied else None, "lr": engine.get_lr()[0],
+            "skipped_steps": state["skipped_steps"],
+            "grad_norm": float(grad_norm) if grad_norm is not None and applied else None,
+            "clips_per_s": stats.clips / seconds, "latent_tokens_per_s": stats.tokens / seconds,
+            "videos_per_step": len(rows), "latent_tokens_per_step": stats.tokens,  # per worker; batch × clips
+            "clips_per_video": num_clips, "optimizer_steps": engine.global_steps,
+            "curriculum_bucket": steps[step].bucket,
+        }
+        if state["step"] % config.log_every == 0:
+            logger.log(last_metrics, step=state["step"])
+        progress.update(state["step"], stats.loss)  # nan on a skipped step
+        if config.sample_every > 0 and state["step"] % config.sample_every == 0:
+            _validation_sample(engine, module, sampler, config.output, state["step"], logger)
+        if state["step"] < len(steps) and schedule.due(state["step"]):
+            save_and_report({**last_metrics, "step": state["step"]})
     save_and_report({**last_metrics, "step": state["step"], "optimizer_steps": engine.global_steps}, final=True)
     logger.close()
 

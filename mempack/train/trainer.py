@@ -158,19 +158,18 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mempack.train.data import bucket_datasets
     from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR
+    from mempack.train.data import locate_videos
     from mempack.train.loop import train_loop_per_worker
 
-    datasets = bucket_datasets(config.data, index, config.num_workers, config.batch_size)
-    for ds in datasets.values():
-        ds.context.execution_options.preserve_order = True
+    # where each video's rows are, read once here; every worker streams its own videos (data.worker_videos)
+    locations = locate_videos(config.data)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "deepspeed": ds_config, "buckets": list(index),
+        train_loop_config={"config": config, "deepspeed": ds_config, "index": index, "locations": locations,
                            "mlflow_uri": uri, "mlflow_run_id": run_id, "run_storage": str(storage / name)},
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
@@ -180,7 +179,6 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
                              failure_config=FailureConfig(max_failures=config.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              worker_runtime_env={"env_vars": _worker_env()}),
-        datasets=datasets,
     )
     result = trainer.fit()
     if result.error:
