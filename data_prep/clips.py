@@ -14,29 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mempack.video_io import resample_indices, source_offsets  # noqa: F401 (the clock rule, shared with inference)
 from mempack.presets import SECTION_LATENT_FRAMES, VAE_TEMPORAL, frames_for_sections, get_preset, whole_sections
-
-
-def resample_indices(start: int, end: int, src_fps: float, target_fps: float) -> np.ndarray:
-    """Source frame indices in [start, end) on a `target_fps` grid starting at `start` (up or down)."""
-    if end <= start:
-        return np.arange(0, dtype=np.int64)
-    if target_fps <= 0 or target_fps == src_fps:
-        return np.arange(start, end, dtype=np.int64)
-    # tick k uses frame round(k·step); the last usable tick is the last one rounding inside the shot
-    count = int(np.ceil((end - start - 0.5) * target_fps / src_fps - 1e-9))
-    return start + source_offsets(count, src_fps, target_fps)
-
-
-def source_offsets(count: int, src_fps: float, target_fps: float) -> np.ndarray:
-    """Offsets, in source frames, of the first `count` ticks of a `target_fps` grid (the nearest frame).
-
-    Nearest, not at-or-before: a 29.97-fps source then maps 1:1 for its first 16 s instead of repeating
-    its very first frame.
-    """
-    if target_fps <= 0 or target_fps == src_fps:
-        return np.arange(count, dtype=np.int64)
-    return np.floor(np.arange(count) * (src_fps / target_fps) + 0.5).astype(np.int64)
 
 
 def min_source_frames(src_fps: float, preset: str) -> int:

@@ -1,8 +1,9 @@
 """A CLI request → `MemoryPackPipeline.write_video`: the library side of `pipelines/infer.py`.
 
 The pipeline does the work (encode, sample section by section, decode and encode each section into
-the mp4 as it is made); this module turns command-line settings into its arguments. Every check that
-can fail (numbers, checkpoint, image, output folder) runs before any sampling, and the mp4 appears
+the mp4 as it is made); this module turns command-line settings into its arguments. It checks what only
+the command line has (lengths in seconds, files, the output folder, the device) before loading anything;
+everything else is `MemoryPackPipeline.check_inputs`'s, which runs before any sampling. The mp4 appears
 only when complete, so a failed run leaves nothing half-written behind.
 """
 
@@ -25,6 +26,7 @@ from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
 from mempack.sample import SAMPLE_PROMPT, sample_image
+from mempack.timeline import PromptTimeline, TimelineError, read_prompt
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class InferenceRequest:
     encoders: str | None = None  # real encoder weights: replace the export's bundled ones
     image: str | None = None  # None: the built-in sample image
     video: str | None = None  # a video to continue: it becomes the history and feeds ψ
-    prompt: str | None = None
+    prompt: str | None = None  # one prompt, or a timeline "0s: a kite rises | 12s: it dives"
+    timeline: str | None = None  # a YAML/JSON file of seconds → prompt (instead of `prompt`)
     seconds: float | None = None
     sections: int | None = None
     fps: float | None = None
@@ -111,19 +114,30 @@ def load_image(path: str | Path) -> np.ndarray:
         raise InferenceError(f"not an image: {path} ({type(err).__name__})") from None
 
 
-def load_video(path: str | Path) -> np.ndarray:
-    """uint8 [T, H, W, 3] of a video to continue; an InferenceError for a missing or unreadable file."""
+def load_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """uint8 [T, H, W, 3] of a video to continue and its frame rate (the pipeline puts it on the model's
+    clock); an InferenceError for a missing or unreadable file."""
     from mempack.video_io import read_video
 
     if not Path(path).is_file():
         raise InferenceError(f"video not found: {path}")
     try:
-        frames, _ = read_video(path)
+        frames, fps = read_video(path)
     except Exception as err:  # noqa: BLE001 — decord and PyAV raise many kinds
         raise InferenceError(f"cannot read video {path}: {type(err).__name__}") from None
     if len(frames) == 0:
         raise InferenceError(f"no frames in video {path}")
-    return frames
+    return frames, fps
+
+
+def load_prompt(request: InferenceRequest) -> "str | PromptTimeline":
+    """--prompt (a timeline when written as one) or --timeline FILE; the sample prompt when neither."""
+    try:
+        if request.timeline is not None:
+            return PromptTimeline.load(request.timeline)
+        return read_prompt(request.prompt if request.prompt is not None else SAMPLE_PROMPT)
+    except TimelineError as err:
+        raise InferenceError(str(err)) from None
 
 
 def _device(name: str) -> torch.device:
@@ -139,11 +153,8 @@ def _device(name: str) -> torch.device:
 
 
 def _size(request: InferenceRequest, default: tuple[int, int]) -> tuple[int, int]:
-    height, width = request.height or default[0], request.width or default[1]
-    for name, side in (("height", height), ("width", width)):
-        if side < SIDE_MULTIPLE or side % SIDE_MULTIPLE:
-            raise InferenceError(f"--{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}")
-    return height, width
+    """The size asked for, else the pipeline's default (the pipeline checks it)."""
+    return request.height or default[0], request.width or default[1]
 
 
 def check_number(name: str, value: float | None) -> None:
@@ -170,8 +181,9 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
     check_number("seconds", request.seconds)
     check_number("fps", request.fps)
     out = check_output(request.out)
+    prompt = load_prompt(request)
     image = load_image(request.image) if request.image else None
-    video = load_video(request.video) if request.video else None
+    video, video_fps = load_video(request.video) if request.video else (None, None)
     device = _device(request.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
@@ -189,12 +201,12 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
         image = sample_image(height, width)
     if video is not None:  # the length asked for is what comes after the given video (no start frame of its own)
         frames -= 1
-    prompt = request.prompt if request.prompt is not None else SAMPLE_PROMPT
     log.info("generating %d sections (%d frames at %g fps, %dx%d) with %s", sections, frames, fps, width, height,
              request.model_dir or f"random {preset}")
     try:
-        result = pipe.write_video(out, fps, crf=request.crf, image=image, video=video, prompt=prompt, num_frames=frames,
-                                  height=height, width=width, num_inference_steps=request.steps,
+        result = pipe.write_video(out, fps, crf=request.crf, image=image, video=video, video_fps=video_fps,
+                                  prompt=prompt, num_frames=frames, height=height, width=width,
+                                  num_inference_steps=request.steps,
                                   guidance_scale=request.guidance, use_memory=request.use_memory,
                                   generator=torch.Generator().manual_seed(request.seed))
     except ValueError as err:

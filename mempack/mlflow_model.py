@@ -2,7 +2,8 @@
 
 A pyfunc `PythonModel` over a `MemoryPackPipeline` folder (the folder is the model's artifact, the
 `mempack` package travels in the model's code, so it loads where mempack itself is not installed).
-Its signature: each input row is an image (PNG/JPEG bytes), a prompt and a length in seconds; each
+Its signature: each input row is an image (PNG/JPEG bytes), a prompt (or a timeline written as
+"0s: a kite rises | 12s: it dives", mempack.timeline) and a length in seconds; each
 output row is the generated video as mp4 bytes. Sampling settings are pyfunc params (fps, steps,
 guidance, seed, crf, height, width; 0 means "the preset's default").
 
@@ -64,6 +65,7 @@ class MemoryPackPyfunc(_pyfunc_base()):
         from PIL import Image
 
         from mempack.pipeline import DEFAULT_FPS
+        from mempack.timeline import read_prompt
 
         settings = {**PARAMS, **(params or {})}
         fps = float(settings["fps"]) or DEFAULT_FPS[self.pipe.preset_name]
@@ -80,7 +82,8 @@ class MemoryPackPyfunc(_pyfunc_base()):
                 size = {"height": int(settings["height"]), "width": int(settings["width"])}
             with tempfile.TemporaryDirectory(prefix="mempack-pyfunc-") as tmp:
                 path = Path(tmp) / "video.mp4"
-                self.pipe.write_video(path, fps, crf=int(settings["crf"]), image=image, prompt=row.get("prompt") or "",
+                self.pipe.write_video(path, fps, crf=int(settings["crf"]), image=image,
+                                      prompt=read_prompt(row.get("prompt") or ""),
                                       num_frames=max(1, round(seconds * fps)),
                                       num_inference_steps=int(settings["steps"]),
                                       guidance_scale=float(settings["guidance"]),

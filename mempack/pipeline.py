@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,14 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
-from mempack import flow
+from mempack import flow, video_io
 from mempack.encoders import VideoEncoders, resize_center_crop
-from mempack.sampling import GenerationConfig, generate, sections_for_frames
+from mempack.sampling import GenerationConfig, generate_sections, sections_for_frames
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
 from mempack.model.memorypack import _preset_matching
-from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket
+from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket, section_start_seconds
 from mempack.stream_decode import SectionDecoder
+from mempack.timeline import PromptTimeline
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ SIDE_MULTIPLE = BUCKET_MULTIPLE  # VAE ×8, then the transformer's 2×2 patches
 # Larger inputs are refused, not decoded: 8K (7680x4320) is 33 Mpx; PIL itself refuses above ~179 Mpx
 MAX_IMAGE_PIXELS = 40_000_000
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# what makes the registered scheduler describe `mempack.sampling`'s sampler (checked on every call)
+SAMPLER_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+                       "max_image_seq_len", "invert_sigmas", "shift_terminal", "use_karras_sigmas",
+                       "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type", "stochastic_sampling")
+PromptInput = str | list[str] | Mapping[float, str] | PromptTimeline | None  # mempack.timeline
 
 
 @dataclass
@@ -100,6 +106,47 @@ def conditioning(encoders: VideoEncoders, image: np.ndarray, prompt: str) -> Con
     text = encoders.encode_prompt([prompt])
     return Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, encoders.encode_image(image[None]),
                         encoders.encode_image_latent(image[None]))
+
+
+def prompt_conditioning(encoders: VideoEncoders, cond: Conditioning, prompt: str) -> Conditioning:
+    """`cond` with another prompt's tokens (a timeline's later prompt): same image tokens and start latent."""
+    text = encoders.encode_prompt([prompt])
+    return Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, cond.image_embeds, cond.start_latent)
+
+
+@dataclass
+class GenerationRequest:
+    """A checked request (`MemoryPackPipeline.check_inputs`): the inputs as the sampler reads them."""
+
+    first: np.ndarray  # uint8 [H, W, 3]: the image, or the continued video's first frame
+    video: np.ndarray | None  # uint8 [T, H, W, 3] on the model's clock
+    height: int
+    width: int
+    timeline: PromptTimeline
+    section_prompts: list[int]  # per new section, its prompt's index in the timeline
+    sections: int
+    total_frames: int  # frames of the output video
+    offset_seconds: float  # where the first new section starts (after a continued video)
+    callback_inputs: list[str]
+
+
+@dataclass
+class PipelineSection:
+    """One new section, as `MemoryPackPipeline.sections` yields it.
+
+    frames: uint8 [T, H, W, 3], the frames that became final with this section (None without decoding);
+    latents: [1, C, window, h, w] on the CPU; index: 0, 1, ...; seconds: where the section starts in the
+    video, on the model's clock; prompt: its prompt; elapsed: wall-clock seconds it took to sample;
+    leading_latents: on section 0 only, the start latent and a continued video's latents before it.
+    """
+
+    index: int
+    frames: np.ndarray | None
+    latents: torch.Tensor
+    seconds: float
+    prompt: str
+    elapsed: float
+    leading_latents: torch.Tensor | None = None
 
 
 class _SteppedTransformer(MemoryPackTransformer):
@@ -212,39 +259,100 @@ class MemoryPackPipeline(DiffusionPipeline):
             return DEFAULT_SIZE[self.preset_name]
         return nearest_bucket(self.preset_name, *image.shape[:2])
 
+    # ----- one request check (diffusers' `check_inputs`) --------------------------------------------
+    def check_inputs(self, image=None, prompt: PromptInput = "", video=None, video_fps: float | None = None,
+                     num_frames: int = 37, height: int | None = None, width: int | None = None,
+                     num_inference_steps: int = 25, guidance_scale: float = 10.0, output_type: str = "pil",
+                     callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
+                     ) -> "GenerationRequest":
+        """Every check a request gets, before anything is encoded or sampled; ValueError, one line each.
+
+        As diffusers' pipelines do, but it returns what it read (the image as an array, the video on the
+        model's clock, the size, the sections, each section's prompt), so nothing is read or checked twice.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if num_frames is None or num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+        check_scheduler(self.scheduler)
+        callback_inputs = list(callback_on_step_end_tensor_inputs)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_inputs = callback_on_step_end.tensor_inputs
+        bad = [k for k in callback_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
+        timeline = prompt_timeline(prompt)
+        preset = get_preset(self.preset_name)
+        frames_in = None
+        if video is not None:
+            frames_in = video_io.on_clock(_video_to_array(video), video_fps, preset.fps)
+        if image is None and frames_in is None:
+            raise ValueError("pass an image (the first frame) or a video to continue")
+        first = image_to_array(image) if image is not None else frames_in[0]
+        if height is None or width is None:
+            height, width = self.default_size(first)
+        for name, side in (("height", height), ("width", width)):
+            if side < SIDE_MULTIPLE or side % SIDE_MULTIPLE:
+                raise ValueError(f"{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}")
+        window, temporal = self.model_config.window, preset.vae_temporal
+        if frames_in is None:  # num_frames counts the image's frame
+            sections, total_frames, given = sections_for_frames(num_frames, window, temporal), num_frames, 1
+        else:  # num_frames counts the frames after the given video, a causal VAE's 4k+1 of it
+            given = (len(frames_in) - 1) // temporal * temporal + 1
+            if given < 1 + temporal:
+                raise ValueError(f"a video to continue needs at least {1 + temporal} frames (at {preset.fps:g} fps), "
+                                 f"got {len(frames_in)}")
+            sections, total_frames = -(-num_frames // (temporal * window)), given + num_frames
+        per_section = timeline.section_indices(sections, preset.fps, window, temporal)
+        return GenerationRequest(first, frames_in, height, width, timeline, per_section, sections, total_frames,
+                                 (given - 1) / preset.fps, callback_inputs)
+
+    # ----- calling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, image=None, prompt: str | list[str] = "", *, video=None, num_frames: int = 37,
-                 height: int | None = None, width: int | None = None, num_inference_steps: int = 25,
-                 guidance_scale: float = 10.0, generator: torch.Generator | None = None, use_memory: bool = True,
-                 output_type: str = "pil", return_dict: bool = True,
+    def __call__(self, image=None, prompt: PromptInput = "", *, video=None, video_fps: float | None = None,
+                 num_frames: int = 37, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = 10.0, generator: torch.Generator | None = None,
+                 use_memory: bool = True, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
         """Generate one video.
 
-        image: the first frame (PIL, EXIF orientation applied; or uint8 [H, W, 3]). video: frames to
-        continue instead (uint8 [T, H, W, 3] or a list of PIL images): they are encoded as one causal
-        stream, their latents become the history and feed ψ section by section, and the output starts
-        with them (as the VAE reconstructs them). num_frames: frames generated after the image (its
-        frame included) or after the video. output_type: "pil", "np", "pt" or "latent".
+        image: the first frame (PIL, EXIF orientation applied; or uint8 [H, W, 3]). prompt: a string, a
+        list of one (diffusers' batch of one), or a timeline ({seconds: prompt} or `PromptTimeline`)
+        whose switches snap to section starts (mempack.timeline). video: frames to continue instead
+        (uint8 [T, H, W, 3] or a list of PIL images), recorded at `video_fps` (default: the model's
+        clock; another rate is put on it as prep does): they are encoded as one causal stream, their
+        latents become the history and feed ψ section by section, and the output starts with them (as
+        the VAE reconstructs them). num_frames: frames generated after the image (its frame included)
+        or after the video. output_type: "pil", "np", "pt" or "latent".
         callback_on_step_end(pipe, step, timestep, {"latents": ...}) runs after every Euler step of every
         section (step counts across sections); latents it returns replace the current ones, except after
         a section's last step (ψ has already read them); `pipe._interrupt = True` skips the rest.
+        `sections(...)` yields the same video section by section.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        chunks: list[np.ndarray] = []
-        result = self._run(sink=None if output_type == "latent" else chunks.append, image=image, prompt=prompt,
-                           video=video, num_frames=num_frames, height=height, width=width,
-                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           generator=generator, use_memory=use_memory, callback_on_step_end=callback_on_step_end,
-                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
-        if output_type == "latent":
-            frames = result["latents"]
-        else:
-            frames = _postprocess(np.concatenate(chunks)[None], output_type)
+        # 1. Check inputs
+        request = self.check_inputs(image, prompt, video, video_fps, num_frames, height, width, num_inference_steps,
+                                    guidance_scale, output_type, callback_on_step_end,
+                                    callback_on_step_end_tensor_inputs)
+        # 2.-5. Encode, sample and decode section by section (`sections`), keeping what the output type asks for
+        latent = output_type == "latent"
+        chunks, latents, seconds = [], [], []
+        for section in self._sections(request, generator, use_memory, num_inference_steps, guidance_scale,
+                                      callback_on_step_end, decode=not latent):
+            seconds.append(section.elapsed)
+            if latent:
+                latents.extend([section.leading_latents, section.latents] if section.index == 0 else [section.latents])
+            else:
+                chunks.append(section.frames)
+        # 6. Postprocess
+        frames = torch.cat(latents, dim=2) if latent else _postprocess(np.concatenate(chunks)[None], output_type)
         if not return_dict:
             return (frames,)
-        return MemoryPackPipelineOutput(frames=frames, section_seconds=result["section_seconds"])
+        return MemoryPackPipelineOutput(frames=frames, section_seconds=seconds)
 
     @torch.no_grad()
     def write_video(self, path: str | Path, fps: float, *, crf: int = 18, **kwargs) -> MemoryPackPipelineOutput:
@@ -254,95 +362,111 @@ class MemoryPackPipeline(DiffusionPipeline):
         """
         from mempack.video_io import Mp4Writer
 
+        seconds = []
         with Mp4Writer(path, fps, crf) as writer:
-            result = self._run(sink=writer.write, frames_desc="decoding + encoding mp4", **kwargs)
-        return MemoryPackPipelineOutput(frames=None, video_path=str(path), section_seconds=result["section_seconds"])
+            for section in self.sections(frames_desc="decoding + encoding mp4", **kwargs):
+                writer.write(section.frames)
+                seconds.append(section.elapsed)
+        return MemoryPackPipelineOutput(frames=None, video_path=str(path), section_seconds=seconds)
 
-    def _run(self, *, sink: Callable[[np.ndarray], None] | None, frames_desc: str = "decoding frames", image=None,
-             prompt: str | list[str] = "",
-             video=None, num_frames: int = 37, height: int | None = None, width: int | None = None,
-             num_inference_steps: int = 25, guidance_scale: float = 10.0, generator=None, use_memory: bool = True,
-             callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)) -> dict:
-        """Encode, sample section by section, and hand decoded uint8 frames to `sink` as each section ends."""
-        prompt = _one_prompt(prompt)
-        steps, guidance, callback = num_inference_steps, guidance_scale, callback_on_step_end
-        if num_frames is None or num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
-        if not math.isfinite(guidance):
-            raise ValueError(f"guidance_scale must be finite, got {guidance}")
-        callback_inputs = list(callback_on_step_end_tensor_inputs)
-        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_inputs = callback.tensor_inputs
-        bad = [k for k in callback_inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
-        frames_in = _video_to_array(video) if video is not None else None
-        if image is None and frames_in is None:
-            raise ValueError("pass an image (the first frame) or a video to continue")
-        first = image_to_array(image) if image is not None else frames_in[0]
-        if height is None or width is None:
-            height, width = self.default_size(first)
-        for name, side in (("height", height), ("width", width)):
-            if side < SIDE_MULTIPLE or side % SIDE_MULTIPLE:
-                raise ValueError(f"{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}")
+    @torch.no_grad()
+    def sections(self, image=None, prompt: PromptInput = "", *, video=None, video_fps: float | None = None,
+                 num_frames: int = 37, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = 10.0, generator=None, use_memory: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 decode: bool = True, frames_desc: str = "decoding frames") -> Iterator[PipelineSection]:
+        """The video as it is made: one `PipelineSection` per new section, as soon as it is sampled and decoded.
+
+        Arguments as `__call__`. Each section carries the frames that became final with it (the tiled
+        decode holds back the last few frames of a section until the next one arrives; the first section
+        also carries the start frame or the continued video, the last one the rest), so their
+        concatenation is the whole video. Nothing is kept between sections but the history tail and ψ:
+        a consumer that lets them go holds memory flat in the video's length. `decode=False` skips the
+        VAE (frames are None). Stopping early (`break`) ends the sampling there.
+        """
+        # 1. Check inputs
+        request = self.check_inputs(image, prompt, video, video_fps, num_frames, height, width, num_inference_steps,
+                                    guidance_scale, "pil" if decode else "latent", callback_on_step_end,
+                                    callback_on_step_end_tensor_inputs)
+        yield from self._sections(request, generator, use_memory, num_inference_steps, guidance_scale,
+                                  callback_on_step_end, decode, frames_desc)
+
+    def _sections(self, request: GenerationRequest, generator, use_memory: bool, steps: int, guidance: float,
+                  callback, decode: bool = True, frames_desc: str = "decoding frames") -> Iterator[PipelineSection]:
+        """Steps 2-5 of a call, on a checked request."""
         self._interrupt = False
         encoders = self.encoders()
-        first = resize_center_crop(first[None], height, width)[0]
-        cond = conditioning(encoders, first, prompt)
+        # 2. Encode the first prompt and the first frame (ψ₀ reads both)
+        first = resize_center_crop(request.first[None], request.height, request.width)[0]
+        prompts = request.timeline.prompts
+        cond = conditioning(encoders, first, prompts[0])
+        # 3. Encode the video to continue: its latents become the history (and its first, the start latent)
         prefix = None
-        if frames_in is not None:
-            prefix = self._video_latents(encoders, frames_in, height, width)
-        model = self.memorypack
-        window, temporal = model.config.window, encoders.preset.vae_temporal
-        if prefix is None:  # num_frames counts the image's frame
-            sections, total_frames = sections_for_frames(num_frames, window, temporal), num_frames
-        else:  # num_frames counts the frames after the given video
-            sections = -(-num_frames // (temporal * window))
-            total_frames = 1 + prefix.shape[2] * temporal + num_frames
+        if request.video is not None:
+            prefix = self._video_latents(encoders, request.video, request.height, request.width)
+        # 4. Encode the other prompts of the timeline: each section's text tokens follow it
+        section_conds = None
+        if len(prompts) > 1:
+            conds = [cond] + [prompt_conditioning(encoders, cond, text) for text in prompts[1:]]
+            section_conds = [conds[i] for i in request.section_prompts]
+        # 5. Sample and decode section by section
+        yield from self._sample_sections(request, encoders, cond, prefix, section_conds, generator, use_memory,
+                                         steps, guidance, callback, decode, frames_desc)
+        self.maybe_free_model_hooks()
 
-        decoder = SectionDecoder(encoders) if sink is not None else None
-        frame_bar = tqdm(total=total_frames, desc=frames_desc, unit="frame", leave=False, position=1,
+    def _sample_sections(self, request: "GenerationRequest", encoders: VideoEncoders, cond: Conditioning,
+                         prefix: torch.Tensor | None, section_conds: list[Conditioning] | None, generator,
+                         use_memory: bool, steps: int, guidance: float, callback, decode: bool,
+                         frames_desc: str) -> Iterator[PipelineSection]:
+        """Drive `generate_sections`; decode each section as it comes and yield it."""
+        model = self.memorypack
+        decoder = SectionDecoder(encoders) if decode else None
+        frame_bar = tqdm(total=request.total_frames, desc=frames_desc, unit="frame", leave=False, position=1,
                          disable=decoder is None or getattr(self, "_progress_bar_config", {}).get("disable", False))
         written = 0
 
-        def emit(frames: np.ndarray) -> None:
+        def final(frames: np.ndarray) -> np.ndarray:
             nonlocal written
-            frames = frames[: max(0, total_frames - written)]
-            if len(frames):
-                sink(frames)
-                written += len(frames)
-                frame_bar.update(len(frames))
+            frames = frames[: max(0, request.total_frames - written)]
+            written += len(frames)
+            frame_bar.update(len(frames))
+            return frames
 
+        leading = cond.start_latent if prefix is None else torch.cat([cond.start_latent, prefix], dim=2)
+        pending = []
         if decoder is not None:
-            emit(decoder.push(cond.start_latent))
-            if prefix is not None:
-                emit(decoder.push(prefix))
-        stepper = _StepReporter(self, steps, sections, callback, callback_inputs)
+            pending = [final(decoder.push(cond.start_latent))] + ([final(decoder.push(prefix))] if prefix is not None
+                                                                  else [])
+        sections = request.sections
+        stepper = _StepReporter(self, steps, sections, callback, request.callback_inputs)
         model.before_step = stepper.before_step
-
-        def on_section(n: int, latents: torch.Tensor) -> None:
-            stepper.section_done(latents)
-            if decoder is not None:
-                emit(decoder.push(latents))
-
         config = GenerationConfig(sections=sections, steps=steps, guidance=guidance, use_memory=use_memory)
-        extra = {} if prefix is None else {"prefix": prefix}
-        log.info("generating %d sections of %d latent frames (%dx%d, %d steps)", sections, window, width, height, steps)
+        log.info("generating %d sections of %d latent frames (%dx%d, %d steps)", sections, model.config.window,
+                 request.width, request.height, steps)
+        preset = encoders.preset
         began = time.perf_counter()
         try:
-            result = generate(model, cond, config, progress=False, on_section=on_section,
-                              generator=_cpu_generator(generator), **extra)
-            if decoder is not None:
-                emit(decoder.finish())
+            for sampled in generate_sections(model, cond, config, generator=_cpu_generator(generator), prefix=prefix,
+                                             section_conds=section_conds):
+                stepper.section_done(sampled.latents)
+                frames = None
+                if decoder is not None:
+                    frames = np.concatenate(pending + [final(decoder.push(sampled.latents))])
+                    if sampled.index == sections - 1:
+                        frames = np.concatenate([frames, final(decoder.finish())])
+                    pending = []
+                n = sampled.index
+                yield PipelineSection(
+                    index=n, frames=frames, latents=sampled.latents.cpu(),
+                    seconds=request.offset_seconds + section_start_seconds(n, preset.fps, model.config.window,
+                                                                           preset.vae_temporal),
+                    prompt=request.timeline.prompts[request.section_prompts[n]], elapsed=sampled.seconds,
+                    leading_latents=leading.float().cpu() if n == 0 else None)
         finally:
             model.before_step = None
             stepper.close()
             frame_bar.close()
         log.info("generated %d sections in %.1f s", sections, time.perf_counter() - began)
-        self.maybe_free_model_hooks()
-        return {"latents": result.latents, "section_seconds": result.section_seconds}
 
     def _video_latents(self, encoders: VideoEncoders, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
         """A video to continue → the latents after its start latent (its first frame is the image).
@@ -350,9 +474,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         The start latent stays the one-frame encode of that image (`conditioning`), as in training; the rest
         are latents 1 … of one causal stream, as prep encodes a training video's sections."""
         temporal = encoders.preset.vae_temporal
-        usable = (len(frames) - 1) // temporal * temporal + 1
-        if usable < 1 + temporal:
-            raise ValueError(f"a video to continue needs at least {1 + temporal} frames, got {len(frames)}")
+        usable = (len(frames) - 1) // temporal * temporal + 1  # check_inputs saw it holds >= 1 + temporal
         if usable < len(frames):
             log.info("continuing from the first %d of %d frames (a causal VAE takes 4k+1)", usable, len(frames))
         frames = resize_center_crop(frames[:usable], height, width)
@@ -399,16 +521,33 @@ class _StepReporter:
         self.bar.close()
 
 
-def _one_prompt(prompt) -> str:
+def prompt_timeline(prompt: PromptInput) -> PromptTimeline:
+    """Any prompt argument → a timeline: a string (or a list of one, diffusers' batch of one) is a timeline
+    of one prompt; a mapping of seconds → prompt or a `PromptTimeline` is one as it stands."""
+    if isinstance(prompt, PromptTimeline):
+        return prompt
+    if isinstance(prompt, Mapping):
+        return PromptTimeline.from_mapping(prompt)
     if prompt is None:
-        return ""
+        prompt = ""
     if isinstance(prompt, (list, tuple)):
         if len(prompt) != 1:
-            raise ValueError(f"one video per call: pass one prompt, got {len(prompt)}")
+            raise ValueError(f"one video per call: pass one prompt, got {len(prompt)} (a list is a batch; "
+                             f"a timeline is a dict of seconds → prompt)")
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    return prompt
+        raise ValueError(f"prompt must be a string, a list of one or a timeline, got {type(prompt).__name__}")
+    return PromptTimeline(((0.0, prompt),))
+
+
+def check_scheduler(scheduler) -> None:
+    """The sampler is `mempack.sampling`'s Euler flow solver on F1's time grid, which the registered
+    scheduler describes; a scheduler that describes another sampler is refused rather than ignored."""
+    expected = default_scheduler().config
+    if type(scheduler) is not FlowMatchEulerDiscreteScheduler or any(
+            scheduler.config.get(key) != expected.get(key) for key in SAMPLER_CONFIG_KEYS):
+        raise ValueError(f"MemoryPackPipeline samples with F1's Euler flow schedule (mempack.sampling); it cannot "
+                         f"use {type(scheduler).__name__} with this configuration: keep the pipeline's scheduler")
 
 
 def _video_to_array(video) -> np.ndarray:

@@ -200,6 +200,13 @@ def sections_for_frames(frames: int, window: int = SECTION_LATENT_FRAMES, tempor
     return max(1, -(-(frames - 1) // per_section))
 
 
+def section_start_seconds(index: int, fps: float = FPS, window: int = SECTION_LATENT_FRAMES,
+                          temporal: int = VAE_TEMPORAL) -> float:
+    """Where new section `index` starts on the video's clock: n · 1.2 s at 30 fps (section 0 holds the
+    start frame too, so section n's frames follow the first 1 + 36·n). Prompt timelines snap to these."""
+    return index * temporal * window / fps
+
+
 def whole_sections(frames: int, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL) -> int:
     """Most whole sections a stream of `frames` frames holds after its start frame (prep: floor; may be 0)."""
     return max(0, (frames - 1) // (temporal * window))

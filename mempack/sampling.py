@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -102,6 +102,19 @@ def _trim_tail(tail: list[torch.Tensor], keep: int) -> tuple[list[torch.Tensor],
     return tail, dropped
 
 
+MEMORY_ON_SWITCH = ("keep", "reanchor")
+
+
+@dataclass
+class SampledSection:
+    """One new section as `generate_sections` yields it: its index among the new sections, its latents
+    [B, C, window, h, w] (on the device; they join the history), and the wall-clock seconds it took."""
+
+    index: int
+    latents: torch.Tensor
+    seconds: float
+
+
 @torch.no_grad()
 def generate(
     model: MemoryPackTransformer,
@@ -112,6 +125,8 @@ def generate(
     on_section: Callable[[int, torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     prefix: torch.Tensor | None = None,
+    section_conds: Sequence[Conditioning] | None = None,
+    memory_on_switch: str = "keep",
 ) -> GenerationResult:
     """Generate `config.sections` sections after the start latent; returns every latent frame.
 
@@ -121,8 +136,47 @@ def generate(
     the new sections. `on_section(n, latents)` is called after each new section (for incremental
     decoding, previews or cost accounting). `generator` (a CPU generator) replaces the one seeded from
     `config.seed`, for callers that drew other randomness from it first, as diffusers' pipeline does
-    for the image latent.
+    for the image latent. `section_conds` and `memory_on_switch`: see `generate_sections`.
     """
+    finished: list[torch.Tensor] = [cond.start_latent.float().cpu()]
+    if prefix is not None:
+        finished.append(prefix.float().cpu())
+    seconds: list[float] = []
+    sections = generate_sections(model, cond, config, generator=generator, prefix=prefix,
+                                 section_conds=section_conds, memory_on_switch=memory_on_switch)
+    for section in tqdm(sections, total=config.sections, desc="sections", unit="section", disable=not progress):
+        finished.append(section.latents.cpu())
+        seconds.append(section.seconds)
+        if on_section is not None:
+            on_section(section.index, section.latents)
+    return GenerationResult(torch.cat(finished, dim=2), seconds)
+
+
+@torch.no_grad()
+def generate_sections(
+    model: MemoryPackTransformer,
+    cond: Conditioning,
+    config: GenerationConfig,
+    *,
+    generator: torch.Generator | None = None,
+    prefix: torch.Tensor | None = None,
+    section_conds: Sequence[Conditioning] | None = None,
+    memory_on_switch: str = "keep",
+) -> Iterator[SampledSection]:
+    """`generate` one section at a time: each is yielded as soon as it is sampled, and nothing of it is
+    kept here but the history tail, so a consumer that lets sections go holds memory flat in length.
+
+    `section_conds[n]` conditions new section n (a prompt timeline: the backbone's text tokens follow
+    it); `cond` gives ψ₀, the image tokens and the start latent. A switch is a section whose
+    conditioning is another object than the previous section's. `memory_on_switch="keep"` (the
+    default, measured in docs/generation.md) carries ψ across a switch: what was seen stays
+    recallable. `"reanchor"` rebuilds ψ from the new prompt and lets it read the history tail the
+    backbone still sees: a scene cut, where the memory of earlier sections is dropped.
+    """
+    if memory_on_switch not in MEMORY_ON_SWITCH:
+        raise ValueError(f"memory_on_switch must be one of {MEMORY_ON_SWITCH}, got {memory_on_switch!r}")
+    if section_conds is not None and len(section_conds) != config.sections:
+        raise ValueError(f"section_conds has {len(section_conds)} entries for {config.sections} sections")
     model.eval()
     layout = model.config.layout
     start = cond.start_latent.float()
@@ -134,26 +188,34 @@ def generate(
     memory = model.initial_memory(cond) if config.use_memory else None
     tail: list[torch.Tensor] = []  # the most recent sections, on the device
     frames_before = 0  # history frames dropped from the tail
-    finished: list[torch.Tensor] = [start.cpu()]
     if prefix is not None:
         memory, tail, frames_before = _read_prefix(model, memory, prefix.to(start), layout.window)
-        finished.append(prefix.float().cpu())
-    seconds: list[float] = []
-    for n in tqdm(range(config.sections), desc="sections", unit="section", disable=not progress):
+    previous = cond
+    for n in range(config.sections):
         began = time.perf_counter()
+        here = cond if section_conds is None else section_conds[n]
+        if here is not previous and memory is not None and memory_on_switch == "reanchor":
+            memory = _reanchored(model, here, tail, layout.window)
+        previous = here
         history = torch.cat(tail, dim=2) if tail else None
         packed = pack_history(start, history, layout, model.config.rope, frames_before=frames_before)
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        section = sample_section(model, cond, packed, memory, noise, times, config.guidance)
+        section = sample_section(model, here, packed, memory, noise, times, config.guidance)
         memory = model.update_memory(memory, section) if memory is not None else None
         tail.append(section)
         tail, dropped = _trim_tail(tail, layout.context_frames)
         frames_before += dropped
-        finished.append(section.cpu())
-        seconds.append(time.perf_counter() - began)
-        if on_section is not None:
-            on_section(n, section)
-    return GenerationResult(torch.cat(finished, dim=2), seconds)
+        yield SampledSection(n, section, time.perf_counter() - began)
+
+
+def _reanchored(model: MemoryPackTransformer, cond: Conditioning, tail: list[torch.Tensor],
+                window: int) -> SemanticMemory | None:
+    """ψ₀ of the new prompt, updated with the whole sections still in the history tail."""
+    memory = model.initial_memory(cond)
+    for section in tail:
+        if section.shape[2] == window:
+            memory = model.update_memory(memory, section)
+    return memory
 
 
 def _read_prefix(

@@ -1,7 +1,9 @@
 """Reading and writing video files: the one place that touches codecs outside data prep.
 
 Writing uses a real h264 encoder (PyAV, libx264, yuv420p) so the mp4 plays everywhere; reading
-uses decord (the project's decoder) with a PyAV fallback for files decord cannot open.
+uses decord (the project's decoder) with a PyAV fallback for files decord cannot open. The clock rule
+prep trains with lives here too (`source_offsets`: the nearest source frame to each tick of the
+model's 30 fps), so a video continued at inference plays at the speed prep would have given it.
 """
 
 from __future__ import annotations
@@ -142,3 +144,36 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     if not out:
         raise ValueError(f"no decodable frames in {path}")
     return np.stack(out), fps
+
+
+def source_offsets(count: int, src_fps: float, target_fps: float) -> np.ndarray:
+    """Offsets, in source frames, of the first `count` ticks of a `target_fps` grid (the nearest frame).
+
+    Nearest, not at-or-before: a 29.97-fps source then maps 1:1 for its first 16 s instead of repeating
+    its very first frame. Prep's clips (data_prep.clips) and inference's continued videos both use it.
+    """
+    if target_fps <= 0 or target_fps == src_fps:
+        return np.arange(count, dtype=np.int64)
+    return np.floor(np.arange(count) * (src_fps / target_fps) + 0.5).astype(np.int64)
+
+
+def resample_indices(start: int, end: int, src_fps: float, target_fps: float) -> np.ndarray:
+    """Source frame indices in [start, end) on a `target_fps` grid starting at `start` (up or down)."""
+    if end <= start:
+        return np.arange(0, dtype=np.int64)
+    if target_fps <= 0 or target_fps == src_fps:
+        return np.arange(start, end, dtype=np.int64)
+    # tick k uses frame round(k·step); the last usable tick is the last one rounding inside the shot
+    count = int(np.ceil((end - start - 0.5) * target_fps / src_fps - 1e-9))
+    return start + source_offsets(count, src_fps, target_fps)
+
+
+def on_clock(frames: np.ndarray, src_fps: float | None, fps: float) -> np.ndarray:
+    """Frames recorded at `src_fps` → the frames of the same seconds at `fps` (prep's nearest-frame rule).
+
+    A 60 fps clip keeps every other frame on the 30 fps clock, a 24 fps one repeats every fourth, so a
+    second of the file is a second of the video. An unknown rate (None or 0) leaves the frames as they are.
+    """
+    if not src_fps or not math.isfinite(src_fps) or src_fps <= 0 or abs(src_fps - fps) < 1e-6:
+        return frames
+    return frames[resample_indices(0, len(frames), src_fps, fps)]

@@ -8,6 +8,7 @@ mp4 as soon as it is sampled, so memory does not grow with the video's length).
     python pipelines/infer.py --mlflow-model runs:/<run_id>/model --mlflow-uri sqlite:///outputs/mlflow.db
     python pipelines/infer.py --pretrained /weights/framepack-f1-mempack --encoders /weights/encoders \\
         --image first_frame.png --prompt "a kite over the sea" --seconds 60 --device cuda
+    python pipelines/infer.py --prompt "0s: a kite rises | 12s: it dives" --seconds 20   # a prompt timeline
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import tempfile
 from pathlib import Path
 
@@ -33,7 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny", choices=["tiny", "framepack-f1"], help="size when no weights are given")
     p.add_argument("--image", help="first frame (default: the built-in sample image)")
     p.add_argument("--video", help="continue this video: its frames become the history and feed the memory ψ")
-    p.add_argument("--prompt", help="text prompt (default: the built-in sample prompt)")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", help='text prompt (default: the built-in sample prompt), or a timeline: '
+                                          '"0s: a kite rises | 12s: it dives" (switches snap to 1.2 s sections)')
+    prompts.add_argument("--timeline", help="YAML or JSON file of seconds: prompt (a prompt per section)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
     length.add_argument("--sections", type=int, help="number of sections instead of --seconds")
@@ -54,14 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--experiment", default="mempack-infer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    for name in ("seconds", "fps"):  # float() takes "nan" and "inf": refuse them here, not mid-run
-        value = getattr(args, name)
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            p.error(f"--{name} must be > 0 and finite, got {value}")
-    for name in ("sections", "steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name} must be >= 1, got {value}")
+    # lengths, files and sampling settings are checked once, by mempack.inference and the pipeline
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be in 0..51, got {args.crf}")
     return args
@@ -117,8 +113,8 @@ def main(argv=None) -> None:
                     model_dir = str(newest) if newest else None
             request = InferenceRequest(
                 model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video,
-                prompt=args.prompt, seconds=args.seconds, sections=args.sections, fps=args.fps, height=args.height,
-                width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                prompt=args.prompt, timeline=args.timeline, seconds=args.seconds, sections=args.sections, fps=args.fps,
+                height=args.height, width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed,
                 use_memory=not args.no_memory, device=args.device, vae_dtype=args.vae_dtype, crf=args.crf, out=out,
                 progress=not args.quiet)
             result = run_inference(request).as_dict()
