@@ -227,7 +227,7 @@ def test_checkpoints_go_straight_into_the_run_storage_and_stage2_s_hold_the_head
     from mempack.train.checkpoint import checkpoint_size, folder_bytes
 
     storage = Path(stage1["export"]).parent / "ray" / "stage1"
-    assert sorted(p.name for p in storage.glob("checkpoint_*")) == ["checkpoint_step0000040_attempt0",
+    assert sorted(p.name for p in storage.glob("checkpoint_step*")) == ["checkpoint_step0000040_attempt0",
                                                                     "checkpoint_step0000080_attempt0"]
     assert (storage / "checkpoint_step0000040_attempt0" / "state" / "mp_rank_00_model_states.pt").is_file()
     for run in (stage1, stage2):
@@ -260,7 +260,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
     scratch = tmp_path / "scratch"
     parted = run_training(config(tmp_path / "parts", 2, str(scratch)))
     staged = metric(mlflow_uri, parted["mlflow_run_id"], "checkpoint_staged_bytes")
-    uploaded = sorted((tmp_path / "parts" / "ray" / "resume").glob("checkpoint_*"))
+    uploaded = sorted((tmp_path / "parts" / "ray" / "resume").glob("checkpoint_step*"))
     assert [p.name for p in uploaded] == ["checkpoint_step0000002_attempt0"]
     assert staged == [folder_bytes(uploaded[0])] and staged[0] > 0  # all of it passed through the scratch disk ...
     assert not [p for p in scratch.rglob("*") if p.is_file()]  # ... and was deleted there once uploaded
