@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,13 @@ def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | No
     folder = Path(pipeline_dir)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"no pipeline folder at {folder} (model_index.json missing)")
-    with tempfile.TemporaryDirectory(prefix="mempack-ref-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mempack-model-") as tmp:
         artifact = write_reference(folder, Path(tmp) / REFERENCE_FILE) if reference else folder
+        code = Path(tmp) / "code" / "mempack"  # the package's sources only (no bytecode caches)
+        shutil.copytree(Path(mempack.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
             name=name, python_model=MemoryPackPyfunc(), artifacts={ARTIFACT_KEY: str(artifact)},
-            code_paths=[str(Path(mempack.__file__).parent)], signature=signature(),
+            code_paths=[str(code)], signature=signature(),
             pip_requirements=_requirements(), registered_model_name=registered_model_name,
         )
     if registered_model_name:

@@ -41,3 +41,26 @@ def sample_prep(ray_local, tmp_path_factory):
     config = PrepConfig(output=str(out))
     summary = run_prep(load_inputs(folder), config)
     return out, summary, config, folder, videos
+
+
+@pytest.fixture(scope="session")
+def uploaded_bytes():
+    """Bytes in a local MLflow artifact store for a run: its own artifacts and its logged models', by file kind
+    ("weights": safetensors/bin, "all")."""
+    return _uploaded_bytes
+
+
+def _uploaded_bytes(client, run_id: str) -> dict[str, int]:
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    run = client.get_run(run_id)
+    roots = [run.info.artifact_uri] + [m.artifact_location for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")]
+    sizes = {"weights": 0, "all": 0}
+    for root in roots:
+        for f in Path(urlparse(root).path).rglob("*"):
+            if f.is_file():
+                sizes["all"] += f.stat().st_size
+                sizes["weights"] += f.stat().st_size if f.suffix in (".safetensors", ".bin") else 0
+    return sizes

@@ -280,3 +280,39 @@ def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(decord.VideoReader(str(tmp_path / "cli.mp4"))) == 37
+
+
+def test_mlflow_model_by_reference_uploads_kilobytes_follows_the_folder_and_refuses_changed_weights(export, tmp_path,
+                                                                                                  uploaded_bytes):
+    """--mlflow-weights reference: the run's MLflow Model holds a reference to the export, not its weights
+    (< 1 MB uploaded, no weight file), and still loads, through pyfunc and through infer's --mlflow-model."""
+    import shutil
+
+    import mlflow
+
+    from mempack.export import CheckpointError, download_mlflow_model, load_pipeline
+    from mempack.mlflow_model import log_pipeline_model
+
+    kept = tmp_path / "storage" / "model"  # the run's storage: where the weights stay
+    shutil.copytree(export, kept)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("reference", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_pipeline_model(kept, reference=True)
+    sizes = uploaded_bytes(client, run.info.run_id)
+    export_weights = sum(f.stat().st_size for f in Path(export).rglob("*.safetensors"))
+    assert sizes["weights"] == 0 and 0 < sizes["all"] < 1_000_000 < export_weights, (sizes, export_weights)
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.unwrap_python_model().pipe.model_config.preset == "tiny"
+    from pipelines import infer
+
+    infer.main(["--quiet", "--mlflow-model", f"runs:/{run.info.run_id}/model", "--mlflow-uri", uri,
+                "--sections", "1", "--steps", "1", "--height", "32", "--width", "32", "--out", str(tmp_path / "r.mp4")])
+    assert (tmp_path / "r.mp4").stat().st_size > 0
+    with open(next(kept.rglob("*.safetensors")), "ab") as f:  # a later run rewrote the weights in place
+        f.write(b"0")
+    with pytest.raises(CheckpointError, match="changed since this model was logged"):
+        load_pipeline(download_mlflow_model(f"runs:/{run.info.run_id}/model", uri, tmp_path / "again"))

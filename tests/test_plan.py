@@ -165,5 +165,9 @@ def test_plan_cli_framepack_f1(tmp_path):
     assert f"{sum(p.numel() for p in f1.parameters()):,}" in out and "ZeRO-3" in out and "latent 60x104" in out
     fits = {ln.split(":")[0].strip(): ln for ln in out.splitlines() if ln.strip().startswith("fits")}
     assert "80 GB yes" in fits["fits (checkpointed)"] and "141 GB no" in fits["fits (       plain)"]
+    # issue 20: each checkpoint (12 B per trained parameter under ZeRO-3, bench/checkpoint_bytes.py) and the storage
+    sizes = {ln.split()[0]: float(ln.split()[1 if ln.split()[0] == "checkpoint" else 2]) for ln in out.splitlines()
+             if ln.strip().startswith(("checkpoint ", "run storage"))}
+    assert sizes == {"checkpoint": 154.95, "run": 490.68}, sizes
     bad = subprocess.run([*cmd[:-1], "481x832"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error:")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,11 +71,29 @@ def test_stage1_run_holds_params_metrics_and_model(stage1):
     assert run.data.params["stage"] == "1" and float(run.data.params["lr"]) == 3e-3
     assert {"loss", "lr", "grad_norm", "clips_per_s", "latent_tokens_per_s"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "config", "data"} <= artifacts
-    model = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/mempack.json", "model/transformer", "model/semantic_pack", "model/encoders.json"} <= model
+    assert {"config", "data"} <= artifacts
     ds = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert "config/deepspeed.json" in ds
+    # the export is the run's MLflow Model (runs:/ID/model), logged once
+    [model] = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert model.name == "model"
+    files = {str(f.relative_to(urlparse(model.artifact_location).path))
+             for f in Path(urlparse(model.artifact_location).path).rglob("*")}
+    assert {"artifacts/model/mempack.json", "artifacts/model/transformer", "artifacts/model/semantic_pack",
+            "artifacts/model/encoders.json", "MLmodel"} <= files
+
+
+@pytest.mark.slow
+def test_mlflow_holds_one_copy_of_the_export(stage1, uploaded_bytes):
+    """Issue 20: the export is uploaded once (the MLflow Model's artifacts are the export), not again as run
+    files: the weight bytes in the artifact store equal the export's, and the rest is code and configs."""
+    export = Path(stage1["export"])
+    weights = sum(f.stat().st_size for f in export.rglob("*") if f.suffix in (".safetensors", ".bin"))
+    everything = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
+    sizes = uploaded_bytes(MlflowClient(stage1["tracking_uri"]), stage1["mlflow_run_id"])
+    assert weights > 1_000_000 and sizes["weights"] == weights, (sizes, weights)
+    assert everything <= sizes["all"] < everything + 1_000_000, (sizes, everything)  # + code, MLmodel, configs
 
 
 @pytest.mark.slow
@@ -194,20 +213,60 @@ def test_stage2_ema_decay_exports_the_average_beside_the_model(stage1, stage2):
     assert pipe_ema.model_config == pipe.model_config
     state = pipe_ema.transformer.state_dict()
     assert all(torch.equal(state[k], ema[k]) for k in HEAD)
-    artifacts = {a.path for a in MlflowClient(stage2["tracking_uri"]).list_artifacts(stage2["mlflow_run_id"])}
-    assert {"model", "model_ema"} <= artifacts
+    client = MlflowClient(stage2["tracking_uri"])
+    run = client.get_run(stage2["mlflow_run_id"])
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert sorted(m.name for m in models) == ["model", "model_ema"]  # both MLflow Models, each logged once
+
+
+@pytest.mark.slow
+def test_checkpoints_go_straight_into_the_run_storage_and_stage2_s_hold_the_head_not_the_model(stage1, stage2):
+    """Issue 20: every rank writes its shard into the checkpoint folder in the run's storage, which Ray registers
+    as it is (no node-local staging: 0 bytes, per MLflow's checkpoint_staged_bytes); a stage-2 checkpoint keeps
+    the head, its optimizer state and the EMA, not the frozen model (`checkpoint_size`'s bytes, + metadata)."""
+    from mempack.model import MemoryPackTransformer
+    from mempack.train.checkpoint import checkpoint_size, folder_bytes
+
+    storage = Path(stage1["export"]).parent / "ray" / "stage1"
+    assert sorted(p.name for p in storage.glob("checkpoint_step*")) == ["checkpoint_step0000040_attempt0",
+                                                                    "checkpoint_step0000080_attempt0"]
+    assert (storage / "checkpoint_step0000040_attempt0" / "state" / "mp_rank_00_model_states.pt").is_file()
+    for run in (stage1, stage2):
+        assert metric(run["tracking_uri"], run["mlflow_run_id"], "checkpoint_staged_bytes") == [0, 0]
+
+    model = MemoryPackTransformer.from_pretrained(stage1["export"])
+    total = sum(p.numel() for p in model.parameters())
+    head = model.set_trainable("head")
+    step5 = Path(stage2["export"]).parent / "ray" / "stage2" / "checkpoint_step0000005_attempt0"
+    written = folder_bytes(step5)  # DeepSpeed's files and both ranks' EMA (ZeRO-2: each rank averages the head)
+    expected = checkpoint_size(total, head, 4, 2, ema=True, world=2).checkpoint  # fp32 on CPU
+    assert head == 4224 and total * 4 > 1_000_000, (head, total)
+    assert expected <= written < expected + 150_000, (written, expected)  # + pickled metadata
+    assert written < 0.2 * total * 4  # the frozen model (fp32) is ≥ 5× what the checkpoint holds
 
 
 @pytest.mark.slow
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sample_prep, tmp_path, mlflow_uri):
-    """Under ZeRO-3 (the stage-1 full fine-tune's setting): sharded checkpoints save, restore and export."""
-    def config(out, steps):
+    """Under ZeRO-3 (the stage-1 full fine-tune's setting): sharded checkpoints save, restore and export; the
+    checkpoint holds no frozen weight (resume takes them from the init weights) and may come from a scratch disk."""
+    from mempack.train.checkpoint import folder_bytes
+
+    def config(out, steps, scratch=None):
         return TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
                            max_steps=steps, lr=1e-3, checkpoint_every=2, num_workers=1, cpus_per_worker=1,
-                           zero_stage=3, mlflow_uri=mlflow_uri, run_name="resume")
+                           zero_stage=3, mlflow_uri=mlflow_uri, run_name="resume", checkpoint_scratch=scratch)
 
     whole = run_training(config(tmp_path / "whole", 4))
-    run_training(config(tmp_path / "parts", 2))
+    # the interrupted run writes to a scratch disk that Ray uploads from in the background (ASYNC) and empties
+    scratch = tmp_path / "scratch"
+    parted = run_training(config(tmp_path / "parts", 2, str(scratch)))
+    staged = metric(mlflow_uri, parted["mlflow_run_id"], "checkpoint_staged_bytes")
+    uploaded = sorted((tmp_path / "parts" / "ray" / "resume").glob("checkpoint_step*"))
+    assert [p.name for p in uploaded] == ["checkpoint_step0000002_attempt0"]
+    assert staged == [folder_bytes(uploaded[0])] and staged[0] > 0  # all of it passed through the scratch disk ...
+    assert not [p for p in scratch.rglob("*") if p.is_file()]  # ... and was deleted there once uploaded
+    assert metric(mlflow_uri, whole["mlflow_run_id"], "checkpoint_staged_bytes") == [0, 0]
     resumed = run_training(config(tmp_path / "parts", 4), resume=True)
     assert resumed["mlflow_run_id"] == json.loads((tmp_path / "parts" / "mlflow_run.json").read_text())["run_id"]
     a, b = weights(whole["export"], "transformer"), weights(resumed["export"], "transformer")

@@ -450,3 +450,36 @@ def test_videos_of_one_layout_batch_and_mixed_layouts_are_refused():
     with pytest.raises(DataContractError, match="mixes layouts"):
         collate_videos([a, video(2, 16, 2)])
     assert [(p, len(r)) for p, r in _batches(iter(range(5)), 2)] == [(0, 2), (2, 2), (4, 1)]
+
+
+def test_checkpoint_schedule_fires_by_steps_or_by_rank_0_s_clock():
+    from mempack.train.checkpoint import CheckpointSchedule
+
+    now = [0.0]
+    by_steps = CheckpointSchedule(every_steps=5, every_minutes=0, clock=lambda: now[0])
+    assert [s for s in range(1, 16) if by_steps.due(s)] == [5, 10, 15]
+    asked = []
+
+    def rank0(flag: bool) -> bool:  # what the broadcast returns on every rank: rank 0's answer
+        asked.append(flag)
+        return flag
+
+    by_time = CheckpointSchedule(every_steps=0, every_minutes=30, sync=rank0, clock=lambda: now[0])
+    due = []
+    for step in range(1, 8):
+        now[0] += 10 * 60  # ten minutes a step
+        if by_time.due(step):
+            due.append(step)
+            by_time.saved()
+    assert due == [3, 6] and len(asked) == 7  # every 30 min; one broadcast per step, on every step
+
+
+def test_checkpoints_go_to_the_run_storage_or_one_scratch_folder_per_rank(tmp_path):
+    from mempack.train.checkpoint import checkpoint_dir_name, checkpoint_folder
+
+    name = checkpoint_dir_name(40, 1)
+    assert name == "checkpoint_step0000040_attempt1"
+    storage = tmp_path / "out" / "ray" / "stage1"
+    assert checkpoint_folder(storage, None, name, 3) == (storage / name, False)  # all ranks, one folder, no upload
+    folder, upload = checkpoint_folder(storage, str(tmp_path / "nvme"), name, 3)
+    assert upload and folder == tmp_path / "nvme" / "stage1" / name / "rank3"

@@ -184,15 +184,18 @@ class CheckpointSize:
         return CHECKPOINTS_ON_DISK * self.checkpoint + self.export * (2 if self.ema else 1)
 
 
-def checkpoint_size(total: int, trained: int, weight_bytes: int, zero_stage: int, ema: bool) -> CheckpointSize:
-    """What `engine.save_checkpoint(..., exclude_frozen_parameters=True)` writes, summed over ranks.
+def checkpoint_size(total: int, trained: int, weight_bytes: int, zero_stage: int, ema: bool,
+                    world: int = 1) -> CheckpointSize:
+    """What `engine.save_checkpoint(..., exclude_frozen_parameters=True)` (+ the EMA) writes, summed over ranks.
 
     Frozen parameters are never written (resume rebuilds them from the run's init weights). Under ZeRO-3
-    the module state holds no weights (ZeRO's fp32 partitions are the weights); under ZeRO-0/1/2 rank 0
-    writes the trained parameters in the training dtype. Measured, not assumed: bench/checkpoint_bytes.py.
+    the module state holds no weights (ZeRO's fp32 partitions are the weights) and each rank's EMA covers its
+    partition; under ZeRO-0/1/2 rank 0 writes the trained parameters in the training dtype and every rank
+    its whole EMA. Checked against what DeepSpeed writes by bench/checkpoint_bytes.py (within 0.5%).
     """
     weights = 0 if zero_stage == 3 else weight_bytes * trained
-    return CheckpointSize(weights, OPTIMIZER_BYTES_PER_TRAINED * trained, EMA_BYTES_PER_TRAINED * trained if ema else 0,
+    ema_copies = 0 if not ema else (1 if zero_stage == 3 else world)
+    return CheckpointSize(weights, OPTIMIZER_BYTES_PER_TRAINED * trained, EMA_BYTES_PER_TRAINED * trained * ema_copies,
                           weight_bytes * total)
 
 
@@ -208,4 +211,4 @@ def format_checkpoint_size(size: CheckpointSize) -> str:
 def plan_checkpoint_size(plan, ema: bool) -> CheckpointSize:
     """`checkpoint_size` of a `mempack.train.plan.MemoryPlan` (its parameter counts, dtype and ZeRO stage)."""
     weight_bytes = 2 if plan.dtype in ("bfloat16", "float16") else 4
-    return checkpoint_size(plan.counts.total, plan.counts.trainable, weight_bytes, plan.zero_stage, ema)
+    return checkpoint_size(plan.counts.total, plan.counts.trainable, weight_bytes, plan.zero_stage, ema, plan.world)

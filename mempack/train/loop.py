@@ -181,7 +181,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     _export(engine, module, os.path.join(folder, EXPORT_EMA_DIR), rank)
         # what this rank wrote to the node's own disk (0 when it wrote into the run's storage)
         staged = folder_bytes(folder) if upload else 0
-        metrics = {**metrics, "checkpoint_seconds": time.perf_counter() - started, "checkpoint_staged_bytes": staged}
+        written = {"checkpoint_seconds": time.perf_counter() - started, "checkpoint_staged_bytes": staged}
+        logger.log(written, step=state["step"])
+        metrics = {**metrics, **written}
         mode = CheckpointUploadMode.ASYNC if upload else CheckpointUploadMode.NO_UPLOAD
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name,
                          checkpoint_upload_mode=mode)
