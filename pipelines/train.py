@@ -37,8 +37,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--student-steps", help="sampling steps of student forcing (= --forcing.student-steps)")
     p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
     p.add_argument("--plan", action="store_true",
-                   help="print this run's per-GPU memory (weights, grads, optimizer, activations), its checkpoint "
-                   "size and the storage it needs, and exit")
+                   help="print this run's per-GPU memory (weights, grads, optimizer, EMA, activations, "
+                   "validation), its checkpoint size and the storage it needs, and exit")
     p.add_argument("--plan-size", metavar="HxW",
                    help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)")
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
@@ -70,11 +70,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     return args, config
 
 
-def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
-    """`--plan`: the run's memory per GPU, from its flags, without Ray or weights."""
+def plan(config: TrainConfig, plan_size: tuple[int, int] | None):
+    """The run's `MemoryPlan` from its flags, without Ray or weights (what `--plan` prints; the shipped
+    commands are checked with it in tests/test_shipped_commands.py). Bad input: SystemExit("error: ...")."""
     from mempack.train import deepspeed_config
-    from mempack.train.checkpoint import format_checkpoint_size, plan_checkpoint_size
-    from mempack.train.plan import data_shapes, format_plan, latent_size, plan_run
+    from mempack.train.plan import data_shapes, latent_size, plan_run
     from mempack.presets import get_preset
 
     latent, clips = data_shapes(config.data)
@@ -87,9 +87,17 @@ def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    plan = plan_run(config, ds_config, plan_size, clips_per_video=clips)
-    print(format_plan(plan))
-    print(format_checkpoint_size(plan_checkpoint_size(plan, config.ema_decay > 0)))
+    return plan_run(config, ds_config, plan_size, clips_per_video=clips)
+
+
+def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
+    """`--plan`: the run's memory per GPU, its checkpoint size and the storage it needs, from its flags."""
+    from mempack.train.checkpoint import format_checkpoint_size, plan_checkpoint_size
+    from mempack.train.plan import format_plan
+
+    memory = plan(config, plan_size)
+    print(format_plan(memory))
+    print(format_checkpoint_size(plan_checkpoint_size(memory, config.ema_decay > 0)))
 
 
 def main(argv=None) -> None:

@@ -171,3 +171,108 @@ def test_plan_cli_framepack_f1(tmp_path):
     assert sizes == {"checkpoint": 154.95, "run": 490.68}, sizes
     bad = subprocess.run([*cmd[:-1], "481x832"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+# The probe with FramePack-F1's SemanticPack widths (Memorize/Squeeze at dim 1024, 16 heads, patch 4,
+# 64 tokens per window): ψ's back-propagation window costs here what it costs per token at real size.
+PSI_PRESET = PROBE_PRESET + """
+from mempack.presets import FRAMEPACK_F1
+PSI = dataclasses.replace(PROBE, name="probe-psi", semantic_pack={**FRAMEPACK_F1.semantic_pack, "text_embed_dim": 32,
+                          "image_embed_dim": 32, "context_dim": 256})
+"""
+
+MEASURE_OPTIONS = PSI_PRESET + """
+import ctypes, json
+import torch
+from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.sampling import GenerationConfig, generate
+from mempack.train import rss
+from mempack.train.ema import ParameterEMA
+from mempack.train.forcing import ForcingConfig
+from mempack.train.step import train_video
+
+torch.set_num_threads(1)
+libc = ctypes.CDLL("libc.so.6")
+g = torch.Generator().manual_seed(0)
+H, W = 16, 32
+
+def rand(*s):
+    return torch.randn(*s, generator=g)
+
+def cond_of(b):
+    return Conditioning(rand(b, 16, 32), torch.ones(b, 16, dtype=torch.int64), rand(b, 32), rand(b, 4, 32),
+                        rand(b, 16, 1, H, W))
+
+def peak(fn):
+    libc.malloc_trim(0)
+    base = rss.current_bytes()
+    rss.reset_peak()
+    fn()
+    return rss.peak_bytes() - base
+
+def step(model, clips, cond, window):
+    forcing = ForcingConfig(mode="teacher", memory_grad_window=window)
+    backward = lambda loss, last, retain: loss.backward(retain_graph=retain)
+    train_video(model, clips, cond, forcing, backward, only_clip=clips.shape[1] - 1,
+                generator=torch.Generator().manual_seed(1))
+
+out = {}
+model = MemoryPackTransformer.from_preset(PSI, seed=0)
+clips, cond = rand(1, 6, 16, 9, H, W), cond_of(1)
+step(model, clips, cond, 4)  # every gradient exists from here on
+for window in (2, 4):
+    out[f"window_{window}"] = peak(lambda: step(model, clips, cond, window))
+model = MemoryPackTransformer.from_preset(PROBE, seed=0)
+clips, cond = rand(2, 2, 16, 9, H, W), cond_of(2)
+step(model, clips, cond, 1)
+out["batch_2"] = peak(lambda: step(model, clips, cond, 1))
+libc.malloc_trim(0)
+base = rss.current_bytes()
+ema = ParameterEMA(model, 0.999)
+libc.malloc_trim(0)
+out["ema"] = rss.current_bytes() - base
+model.zero_grad(set_to_none=True)
+sample_cond = cond_of(1)
+config = GenerationConfig(sections=3, steps=2)
+out["validation"] = peak(lambda: generate(model, sample_cond, config, progress=False))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _predict_options() -> dict:
+    """The planner's figures for MEASURE_OPTIONS, traced on meta in this process."""
+    namespace: dict = {}
+    exec(PSI_PRESET, namespace)
+    from mempack.model import MemoryPackTransformer
+    from mempack.train.plan import ParameterCounts, ema_bytes, graphed_memory_updates, trace_activations, trace_sampling
+
+    out = {}
+    psi = MemoryPackTransformer.from_preset(namespace["PSI"], device="meta", seed=None)
+    for window in (2, 4):
+        updates = graphed_memory_updates(1, "teacher", window, clips_per_video=6)
+        out[f"window_{window}"] = trace_activations(psi, namespace["PSI"], (16, 32), image_tokens=4,
+                                                    memory_updates=updates).without_checkpointing
+    probe = MemoryPackTransformer.from_preset(namespace["PROBE"], device="meta", seed=None)
+    updates = graphed_memory_updates(1, "teacher", 1, clips_per_video=2)
+    out["batch_2"] = trace_activations(probe, namespace["PROBE"], (16, 32), batch=2, image_tokens=4,
+                                       memory_updates=updates).without_checkpointing
+    out["ema"] = ema_bytes(ParameterCounts.of(probe), world=1, zero_stage=2)
+    out["validation"] = trace_sampling(probe, namespace["PROBE"], (16, 32), image_tokens=4)
+    return out
+
+
+@pytest.mark.slow
+def test_plan_counts_what_users_turn_on():
+    """ψ's back-propagation window at F1's SemanticPack width (2 and 4 graphed updates), batch 2, the EMA
+    shadow and the validation sampler's forward: the planner against one measured CPU run each, within
+    15%; and the window's own cost per ψ update (4 minus 2, over 2), so a planner that ignored or
+    mis-sized it would fail."""
+    predicted = _predict_options()
+    measured = _run(MEASURE_OPTIONS)
+    report = {k: (round(predicted[k] / 2**20, 1), round(measured[k] / 2**20, 1)) for k in measured}
+    for key in measured:
+        error = abs(predicted[key] - measured[key]) / measured[key]
+        assert error <= 0.15, f"{key}: planned vs measured MiB {report}"
+    per_update = [(d["window_4"] - d["window_2"]) / 2 for d in (predicted, measured)]
+    assert per_update[1] > 0.1 * measured["window_2"], report  # each update is a real share of the step
+    assert abs(per_update[0] - per_update[1]) <= 0.15 * per_update[1], (per_update, report)

@@ -49,8 +49,10 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
 
     prep_out, summary = sample_prep[0], sample_prep[1]
     model = MemoryPackTransformer.from_preset("tiny", seed=0).train()
-    sampler = ValidationSampler(prep_out, "tiny", SampleSettings(None, "", sections=1, steps=2, seed=3),
-                                torch.device("cpu"), torch.float32)
+    sampler = ValidationSampler(prep_out, "tiny", SampleSettings(None, "", sections=1, steps=2, seed=3))
+    # the encoders ran once: what is kept is the embeddings and the VAE (on the CPU), no text/image encoder
+    assert not hasattr(sampler.decoder, "text_encoder") and not hasattr(sampler.decoder, "image_encoder")
+    assert sampler.decoder.vae.device.type == "cpu" and sampler.cond.prompt_embeds.device.type == "cpu"
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
@@ -62,3 +64,7 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
     assert frames.shape[1:] == (48, 80, 3)  # the sample's most common bucket (3 of its 4 videos)
     assert summary["resolution_buckets"] == {"48x80": 3, "80x48": 1}
     assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(FPS)
+    # the same video as the pipeline's own encoders + generate + decode would give
+    again = ValidationSampler(prep_out, "tiny", SampleSettings(None, "", sections=1, steps=2, seed=3))
+    assert torch.equal(again.cond.prompt_embeds, sampler.cond.prompt_embeds)
+    assert again.render(model, tmp_path / "again.mp4").read_bytes() == path.read_bytes()

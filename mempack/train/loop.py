@@ -23,7 +23,6 @@ never around it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -159,7 +158,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     forcing = config.resolved_forcing()
     nonfinite = NonFiniteSteps(config.max_nonfinite_steps, skipped=state["skipped_steps"])
     progress = ProgressLine(config.max_steps, config.progress_every if rank == 0 else 0, state["step"])
-    sampler = _validation_sampler(config, device, dtype) if config.sample_every > 0 and rank == 0 else None
+    sampler = _validation_sampler(config, rank, engine.zero_optimization_stage() == 3, world)
     schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, rank0_decides(device))
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
@@ -234,34 +233,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.log(last_metrics, step=state["step"])
         progress.update(state["step"], stats.loss)  # nan on a skipped step
         if config.sample_every > 0 and state["step"] % config.sample_every == 0:
-            _validation_sample(engine, module, sampler, config.output, state["step"], logger)
+            _validation_sample(module, sampler, config.output, state["step"], logger)
         if state["step"] < len(steps) and schedule.due(state["step"]):
             save_and_report({**last_metrics, "step": state["step"]})
     save_and_report({**last_metrics, "step": state["step"], "optimizer_steps": engine.global_steps}, final=True)
     logger.close()
 
 
-def _validation_sampler(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> ValidationSampler:
+def _validation_sampler(config: TrainConfig, rank: int, zero3_sharded: bool, world: int) -> ValidationSampler | None:
+    """The ranks that render (all under ZeRO-3, whose forwards are collectives; rank 0 otherwise) get a
+    sampler; rank 0 encodes the prompt and image once on the CPU and shares the embeddings."""
+    if config.sample_every <= 0 or (rank != 0 and not zero3_sharded):
+        return None
     settings = SampleSettings(config.sample_image, config.sample_prompt, config.sample_sections, config.sample_steps,
                               config.seed)
-    return ValidationSampler(config.data, config.preset, settings, device, dtype)
+    return ValidationSampler(config.data, config.preset, settings, rank=rank, share=zero3_sharded and world > 1)
 
 
-def _validation_sample(engine, module: MemoryPackTransformer, sampler: ValidationSampler | None, output: str,
-                       step: int, logger) -> None:
-    """Rank 0 renders a validation video and queues it for MLflow (`samples/`); every rank takes part in
-    gathering ZeRO-3's sharded weights first (a collective), the others then wait at the next one."""
-    gathered = contextlib.nullcontext()
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-    with gathered:
-        if sampler is not None:
-            started = time.perf_counter()
-            path = sampler.render(module, Path(output) / SAMPLES_DIR / f"step_{step:06d}.mp4")
-            logger.log_artifact(path, SAMPLES_DIR)
-            console_logger().info("step %d: validation video %s (%.1f s)", step, path, time.perf_counter() - started)
+def _validation_sample(module: MemoryPackTransformer, sampler: ValidationSampler | None, output: str, step: int,
+                       logger) -> None:
+    """Render a validation video and queue it for MLflow (`samples/`). Under ZeRO-3 every rank runs the
+    sampling forwards (DeepSpeed gathers one module at a time, never the whole model) and rank 0 writes
+    the video; otherwise rank 0 renders alone and the others wait at the next collective."""
+    if sampler is None:
+        return
+    started = time.perf_counter()
+    path = sampler.render(module, Path(output) / SAMPLES_DIR / f"step_{step:06d}.mp4")
+    if path is not None:
+        logger.log_artifact(path, SAMPLES_DIR)
+        console_logger().info("step %d: validation video %s (%.1f s)", step, path, time.perf_counter() - started)
 
 
 def _export(engine, module: MemoryPackTransformer, folder: str, rank: int) -> None:

@@ -166,17 +166,33 @@ class ActivationTrace:
         return max(end_of_forward, recompute)
 
 
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """SDPA as the fused kernels GPUs (and PyTorch's CPU SDPA) run: they save q, k, v, the output and the
+    log-sum-exp, with or without a mask (the backbone's padded prompts at batch > 1, Memorize's salience
+    bias: both small beside q, k, v); on meta PyTorch would otherwise decompose it into the math path and
+    save a sequence² matrix per head."""
+    return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, scale=scale)[0]
+
+
 class _FusedAttention(TorchFunctionMode):
-    """SDPA as the fused flash kernel GPUs (and PyTorch's CPU SDPA) run; on meta PyTorch would
-    otherwise decompose it into the math path and save a sequence² matrix per head."""
+    """`_fused_sdpa` for every SDPA call: direct ones (diffusers' attention) through this mode, and those
+    made inside torch's own functions (`nn.MultiheadAttention` in Memorize/Squeeze, which a function mode
+    does not see: it is disabled while it handles the outer call) through `F.scaled_dot_product_attention`,
+    swapped for the duration."""
+
+    def __enter__(self):
+        self._original = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = _fused_sdpa
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._original
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        if func is F.scaled_dot_product_attention and kwargs.get("attn_mask") is None and not kwargs.get("enable_gqa"):
-            names = ("query", "key", "value")
-            q, k, v = (list(args) + [kwargs.pop(n) for n in names[len(args):]])[:3]
-            return torch.ops.aten._scaled_dot_product_flash_attention(
-                q, k, v, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False), scale=kwargs.get("scale"))[0]
+        if func is self._original and not kwargs.get("enable_gqa"):
+            return _fused_sdpa(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -212,8 +228,9 @@ def _storage_key(t: torch.Tensor) -> int:
 
 def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: tuple[int, int], *,
                       batch: int = 1, image_tokens: int = SIGLIP_IMAGE_TOKENS,
-                      prompt_tokens: int | None = None) -> ActivationTrace:
-    """Trace one teacher-forced training forward (ψ updated once, full history) and count what autograd
+                      prompt_tokens: int | None = None, memory_updates: int = 1) -> ActivationTrace:
+    """Trace one teacher-forced training forward (full history, ψ₀ and `memory_updates` ψ updates with
+    their graphs: the back-propagation window, see `graphed_memory_updates`) and count what autograd
     saves. `model` may live on any device; meta allocates nothing. Each storage is counted once."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -273,8 +290,13 @@ def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: t
     try:
         with _meta_boolean_masks(), _FullPromptScalars(image_tokens + prompt_tokens), _FusedAttention(), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
-            memory = model.initial_memory(cond)
-            memory = model.update_memory(memory, section)
+            if memory_updates:
+                memory = model.initial_memory(cond)
+            else:  # ψ still has its updated size (structure A: the Memorize tokens), only without a graph
+                with torch.no_grad():
+                    memory = model.update_memory(model.initial_memory(cond), rand(*section.shape))
+            for _ in range(memory_updates):  # each update reads its own finished segment
+                memory = model.update_memory(memory, rand(*section.shape))
             packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
             t = torch.full((batch,), 0.5, device=device)
             noise = rand(*section.shape)
@@ -289,6 +311,104 @@ def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: t
     p, pt = model.backbone.config.patch_size, model.backbone.config.patch_size_t
     trace.noisy_tokens = batch * (window // pt) * (h // p) * (w // p)
     return trace
+
+
+def graphed_memory_updates(stage: int, mode: str, window: int, clips_per_video: int | None) -> int:
+    """ψ updates whose Memorize/Squeeze graphs are alive during a clip's forward (mempack/train/forcing.py).
+
+    Stage-1 teacher forcing trains one sampled clip i and keeps the graphs of the `window` updates before
+    it (all of them with window -1): the worst clip is the last of the longest video. When every clip
+    trains (stage 2, stage-1 direct/student), ψ's graph is cut every `window` updates, so up to window − 1
+    earlier updates are alive (the current clip's own update comes after its forward). With no prep
+    output to read the longest video from, videos are assumed long enough to fill the window
+    (window -1 with no data: `DEFAULT_MEMORY_GRAD_WINDOW`).
+    """
+    from mempack.train.forcing import DEFAULT_MEMORY_GRAD_WINDOW
+    from mempack.train.step import samples_one_clip
+
+    if window == 0:
+        return 0
+    earlier = None if clips_per_video is None else max(clips_per_video - 1, 0)
+    if window < 0:
+        return DEFAULT_MEMORY_GRAD_WINDOW if earlier is None else earlier
+    reach = window if samples_one_clip(stage, mode) else window - 1
+    return reach if earlier is None else min(reach, earlier)
+
+
+def ema_bytes(counts: ParameterCounts, world: int, zero_stage: int) -> int:
+    """The EMA shadow (mempack/train/ema.py): fp32 copies of this rank's trained parameters, its ZeRO-3
+    partition or (ZeRO-0/1/2) all of them."""
+    return 4 * counts.trainable // (world if zero_stage == 3 else 1)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """The peak of bytes alive at once, counted as tensors are made and collected: what a no-grad forward
+    (sampling) needs at its worst moment, on meta as on a real device. Parameters are not counted."""
+
+    def __init__(self, exclude: set[int]):
+        super().__init__()
+        self.exclude, self.refs, self.live, self.peak = exclude, {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                key = _storage_key(t)
+                if key in self.exclude:
+                    continue
+                if key not in self.refs:
+                    self.refs[key] = 0
+                    self.live += t.untyped_storage().nbytes()
+                    self.peak = max(self.peak, self.live)
+                self.refs[key] += 1
+                weakref.finalize(t, self._release, key, t.untyped_storage().nbytes())
+        return out
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.live -= nbytes
+
+
+def trace_sampling(model: MemoryPackTransformer, preset: Preset, latent_hw: tuple[int, int], *,
+                   image_tokens: int = SIGLIP_IMAGE_TOKENS, prompt_tokens: int | None = None) -> int:
+    """Peak bytes of rendering a validation video with the trained model (mempack/train/validation.py):
+    the conditioning embeddings, a full history, one no-grad denoising forward and one ψ update, as
+    `mempack.sampling.generate` runs them section after section (batch 1; F1's guidance is distilled, so
+    one forward per step). The encoders and the VAE are not on the training device in that design."""
+    from mempack import flow
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    h, w = latent_hw
+    c = preset.latent_channels
+    prompt_tokens = prompt_tokens or preset.max_prompt_tokens
+    tracker = _LiveBytes({_storage_key(p) for p in model.parameters()})
+    was_training = model.training
+    model.eval()
+    try:
+        with _meta_boolean_masks(), _FullPromptScalars(image_tokens + prompt_tokens), _FusedAttention(), \
+                tracker, torch.no_grad():
+            cond = Conditioning(torch.randn(1, prompt_tokens, preset.text_embed_dim, device=device, dtype=dtype),
+                                torch.ones(1, prompt_tokens, dtype=torch.int64, device=device),
+                                torch.randn(1, preset.pooled_dim, device=device, dtype=dtype),
+                                torch.randn(1, image_tokens, preset.image_embed_dim, device=device, dtype=dtype),
+                                torch.randn(1, c, 1, h, w, device=device, dtype=torch.float32))
+            history = torch.randn(1, c, model.config.layout.context_frames, h, w, device=device)
+            memory = model.initial_memory(cond)
+            packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
+            x = torch.randn(1, c, model.config.window, h, w, device=device)
+            v = model(x, torch.tensor([0.5], device=device), cond, packed, memory, 10.0)
+            x = flow.euler_step(x, v.float(), 0.5, 0.75)
+            del v
+            memory = model.update_memory(memory, x)
+            del memory, packed, x, history, cond
+    finally:
+        model.train(was_training)
+    return tracker.peak
 
 
 # ----- the plan --------------------------------------------------------------------------------------
@@ -310,10 +430,15 @@ class MemoryPlan:
     gradient_checkpointing: bool
     clips_per_step: int  # sections trained per optimizer step and worker
     tokens_per_step: int  # noisy latent tokens per optimizer step, all workers
+    memory_updates: int = 1  # ψ updates back-propagated through (the memory_grad_window's graphs)
+    ema: int = 0  # bytes of the EMA shadow (ema_decay > 0)
+    validation: int = 0  # peak bytes of rendering a validation video (sample_every > 0), between steps
 
     def total(self, checkpointing: bool) -> int:
+        """States and the EMA live all run; validation renders between steps, when the step's activations
+        are freed, so the larger of the two sets the peak."""
         act = self.activations.with_checkpointing if checkpointing else self.activations.without_checkpointing
-        return self.states.total + act
+        return self.states.total + self.ema + max(act, self.validation)
 
     def fits(self, checkpointing: bool, gpu_gb: int) -> bool:
         return self.total(checkpointing) + RUNTIME_MARGIN_BYTES <= gpu_gb * GB
@@ -328,7 +453,8 @@ class MemoryPlan:
                "activations_bytes": self.activations.without_checkpointing,
                "activations_checkpointed_bytes": self.activations.with_checkpointing,
                "sequence_tokens": self.activations.sequence_tokens, "tokens_per_step": self.tokens_per_step,
-               "gradient_checkpointing": self.gradient_checkpointing}
+               "gradient_checkpointing": self.gradient_checkpointing, "memory_updates": self.memory_updates,
+               "ema_bytes": self.ema, "validation_bytes": self.validation}
         for ckpt in (False, True):
             key = "checkpointed" if ckpt else "plain"
             out[f"total_{key}_bytes"] = self.total(ckpt)
@@ -344,9 +470,9 @@ def latent_size(preset: Preset, pixel_size: tuple[int, int]) -> tuple[int, int]:
     return h // s, w // s
 
 
-def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int]:
+def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int | None]:
     """(largest latent (h, w), most clips per video) of a prep output, read from its small columns
-    only; (None, 1) when there is no readable prep output yet (planning before prep)."""
+    only; (None, None) when there is no readable prep output yet (planning before prep)."""
     import pyarrow.dataset as pads
 
     root = Path(root)
@@ -357,17 +483,20 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int]:
             columns=["num_clips"]).column("num_clips").to_pylist()
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         log.info("no prep output to size the plan from at %s (%s)", root, err)
-        return None, 1
+        return None, None
     if not shapes:
-        return None, 1
+        return None, None
     h, w = max((int(s[-2]), int(s[-1])) for s in shapes)
-    return (h, w), max(int(n) for n in clips) if clips else 1
+    return (h, w), max(int(n) for n in clips) if clips else None
 
 
-def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None, *, clips_per_video: int = 1,
-             batch: int | None = None, image_tokens: int | None = None) -> MemoryPlan:
+def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None, *,
+             clips_per_video: int | None = None, batch: int | None = None,
+             image_tokens: int | None = None) -> MemoryPlan:
     """The plan of a `TrainConfig` run with its resolved DeepSpeed config (what `deepspeed_config.resolve`
-    returns). `clips_per_video` matters for stage 2 only (one optimizer step per video)."""
+    returns): its backbone, ψ's back-propagation window, batch, EMA and validation videos.
+    `clips_per_video` is the data's longest video (None: unknown, the window is assumed full); stage 2
+    makes one optimizer step per video."""
     model = _meta_model(config)
     preset = get_preset(model.config.preset)
     batch = batch or getattr(config, "batch_size", 1)
@@ -385,11 +514,22 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     states = model_state_bytes(counts, config.num_workers, zero_stage, mixed, offload_optimizer, offload_params)
     if image_tokens is None:
         image_tokens = SIGLIP_IMAGE_TOKENS if preset.image_embed_dim == 1152 else 4
-    activations = trace_activations(model, preset, latent_hw, batch=batch, image_tokens=image_tokens)
-    clips = 1 if config.stage == 1 else clips_per_video
+    forcing = config.resolved_forcing()
+    updates = graphed_memory_updates(config.stage, forcing.mode, forcing.memory_grad_window, clips_per_video)
+    if not model.uses_memory:
+        updates = 0
+    activations = trace_activations(model, preset, latent_hw, batch=batch, image_tokens=image_tokens,
+                                    memory_updates=updates)
+    from mempack.train.step import clips_trained_per_video
+
+    clips = clips_trained_per_video(config.stage, forcing.mode, clips_per_video or 1)
+    ema = ema_bytes(counts, config.num_workers, zero_stage) if config.ema_decay > 0 else 0
+    validation = 0
+    if config.sample_every > 0:
+        validation = trace_sampling(model, preset, latent_hw, image_tokens=image_tokens)
     return MemoryPlan(preset.name, config.stage, config.num_workers, zero_stage, str(dtype).replace("torch.", ""),
                       pixel_size, latent_hw, batch, counts, states, activations, config.gradient_checkpointing,
-                      clips, activations.noisy_tokens * clips * config.num_workers)
+                      clips, activations.noisy_tokens * clips * config.num_workers, updates, ema, validation)
 
 
 def _meta_model(config) -> MemoryPackTransformer:
@@ -419,8 +559,12 @@ def format_plan(plan: MemoryPlan) -> str:
         f"  weights           {gib(plan.states.params)}  per GPU",
         f"  gradients         {gib(plan.states.grads)}",
         f"  optimizer states  {gib(plan.states.optimizer)}   ({plan.states.source})",
-        f"  activations       {gib(act)}  without gradient checkpointing",
+        f"  EMA shadow        {gib(plan.ema)}" + ("" if plan.ema else "   (off: --ema-decay)"),
+        f"  activations       {gib(act)}  without gradient checkpointing "
+        f"(batch {plan.batch}, {plan.memory_updates} ψ update(s) back-propagated)",
         f"                    {gib(ck)}  with gradient checkpointing",
+        f"  validation video  {gib(plan.validation)}" + ("  between steps, instead of the activations"
+                                                        if plan.validation else "   (off: --sample-every)"),
         f"  attention tokens  {plan.activations.sequence_tokens:,} per section; "
         f"{plan.tokens_per_step:,} noisy latent tokens per optimizer step ({plan.clips_per_step} section(s)/worker)",
         f"  total per GPU     {gib(plan.total(False))} plain, {gib(plan.total(True))} checkpointed "
