@@ -3,12 +3,13 @@
 Written before there was a GPU to run it on, and run on CPU at a tiny size by tests/test_gpu_check.py so that
 it cannot rot. On one GPU it takes a few minutes:
 
-1. **stage-1 step under ZeRO-3** (one rank, bf16; fp32 on CPU, as training runs there): a few blocks of the real `framepack-f1` config (random
-   weights) built by the training loop's own `build_model` and engine, one teacher-forced step at 480x832
-   through `video_clip_steps`, with and without gradient checkpointing. Peak memory (allocated tensors,
-   above what was allocated before the build) beside the planner's figure (`mempack.train.plan`), seconds
-   per step (one warm-up step first) and MFU (FLOPs counted by torch on the plain step, the model's own,
-   never the recomputation; the peak is the GPU's dense bf16 figure, `--peak-tflops` to override).
+1. **stage-1 step under ZeRO-3** (one rank, bf16; fp32 on CPU, as training runs there): a few blocks of the
+   real `framepack-f1` config (random weights) built by the training loop's own `build_model` and engine,
+   one teacher-forced step at 480x832 through `video_clip_steps`, with and without gradient checkpointing.
+   Peak memory (allocated tensors, above what was allocated before the build) beside the planner's figure
+   (`mempack.train.plan`), seconds per step (one warm-up step first) and MFU (FLOPs counted by torch on the
+   plain step, the model's own, never the recomputation; the peak is the GPU's dense bf16 figure,
+   `--peak-tflops` to override).
 2. **start latent** with the real VAE config (`--vae DIR` for real weights; else random weights of
    diffusers' default `AutoencoderKLHunyuanVideo`, which is HunyuanVideo's config): frame 0 encoded alone
    (what inference and, since schema version 3, prep store) against latent 0 of the video's one causal
@@ -78,7 +79,9 @@ def _init_one_rank(cuda: bool) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    if not cuda:  # the shared-memory allreduce op costs a C++ build and only speeds up CPU collectives
+    if cuda:
+        torch.cuda.set_device(0)
+    else:  # the shared-memory allreduce op costs a C++ build and only speeds up CPU collectives
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed("nccl" if cuda else "gloo", auto_mpi_discovery=False)
 
@@ -228,7 +231,7 @@ def zero3_step(preset, pixel_size: tuple[int, int], checkpointing: bool, device,
            "plan_activation_bytes": plan.total(checkpointing) - plan.states.total,
            "seconds_per_step": seconds, "counted_flops": counted, "model_flops": model_flops,
            "mfu": model_flops / seconds / peak if peak else None, "sequence_tokens": plan.activations.sequence_tokens}
-    del engine, module, model
+    engine = module = model = None  # free the engine before the next part (step() above holds them by name)
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -331,7 +334,9 @@ def print_table(result: dict) -> None:
     steps = result["zero3_steps"]
     print(f"stage-1 step, ZeRO-3 one rank, {steps[0]['dtype']}, {steps[0]['parameters']:,} parameters "
           f"({result['blocks']}), {steps[0]['sequence_tokens']:,} attention tokens")
-    print(f"  {'checkpointing':<14}{'peak':>12}{'planner':>12}{'meas/plan':>10}{'s/step':>9}{'TFLOP/step':>12}{'MFU':>7}")
+    header = ("checkpointing", "peak", "planner", "meas/plan", "s/step", "TFLOP/step", "MFU")
+    print("  " + "".join(f"{h:<14}" if i == 0 else f"{h:>{w}}" for i, (h, w) in
+                         enumerate(zip(header, (14, 12, 12, 10, 9, 12, 7)))))
     for s in steps:
         ratio = s["peak_bytes"] / s["plan_bytes"] if s["plan_bytes"] else float("nan")
         mfu = "-" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"

@@ -276,8 +276,10 @@ class VideoEncoders:
     def encode_video(self, frames) -> torch.Tensor:
         """uint8 frames [T,H,W,3] or [B,T,H,W,3] (T = 4k+1, sides multiples of 8) → [B, C, k+1, H/8, W/8].
 
-        Each sample is ONE causal stream, FramePack-F1's latent contract: latent 0 is the first frame
-        alone, latent j covers frames 4j−3 … 4j. Uses the posterior mode, not a sample, so re-running data
+        Each sample is ONE causal stream, FramePack-F1's latent contract: latent 0 covers the first frame,
+        latent j frames 4j−3 … 4j. Latent 0 is not the first frame encoded alone: the VAE's GroupNorm
+        statistics span the temporal tile, so later frames reach it (`encode_image_latent` is the image
+        alone). Uses the posterior mode, not a sample, so re-running data
         prep reproduces the same latents. Memory is bounded by one temporal tile (see `_encode_stream`),
         so a minute of 480p costs its uint8 frames plus a 17-frame working set, not a float copy of it all.
         """

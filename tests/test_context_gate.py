@@ -99,7 +99,7 @@ def test_an_export_from_before_the_gate_loads_ungated(tmp_path):
     assert not any("gate" in k for k in load_file(folder / "semantic_pack" / "diffusion_pytorch_model.safetensors"))
     loaded = MemoryPackTransformer.from_pretrained(folder)
     assert loaded.semantic_pack.gate is None and loaded.semantic_pack.config.context_gate is False
-    cond, packed, noisy, segment = _inputs()
+    cond, packed, noisy, _ = _inputs()
     with torch.no_grad():
         a = model(noisy, torch.tensor([0.6]), cond, packed, model.initial_memory(cond))
         b = loaded(noisy, torch.tensor([0.6]), cond, packed, loaded.initial_memory(cond))

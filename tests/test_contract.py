@@ -1,7 +1,8 @@
 """FramePack-F1's latent contract and the one clock: what prep stores is what inference decodes.
 
 A training video is one causal VAE stream of 1 + 36·n frames at 30 fps, section s is latents
-1 + 9s … 9 + 9s of it; its start latent is frame 0 encoded alone, as inference encodes its image. These tests hold prep's Parquet against a whole-video encode of
+1 + 9s … 9 + 9s of it; its start latent is frame 0 encoded alone, as inference encodes its image. These
+tests hold prep's Parquet against a whole-video encode of
 the same frames, inference's frame count against prep's, and the clock, buckets and version against
 the presets, for every preset.
 """

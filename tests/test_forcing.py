@@ -9,6 +9,7 @@ from mempack.sampling import sample_section, section_times
 from mempack.model import pack_history
 from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.presets import TINY
+from tests.test_model import open_gate
 
 C, H, W, WINDOW, CLIPS = 16, 8, 8, 9, 3
 
@@ -16,7 +17,7 @@ C, H, W, WINDOW, CLIPS = 16, 8, 8, 9, 3
 @pytest.fixture(scope="module")
 def setup():
     g = torch.Generator().manual_seed(0)
-    model = MemoryPackTransformer.from_preset("tiny", seed=0)
+    model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=0))  # ψ read, as after training
     cond = Conditioning(
         torch.randn(1, TINY.max_prompt_tokens, TINY.text_embed_dim, generator=g),
         torch.ones(1, TINY.max_prompt_tokens, dtype=torch.int64),

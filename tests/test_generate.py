@@ -21,6 +21,7 @@ from mempack.sampling import (
 from mempack.inference import conditioning
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.sample import SAMPLE_PROMPT, sample_image
+from tests.test_model import open_gate
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_same_seed_same_video_other_seed_other_video(cond):
 
 
 def test_memory_changes_the_video_and_no_memory_runs(cond):
-    model = MemoryPackTransformer.from_preset("tiny", seed=0).eval()
+    model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=0)).eval()  # ψ read, as after training
     with_memory = generate(model, cond, GenerationConfig(sections=3, steps=2), progress=False).latents
     without = generate(model, cond, GenerationConfig(sections=3, steps=2, use_memory=False), progress=False).latents
     assert with_memory.shape == without.shape
@@ -87,7 +88,7 @@ def test_memory_changes_the_video_and_no_memory_runs(cond):
 
 def test_bounded_tail_equals_whole_history_with_absolute_rope(cond):
     """Keeping only the recent sections (plus a frame offset) gives exactly the whole-history result."""
-    model = MemoryPackTransformer.from_preset("tiny", seed=0).eval()
+    model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=0)).eval()
     config = GenerationConfig(sections=5, steps=2, seed=5)
     ours = generate(model, cond, config, progress=False).latents
     g = torch.Generator().manual_seed(config.seed)
@@ -137,7 +138,7 @@ def test_sampling_times_follow_f1_shift():
 def test_continuing_a_video_equals_generating_it_in_one_go(cond):
     """A prefix becomes the history and feeds ψ section by section: continuing the first 3 sections of a
     5-section video (with the noise stream where it was) reproduces sections 4 and 5 exactly."""
-    model = MemoryPackTransformer.from_preset("tiny", seed=0).eval()
+    model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=0)).eval()  # ψ read, as after training
     whole = generate(model, cond, GenerationConfig(sections=5, steps=2, seed=7), progress=False).latents
     g = torch.Generator().manual_seed(7)
     shape = (1, 16, 9, *cond.start_latent.shape[-2:])

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mempack.inference import InferenceRequest, run_inference
 from mempack.model import MemoryPackTransformer
+from tests.test_model import open_gate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def export(tmp_path_factory) -> Path:
     """A run folder laid out as training leaves it: model/ (tiny weights) + encoders.json."""
     run = tmp_path_factory.mktemp("stage2")
-    MemoryPackTransformer.from_preset("tiny", seed=1).save_pretrained(run / "model")
+    open_gate(MemoryPackTransformer.from_preset("tiny", seed=1)).save_pretrained(run / "model")  # ψ read, as trained
     (run / "encoders.json").write_text(json.dumps({"preset": "tiny", "path": None, "seed": 0}))
     return run
 

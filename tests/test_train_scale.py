@@ -328,9 +328,11 @@ def test_parameter_groups_give_what_writes_psi_its_own_rate():
     model.set_trainable("all")
     backbone, memory = parameter_groups(model, 1e-3, 2e-5)
     assert (backbone["lr"], memory["lr"]) == (1e-3, 2e-5)
-    writers = {id(p) for n, p in model.semantic_pack.named_parameters() if not n.startswith("to_context")}
-    assert {id(p) for p in memory["params"]} == writers  # ψ's projection learns with the backbone
-    assert all(id(p) in {id(q) for q in backbone["params"]} for p in model.semantic_pack.to_context.parameters())
+    read_side = ("to_context", "gate")  # how the backbone reads ψ: its projection and its gate
+    writers = {id(p) for n, p in model.semantic_pack.named_parameters() if not n.startswith(read_side)}
+    assert {id(p) for p in memory["params"]} == writers  # ψ's projection and gate learn with the backbone
+    readers = [*model.semantic_pack.to_context.parameters(), *model.semantic_pack.gate.parameters()]
+    assert all(id(p) in {id(q) for q in backbone["params"]} for p in readers)
     assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
     assert [g["lr"] for g in parameter_groups(model, 1e-3, None)] == [1e-3, 1e-3]
     with pytest.raises(ValueError, match="memory_lr"):

@@ -7,8 +7,9 @@ length. So a forward hook on `image_projection` that returns `[ψ tokens ; image
 extra context tokens with no change to diffusers' code or weight names: FramePack-F1 checkpoints load
 as they are, and with ψ switched off the hook is a no-op — the output is bit-identical to calling
 diffusers directly. With ψ on, ψ's keys get their own softmax in each block, weighted by SemanticPack's
-`context_gate` (0 at init): a fresh SemanticPack leaves F1's output unchanged (`context_gate.py`). ψ is built from timestep-independent features and updated once per section,
-outside the denoising loop; only its projection to the backbone width runs inside each forward.
+gate (0 at init): a fresh SemanticPack leaves F1's output unchanged (`context_gate.py`). ψ is built from
+timestep-independent features and updated once per section, outside the denoising loop; only its
+projection to the backbone width runs inside each forward.
 
 For batch size 1 (how F1 and the paper train and sample) padded ψ tokens are dropped exactly; with
 a batch they are zero vectors, the best the backbone's image-token mask (all ones) allows.
