@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,6 +141,17 @@ def load_prompt(request: InferenceRequest) -> "str | PromptTimeline":
         raise InferenceError(str(err)) from None
 
 
+# the pipeline's argument names → the CLI's flags, so its one-line errors name what the user typed
+FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "height": "--height", "width": "--width"}
+
+
+def as_flags(message: str) -> str:
+    """A pipeline error with its argument names spelled as the CLI's flags."""
+    for name, flag in FLAGS.items():
+        message = re.sub(rf"(?<![-\w]){name}\b", flag, message)
+    return message
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -210,6 +222,6 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
                                   guidance_scale=request.guidance, use_memory=request.use_memory,
                                   generator=torch.Generator().manual_seed(request.seed))
     except ValueError as err:
-        raise InferenceError(str(err)) from None
+        raise InferenceError(as_flags(str(err))) from None
     return InferenceResult(str(out), frames, float(fps), height, width, sections, result.section_seconds,
                            time.perf_counter() - started, None if request.model_dir is None else str(request.model_dir))

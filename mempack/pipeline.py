@@ -12,14 +12,18 @@ What it shares with diffusers' `HunyuanVideoFramepackPipeline`: the components, 
 * Conditioning is encoded by `mempack.encoders.VideoEncoders`, the code that made the training data
   (posterior mode, not a sample, for the start latent; the preset's prompt template), so inference sees
   what training saw.
-* Sections are sampled by `mempack.sampling.generate` (one implementation: absolute RoPE, ψ updated
-  after every section, a bounded history tail). The registered `FlowMatchEulerDiscreteScheduler` is
-  kept for its configuration: its time grid equals `generate`'s (tests/test_pipeline.py), but it steps
-  from float64 sigmas and 1000·σ timesteps where `generate` uses float32 paper time, so it would not
-  reproduce today's numbers bit for bit.
-* Frames are decoded section by section as they are generated (`mempack.stream_decode`), exactly
-  equal to one whole decode, and `write_video` streams them into an mp4: a ten-minute video never
-  exists in memory.
+* Sections are sampled by `mempack.sampling.generate_sections` (one implementation: absolute RoPE, ψ
+  updated after every section, a bounded history tail). The registered `FlowMatchEulerDiscreteScheduler`
+  is kept for its configuration: its time grid equals the sampler's (tests/test_pipeline.py), but it
+  steps from float64 sigmas and 1000·σ timesteps where the sampler uses float32 paper time, so it would
+  not reproduce the numbers bit for bit. A swapped scheduler that describes another sampler is refused
+  (`check_scheduler`), never silently ignored.
+* The prompt may be a timeline (`mempack.timeline`): each section's text tokens follow it, ψ is carried
+  across switches (docs/generation.md measures why).
+* `sections()` yields the video section by section, each decoded as soon as it is sampled
+  (`mempack.stream_decode`, exactly equal to one whole decode); `__call__` and `write_video` (which
+  streams into an mp4) consume it: a ten-minute video never exists in memory.
+* `check_inputs` is the one request check; every entry point runs it before anything is encoded.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -57,7 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--experiment", default="mempack-infer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    # lengths, files and sampling settings are checked once, by mempack.inference and the pipeline
+    # the length flags exist only here: refused at once (exit 2); sampling settings are the pipeline's to check
+    for name in ("seconds", "fps"):  # float() takes "nan" and "inf"
+        value = getattr(args, name)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            p.error(f"--{name} must be > 0 and finite, got {value}")
+    if args.sections is not None and args.sections < 1:
+        p.error(f"--sections must be >= 1, got {args.sections}")
     if not 0 <= args.crf <= 51:
         p.error(f"--crf must be in 0..51, got {args.crf}")
     return args

@@ -150,7 +150,8 @@ def test_bad_requests_are_one_clear_line(export, tmp_path):
         (("--fps", "nan"), "--fps must be > 0 and finite, got nan"),
         (("--fps=-inf",), "--fps must be > 0 and finite"),
         (("--sections", "0"), "--sections must be >= 1"),
-        (("--height", "50"), "multiple of 16"),
+        (("--height", "50"), "--height must be a positive multiple of 16"),  # the pipeline's check, as a flag
+        (("--steps", "0"), "--steps must be >= 1"),
     ]
     for args, needle in cases:
         assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(out), *args), needle)

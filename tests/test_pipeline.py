@@ -263,7 +263,8 @@ def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):
     assert [c.name for c in model.metadata.signature.inputs.inputs] == ["image", "prompt", "seconds"]
     png = io.BytesIO()
     image().save(png, format="PNG")
-    out = model.predict(pd.DataFrame({"image": [png.getvalue()], "prompt": ["a kite"], "seconds": [1.5]}),
+    prompt = "0s: a kite | 1.2s: it dives"  # the column may hold a timeline (the switch is the second section's)
+    out = model.predict(pd.DataFrame({"image": [png.getvalue()], "prompt": [prompt], "seconds": [1.5]}),
                         params={"steps": 1, "height": 32, "width": 32})
     (tmp_path / "v.mp4").write_bytes(out["video"][0])
     reader = decord.VideoReader(str(tmp_path / "v.mp4"))
