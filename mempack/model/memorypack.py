@@ -151,6 +151,21 @@ def _preset_matching(backbone: HunyuanVideoFramepackTransformer3DModel) -> str:
                      " pass preset=... and semantic_pack_overrides")
 
 
+def _join_memory_tokens(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    """`image_projection`'s forward hook: [ψ tokens ; image tokens] while a wrapper's forward has ψ pending."""
+    pending = getattr(module, "_mempack_pending", None)
+    return output if pending is None else torch.cat([pending.to(output.dtype), output], dim=1)
+
+
+def _own_memory_hook(projection: nn.Module) -> None:
+    """One hook per backbone, whatever number of wrappers share it (training's model and the validation
+    pipeline's, stage 2 over stage 1's): the pending ψ lives on the module, so the hook holds no wrapper alive
+    and every wrapper of the backbone keeps working."""
+    if getattr(projection, "_mempack_hook", None) is None:
+        projection._mempack_pending = None
+        projection._mempack_hook = projection.register_forward_hook(_join_memory_tokens)
+
+
 class MemoryPackTransformer(nn.Module):
     """FramePack-F1 backbone with SemanticPack memory, speaking the paper's flow convention."""
 
@@ -164,8 +179,7 @@ class MemoryPackTransformer(nn.Module):
         self.backbone = backbone
         self.semantic_pack = semantic_pack
         self.config = config or MemoryPackConfig()
-        self._pending_context: torch.Tensor | None = None
-        backbone.image_projection.register_forward_hook(self._join_memory_tokens)
+        _own_memory_hook(backbone.image_projection)
 
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
@@ -258,11 +272,6 @@ class MemoryPackTransformer(nn.Module):
             return memory
         return self.semantic_pack.update(memory, segment_latents)
 
-    def _join_memory_tokens(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        if self._pending_context is None:
-            return output
-        return torch.cat([self._pending_context.to(output.dtype), output], dim=1)
-
     @contextmanager
     def _memory_tokens(self, memory: SemanticMemory | None):
         if memory is None or not self.uses_memory:
@@ -271,11 +280,12 @@ class MemoryPackTransformer(nn.Module):
         tokens = self.semantic_pack.context_tokens(memory)
         if tokens.shape[0] == 1:
             tokens = tokens[:, memory.mask[0]]
-        self._pending_context = tokens
+        projection = self.backbone.image_projection
+        projection._mempack_pending = tokens
         try:
             yield
         finally:
-            self._pending_context = None
+            projection._mempack_pending = None
 
     # ----- forward -----------------------------------------------------------------------------
     def forward(
