@@ -182,11 +182,6 @@ def get_preset(name: "str | Preset") -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def pixel_frames_for_latent_frames(latent_frames: int, temporal: int = VAE_TEMPORAL) -> int:
-    """Pixel frames a causal video VAE needs for `latent_frames` latents (4k+1 rule)."""
-    return (latent_frames - 1) * temporal + 1
-
-
 def frames_for_sections(sections: int, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL) -> int:
     """Pixel frames of the start frame + `sections` sections: 1 + 36·n (prep's videos, infer's output)."""
     return temporal * sections * window + 1

@@ -64,3 +64,30 @@ def _uploaded_bytes(client, run_id: str) -> dict[str, int]:
                 sizes["all"] += f.stat().st_size
                 sizes["weights"] += f.stat().st_size if f.suffix in (".safetensors", ".bin") else 0
     return sizes
+
+
+# ------------------------------------------------------------------ shared tiny components (read-only)
+TINY_MODEL_SEED = 1  # the weights of `tiny_export` (tests that compare against it build this seed)
+
+
+@pytest.fixture(scope="session")
+def encoders():
+    """The tiny preset's seeded random encoders (the real classes at toy widths), built once per session.
+    Shared: a test that changes them undoes it (monkeypatch, `remove_all_hooks`)."""
+    from mempack.encoders import VideoEncoders
+
+    return VideoEncoders.build("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A training run folder as training leaves it: `model/` is a complete pipeline export of the tiny
+    weights (seed `TINY_MODEL_SEED`) with the tiny encoders (seed 0). Shared: tests must not change it."""
+    from mempack import layout
+    from mempack.export import EncoderSpec, export_pipeline
+    from mempack.model import MemoryPackTransformer
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    MemoryPackTransformer.from_preset("tiny", seed=TINY_MODEL_SEED).save_pretrained(run / "checkpoint")
+    export_pipeline(run / "checkpoint", run / layout.EXPORT_DIR, EncoderSpec("tiny", None, 0))
+    return run

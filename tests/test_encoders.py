@@ -10,11 +10,6 @@ from mempack.presets import TINY
 
 
 @pytest.fixture(scope="module")
-def encoders() -> VideoEncoders:
-    return VideoEncoders.build("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def clip() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
 

@@ -9,7 +9,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipe
 from torch.utils.flop_counter import FlopCounterMode
 
 from mempack import flow
-from mempack.encoders import VideoEncoders
 from mempack.sampling import (
     GenerationConfig,
     frames_for_sections,
@@ -22,11 +21,6 @@ from mempack.inference import conditioning
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.sample import SAMPLE_PROMPT, sample_image
 from tests.test_model import open_gate
-
-
-@pytest.fixture(scope="module")
-def encoders() -> VideoEncoders:
-    return VideoEncoders.build("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL_SEED
 from PIL import Image
 
 from mempack.export import EncoderSpec
-from mempack.encoders import VideoEncoders
 from mempack.export import ExportError, export_pipeline
 from mempack.sampling import GenerationConfig, generate, section_times
 from mempack.model import MemoryPackTransformer
@@ -27,13 +27,8 @@ SIZE = dict(height=32, width=32)
 
 
 @pytest.fixture(scope="module")
-def encoders() -> VideoEncoders:
-    return VideoEncoders.build("tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def model() -> MemoryPackTransformer:
-    return MemoryPackTransformer.from_preset("tiny", seed=1).eval()
+    return MemoryPackTransformer.from_preset("tiny", seed=TINY_MODEL_SEED).eval()
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +39,9 @@ def pipe(model, encoders) -> MemoryPackPipeline:
 
 
 @pytest.fixture(scope="module")
-def export(model, tmp_path_factory) -> Path:
-    """What training exports: the trained model folder assembled with its (tiny, seed 0) encoders."""
-    root = tmp_path_factory.mktemp("run")
-    model.save_pretrained(root / "checkpoint")
-    return export_pipeline(root / "checkpoint", root / "model", EncoderSpec("tiny", None, 0))
+def export(tiny_export) -> Path:
+    """What training exports: `model`'s weights assembled with its (tiny, seed 0) encoders."""
+    return tiny_export / "model"
 
 
 def image() -> Image.Image:

@@ -45,14 +45,6 @@ class RecallResult:
     events: int
     drawn: dict[int, list[int]] = field(default_factory=dict)  # per L: how often each identity was drawn
 
-    @property
-    def mean_recall(self) -> float:
-        return float(np.mean(list(self.recall.values())))
-
-    @property
-    def mean_returned(self) -> float:
-        return float(np.mean(list(self.returned.values())))
-
 
 def memory_recall(
     model: MemoryPackTransformer, world: World, absences: list[int], events: int, *, seed: int,

@@ -135,6 +135,9 @@ def install(backbone: nn.Module) -> int:
     (the same `temb` object comes back when gradient checkpointing recomputes the block). Returns the
     number of blocks."""
     blocks = list(backbone.transformer_blocks) + list(backbone.single_transformer_blocks)
+    if getattr(backbone, "_mempack_gate_installed", False):  # one set of processors and hooks per backbone
+        return len(blocks)
+    backbone._mempack_gate_installed = True
     for block in blocks:
         processor = GatedMemoryAttnProcessor()
         block.attn.set_processor(processor)

@@ -155,6 +155,34 @@ def _preset_matching(backbone: HunyuanVideoFramepackTransformer3DModel) -> str:
                      " pass preset=... and semantic_pack_overrides")
 
 
+def _join_memory_tokens(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+    """`image_projection`'s forward hook: [ψ tokens ; image tokens] while a wrapper's forward has ψ pending."""
+    pending = getattr(module, "_mempack_pending", None)
+    return output if pending is None else torch.cat([pending.to(output.dtype), output], dim=1)
+
+
+def _own_memory_hook(projection: nn.Module) -> None:
+    """One hook per backbone, whatever number of wrappers share it (training's model and the validation
+    pipeline's, stage 2 over stage 1's): the pending ψ lives on the module, so the hook holds no wrapper alive
+    and every wrapper of the backbone keeps working."""
+    if getattr(projection, "_mempack_hook", None) is None:
+        projection._mempack_pending = None
+        projection._mempack_hook = projection.register_forward_hook(_join_memory_tokens)
+
+
+def _tag_gate(module: nn.Module, args, output: tuple) -> None:
+    """`time_text_embed`'s forward hook: tags temb with the pending gate state (every block receives temb,
+    recomputation under gradient checkpointing too)."""
+    context_gate.tag(output[0], getattr(module, "_mempack_pending_gate", None))
+
+
+def _own_gate_hook(embed: nn.Module) -> None:
+    """One gate hook per backbone, as `_own_memory_hook`."""
+    if getattr(embed, "_mempack_gate_hook", None) is None:
+        embed._mempack_pending_gate = None
+        embed._mempack_gate_hook = embed.register_forward_hook(_tag_gate)
+
+
 class MemoryPackTransformer(nn.Module):
     """FramePack-F1 backbone with SemanticPack memory, speaking the paper's flow convention."""
 
@@ -168,12 +196,10 @@ class MemoryPackTransformer(nn.Module):
         self.backbone = backbone
         self.semantic_pack = semantic_pack
         self.config = config or MemoryPackConfig()
-        self._pending_context: torch.Tensor | None = None
-        self._pending_gate: GateState | None = None
-        backbone.image_projection.register_forward_hook(self._join_memory_tokens)
+        _own_memory_hook(backbone.image_projection)
         if semantic_pack is not None and semantic_pack.gate is not None:
-            context_gate.install(backbone)
-            backbone.time_text_embed.register_forward_hook(self._tag_gate)
+            context_gate.install(backbone)  # once per backbone
+            _own_gate_hook(backbone.time_text_embed)
 
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
@@ -266,14 +292,6 @@ class MemoryPackTransformer(nn.Module):
             return memory
         return self.semantic_pack.update(memory, segment_latents)
 
-    def _join_memory_tokens(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        if self._pending_context is None:
-            return output
-        return torch.cat([self._pending_context.to(output.dtype), output], dim=1)
-
-    def _tag_gate(self, module: nn.Module, args, output: tuple) -> None:
-        context_gate.tag(output[0], self._pending_gate)  # temb: every block receives it, recomputation too
-
     @contextmanager
     def _memory_tokens(self, memory: SemanticMemory | None):
         if memory is None or not self.uses_memory:
@@ -282,14 +300,15 @@ class MemoryPackTransformer(nn.Module):
         tokens = self.semantic_pack.context_tokens(memory)
         if tokens.shape[0] == 1:
             tokens = tokens[:, memory.mask[0]]
-        self._pending_context = tokens
+        projection, embed = self.backbone.image_projection, self.backbone.time_text_embed
+        projection._mempack_pending = tokens
         if self.semantic_pack.gate is not None:
-            self._pending_gate = GateState(tokens.shape[1], self.semantic_pack.gate())
+            embed._mempack_pending_gate = GateState(tokens.shape[1], self.semantic_pack.gate())
         try:
             yield
         finally:
-            self._pending_context = None
-            self._pending_gate = None
+            projection._mempack_pending = None
+            embed._mempack_pending_gate = None
 
     # ----- forward -----------------------------------------------------------------------------
     def forward(

@@ -32,14 +32,6 @@ class TrainSetupError(ValueError):
     """A run that cannot start (bad data, missing stage-1 weights): one clear line for the CLI."""
 
 
-default_mlflow_uri = tracking.default_tracking_uri
-
-
-def newest_export(stage_dir: Path) -> Path | None:
-    model = stage_dir / "model"
-    return stage_dir if (model / "mempack.json").is_file() else None
-
-
 def validate(config: TrainConfig) -> dict:
     """Everything that can be checked before Ray starts; returns the curriculum index."""
     from mempack.schema import SchemaVersionError
@@ -144,7 +136,7 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         ds_config = deepspeed_config.resolve(config)
     except (FileNotFoundError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
-    uri = config.mlflow_uri or default_mlflow_uri()
+    uri = config.mlflow_uri or tracking.default_tracking_uri()
     run_id = _mlflow_run(config, uri, out, resume, ds_config)
     from mlflow.tracking import MlflowClient
 
