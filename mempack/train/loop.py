@@ -176,7 +176,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while not done and state["epoch"] < config.epochs:
         for b in range(state["bucket"], len(buckets)):
             num_clips = buckets[b].num_clips
-            engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips) * world)
+            engine.set_train_batch_size(clips_trained_per_video(config.stage, forcing.mode, num_clips,
+                                                         config.stage1_clips) * world)
             shard = ray.train.get_dataset_shard(buckets[b].name)
             skip = state["videos_done"] if b == state["bucket"] else 0
             for position, rows in _batches(shard.iter_rows(), config.batch_size):
@@ -186,7 +187,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
                 g = _generator(config.seed, state["epoch"], num_clips, position, rank)
                 shared = _generator(config.seed, state["epoch"], num_clips, position)
-                only = trained_clip(config.stage, forcing.mode, num_clips, shared)
+                only = trained_clip(config.stage, forcing.mode, num_clips, shared, config.stage1_clips)
 
                 def backward(loss, last: bool, retain: bool) -> None:
                     # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
