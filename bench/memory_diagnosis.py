@@ -1,13 +1,19 @@
 """Where does MemoryPack's memory get stuck? One-model probes behind the README's diagnosis table.
 
-Trains one model of `bench/method_fidelity.py`'s size on the synthetic world with mempack's own per-video
-step (`mempack.train.step.train_video`), and before training and every `--every` steps prints memory
+Trains one model of `bench/method_fidelity.py`'s size on the synthetic world with mempack's own trainer
+(`mempack.train.in_process.train_in_process`, the per-video step the Ray loop runs), and before training and
+every `--every` steps prints memory
 recall (`mempack.fidelity.metrics.memory_recall`), the held-out ψ read-out (`memory_probe`), how loudly ψ holds
 the identity (`memory_energy`) and the gradient RMS of each part of the model. The knobs isolate the
 halves of the memory claim:
 
     --variant oracle_memory     ψ holds the answer: can the backbone, sampler and scorer use a memory?
-    --clip return               train only each video's return section (the one clip that needs memory)
+    --clip return               train only each video's return section (the oracle curriculum: the one clip
+                                that needs memory, found from the world's layout); uniform, late, all: the
+                                library's stage-1 clip policies
+    --world-seed 1 --camera moving
+                                the world (seed 0 is the development world, where choices are made; the
+                                JSON says which role the world has)
     --freeze-memory             Memorize/Squeeze frozen (ψ's projection and the backbone train)
     --absence 1,1 --eval 1      one absence length only
     --memory-lr 2e-5            what writes ψ at its own learning rate (Adam's noise at 1e-3 erases ψ)
@@ -30,11 +36,15 @@ from pathlib import Path
 
 def parse_args(argv=None):
     from mempack.config import ArgumentParser
+    from mempack.model.semantic_pack import MEMORIZE_INPUTS, POOLINGS
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="memorypack", choices=("memorypack", "oracle_memory", "zero_memory"))
-    p.add_argument("--clip", default="uniform", choices=("uniform", "return"),
-                   help="which clip of a video trains: stage 1's uniform draw, or the return section only")
+    p.add_argument("--clip", default="uniform", choices=("uniform", "late", "all", "return"),
+                   help="which clip of a video trains: a stage-1 clip policy of the library, or the return "
+                        "section only (an oracle curriculum)")
+    p.add_argument("--world-seed", type=int, default=0, help="the world; 0 is the development world")
+    p.add_argument("--camera", default="static", choices=("static", "moving"))
     p.add_argument("--freeze-memory", action="store_true", help="freeze SemanticPack except its projection")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--every", type=int, default=200, help="evaluate every N steps")
@@ -48,10 +58,10 @@ def parse_args(argv=None):
                    help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)")
     p.add_argument("--oracle-share", type=float, default=1.0,
                    help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)")
-    p.add_argument("--memorize-input", default="novelty", choices=("novelty", "segment"),
+    p.add_argument("--memorize-input", default="minus_start_latent", choices=MEMORIZE_INPUTS,
                    help="what Memorize reads: the segment minus the start latent, or the segment (the paper literally)")
-    p.add_argument("--pooling", default="salience", choices=("salience", "learned"),
-                   help="Memorize's window pooling: biased by token energy, or learned queries alone")
+    p.add_argument("--pooling", default="input_energy", choices=POOLINGS,
+                   help="Memorize's window pooling: biased by its input's energy per token, or learned queries alone")
     p.add_argument("--no-carry", dest="carry", action="store_false", help="no residual carry of psi between updates")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -102,27 +112,20 @@ def main(argv=None) -> list[dict]:
     from bench.method_fidelity import Settings, build_model, world_for
 
     from mempack.fidelity.metrics import energy_shares, memory_recall, psi_tokens, readout_accuracy
+    from mempack.fidelity.world import describe_world
     from mempack.train.forcing import ForcingConfig
-    from mempack.train.optim import parameter_groups
-    from mempack.train.step import train_video, trained_clip
+    from mempack.train.in_process import LocalTrainConfig, train_in_process
 
-    s = Settings(identities=args.identities, absences=args.eval, world_seed=0, train_steps=args.steps,
+    s = Settings(identities=args.identities, absences=args.eval, world_seed=args.world_seed, train_steps=args.steps,
                  stage2_steps=0, stage2_videos=0, lr=args.lr, stage2_lr=0.0, events=args.events, drift_sections=1,
                  rollouts=1, sample_steps=8, width=args.width, layers=args.layers, student_steps=5,
                  memory_grad_window=-1, out="", mlflow_uri=None, train_absence=args.absence,
-                 probe_videos=args.probe_videos, semantic_pack=dict(
+                 probe_videos=args.probe_videos, camera=args.camera, semantic_pack=dict(
                      memorize_input=args.memorize_input, pooling=args.pooling, carry=args.carry))
     world = world_for(s, 1)
     model = build_model(s, args.variant, args.seed, world)
     if args.variant == "oracle_memory":
         model.identity_share = args.oracle_share
-    model.set_trainable("all")
-    if args.freeze_memory:
-        for name, param in model.semantic_pack.named_parameters():
-            param.requires_grad_(name.startswith("to_context"))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.lr, args.memory_lr), weight_decay=0.0)
-    forcing = ForcingConfig(mode="teacher", memory_grad_window=-1)
     curve, losses, grads, began = [], [], [], time.perf_counter()
 
     def evaluate(step: int) -> None:
@@ -144,25 +147,30 @@ def main(argv=None) -> list[dict]:
               f"{recall.returned}  drawn {recall.drawn}  psi read-out {probe}  psi identity/varying energy {shares}"
               f"  ({row['seconds']:.0f} s)", flush=True)
 
-    evaluate(0)  # the untrained model: what the architecture carries before any learning
-    model.train()
-    for step in range(args.steps):
-        video = world.video(1_000_000 * (args.seed + 1) + step)
-        clips = video.clips()
-        generator = torch.Generator().manual_seed(step)
-        only = clips.shape[0] - 1 if args.clip == "return" else trained_clip(1, "teacher", clips.shape[0], generator)
-        optimizer.zero_grad(set_to_none=True)
-        stats = train_video(model, clips, world.conditioning(video), forcing,
-                            lambda loss, last, retain: loss.backward(retain_graph=retain), only_clip=only,
-                            generator=generator)
-        grads.append(gradient_rms(model))
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(stats.loss)
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             evaluate(step + 1)
+
+    def video(step: int):
+        v = world.video(1_000_000 * (args.seed + 1) + step)
+        return v.clips(), world.conditioning(v)
+
+    evaluate(0)  # the untrained model: what the architecture carries before any learning
+    frozen = ()  # --freeze-memory: what writes ψ; ψ's projection into the backbone (to_context) still trains
+    if args.freeze_memory:
+        frozen = tuple(f"semantic_pack.{name}." for name, _ in model.semantic_pack.named_children()
+                       if name != "to_context")
+    config = LocalTrainConfig(
+        stage=1, steps=args.steps, lr=args.lr, memory_lr=args.memory_lr, seed=args.seed,
+        forcing=ForcingConfig(mode="teacher", memory_grad_window=-1), frozen=frozen,
+        stage1_clips="uniform" if args.clip == "return" else args.clip)
+    train_in_process(model, video, config, on_step=on_step,
+                     on_gradients=lambda step: grads.append(gradient_rms(model)),
+                     pick_clip=(lambda clips: clips - 1) if args.clip == "return" else None)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"settings": vars(args), "curve": curve}, indent=2, default=str))
+    Path(args.json).write_text(json.dumps({"world": describe_world(world.config), "settings": vars(args),
+                                           "curve": curve}, indent=2, default=str))
     return curve
 
 

@@ -26,8 +26,14 @@ counted by torch, wall seconds). Worlds are fed in process (no Parquet in betwee
 contract is tested on its own. Prints a table of mean ± std over seeds, writes JSON (default
 bench/results/method_fidelity.json) and logs every run, with a rollout mp4, to MLflow.
 
-    python bench/method_fidelity.py                 # the full run (3 seeds)
+    python bench/method_fidelity.py                 # the full run (3 seeds) on the development world
+    python bench/method_fidelity.py --world-seed 1 --identities 5 --camera moving   # a report world
     python bench/method_fidelity.py --quick         # plumbing smoke run, a few minutes
+
+The world is a flag (`--world-seed`, `--identities`, `--camera static|moving`); the JSON's "world" and the
+table's first line say whether it is a development world (seed 0: choices were made on it) or a report
+world (`mempack.fidelity.world.world_role`). `--stage1-clip` is a library clip policy (uniform, late,
+all: `mempack.train.step.STAGE1_CLIPS`) or `return`, the oracle curriculum (the world's return section).
 """
 
 from __future__ import annotations
@@ -82,8 +88,9 @@ class Settings:
     probe_videos: int = 160  # held-out videos per absence for the ψ read-out (3/4 fit it, 1/4 score it)
     memory_lr: float | None = None  # stage 1: what writes ψ (mempack.train.optim); None: lr
     semantic_pack: dict = field(default_factory=dict)  # SemanticPack overrides (ablations: memorize_input, ...)
-    stage1_clip: str = "uniform"  # which clip a stage-1 step trains: uniform (the library's), or the return section
+    stage1_clip: str = "uniform"  # a stage-1 clip policy (uniform, late, all) or "return": the oracle curriculum
     exposure_videos: int = 4  # held-out videos whose sections are made from own vs true history (exposure_gap)
+    camera: str = "static"  # the world's camera: static, or moving (pan, zoom, lighting drift)
 
 
 def settings_from_dict(saved: dict) -> Settings:
@@ -99,34 +106,21 @@ def world_for(s: Settings, stage: int):
     if stage == 2:  # stage 2 trains every clip of a video: shorter videos keep its cost near stage 1's
         absence = (absence[0], min(absence[1], 4))
     return World(WorldConfig(identities=s.identities, absence=absence, visible=s.visible, speed=s.speed,
-                             distractors=s.distractors, after_return=s.after_return, seed=s.world_seed))
+                             distractors=s.distractors, after_return=s.after_return, seed=s.world_seed,
+                             camera=s.camera))
 
 
 def build_model(s: Settings, variant: str, seed: int, world=None):
-    """mempack's model at a small width: the tiny preset's 32-wide, 1-layer backbone cannot even hold a
-    2×2×16 latent patch in its width, so the world gets `width` channels and `layers` blocks."""
-    import torch
-    from diffusers import HunyuanVideoFramepackTransformer3DModel
-
-    from mempack.model import MemoryPackTransformer, SemanticPack
-    from mempack.model.memorypack import MemoryPackConfig
-    from mempack.presets import TINY
+    """mempack's model at the world's size (`mempack.fidelity.model.world_model`), or its oracle."""
+    from mempack.fidelity.model import world_model
     from mempack.fidelity.oracle import OracleMemoryTransformer
 
-    torch.manual_seed(seed)
-    head_dim = 32
-    heads = s.width // head_dim
-    backbone = HunyuanVideoFramepackTransformer3DModel(**{
-        **TINY.transformer, "num_attention_heads": heads, "attention_head_dim": head_dim,
-        "rope_axes_dim": (8, 12, 12), "num_layers": s.layers, "num_single_layers": s.layers})
-    memory = None
-    if variant != "framepack_only":
-        memory = SemanticPack(**{**TINY.semantic_pack, "context_dim": s.width, "dim": s.width // 2, "num_heads": 4,
-                                 "init": "zero" if variant == "zero_memory" else "prompt_image", **s.semantic_pack})
-    config = MemoryPackConfig(use_semantic_pack=memory is not None)
+    overrides = {"init": "zero" if variant == "zero_memory" else "prompt_image", **s.semantic_pack}
+    model = world_model(s.width, s.layers, memory=variant != "framepack_only", seed=seed, **overrides)
     if variant == "oracle_memory":
-        return OracleMemoryTransformer(backbone, memory, config, world if world is not None else world_for(s, 1))
-    return MemoryPackTransformer(backbone, memory, config)
+        return OracleMemoryTransformer(model.backbone, model.semantic_pack, model.config,
+                                       world if world is not None else world_for(s, 1))
+    return model
 
 
 def flops_per_clip(model, world, stage: int, mode: str, trainable: str, s: Settings) -> float:
@@ -175,13 +169,14 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
             v = world.video(base + step)
             return v.clips(), world.conditioning(v)
         config = LocalTrainConfig(stage=1, steps=s.train_steps, lr=s.lr, memory_lr=s.memory_lr, seed=seed,
-                                  forcing=forcing)
+                                  forcing=forcing,
+                                  stage1_clips="uniform" if s.stage1_clip == "return" else s.stage1_clip)
     else:
         drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
         videos = [(v.clips(), world.conditioning(v)) for v in drawn]
         config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing,
                                   trainable=trainable)
-    returns_only = stage == 1 and s.stage1_clip == "return"  # sections: …, the return, then after_return more
+    returns_only = stage == 1 and s.stage1_clip == "return"  # the oracle curriculum: the world's return section
     result = train_in_process(model, videos, config,
                               pick_clip=(lambda n: n - 1 - s.after_return) if returns_only else None)
     folder = Path(s.out) / "models" / f"{variant}-seed{seed}"
@@ -307,8 +302,12 @@ def _stats(values: list[float]) -> dict:
 def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
     import numpy as np
 
+    from mempack.eval.drift import edge_count
+    from mempack.fidelity.world import describe_world
+
     beyond = [L for L in s.absences if L > FRAMEPACK_WINDOW_SECTIONS]
-    summary = {"chance": 1 / s.identities, "recall_absences": beyond or s.absences, "variants": {}}
+    summary = {"world": describe_world(world_for(s, 1).config), "chance": 1 / s.identities,
+               "recall_absences": beyond or s.absences, "variants": {}}
     for v in variants:
         rows = sorted((r for r in results if r["variant"] == v), key=lambda r: r["seed"])
         if not rows:
@@ -328,7 +327,7 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "exposure_curves": {"own_history": np.mean([r["exposure_rollout_curve"] for r in rows], axis=0).tolist(),
                                 "true_history": np.mean([r["exposure_teacher_curve"] for r in rows], axis=0).tolist()},
             # the error level the rollout ends at (mean over its last 15 % of sections), beside eq. 8's difference
-            "late_error": _stats([float(np.mean(r["drift_curve"][-max(1, round(0.15 * len(r["drift_curve"]))):]))
+            "late_error": _stats([float(np.mean(r["drift_curve"][-edge_count(len(r["drift_curve"]), 0.15):]))
                                   for r in rows]),
             "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
             "train_flops_per_clip": float(np.mean([r["train_flops_per_clip"] for r in rows])),
@@ -402,6 +401,10 @@ def _probe_means(rows: list[dict], absences: list[int]) -> dict | None:
 
 
 def print_table(summary: dict, s: Settings) -> None:
+    world = summary["world"]
+    print(f"world seed {world['seed']}, K = {world['identities']}, {world['camera']} camera: {world['role']} world"
+          + (" (choices were made on it: not evidence)" if world["role"] == "development" else
+             " (never used for a choice)"))
     absences = s.absences
     head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
         f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'exposure gap':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
@@ -441,7 +444,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
     p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
     p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
-    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-seed", type=int, default=0,
+                   help="the world (codes, palette); seed 0 is the development world, others are report worlds")
+    p.add_argument("--camera", default="static", choices=("static", "moving"),
+                   help="static background, or a camera that pans, zooms and drifts in lighting")
     p.add_argument("--train-absence", help="absent sections in training videos, LO,HI (default 1,max(--absence))")
     p.add_argument("--visible", default="1,2", help="sections in view before leaving, LO,HI")
     p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
@@ -455,9 +461,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--memory-lr", type=float, default=1e-4,
                    help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)")
-    p.add_argument("--stage1-clip", default="uniform", choices=("uniform", "return"),
-                   help="stage 1 trains one clip per video: drawn uniformly (the library's), or its return section "
-                        "(the one whose content must come from memory)")
+    p.add_argument("--stage1-clip", default="uniform", choices=("uniform", "late", "all", "return"),
+                   help="which clip a stage-1 step trains: the library's policies (uniform, late: ∝ i + 1, all: "
+                        "every clip), or return: the video's return section, an oracle curriculum (it reads the "
+                        "world's layout, which no user's data tells)")
     p.add_argument("--stage2-lr", type=float, default=2e-4)
     p.add_argument("--events", type=int, default=12,
                    help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
@@ -526,7 +533,7 @@ def main(argv=None) -> dict:
                  args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
                  str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
                  args.after_return, args.probe_videos, args.memory_lr,
-                 stage1_clip=args.stage1_clip, exposure_videos=args.exposure_videos)
+                 stage1_clip=args.stage1_clip, exposure_videos=args.exposure_videos, camera=args.camera)
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts

@@ -15,6 +15,7 @@ ratio and is resized to cover it, then cropped, so it keeps its shape.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,6 +168,25 @@ F1_SCALED = Preset(
                  "pooled_projection_dim": TINY.pooled_dim, "image_proj_dim": TINY.image_embed_dim},
     semantic_pack={**TINY.semantic_pack, "context_dim": 1024, "dim": 256, "num_heads": 4},
 )
+
+
+
+def world_preset(width: int = 128, layers: int = 2) -> Preset:
+    """The method-fidelity model (`mempack.fidelity`): tiny's encoders with a `width`-wide backbone (head width
+    32, `layers` dual- and single-stream blocks each) and a SemanticPack half as wide. Tiny's 32-wide,
+    one-block backbone cannot even hold a 2×2×16 latent patch in its width; this is the smallest size
+    whose memory the synthetic world's benchmarks measure (default 128 × 2, `--width`/`--layers`)."""
+    if width % 32 or width < 64 or layers < 1:
+        raise ValueError(f"world_preset needs a width that is a multiple of 32, >= 64, and layers >= 1; "
+                         f"got {width}, {layers}")
+    return dataclasses.replace(
+        TINY, name=f"world-{width}x{layers}",
+        transformer={**TINY.transformer, "num_attention_heads": width // 32, "attention_head_dim": 32,
+                     "rope_axes_dim": (8, 12, 12), "num_layers": layers, "num_single_layers": layers},
+        semantic_pack={**TINY.semantic_pack, "context_dim": width, "dim": width // 2, "num_heads": 4})
+
+
+WORLD = world_preset()  # the benchmark's default size (not a training preset: it has no prep output of its own)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, FRAMEPACK_F1, F1_SCALED)}
 

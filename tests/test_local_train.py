@@ -99,3 +99,25 @@ def test_a_chosen_clip_replaces_the_uniform_draw_and_memory_learns_only_from_lat
         changed[name] = (model.semantic_pack.patchify.weight - before).abs().max().item()
     assert changed["first"] == 0.0
     assert 0.0 < changed["last"] < 3e-4  # two Adam steps of about memory_lr each (at lr they would reach 2e-3)
+
+
+def test_stage_one_clip_policies_need_no_knowledge_of_the_video(world):
+    """uniform: each clip equally; late: clip i ∝ i + 1; all: every clip, at that many micro-steps. The same
+    policy runs in the Ray loop (TrainConfig.stage1_clips) and here (LocalTrainConfig.stage1_clips)."""
+    g = torch.Generator().manual_seed(0)
+    draws = {p: torch.bincount(torch.tensor([trained_clip(1, "teacher", 4, g, p) for _ in range(4000)]), minlength=4)
+             for p in ("uniform", "late")}
+    expected = {"uniform": torch.full((4,), 0.25), "late": torch.tensor([1, 2, 3, 4]) / 10}
+    for policy, counts in draws.items():  # 4,000 draws: each share within 0.03 (> 4 standard errors)
+        torch.testing.assert_close(counts / 4000, expected[policy].float(), atol=0.03, rtol=0)
+    assert trained_clip(1, "teacher", 4, g, "all") is None and clips_trained_per_video(1, "teacher", 4, "all") == 4
+    assert samples_one_clip(1, "teacher", "late") and not samples_one_clip(1, "teacher", "all")
+    video = world.video(5, absence=1)
+    model = MemoryPackTransformer.from_preset("tiny", seed=3)
+    result = train_in_process(model, [(video.clips(), world.conditioning(video))],
+                              LocalTrainConfig(stage=1, steps=1, lr=1e-3, stage1_clips="all"))
+    assert result.clips == video.sections  # every clip of the video, teacher-forced
+    assert TrainConfig(stage1_clips="late").stage1_clips == "late"
+    for bad in (lambda: TrainConfig(stage1_clips="return"), lambda: LocalTrainConfig(stage1_clips="return")):
+        with pytest.raises(ValueError, match="stage1_clips must be one of"):
+            bad()

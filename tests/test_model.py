@@ -213,7 +213,7 @@ def with_object(background: torch.Tensor, code: torch.Tensor, frame: int = 4) ->
     return segment
 
 
-def test_novelty_memory_ignores_what_the_start_latent_holds():
+def test_minus_start_latent_memory_ignores_what_the_start_latent_holds():
     cond = make_cond(seed=5)
     sp, literal = semantic_pack(), semantic_pack(memorize_input="segment")
     code = torch.randn(C)
@@ -228,7 +228,7 @@ def test_novelty_memory_ignores_what_the_start_latent_holds():
         sp.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds)
 
 
-def test_salience_pooling_lets_a_one_token_object_move_memorize_s_output():
+def test_input_energy_pooling_lets_a_one_token_object_move_memorize_s_output():
     """At initialisation, learned queries pool a window's 48 tokens almost evenly, so an object on one of
     them barely moves the summary; weighting by input energy lets it dominate. Equal energy everywhere
     pools exactly as the queries alone do."""
@@ -237,12 +237,12 @@ def test_salience_pooling_lets_a_one_token_object_move_memorize_s_output():
     empty = torch.zeros(1, C, WINDOW, H, W)
     zero = torch.zeros(1, C, 1, H, W)
     shares = {}
-    for pooling in ("salience", "learned"):
+    for pooling in ("input_energy", "learned"):
         sp = semantic_pack(pooling=pooling)
         with torch.no_grad():
             a, b = (sp.memorize_segment(with_object(zero, code), zero) for code in codes)
         shares[pooling] = float((a - b).norm() / a.norm())
-    assert shares["salience"] > 5 * shares["learned"], shares
+    assert shares["input_energy"] > 5 * shares["learned"], shares
     sp = semantic_pack()
     tokens = torch.randn(1, 3, 16, sp.config.dim, generator=g)
     with torch.no_grad():
@@ -261,10 +261,19 @@ def test_carry_adds_the_previous_memory_at_unit_gain_and_keeps_what_it_held():
         reference = (rebuilt.update(rebuilt.update(memory, first), still).tokens + rebuilt.update(memory, first).tokens)
     torch.testing.assert_close(one, reference * 0.5**0.5)
     assert psi.shape == one.shape
-    # what the first segment wrote, four empty sections later: two objects' memories still differ
-    other = with_object(cond.start_latent, torch.randn(C))
-    kept = {}
-    for name, sp in (("carry", carried), ("no carry", rebuilt)):
-        a, b = (write(sp, cond, [seg] + [still] * 4) for seg in (first, other))
-        kept[name] = float((a - b).norm() / a.norm())
-    assert kept["carry"] > 4 * kept["no carry"], kept  # 8.7x at this seed
+    # what the first segment wrote, four empty sections later, on five weight seeds: the residual path alone
+    # carries (√½)⁴ = ¼ of the difference between two objects' memories; carried ψ keeps at least half of
+    # that, rebuilt ψ (structure A from the newest section) less than a fifth (measured 0.15–0.19 and
+    # 0.006–0.021 of the difference one write after the object)
+    for seed in range(5):
+        start = make_cond(seed=seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        seen = [with_object(start.start_latent, torch.randn(C, generator=g)) for _ in range(2)]
+        empty = start.start_latent.repeat(1, 1, WINDOW, 1, 1)
+        kept = {}
+        for carry in (True, False):
+            sp = semantic_pack(seed=seed, carry=carry)
+            after = [[write(sp, start, [seg] + [empty] * n) for seg in seen] for n in (0, 4)]
+            ratio = [float((a - b).norm() / a.norm()) for a, b in after]
+            kept[carry] = ratio[1] / ratio[0]
+        assert kept[True] >= 0.5 * 0.25 and kept[False] <= 0.2 * 0.25, (seed, kept)

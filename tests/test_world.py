@@ -19,7 +19,8 @@ def test_a_video_is_start_plus_whole_sections_with_an_absence_longer_than_framep
     torch.testing.assert_close(video.clips()[2], video.latents[:, video.section_frames(2)])
     assert video.absence == 4 and video.absence * SECTION > 1 + 2 + 16
     assert world.detect(video.latents[:, 0]) == []  # never in the start latent
-    assert video.enter >= 0 and video.positions[0] is None
+    first_in_view = min(f for f, pos in enumerate(video.positions) if pos is not None)
+    assert first_in_view == video.section_frames(video.enter).start and video.enter >= world.config.enter[0] >= 1
 
 
 def test_the_scorer_reads_back_what_was_drawn(world):
@@ -74,6 +75,74 @@ def test_render_is_a_fixed_palette_of_uint8_frames(world):
     assert not np.array_equal(rgb[start], rgb[0])  # the object shows
 
 
+@pytest.fixture(scope="module")
+def moving():
+    return World(WorldConfig(identities=5, absence=(3, 5), seed=1, camera="moving"))
+
+
+def test_a_moving_camera_leaves_no_frame_equal_to_the_start_latent(moving, world):
+    """Pan, zoom and lighting: after the start latent, every frame's background differs from it, and in every
+    section by more energy than the object holds, so "section minus start latent" is mostly the camera.
+    The objects, identities and events are the static video's of the same seed."""
+    object_energy = float(moving.codes.square().sum(dim=1).mean()) * OBJECT * OBJECT
+    for seed in range(6):
+        video, still = moving.video(seed), world.video(seed)
+        assert (video.identity, video.enter, video.leave, video.returns, video.positions) == (
+            still.identity, still.enter, still.leave, still.returns, still.positions)
+        torch.testing.assert_close(video.latents[:, 0], still.latents[:, 0])  # the same start latent
+        truth = moving.backgrounds(video, video.latents.shape[1])
+        change = (truth - video.latents[:, :1]).square().sum(dim=(0, 2, 3))  # per frame
+        start_energy = float(video.latents[:, 0].square().sum())
+        assert float(change[1:].min()) > 0.01 * start_energy  # no frame after the start repeats it
+        for k in range(video.sections):
+            assert float(change[video.section_frames(k)].mean()) > object_energy, (seed, k)
+        # the truth continues past the video's end (rollouts are longer), along the same path
+        longer = moving.backgrounds(video, video.latents.shape[1] + 20)
+        torch.testing.assert_close(longer[:, : truth.shape[1]], truth)
+        assert float((longer[:, -1] - truth[:, -1]).square().sum()) > 0.01 * start_energy
+
+
+def test_the_scorer_finds_objects_and_identities_exactly_under_a_moving_camera(moving):
+    lane = (moving.config.height - OBJECT, moving.config.height)
+    for seed in range(6):
+        video = moving.video(seed)
+        truth = moving.backgrounds(video, video.latents.shape[1])
+        for f, pos in enumerate(video.positions):
+            found = moving.detect(video.latents[:, f])
+            cells = [(a, b) for a in range(OBJECT) for b in range(OBJECT)]
+            expected = set() if pos is None else {(pos[0] + a, pos[1] + b) for a, b in cells}
+            assert {(y, x) for y, x, k in found if k == video.identity} == expected, (seed, f)
+            assert all(k == video.identity for _, _, k in found), (seed, f)  # the moving background is never an object
+        assert moving.identity_in(video.latents, video.section_frames(video.returns), rows=lane) == video.identity
+        assert moving.identity_in(video.latents, video.section_frames(video.leave), rows=lane) is None
+        assert moving.frame_errors(video.latents, truth)["total"].max() == pytest.approx(0.0, abs=1e-10)
+        # scored against the start latent as if the camera stood still, the same video is far off
+        assert moving.frame_errors(video.latents, video.background)["background"][1:].mean() > 0.1
+    rgb = moving.render(video.latents, scale=2)
+    assert rgb.shape == (video.latents.shape[1], 16, 16, 3) and rgb.dtype == np.uint8
+    assert not np.array_equal(rgb[1], rgb[0])  # the frame after the start already moved
+
+
+def test_minus_start_latent_is_the_object_alone_only_while_the_camera_stands_still(world, moving):
+    """What SemanticPack's `memorize_input="minus_start_latent"` reads, on each camera: the object's share of
+    the energy of (section − start latent) in the section it enters. A static camera leaves exactly the
+    object (share 1); a moving one leaves mostly the camera's motion, as on real footage."""
+    for seed in range(6):
+        shares = {}
+        for name, w in (("static", world), ("moving", moving)):
+            video = w.video(seed)
+            frames = video.section_frames(video.enter)
+            difference = video.latents[:, frames] - video.latents[:, :1]
+            mask = torch.zeros(difference.shape[1:], dtype=torch.bool)
+            for k, f in enumerate(range(frames.start, frames.stop)):
+                y, x = video.positions[f]
+                mask[k, y: y + OBJECT, x: x + OBJECT] = True
+            energy = difference.square().sum(dim=0)
+            shares[name] = float(energy[mask].sum() / energy.sum())
+        assert shares["static"] == pytest.approx(1.0, abs=1e-6), (seed, shares)
+        assert shares["moving"] < 0.5, (seed, shares)
+
+
 def test_every_knob_is_checked():
     with pytest.raises(ValueError, match="identities"):
         WorldConfig(identities=1)
@@ -81,6 +150,8 @@ def test_every_knob_is_checked():
         WorldConfig(absence=(4, 2))
     with pytest.raises(ValueError, match="distractor"):
         WorldConfig(identities=2, distractors=2)
+    with pytest.raises(ValueError, match="camera"):
+        WorldConfig(camera="handheld")
     world = World(WorldConfig(distractors=2, identities=4, speed=(1, 2)))
     video = world.video(5)
     assert len(video.distractor_ids) == 2 and video.identity not in video.distractor_ids

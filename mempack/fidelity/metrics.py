@@ -16,7 +16,8 @@
   the share the identity explains; the backbone, unlike the read-out, sees ψ unstandardised.
 * **Drift** (paper eq. 8): roll out many sections from a start latent alone, score every frame against
   the world's truth (background error + object integrity, `World.frame_errors`) and take
-  |mean over the first 15% − mean over the last 15%| of the frames the model generated.
+  |mean over the first 15% − mean over the last 15%| of the frames the model generated
+  (`mempack.eval.drift.drift`: the one definition, ⌈15 %⌉ of the frames at each end).
 * **Exposure gap** (`exposure_gap`): what Direct Forcing targets, isolated. Each section of a held-out
   video is generated twice with the same noise: in a rollout (history = the model's own sections) and
   from the ground-truth prefix (history = the truth, as teacher forcing trains). Their error difference
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mempack.eval.drift import drift
 from mempack.sampling import GenerationConfig, generate
 from mempack.model import MemoryPackTransformer
 from mempack.fidelity.world import OBJECT, World
@@ -93,9 +95,9 @@ def rollout_drift(
         out = generate(model, world.conditioning(video),
                        GenerationConfig(sections=sections, steps=steps, guidance=guidance, seed=seed + r),
                        progress=False).latents[0]
-        errors = world.frame_errors(out[:, 1:], video.background)["total"]  # the model's own frames only
-        edge = max(1, round(0.15 * len(errors)))
-        per.append(float(abs(errors[:edge].mean() - errors[-edge:].mean())))
+        truth = world.backgrounds(video, out.shape[1])
+        errors = world.frame_errors(out[:, 1:], truth[:, 1:])["total"]  # the model's own frames only
+        per.append(drift(errors))
         curves.append(errors.reshape(sections, -1).mean(axis=1))
         if keep_latents:
             kept.append(out)
@@ -129,7 +131,8 @@ def exposure_gap(
         cond, n = world.conditioning(video), video.sections
         config = GenerationConfig(sections=n, steps=steps, guidance=guidance, seed=seed + v)
         own = generate(model, cond, config, progress=False).latents[0]
-        rollout = world.frame_errors(own[:, 1:], video.background)["total"].reshape(n, -1).mean(axis=1)
+        truth = world.backgrounds(video, own.shape[1])
+        rollout = world.frame_errors(own[:, 1:], truth[:, 1:])["total"].reshape(n, -1).mean(axis=1)
         teacher = np.empty(n)
         noise_shape = (1, video.latents.shape[0], model.config.layout.window, *video.latents.shape[2:])
         for k in range(n):
@@ -139,7 +142,8 @@ def exposure_gap(
             prefix = video.latents[None, :, 1:video.section_frames(k).start] if k else None
             out = generate(model, cond, GenerationConfig(sections=1, steps=steps, guidance=guidance),
                            progress=False, prefix=prefix, generator=generator).latents[0]
-            teacher[k] = world.frame_errors(out[:, video.section_frames(k)], video.background)["total"].mean()
+            frames = video.section_frames(k)
+            teacher[k] = world.frame_errors(out[:, frames], truth[:, frames])["total"].mean()
         rollouts.append(rollout)
         teachers.append(teacher)
         per.append(float((rollout[1:] - teacher[1:]).mean()) if n > 1 else 0.0)

@@ -4,8 +4,13 @@ It exists to test the method's two claims where a real dataset cannot: that Sema
 what left FramePack's window, and that Direct Forcing curbs drift. A video is latents [16, 1 + 9·n, h, w]
 (the start latent, then n sections of `SECTION` latent frames, the model's window), no VAE in the way.
 
-* **Background**: a smooth random pattern per video that stays put (in the start latent, so FramePack's
-  always-kept start frame carries it).
+* **Background**: a smooth random pattern per video. With `camera="static"` it stays put (it *is* the
+  start latent, so FramePack's always-kept start frame carries it, and "section minus start latent" is
+  exactly the object). With `camera="moving"` the camera pans at a constant velocity, zooms in and out
+  and the lighting drifts (`Camera`): the start latent is the pattern at t = 0 and no later frame equals
+  it, as on walking, driving and drone footage. The pattern is a sum of waves defined on the whole
+  plane, so the truth exists for any number of frames (`World.backgrounds`), rollouts longer than the
+  video included.
 * **Object**: one of K identities, each a fixed code vector written into the channels of a 2×2 block
   (`codes`). It is *not* in the start latent: it enters at the portal (left edge) at the start of
   section `enter` ≥ 1, moves and bounces for `visible` sections, then is out of view for `absent`
@@ -58,6 +63,7 @@ class WorldConfig:
     image_dim: int = 32
     prompt_tokens: int = 16
     seed: int = 0  # fixes codes, beacon, prompt and the image-feature projection
+    camera: str = "static"  # "moving": pan, zoom and lighting drift (Camera); objects and events unchanged
 
     def __post_init__(self) -> None:
         if self.identities < 2:
@@ -72,6 +78,48 @@ class WorldConfig:
             raise ValueError("distractors need identities of their own")
         if self.distractors * OBJECT + OBJECT > self.height:
             raise ValueError("no room for that many distractor rows")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {CAMERAS}, got {self.camera!r}")
+
+
+CAMERAS = ("static", "moving")
+# World seeds that choices were made on (SemanticPack's options, learning rates, the CI guard's size): the
+# development worlds. Every other world seed is a report world, whose numbers never fed a choice.
+DEVELOPMENT_WORLD_SEEDS = (0,)
+
+
+def world_role(config: WorldConfig) -> str:
+    """"development" (choices were made on this world: its numbers are not evidence) or "report"."""
+    return "development" if config.seed in DEVELOPMENT_WORLD_SEEDS else "report"
+
+
+def describe_world(config: WorldConfig) -> dict:
+    """What a results file says about the world it measured: seed, K, camera and role."""
+    return {"seed": config.seed, "identities": config.identities, "camera": config.camera, "role": world_role(config)}
+
+
+@dataclass(frozen=True)
+class Camera:
+    """A moving camera's path: frame t (latent frames from the start latent) shows the pattern at
+    rows/columns c + (cell − c)/zoom(t) + pan·t, times gain(t).
+
+    zoom(t) = 1 + zoom·sin(2πt/zoom_period) and gain(t) = 1 + light·sin(2πt/light_period) are 1 at t = 0,
+    so the start latent is the pattern itself; the pan never stops, so no later frame repeats it.
+    """
+
+    pan: tuple[float, float]  # (rows, columns) per latent frame
+    zoom: float
+    zoom_period: float
+    light: float
+    light_period: float
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Camera":
+        """Pan 0.4–0.7 cells per latent frame in any direction (3.2–5.6 pixels at the VAE's 8×), zoom ±10–25 %
+        over 3–6 sections, lighting ±10–20 % over 4–8 sections."""
+        angle, speed = rng.uniform(0, 2 * math.pi), rng.uniform(0.4, 0.7)
+        return cls((speed * math.sin(angle), speed * math.cos(angle)), rng.uniform(0.1, 0.25),
+                   rng.uniform(3, 6) * SECTION, rng.uniform(0.1, 0.2), rng.uniform(4, 8) * SECTION)
 
 
 @dataclass
@@ -86,6 +134,8 @@ class WorldVideo:
     returns: int  # the section in which the object comes back
     positions: list[tuple[int, int] | None]  # per latent frame: the tracked object's top-left cell
     distractor_ids: list[int] = field(default_factory=list)
+    pattern: torch.Tensor | None = None  # [C, 3, 4] wave parameters of the background (moving camera)
+    camera: Camera | None = None  # None: the background stays put (`background` in every frame)
 
     @property
     def sections(self) -> int:
@@ -139,7 +189,7 @@ class World:
         identity = drawn if identity is None else identity
         others = [k for k in range(cfg.identities) if k != identity]
         distractor_ids = [int(k) for k in rng.permutation(others)[: cfg.distractors]]
-        background = self._background(rng)
+        background, params = self._background(rng)
         latents = background[:, None].repeat(1, frames, 1, 1)
         speed = int(rng.integers(cfg.speed[0], cfg.speed[1] + 1))
         lane = cfg.height - OBJECT  # the tracked object's row: the bottom lane
@@ -148,6 +198,11 @@ class World:
             first = 1 + SECTION * start_section
             for k, x in enumerate(_bounce(SECTION * (end_section - start_section), cfg.width - OBJECT, speed)):
                 positions[first + k] = (lane, x)
+        camera = pattern = None
+        if cfg.camera == "moving":  # drawn last: a moving-camera video keeps the static one's objects and events
+            pattern = params
+            camera = Camera.draw(np.random.default_rng([cfg.seed, seed, 2]))
+            latents = _moving_background(pattern, camera, frames, cfg, background).contiguous()
         for f, pos in enumerate(positions):
             if pos is not None:
                 self._draw(latents, f, pos, self.codes[identity])
@@ -160,10 +215,18 @@ class World:
             xs = _bounce(frames - 1 + phase, cfg.width - OBJECT, 1)[phase:]
             for f in range(1, frames):
                 self._draw(latents, f, (row, xs[f - 1]), self.codes[k])
-        return WorldVideo(latents, background, identity, enter, leave, returns, positions, distractor_ids)
+        return WorldVideo(latents, background, identity, enter, leave, returns, positions, distractor_ids,
+                          pattern, camera)
 
-    def _background(self, rng: np.random.Generator) -> torch.Tensor:
-        """A smooth pattern: a few low-frequency waves per channel."""
+    def backgrounds(self, video: WorldVideo, frames: int) -> torch.Tensor:
+        """The true background of latent frames 0 … frames − 1 [C, frames, h, w] (frame 0: the start latent),
+        for any length: a rollout longer than the video is scored against where the camera went."""
+        if video.camera is None:
+            return video.background[:, None].expand(-1, frames, -1, -1)
+        return _moving_background(video.pattern, video.camera, frames, self.config, video.background)
+
+    def _background(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A smooth pattern [C, h, w] (a few low-frequency waves per channel) and its waves' parameters."""
         cfg = self.config
         y = torch.arange(cfg.height, dtype=torch.float32)[:, None]
         x = torch.arange(cfg.width, dtype=torch.float32)[None]
@@ -172,7 +235,7 @@ class World:
         for c in range(CHANNELS):
             for fy, fx, phase, amp in params[c]:
                 out[c] += (amp - 0.5) * torch.cos(math.pi * (fy * y / cfg.height + fx * x / cfg.width) * 2 + 6.28 * phase)
-        return out / out.std().clamp_min(1e-6) * cfg.background_scale
+        return out / out.std().clamp_min(1e-6) * cfg.background_scale, params
 
     @staticmethod
     def _draw(latents: torch.Tensor, frame: int, pos: tuple[int, int], code: torch.Tensor) -> None:
@@ -222,8 +285,8 @@ class World:
     def frame_errors(self, latents: torch.Tensor, background: torch.Tensor) -> dict[str, np.ndarray]:
         """Per-frame error of a latent video [C, T, h, w] against this world's truth.
 
-        `background`: mean squared error over cells where no object was detected, against the true
-        (static) background. `object`: over detected object cells, 1 − cosine to the nearest code (how
+        `background` is the true background, [C, h, w] (static camera) or per frame [C, T, h, w]
+        (`backgrounds`). `background`: mean squared error over cells where no object was detected. `object`: over detected object cells, 1 − cosine to the nearest code (how
         far objects are from a clean identity); 0 when none is seen. `total` is their sum.
         """
         bg, obj = [], []
@@ -238,7 +301,8 @@ class World:
                 mask[y, x] = False
                 v = frame[:, y, x]
                 cos_err.append(1 - float((v / v.norm().clamp_min(1e-6) @ codes_unit.T).max()))
-            diff = (frame - background)[:, mask]
+            truth = background if background.ndim == 3 else background[:, f]
+            diff = (frame - truth)[:, mask]
             bg.append(float(diff.square().mean()) if diff.numel() else 0.0)
             obj.append(float(np.mean(cos_err)) if cos_err else 0.0)
         bg_a, obj_a = np.asarray(bg), np.asarray(obj)
@@ -262,6 +326,26 @@ def _bounce(steps: int, span: int, speed: int) -> list[int]:
             x, v = 2 * span - x, -v
         elif x < 0:
             x, v = -x, -v
+    return out
+
+
+def _moving_background(pattern: torch.Tensor, camera: Camera, frames: int, cfg: WorldConfig,
+                       start: torch.Tensor) -> torch.Tensor:
+    """The pattern seen through `camera` in latent frames 0 … frames − 1 [C, frames, h, w], scaled as the
+    start latent (`start`, the static pattern) was, so frame 0 is the start latent."""
+    t = torch.arange(frames, dtype=torch.float64)[:, None, None]
+    cy, cx = (cfg.height - 1) / 2, (cfg.width - 1) / 2
+    zoom = 1 + camera.zoom * torch.sin(2 * math.pi * t / camera.zoom_period)
+    rows = cy + (torch.arange(cfg.height, dtype=torch.float64)[None, :, None] - cy) / zoom + camera.pan[0] * t
+    cols = cx + (torch.arange(cfg.width, dtype=torch.float64)[None, None, :] - cx) / zoom + camera.pan[1] * t
+    p = pattern.double()
+    fy, fx, phase, amp = (p[..., i][..., None, None, None] for i in range(4))  # [C, 3, 1, 1, 1]
+    waves = (amp - 0.5) * torch.cos(math.pi * (fy * rows / cfg.height + fx * cols / cfg.width) * 2 + 6.28 * phase)
+    raw = waves.sum(dim=1)  # [C, frames, h, w]
+    scale = start.double().std() / raw[:, 0].std().clamp_min(1e-12)  # the start latent's normalisation
+    gain = 1 + camera.light * torch.sin(2 * math.pi * t / camera.light_period)
+    out = (raw * scale * gain).float()
+    out[:, 0] = start  # exactly the start latent (float rounding aside, it is the same pattern)
     return out
 
 

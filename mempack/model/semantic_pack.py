@@ -15,12 +15,15 @@ width (`init="zero"` replaces it with zeros: the paper's ablation). After each f
 Three choices the paper leaves open make the memory trainable (README, "Does it work?", measures each);
 each can be set back to the literal reading for ablations:
 
-* `memorize_input="novelty"`: Memorize reads the segment minus the start latent, which FramePack keeps
-  in every forward anyway. ψ then spends its capacity on what the start frame does not hold; read
+Each option is named after what it computes; the names of earlier exports (`"novelty"`, `"salience"`) still
+load (`OPTION_ALIASES`).
+
+* `memorize_input="minus_start_latent"`: Memorize reads the segment minus the start latent, which
+  FramePack keeps in every forward anyway. ψ then spends its capacity on what the start frame does not hold; read
   literally (`"segment"`), ψ's video-to-video variation is mostly the static background, which the
   backbone learns to ignore, and the rest of ψ goes with it.
-* `pooling="salience"`: each window's pooling attention is biased by the log of each token's input
-  energy, so a small new object is not averaged away among dozens of unchanged tokens (`"learned"`:
+* `pooling="input_energy"`: each window's pooling attention is biased by the log of each token's input
+  energy (the energy of what Memorize reads: the difference from the start latent by default), so a small new object is not averaged away among dozens of unchanged tokens (`"learned"`:
   queries alone, which at initialisation pool almost uniformly: an object covering 1/16 of a frame
   held 0.1 % of ψ's energy).
 * `carry=True`: ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 whenever both have the same tokens (structure
@@ -52,12 +55,20 @@ from torch import nn
 from mempack.model.context_gate import ContextGate
 
 Structure = Literal["A", "B", "C"]
+MEMORIZE_INPUTS = ("minus_start_latent", "segment")
+POOLINGS = ("input_energy", "learned")
+OPTION_ALIASES = {"memorize_input": {"novelty": "minus_start_latent"}, "pooling": {"salience": "input_energy"}}
+
+
+def canonical_option(name: str, value: str) -> str:
+    """An option's current name for `value` (earlier exports' configs say "novelty" and "salience")."""
+    return OPTION_ALIASES.get(name, {}).get(value, value)
 
 
 @dataclass
 class SemanticMemory:
     """ψ: memory tokens [B, M, D], which of them are real [B, M] (bool), updates so far, and the start
-    latent [B, C, 1, H, W] that novelty is measured against (None when Memorize reads whole segments)."""
+    latent [B, C, 1, H, W] that Memorize subtracts (None when Memorize reads whole segments)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
@@ -177,8 +188,8 @@ class SemanticPack(ModelMixin, ConfigMixin):
         memorize_layers: int = 2,
         structure: str = "A",
         init: str = "prompt_image",
-        memorize_input: str = "novelty",
-        pooling: str = "salience",
+        memorize_input: str = "minus_start_latent",
+        pooling: str = "input_energy",
         carry: bool = True,
         context_gate: bool = True,
         gate_gain: float = 100.0,
@@ -188,10 +199,13 @@ class SemanticPack(ModelMixin, ConfigMixin):
             raise ValueError(f"structure must be A, B or C, got {structure!r}")
         if init not in ("prompt_image", "zero"):
             raise ValueError(f"init must be 'prompt_image' or 'zero', got {init!r}")
-        if memorize_input not in ("novelty", "segment"):
-            raise ValueError(f"memorize_input must be 'novelty' or 'segment', got {memorize_input!r}")
-        if pooling not in ("salience", "learned"):
-            raise ValueError(f"pooling must be 'salience' or 'learned', got {pooling!r}")
+        memorize_input = canonical_option("memorize_input", memorize_input)
+        pooling = canonical_option("pooling", pooling)
+        if memorize_input not in MEMORIZE_INPUTS:
+            raise ValueError(f"memorize_input must be one of {MEMORIZE_INPUTS}, got {memorize_input!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.register_to_config(memorize_input=memorize_input, pooling=pooling)  # saved under today's names
         self.text_in = nn.Linear(text_embed_dim, dim)
         self.image_in = nn.Linear(image_embed_dim, dim)
         self.patchify = nn.Conv3d(latent_channels, dim, (1, patch_size, patch_size), (1, patch_size, patch_size))
@@ -215,28 +229,29 @@ class SemanticPack(ModelMixin, ConfigMixin):
         start_latent: torch.Tensor | None = None,
     ) -> SemanticMemory:
         """ψ₀ = [text_in(prompt tokens) ; image_in(image tokens)] — timestep-independent features — and
-        the start latent [B, C, 1, H, W] novelty is measured against (required for `memorize_input="novelty"`)."""
-        if self.config.memorize_input == "novelty" and start_latent is None:
-            raise ValueError("memorize_input='novelty' measures novelty against the start latent: pass start_latent")
+        the start latent [B, C, 1, H, W] Memorize subtracts (required for `memorize_input="minus_start_latent"`)."""
+        if self.config.memorize_input == "minus_start_latent" and start_latent is None:
+            raise ValueError("memorize_input='minus_start_latent' subtracts the start latent: pass start_latent")
         text = self.text_in(prompt_embeds.to(self.dtype))
         image = self.image_in(image_embeds.to(self.dtype))
         tokens = torch.cat([text, image], dim=1)
         mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(image.shape[:2]).bool()], dim=1)
         if self.config.init == "zero":
             tokens = torch.zeros_like(tokens)
-        anchor = start_latent if self.config.memorize_input == "novelty" else None
+        anchor = start_latent if self.config.memorize_input == "minus_start_latent" else None
         return SemanticMemory(tokens, mask, 0, anchor)
 
     def memorize_segment(self, segment_latents: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
         """Memorize(xⁿ): segment latents [B, C, T, H, W] (minus `anchor` [B, C, 1, H, W] when Memorize
-        reads novelty) → compact embeddings [B, K, D]."""
+        reads the difference) → compact embeddings [B, K, D]."""
         x = segment_latents.to(self.dtype)
-        if self.config.memorize_input == "novelty":
+        if self.config.memorize_input == "minus_start_latent":
             if anchor is None:
-                raise ValueError("memorize_input='novelty' needs the start latent (ψ₀ from initial_memory carries it)")
+                raise ValueError("memorize_input='minus_start_latent' needs the start latent (ψ₀ from initial_memory "
+                                 "carries it)")
             x = x - anchor.to(x)
         salience = None
-        if self.config.pooling == "salience":
+        if self.config.pooling == "input_energy":
             size = self.config.patch_size
             salience = F.avg_pool3d(x.square().mean(1, keepdim=True), (1, size, size)).flatten(3)[:, 0]  # [B, T, h·w]
         x = self.patchify(x)  # [B, D, T, h, w]

@@ -38,7 +38,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
 })
 MUST_MATCH_ON_RESUME = frozenset({
     # what is trained, from what, on what
-    "stage", "data", "preset", "pretrained", "model", "init", "seed", "forcing", "curriculum",
+    "stage", "data", "preset", "pretrained", "model", "init", "seed", "forcing", "curriculum", "stage1_clips",
     # the optimisation
     "lr", "memory_lr", "trainable", "weight_decay", "grad_clip", "warmup_steps", "ema_decay", "batch_size",
     # the distributed layout a checkpoint is written in

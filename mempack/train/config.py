@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from mempack import layout
 from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
+from mempack.model.semantic_pack import MEMORIZE_INPUTS, POOLINGS, canonical_option
 from mempack.train.optim import resolve_trainable
+from mempack.train.step import check_stage1_clips
 
 MLFLOW_WEIGHTS = ("upload", "reference")
 
@@ -27,17 +29,19 @@ class ArchitectureConfig:
     semantic_pack: bool = True  # False: FramePack-only (ablation)
     structure: str = "A"  # Squeeze structure of appendix A.1: A, B or C
     memory_init: str = "prompt_image"  # ψ₀ = prompt ⊕ image, or "zero" (ablation)
-    memorize_input: str = "novelty"  # Memorize reads the segment minus the start latent; "segment": as is
-    pooling: str = "salience"  # Memorize's window pooling biased by token energy; "learned": queries alone
+    memorize_input: str = "minus_start_latent"  # what Memorize reads; "segment": the section as is (old: novelty)
+    pooling: str = "input_energy"  # Memorize's pooling biased by its input's energy; "learned": queries alone
     carry: bool = True  # ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 (semantic_pack.py says why each)
 
     def __post_init__(self) -> None:
         HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x)  # raises on an empty stream
+        self.memorize_input = canonical_option("memorize_input", self.memorize_input)
+        self.pooling = canonical_option("pooling", self.pooling)
         for name, value, allowed in (("rope", self.rope, ("absolute", "relative")),
                                      ("structure", self.structure, ("A", "B", "C")),
                                      ("memory_init", self.memory_init, ("prompt_image", "zero")),
-                                     ("memorize_input", self.memorize_input, ("novelty", "segment")),
-                                     ("pooling", self.pooling, ("salience", "learned"))):
+                                     ("memorize_input", self.memorize_input, MEMORIZE_INPUTS),
+                                     ("pooling", self.pooling, POOLINGS)):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
 
@@ -76,6 +80,7 @@ class TrainConfig:
     epochs: int = 1000  # upper bound on passes over every bucket; max_steps usually stops first
     curriculum: str = "progression"  # buckets short → long once ("cycle": short → long every pass; data.curriculum)
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
+    stage1_clips: str = "uniform"  # which clip a stage-1 step trains: uniform, late (∝ i + 1) or all (train/step.py)
     gradient_checkpointing: bool = False
     # distribution
     num_workers: int = 2
@@ -123,6 +128,7 @@ class TrainConfig:
             raise ValueError(f"mlflow_weights must be one of {MLFLOW_WEIGHTS}, got {self.mlflow_weights!r}")
         if self.curriculum not in ("progression", "cycle"):
             raise ValueError(f"curriculum must be 'progression' or 'cycle', got {self.curriculum!r}")
+        check_stage1_clips(self.stage1_clips)
 
     def resolved_forcing(self) -> ForcingConfig:
         """The forcing config with the stage's default mode filled in (stage 1 teacher, stage 2 direct)."""

@@ -29,7 +29,7 @@ from mempack.train.data import curriculum
 from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.train.optim import parameter_groups, resolve_trainable
-from mempack.train.step import clips_trained_per_video, train_video, trained_clip
+from mempack.train.step import check_stage1_clips, clips_trained_per_video, train_video, trained_clip
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class LocalTrainConfig:
     seed: int = 0
     forcing: ForcingConfig = field(default_factory=ForcingConfig)
     trainable: str | None = None  # "all" or "head"; None: the stage's (mempack.train.optim.resolve_trainable)
+    stage1_clips: str = "uniform"  # which clip a stage-1 step trains (mempack.train.step.STAGE1_CLIPS)
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes kept frozen within `trainable` (diagnosis ablations)
+
+    def __post_init__(self) -> None:
+        check_stage1_clips(self.stage1_clips)
 
 
 @dataclass
@@ -67,18 +72,24 @@ def train_in_process(
     config: LocalTrainConfig,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    on_gradients: Callable[[int], None] | None = None,
     pick_clip: Callable[[int], int] | None = None,
 ) -> LocalTrainResult:
     """Train `model` for `config.steps` videos; `videos` is a list (epochs in curriculum order) or a
     function step → video (an endless stream, e.g. freshly drawn synthetic videos).
 
-    `pick_clip` (number of clips → index) chooses the one clip a stage-1 teacher-forcing step trains
-    instead of the uniform draw: an experiment's curriculum, e.g. the benchmark training only the
-    sections whose content must come from memory."""
+    `on_step(step, loss)` runs after each optimizer step; `on_gradients(step)` after the video's backward,
+    before clipping (e.g. to measure gradients). `pick_clip` (number of clips → index) overrides the clip
+    policy of a stage-1 teacher-forcing step with an experiment's own choice, e.g. the benchmark's oracle
+    curriculum, which trains the one section whose content must come from memory (found from the world's
+    layout: no user's data says which that is)."""
     torch.manual_seed(config.seed)
     mode = resolve_mode(config.forcing.mode, config.stage)
     forcing = dataclasses.replace(config.forcing, mode=mode)
     model.set_trainable(resolve_trainable(config.trainable, config.stage))
+    for name, param in model.named_parameters():
+        if name.startswith(config.frozen):
+            param.requires_grad_(False)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.memory_lr),
@@ -90,9 +101,9 @@ def train_in_process(
     for step in range(config.steps):
         clips, cond = videos(step) if order is None else videos[order[step]]
         num_clips = clips.shape[0]
-        scale = 1.0 / clips_trained_per_video(config.stage, mode, num_clips)
+        scale = 1.0 / clips_trained_per_video(config.stage, mode, num_clips, config.stage1_clips)
         shared = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        only = trained_clip(config.stage, mode, num_clips, shared)
+        only = trained_clip(config.stage, mode, num_clips, shared, config.stage1_clips)
         if pick_clip is not None and only is not None:
             only = pick_clip(num_clips)
 
@@ -102,6 +113,8 @@ def train_in_process(
 
         optimizer.zero_grad(set_to_none=True)
         stats = train_video(model, clips, cond, forcing, backward, only_clip=only, generator=shared)
+        if on_gradients is not None:
+            on_gradients(step)
         grads_finite = all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
         if not stats.finite or not grads_finite:
             skipped += 1

@@ -195,14 +195,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_batch = None
     for step, rows in _steps(stream, config.batch_size, state["step"]):
         num_clips = buckets[steps[step].bucket].num_clips
-        if clips_trained_per_video(config.stage, forcing.mode, num_clips) * world != train_batch:
-            train_batch = clips_trained_per_video(config.stage, forcing.mode, num_clips) * world
+        batch = clips_trained_per_video(config.stage, forcing.mode, num_clips, config.stage1_clips) * world
+        if batch != train_batch:
+            train_batch = batch
             engine.set_train_batch_size(train_batch)
         started = time.perf_counter()
         clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
         g = _generator(config.seed, step, rank)
         shared = _generator(config.seed, step)
-        only = trained_clip(config.stage, forcing.mode, num_clips, shared)
+        only = trained_clip(config.stage, forcing.mode, num_clips, shared, config.stage1_clips)
 
         def backward(loss, last: bool, retain: bool) -> None:
             # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step

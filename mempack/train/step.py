@@ -8,7 +8,11 @@ last clip, so gradients accumulate over the video (paper §3.2).
 
 Stage 1 with teacher forcing trains one clip sampled per video (the earlier clips only build the
 ground-truth history and ψ, so long videos cost one forward/backward); every other combination trains
-all clips in order, since each clip's history comes from the previous clips' own forwards.
+all clips in order, since each clip's history comes from the previous clips' own forwards. Which clip
+stage 1 trains is its clip policy (`STAGE1_CLIPS`), a choice that needs no knowledge of the video's
+content: `uniform` (every clip equally), `late` (clip i with probability ∝ i + 1: late clips have the
+longest history and ψ chain, where memory matters) or `all` (every clip of every video, in order, still
+with ground-truth histories: the most memory training per video, at num_clips times the cost).
 """
 
 from __future__ import annotations
@@ -35,25 +39,39 @@ class VideoStepStats:
     finite: bool = True
 
 
-def samples_one_clip(stage: int, mode: str) -> bool:
-    """Stage-1 teacher forcing trains one sampled clip per video; everything else trains every clip."""
-    return stage == 1 and mode == "teacher"
+STAGE1_CLIPS = ("uniform", "late", "all")  # stage-1 clip policies (module docstring)
 
 
-def clips_trained_per_video(stage: int, mode: str, num_clips: int) -> int:
+def check_stage1_clips(policy: str) -> str:
+    if policy not in STAGE1_CLIPS:
+        raise ValueError(f"stage1_clips must be one of {STAGE1_CLIPS}, got {policy!r}")
+    return policy
+
+
+def samples_one_clip(stage: int, mode: str, policy: str = "uniform") -> bool:
+    """Stage-1 teacher forcing trains one sampled clip per video (unless its policy is `all`); everything
+    else trains every clip."""
+    return stage == 1 and mode == "teacher" and check_stage1_clips(policy) != "all"
+
+
+def clips_trained_per_video(stage: int, mode: str, num_clips: int, policy: str = "uniform") -> int:
     """Micro-steps per optimizer step (DeepSpeed's gradient accumulation for a bucket)."""
-    return 1 if samples_one_clip(stage, mode) else num_clips
+    return 1 if samples_one_clip(stage, mode, policy) else num_clips
 
 
-def trained_clip(stage: int, mode: str, num_clips: int, generator: torch.Generator) -> int | None:
-    """The one clip stage-1 teacher forcing trains (drawn from `generator`), or None for all clips.
+def trained_clip(stage: int, mode: str, num_clips: int, generator: torch.Generator,
+                 policy: str = "uniform") -> int | None:
+    """The one clip stage-1 teacher forcing trains (drawn from `generator` under `policy`), or None for all.
 
     The generator must be the same on every rank: clip 0 has no ψ update, so its step leaves
     Memorize/Squeeze without gradients, and ZeRO's bucketed reductions must agree across ranks.
     """
-    if samples_one_clip(stage, mode):
-        return int(torch.randint(0, num_clips, (1,), generator=generator))
-    return None
+    if not samples_one_clip(stage, mode, policy):
+        return None
+    if policy == "late":
+        weights = torch.arange(1, num_clips + 1, dtype=torch.float64)
+        return int(torch.multinomial(weights, 1, generator=generator))
+    return int(torch.randint(0, num_clips, (1,), generator=generator))
 
 
 def train_video(
