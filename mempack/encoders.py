@@ -198,6 +198,18 @@ def _check_widths(preset: Preset, components: dict) -> None:
         raise ValueError("encoder weights do not match the preset: " + ", ".join(wrong))
 
 
+def onload(module: torch.nn.Module) -> None:
+    """Bring a CPU-offloaded module to its execution device before a call that is not `forward`.
+
+    diffusers wraps the VAE's `encode`/`decode` with accelerate's hook (`apply_forward_hook`); the tiled
+    encode and the section decode call its encoder/decoder directly, so they trigger the hook themselves
+    (without it, model offload on a GPU would run the VAE's CPU weights on device inputs).
+    """
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
 def _as_uint8_tensor(array, ndim: int, what: str) -> torch.Tensor:
     """numpy or torch uint8 → torch, with a leading batch axis added when it is missing."""
     if isinstance(array, torch.Tensor):
@@ -298,6 +310,7 @@ class VideoEncoders:
     def _tile_means(self, frames: torch.Tensor) -> torch.Tensor:
         """Posterior means of one temporal tile: the VAE's own per-tile path (spatially tiled or not)."""
         vae, x = self.vae, self._pixels(frames)
+        onload(vae)
         h, w = x.shape[-2:]
         if vae.use_tiling and (h > vae.tile_sample_min_height or w > vae.tile_sample_min_width):
             moments = vae.tiled_encode(x)

@@ -7,7 +7,7 @@ A pipeline folder is what diffusers users expect: `model_index.json` and one sub
 `MemoryPackTransformer`, which is how stage 2 starts from stage 1. Training exports exactly this
 (`mempack.export`), so `MemoryPackPipeline.from_pretrained(export)` runs anywhere the folder is copied.
 
-What it shares with diffusers' `HunyuanVideoFramepackPipeline`: the components, the offload order,
+What it shares with diffusers' `HunyuanVideoFramepackPipeline`: the components, the offload hooks,
 `callback_on_step_end`, `output_type`, the progress-bar config. What it does differently, and why:
 * Conditioning is encoded by `mempack.encoders.VideoEncoders`, the code that made the training data
   (posterior mode, not a sample, for the start latent; the preset's prompt template), so inference sees
@@ -172,7 +172,10 @@ class _SteppedTransformer(MemoryPackTransformer):
 class MemoryPackPipeline(DiffusionPipeline):
     """Image (+ optional video to continue) and prompt → a long video, section by section, with ψ memory."""
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->transformer->vae"
+    # The VAE before the transformer (diffusers' F1 has `transformer->vae`): under model offload a section's
+    # decode then evicts nothing (SigLIP is already gone) and the next step evicts the VAE (~0.5 GB), where
+    # the F1 order would move the 26 GB transformer out and back in for every section (mempack.offload).
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->vae->transformer"
     # ψ's Memorize/Squeeze are called between the backbone's forwards, not through `forward`: it stays
     # on the accelerator (its ~30 M parameters at full size are small next to the 13 B backbone)
     _exclude_from_cpu_offload = ["semantic_pack"]

@@ -22,20 +22,9 @@ import logging
 import numpy as np
 import torch
 
-from mempack.encoders import VideoEncoders, pixels_to_uint8
+from mempack.encoders import VideoEncoders, onload, pixels_to_uint8  # noqa: F401 (onload: re-export)
 
 log = logging.getLogger(__name__)
-
-
-def onload(module: torch.nn.Module) -> None:
-    """Bring a CPU-offloaded module to its execution device before a call that is not `forward`.
-
-    diffusers wraps `encode`/`decode` with accelerate's hook (`apply_forward_hook`); the tile decode
-    below calls the decoder directly, so it triggers the hook itself.
-    """
-    hook = getattr(module, "_hf_hook", None)
-    if hook is not None and hasattr(hook, "pre_forward"):
-        hook.pre_forward(module)
 
 
 class SectionDecoder:
