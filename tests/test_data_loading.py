@@ -35,7 +35,7 @@ def synthetic(tmp_path_factory):
 def _holding(root: Path, video_id: str) -> dict[str, list[int]]:
     """Every file and row group that holds a row of the video, found by reading them all."""
     found = {}
-    for path in sorted(root.rglob("*.parquet")):
+    for path in sorted(p for table in ("clips", "videos") for p in (root / table).rglob("*.parquet")):
         parquet = pq.ParquetFile(path)
         groups = [g for g in range(parquet.num_row_groups)
                   if video_id in parquet.read_row_group(g, columns=["video_id"]).column(0).to_pylist()]
