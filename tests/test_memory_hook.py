@@ -8,13 +8,13 @@ import gc
 import weakref
 
 import torch
-from test_model import C, H, W, WINDOW, make_cond
+from test_model import C, H, W, WINDOW, make_cond, open_gate
 
 from mempack.model import MemoryPackTransformer, pack_history
 
 
 def test_three_wrappers_of_one_backbone_share_one_hook_and_each_adds_psi():
-    first = MemoryPackTransformer.from_preset("tiny", seed=0)
+    first = open_gate(MemoryPackTransformer.from_preset("tiny", seed=0))  # ψ at work, not gated off
     wrappers = [first, *(MemoryPackTransformer(first.backbone, first.semantic_pack, first.config) for _ in range(2))]
     assert len(first.backbone.image_projection._forward_hooks) == 1
     cond = make_cond(seed=4)

@@ -229,13 +229,15 @@ def test_readme_snippet_runs(export, tmp_path):
     (tmp_path / "outputs" / "train" / "stage2").mkdir(parents=True)
     (tmp_path / "outputs" / "train" / "stage2" / "model").symlink_to(export)
     Image.fromarray(sample_image(64, 64)).save(tmp_path / "first_frame.png")
-    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+    sections = re.search(r"<!-- sections-snippet[^>]*-->\s*```python\n(.*?)```", text, re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", snippet + sections], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
     import decord
 
     reader = decord.VideoReader(str(tmp_path / "kite.mp4"))
     assert len(reader) == 37 and reader.get_avg_fps() == 30.0
+    assert len(decord.VideoReader(str(tmp_path / "kite_timeline.mp4"))) == 73  # two prompts, three sections
 
 
 def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):

@@ -98,6 +98,8 @@ def _markdown_commands(text: str) -> list[str]:
         if "python pipelines/train.py" not in line:  # a command, not a mention of the file
             continue
         cmd = re.split(r"&&|;|\|", line.split("pipelines/train.py", 1)[1])[0]
+        if "--stage" not in cmd:  # prose about a flag (`train.py ... --plan`), not a command one can run
+            continue
         out.append(cmd)
     return out
 

@@ -12,8 +12,9 @@ width (`init="zero"` replaces it with zeros: the paper's ablation). After each f
   Structure B: query = ψₙ, key/value = Memorize(xⁿ). Structure C: as B, but the first update's
   query is ψ₀ joined with the first segment's Memorize output.
 
-Three choices the paper leaves open make the memory trainable (README, "Does it work?", measures each);
-each can be set back to the literal reading for ablations:
+Three departures from the paper's eq. 1 and its input make the memory trainable on the synthetic world
+(docs/method_fidelity.md measures each; two of them are exactly right only where the background is static,
+which the moving-camera world tests); each can be set back to the literal reading:
 
 Each option is named after what it computes; the names of earlier exports (`"novelty"`, `"salience"`) still
 load (`OPTION_ALIASES`).

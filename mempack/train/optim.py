@@ -4,7 +4,7 @@ Why a separate rate for the memory writer (SemanticPack's Memorize, Squeeze and 
 gradients arrive only through the backbone's use of ψ, 5–26× smaller per parameter than the backbone's
 and noisy, while Adam moves every parameter by about `lr` whatever its signal. At the backbone's rate the
 memory random-walks and forgets what it held; at a tenth of it the same model learns to recall sooner
-(README, "Does it work?": after 1,000 return sections, recall 0.50 / 0.58 at one rate, 0.83 / 0.75 at
+(docs/method_fidelity.md: after 1,000 return sections, recall 0.50 / 0.58 at one rate, 0.83 / 0.75 at
 two; L = 1 / 4). At real scale the direction may flip: a pretrained F1 backbone fine-tunes at
 1e-5 while SemanticPack starts from scratch. Either way it is one number, `memory_lr`. ψ's projection into
 the backbone (`to_context`) and its gate (`gate`) stay at `lr`: they learn to read ψ, alongside the backbone.
@@ -24,7 +24,7 @@ def resolve_trainable(scope: str | None, stage: int) -> str:
     (the paper's Direct Forcing), unless asked otherwise.
 
     Stage 2 with "all" is the ablation the paper's head-only choice invites: at a small scale the head
-    alone may be too small to absorb what Direct Forcing teaches (README, "Does it work?").
+    alone may be too small to absorb what Direct Forcing teaches (docs/method_fidelity.md).
     """
     if scope is None:
         return "all" if stage == 1 else "head"
