@@ -31,13 +31,18 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = (  # (stage, ZeRO stage)
-    (1, 2), (1, 3), (2, 2), (2, 3))
+    (1, 2),
+    (1, 3),
+    (2, 2),
+    (2, 3),
+)
 
 
 def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work: str, out_json: str) -> None:
     """One rank: every case in turn (build, engine, step, save old and new, reload the new)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import importlib
 
     import deepspeed
@@ -70,7 +75,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work
         ds["bf16"] = {"enabled": dtype == "bf16"}
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
 
-        def engine_of():
+        def engine_of(config=config, ds=ds):
             torch.manual_seed(0)
             model = loop.build_model(config, ds, rank)
             model.set_trainable(config.resolved_trainable())
@@ -82,14 +87,16 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work
         total = sum(getattr(q, "ds_numel", q.numel()) for q in module.parameters())
         g = torch.Generator().manual_seed(1)
         cast = next(module.parameters()).dtype
-        cond = Conditioning(torch.randn(1, p.max_prompt_tokens, p.text_embed_dim, generator=g).to(cast),
-                            torch.ones(1, p.max_prompt_tokens, dtype=torch.int64),
-                            torch.randn(1, p.pooled_dim, generator=g).to(cast),
-                            torch.randn(1, 4, p.image_embed_dim, generator=g).to(cast),
-                            torch.randn(1, p.latent_channels, 1, 8, 8, generator=g).to(cast))
+        cond = Conditioning(
+            torch.randn(1, p.max_prompt_tokens, p.text_embed_dim, generator=g).to(cast),
+            torch.ones(1, p.max_prompt_tokens, dtype=torch.int64),
+            torch.randn(1, p.pooled_dim, generator=g).to(cast),
+            torch.randn(1, 4, p.image_embed_dim, generator=g).to(cast),
+            torch.randn(1, p.latent_channels, 1, 8, 8, generator=g).to(cast),
+        )
         clips = torch.randn(1, p.latent_channels, 9, 8, 8, generator=g).to(cast)  # one clip: no ψ update (CPU bf16)
 
-        def backward(loss, last, retain):
+        def backward(loss, last, retain, engine=engine):
             engine.set_gradient_accumulation_boundary(last)
             engine.backward(loss, retain_graph=retain)
             engine.step()
@@ -99,29 +106,40 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work
         folders = {}
         for label, exclude in (("before", False), ("after", True)):
             folder = Path(work) / f"stage{stage}_zero{zero_stage}_{label}"
-            engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, client_state={"step": 1},
-                                   exclude_frozen_parameters=exclude)
+            engine.save_checkpoint(
+                str(folder), tag=CHECKPOINT_TAG, client_state={"step": 1}, exclude_frozen_parameters=exclude
+            )
             torch.distributed.barrier()
             folders[label] = folder
         trained_now = [local_tensor(q).detach().float().clone() for q in module.parameters() if q.requires_grad]
         steps = engine.global_steps
         del engine, module
         resumed = engine_of()
-        _, client = resumed.load_checkpoint(str(folders["after"]), tag=CHECKPOINT_TAG, load_module_strict=False)
+        _, client = resumed.load_checkpoint(str(folders["after"]), tag=CHECKPOINT_TAG, load_module_strict=True)
         restored = [local_tensor(q).detach().float() for q in resumed.module.parameters() if q.requires_grad]
-        ok = (client["step"] == 1 and resumed.global_steps == steps
-              and all(torch.equal(a, b) for a, b in zip(trained_now, restored)))
+        ok = (
+            client["step"] == 1
+            and resumed.global_steps == steps
+            and all(torch.equal(a, b) for a, b in zip(trained_now, restored, strict=True))
+        )
         torch.distributed.barrier()
         del resumed
         if rank == 0:
-            row = {"stage": stage, "zero_stage": zero_stage, "parameters": total, "trained": trained,
-                   "restored": bool(ok)}
+            row = {
+                "stage": stage,
+                "zero_stage": zero_stage,
+                "parameters": total,
+                "trained": trained,
+                "restored": bool(ok),
+            }
             for label, folder in folders.items():
                 files = {str(f.relative_to(folder)): f.stat().st_size for f in folder.rglob("*") if f.is_file()}
-                row[label] = {"bytes": sum(files.values()),
-                              "optimizer_bytes": sum(v for k, v in files.items() if "optim_states" in k),
-                              "module_bytes": sum(v for k, v in files.items() if "model_states" in k),
-                              "files": len(files)}
+                row[label] = {
+                    "bytes": sum(files.values()),
+                    "optimizer_bytes": sum(v for k, v in files.items() if "optim_states" in k),
+                    "module_bytes": sum(v for k, v in files.items() if "model_states" in k),
+                    "files": len(files),
+                }
             results.append(row)
         else:
             results.append({"restored": bool(ok)})
@@ -144,8 +162,11 @@ def _projection(row: dict, f1_total: int, f1_trained: int, weight_bytes: int) ->
         f1_module = f1_trained if label == "after" else f1_total
         per_module = m["module_bytes"] / module_params
         per_opt = m["optimizer_bytes"] / row["trained"]
-        out[label] = {"module_bytes_per_param": round(per_module, 3), "optimizer_bytes_per_trained": round(per_opt, 3),
-                      "f1_gb": round((per_module * f1_module + per_opt * f1_trained) / 1e9, 2)}
+        out[label] = {
+            "module_bytes_per_param": round(per_module, 3),
+            "optimizer_bytes_per_trained": round(per_opt, 3),
+            "f1_gb": round((per_module * f1_module + per_opt * f1_trained) / 1e9, 2),
+        }
     return out
 
 
@@ -154,8 +175,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--preset", default="f1-scaled")
     parser.add_argument("--double-layers", type=int, default=1)
     parser.add_argument("--single-layers", type=int, default=3)
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
-                        help="training dtype (bf16: what the GPU configs use; DeepSpeed runs it on CPU too)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="training dtype (bf16: what the GPU configs use; DeepSpeed runs it on CPU too)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "checkpoint_bytes.json"))
     args = parser.parse_args(argv)
@@ -172,14 +197,35 @@ def main(argv=None) -> dict:
         pretrained = Path(tmp) / "pretrained"
         make_pretrained(preset, pretrained)
         port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
+        }
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); " \
-               "import checkpoint_bytes as b; b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), " \
-               "sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7])"
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,
-                                   str(pretrained), tmp, str(outs[r])], env=env) for r in range(args.workers)]
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            "import checkpoint_bytes as b; b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "
+            "sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7])"
+        )
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    str(r),
+                    str(args.workers),
+                    str(port),
+                    spec,
+                    str(pretrained),
+                    tmp,
+                    str(outs[r]),
+                ],
+                env=env,
+            )
+            for r in range(args.workers)
+        ]
         codes = [proc.wait() for proc in procs]
         if any(codes):
             raise SystemExit(f"error: a rank failed (exit codes {codes})")
@@ -195,28 +241,44 @@ def main(argv=None) -> dict:
         row["restored"] = all(r[i]["restored"] for r in ranks)
         f1_trained = f1_total if row["stage"] == 1 else f1_head
         row["framepack_f1"] = _projection(row, f1_total, f1_trained, weight_bytes)
-        row["framepack_f1"]["planner_gb"] = round(checkpoint_size(
-            f1_total, f1_trained, weight_bytes, row["zero_stage"], ema=False).checkpoint / 1e9, 2)
+        row["framepack_f1"]["planner_gb"] = round(
+            checkpoint_size(f1_total, f1_trained, weight_bytes, row["zero_stage"], ema=False).checkpoint / 1e9, 2
+        )
         # node-local disk per checkpoint: before, all of it staged in a temp folder; now none (written into the
         # run's storage), or with --checkpoint-scratch this node's ranks' share, deleted once uploaded
-        row["node_local_bytes"] = {"before": row["before"]["bytes"], "after": 0,
-                                   "after_with_scratch": row["after"]["bytes"]}
-    run = {"preset": preset.name, "dtype": args.dtype, "workers": args.workers, "framepack_f1_parameters": f1_total,
-           "framepack_f1_head_parameters": f1_head, "cases": rows}
+        row["node_local_bytes"] = {
+            "before": row["before"]["bytes"],
+            "after": 0,
+            "after_with_scratch": row["after"]["bytes"],
+        }
+    run = {
+        "preset": preset.name,
+        "dtype": args.dtype,
+        "workers": args.workers,
+        "framepack_f1_parameters": f1_total,
+        "framepack_f1_head_parameters": f1_head,
+        "cases": rows,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(run, indent=2))
 
-    print(f"checkpoint bytes, {preset.name} ({rows[0]['parameters'] / 1e9:.3f} B parameters), {args.workers} ranks, "
-          f"{args.dtype} on CPU; before = every parameter, after = frozen parameters left out")
-    print(f"{'stage':>5} {'ZeRO':>4} {'trained':>12} {'before MB':>10} {'after MB':>9} {'B/trained':>10} "
-          f"{'F1 before GB':>13} {'F1 after GB':>12} {'--plan GB':>10} {'node disk MB':>13} {'resumes':>8}")
+    print(
+        f"checkpoint bytes, {preset.name} ({rows[0]['parameters'] / 1e9:.3f} B parameters), {args.workers} ranks, "
+        f"{args.dtype} on CPU; before = every parameter, after = frozen parameters left out"
+    )
+    print(
+        f"{'stage':>5} {'ZeRO':>4} {'trained':>12} {'before MB':>10} {'after MB':>9} {'B/trained':>10} "
+        f"{'F1 before GB':>13} {'F1 after GB':>12} {'--plan GB':>10} {'node disk MB':>13} {'resumes':>8}"
+    )
     for row in rows:
         f1_row = row["framepack_f1"]
-        print(f"{row['stage']:>5} {row['zero_stage']:>4} {row['trained']:>12,} {row['before']['bytes'] / 1e6:>10.1f} "
-              f"{row['after']['bytes'] / 1e6:>9.1f} {row['after']['bytes'] / row['trained']:>10.2f} "
-              f"{f1_row['before']['f1_gb']:>13.2f} {f1_row['after']['f1_gb']:>12.2f} {f1_row['planner_gb']:>10.2f} "
-              f"{row['before']['bytes'] / 1e6:>6.1f} -> 0 {str(row['restored']):>8}")
+        print(
+            f"{row['stage']:>5} {row['zero_stage']:>4} {row['trained']:>12,} {row['before']['bytes'] / 1e6:>10.1f} "
+            f"{row['after']['bytes'] / 1e6:>9.1f} {row['after']['bytes'] / row['trained']:>10.2f} "
+            f"{f1_row['before']['f1_gb']:>13.2f} {f1_row['after']['f1_gb']:>12.2f} {f1_row['planner_gb']:>10.2f} "
+            f"{row['before']['bytes'] / 1e6:>6.1f} -> 0 {str(row['restored']):>8}"
+        )
     print(f"framepack-f1: {f1_total / 1e9:.2f} B parameters, {f1_head / 1e6:.1f} M in the head (stage 2)")
     print(f"wrote {out}")
     return run

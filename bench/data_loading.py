@@ -56,33 +56,67 @@ def counting_filesystem() -> tuple[pafs.PyFileSystem, list[str]]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(local)), local.opened
 
 
-def write_prep_output(root: Path, lengths: int, resolutions: int, per_bucket: int, videos_per_file: int = 1,
-                      seed: int = 0) -> dict:
+def write_prep_output(
+    root: Path, lengths: int, resolutions: int, per_bucket: int, videos_per_file: int = 1, seed: int = 0
+) -> dict:
     """clips/ and videos/ as prep writes them, for videos of 1..`lengths` clips at `resolutions` sizes,
     `per_bucket` videos each; `videos_per_file` shots per encoder batch (prep's encode_batch_size)."""
     from mempack.schema import ROW_GROUP_ROWS, SCHEMA_VERSION, pack_tensor, to_row_table
 
     rng = np.random.default_rng(seed)
-    shots = [(n, 48 + 16 * r, 80, k)
-             for n in range(1, lengths + 1) for r in range(resolutions) for k in range(per_bucket)]
+    shots = [
+        (n, 48 + 16 * r, 80, k) for n in range(1, lengths + 1) for r in range(resolutions) for k in range(per_bucket)
+    ]
     random.Random(seed).shuffle(shots)  # prep's encoder batches arrive in no particular order
-    condition = {name: rng.standard_normal(shape).astype(np.float16) for name, shape in (
-        ("prompt_embeds", (16, 32)), ("pooled_prompt_embeds", (32,)), ("image_embeds", (16, 32)),
-        ("image_latent", (16, 1, 2, 2)))}
+    condition = {
+        name: rng.standard_normal(shape).astype(np.float16)
+        for name, shape in (
+            ("prompt_embeds", (16, 32)),
+            ("pooled_prompt_embeds", (32,)),
+            ("image_embeds", (16, 32)),
+            ("image_latent", (16, 1, 2, 2)),
+        )
+    }
     files = clips = 0
     for batch_index in range(0, len(shots), videos_per_file):
         rows = {"clips": {}, "videos": {}}
-        for n, h, w, k in shots[batch_index: batch_index + videos_per_file]:
+        for n, h, w, k in shots[batch_index : batch_index + videos_per_file]:
             vid = f"synthetic:{n}x{h}x{w}:{k}"
-            shot = dict(schema_version=SCHEMA_VERSION, input_id=vid, video_id=vid, source="synthetic",
-                        source_path=f"/data/{vid}.mp4", shot_index=0, num_clips=n, fps=30.0, source_fps=30.0,
-                        height=h, width=w, caption="a synthetic shot", dynamism=1.0)
+            shot = dict(
+                schema_version=SCHEMA_VERSION,
+                input_id=vid,
+                video_id=vid,
+                source="synthetic",
+                source_path=f"/data/{vid}.mp4",
+                shot_index=0,
+                num_clips=n,
+                fps=30.0,
+                source_fps=30.0,
+                height=h,
+                width=w,
+                caption="a synthetic shot",
+                dynamism=1.0,
+            )
             rows["clips"].setdefault(n, []).extend(
-                {**shot, "clip_index": s, "num_frames": 36, "start_frame": 1 + 36 * s, "latent_dtype": "float16",
-                 **pack_tensor("latents", rng.standard_normal(LATENT))} for s in range(n))
+                {
+                    **shot,
+                    "clip_index": s,
+                    "num_frames": 36,
+                    "start_frame": 1 + 36 * s,
+                    "latent_dtype": "float16",
+                    **pack_tensor("latents", rng.standard_normal(LATENT)),
+                }
+                for s in range(n)
+            )
             rows["videos"].setdefault(n, []).append(
-                {**shot, "start_frame": 0, "num_frames": 1 + 36 * n, **pack_tensor("prompt_mask", np.ones(16)),
-                 **{name: v for name, value in condition.items() for name, v in pack_tensor(name, value).items()}})
+                {
+                    **shot,
+                    "start_frame": 0,
+                    "num_frames": 1 + 36 * n,
+                    **pack_tensor("prompt_mask", np.ones(16)),
+                    **{name: v for name, value in condition.items() for name, v in pack_tensor(name, value).items()},
+                }
+            )
         for table, by_clips in rows.items():
             for n, table_rows in by_clips.items():
                 folder = root / table / f"num_clips={n}"
@@ -91,13 +125,19 @@ def write_prep_output(root: Path, lengths: int, resolutions: int, per_bucket: in
                 pq.write_table(data, folder / f"batch{batch_index:06d}-0.parquet", row_group_size=ROW_GROUP_ROWS)
                 files += 1
                 clips += len(table_rows) if table == "clips" else 0
-    return {"videos": len(shots), "clips": clips, "files": files,
-            "buckets": lengths * resolutions, "videos_per_file": videos_per_file}
+    return {
+        "videos": len(shots),
+        "clips": clips,
+        "files": files,
+        "buckets": lengths * resolutions,
+        "videos_per_file": videos_per_file,
+    }
 
 
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
-        np.array_equal(a[k], b[k]) and np.asarray(a[k]).dtype == np.asarray(b[k]).dtype for k in a if k != "video_id")
+        np.array_equal(a[k], b[k]) and np.asarray(a[k]).dtype == np.asarray(b[k]).dtype for k in a if k != "video_id"
+    )
 
 
 def per_video(root: Path, ids: list[str], scan_videos: int) -> dict:
@@ -116,14 +156,22 @@ def per_video(root: Path, ids: list[str], scan_videos: int) -> dict:
             loaded[vid] = load_video(root, vid, locations[vid] if mode == "located" else None, filesystem=fs)
             seconds.append(time.perf_counter() - began)
             files.append(len(opened) - before)
-        rows[mode] = {"videos": len(sample), "files_per_video": statistics.mean(files),
-                      "ms_per_video": 1000 * statistics.median(seconds), "loaded": loaded}
+        rows[mode] = {
+            "videos": len(sample),
+            "files_per_video": statistics.mean(files),
+            "ms_per_video": 1000 * statistics.median(seconds),
+            "loaded": loaded,
+        }
     equal = all(_same(rows["scan"]["loaded"][v], rows["located"]["loaded"][v]) for v in rows["scan"]["loaded"])
     for r in rows.values():
         del r["loaded"]
-    return {**rows, "identical": equal, "locate_videos_s": locate_s,
-            "files_ratio": rows["scan"]["files_per_video"] / rows["located"]["files_per_video"],
-            "time_ratio": rows["scan"]["ms_per_video"] / rows["located"]["ms_per_video"]}
+    return {
+        **rows,
+        "identical": equal,
+        "locate_videos_s": locate_s,
+        "files_ratio": rows["scan"]["files_per_video"] / rows["located"]["files_per_video"],
+        "time_ratio": rows["scan"]["ms_per_video"] / rows["located"]["ms_per_video"],
+    }
 
 
 def _first_row_s(dataset) -> float:
@@ -158,10 +206,14 @@ def startup(root: Path, sample_buckets: int, workers: int, steps: int) -> dict:
     build_s = time.perf_counter() - began
     sample = list(old)[:: max(1, len(old) // sample_buckets)][:sample_buckets]
     first = [_first_row_s(old[b]) for b in sample]
-    before = {"datasets": len(old), "build_s": build_s, "first_row_s_per_bucket": statistics.mean(first),
-              "sampled_buckets": len(sample),
-              "startup_s": build_s + statistics.mean(first),
-              "bucket_starts_per_epoch_s": len(old) * statistics.mean(first)}
+    before = {
+        "datasets": len(old),
+        "build_s": build_s,
+        "first_row_s_per_bucket": statistics.mean(first),
+        "sampled_buckets": len(sample),
+        "startup_s": build_s + statistics.mean(first),
+        "bucket_starts_per_epoch_s": len(old) * statistics.mean(first),
+    }
 
     began = time.perf_counter()
     locations = locate_videos(root)
@@ -171,9 +223,15 @@ def startup(root: Path, sample_buckets: int, workers: int, steps: int) -> dict:
     dataset = worker_videos(root, plan, 0, workers, locations)
     built = time.perf_counter()
     first_row = _first_row_s(dataset)
-    after = {"datasets": 1, "locate_videos_s": located - began, "curriculum_s": planned - located,
-             "build_s": built - planned, "first_row_s": first_row, "startup_s": built - began + first_row,
-             "steps": len(plan)}
+    after = {
+        "datasets": 1,
+        "locate_videos_s": located - began,
+        "curriculum_s": planned - located,
+        "build_s": built - planned,
+        "first_row_s": first_row,
+        "startup_s": built - began + first_row,
+        "steps": len(plan),
+    }
     return {"buckets": len(index), "workers": workers, "before": before, "after": after}
 
 
@@ -197,8 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
         began = time.perf_counter()
         data = write_prep_output(root, args.lengths, args.resolutions, args.per_bucket, args.videos_per_file)
         data["write_s"] = time.perf_counter() - began
-        ids = sorted(v for vs in __import__("mempack.train.data", fromlist=["video_index"]).video_index(root).values()
-                     for v in vs)
+        ids = sorted(
+            v
+            for vs in __import__("mempack.train.data", fromlist=["video_index"]).video_index(root).values()
+            for v in vs
+        )
         random.Random(1).shuffle(ids)
         reads = per_video(root, ids[: args.located_videos], args.scan_videos)
         if not ray.is_initialized():
@@ -206,20 +267,26 @@ def main(argv: list[str] | None = None) -> dict:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         start = startup(root, args.sample_buckets, args.workers, args.steps)
     result = {"data": data, "per_video": reads, "startup": start}
-    print(f"prep-shaped output: {data['clips']:,} clips, {data['videos']:,} videos, {data['files']:,} files, "
-          f"{data['buckets']} buckets")
+    print(
+        f"prep-shaped output: {data['clips']:,} clips, {data['videos']:,} videos, {data['files']:,} files, "
+        f"{data['buckets']} buckets"
+    )
     print(f"{'read one video':<24}{'videos':>8}{'files opened':>14}{'ms / video':>12}")
     for mode in ("scan", "located"):
         r = reads[mode]
         print(f"{mode:<24}{r['videos']:>8}{r['files_per_video']:>14.1f}{r['ms_per_video']:>12.1f}")
-    print(f"ratio scan / located: files {reads['files_ratio']:.0f}x, time {reads['time_ratio']:.0f}x; "
-          f"identical: {reads['identical']}; locate_videos once: {reads['locate_videos_s']:.2f} s")
+    print(
+        f"ratio scan / located: files {reads['files_ratio']:.0f}x, time {reads['time_ratio']:.0f}x; "
+        f"identical: {reads['identical']}; locate_videos once: {reads['locate_videos_s']:.2f} s"
+    )
     b, a = start["before"], start["after"]
-    print(f"start-up, {start['buckets']} buckets: before {b['startup_s']:.1f} s to the first video "
-          f"({b['datasets']} datasets built in {b['build_s']:.1f} s, {b['first_row_s_per_bucket']:.2f} s to the first "
-          f"row of each bucket = {b['bucket_starts_per_epoch_s']:.0f} s per epoch); after {a['startup_s']:.1f} s "
-          f"(locate {a['locate_videos_s']:.2f} s, curriculum of {a['steps']:,} steps {a['curriculum_s']:.2f} s, "
-          f"dataset {a['build_s']:.2f} s, first row {a['first_row_s']:.2f} s)")
+    print(
+        f"start-up, {start['buckets']} buckets: before {b['startup_s']:.1f} s to the first video "
+        f"({b['datasets']} datasets built in {b['build_s']:.1f} s, {b['first_row_s_per_bucket']:.2f} s to the first "
+        f"row of each bucket = {b['bucket_starts_per_epoch_s']:.0f} s per epoch); after {a['startup_s']:.1f} s "
+        f"(locate {a['locate_videos_s']:.2f} s, curriculum of {a['steps']:,} steps {a['curriculum_s']:.2f} s, "
+        f"dataset {a['build_s']:.2f} s, first row {a['first_row_s']:.2f} s)"
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     return result

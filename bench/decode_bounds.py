@@ -41,8 +41,8 @@ def write_video(path: Path, seconds: float, height: int, width: int) -> Path:
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast", "crf": "23", "g": str(GOP)}
         for i in range(int(seconds * FPS)):
-            frame = np.ascontiguousarray(base[:, (i * 4) % 512:(i * 4) % 512 + width])
-            frame[height // 3: height // 2, (i * 8) % (width - 64):(i * 8) % (width - 64) + 64] = 255
+            frame = np.ascontiguousarray(base[:, (i * 4) % 512 : (i * 4) % 512 + width])
+            frame[height // 3 : height // 2, (i * 8) % (width - 64) : (i * 8) % (width - 64) + 64] = 255
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -78,8 +78,9 @@ print(json.dumps({"worker_bytes": peak_rss_bytes(), "decoder_bytes": decode_work
 
 def peak_rss(path: Path, max_side: int) -> dict:
     """Peak RSS (VmHWM) of `process_input` on `path` in a fresh process, and of its decoder process."""
-    result = subprocess.run([sys.executable, "-c", WORKER, str(path), str(max_side)], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER, str(path), str(max_side)], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -107,23 +108,37 @@ def main() -> None:
         ("(a) for contrast: the whole 60-s file", f"{from_zero_s:.2f} s", ""),
         ("(b) 4K prep worker peak RSS", f"{prep['worker_bytes'] / 2**20:.0f} MiB", f"{prep['clip_rows']} clip rows"),
         ("(b) its decoder process peak RSS", f"{prep['decoder_bytes'] / 2**20:.0f} MiB", ""),
-        ("(b) together (target <= 1.5 GB)", f"{prep_total / 2**20:.0f} MiB",
-         "PASS" if prep_total <= 1.5e9 else "FAIL"),
-        ("(b) for contrast: worker + decoder at 4K", f"{(full['worker_bytes'] + full['decoder_bytes']) / 2**20:.0f} MiB",
-         "frames not scaled in the decoder"),
+        ("(b) together (target <= 1.5 GB)", f"{prep_total / 2**20:.0f} MiB", "PASS" if prep_total <= 1.5e9 else "FAIL"),
+        (
+            "(b) for contrast: worker + decoder at 4K",
+            f"{(full['worker_bytes'] + full['decoder_bytes']) / 2**20:.0f} MiB",
+            "frames not scaled in the decoder",
+        ),
     ]
     for name, value, note in rows:
         print(f"{name:<42} {value:>10}  {note}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "decode_bounds.json"
-    out.write_text(json.dumps({
-        "fps": FPS, "gop_frames": GOP,
-        "window_last_10s_of_60s_seconds": window_s, "whole_10s_seconds": whole_s, "whole_60s_seconds": from_zero_s,
-        "window_over_whole_ratio": ratio, "window_frames": window_frames, "whole_frames": whole_frames,
-        "uhd_seconds": args.seconds_4k, "uhd_prep_worker_peak_bytes": prep["worker_bytes"],
-        "uhd_decoder_peak_bytes": prep["decoder_bytes"], "uhd_prep_total_peak_bytes": prep_total,
-        "uhd_full_resolution_total_peak_bytes": full["worker_bytes"] + full["decoder_bytes"],
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "fps": FPS,
+                "gop_frames": GOP,
+                "window_last_10s_of_60s_seconds": window_s,
+                "whole_10s_seconds": whole_s,
+                "whole_60s_seconds": from_zero_s,
+                "window_over_whole_ratio": ratio,
+                "window_frames": window_frames,
+                "whole_frames": whole_frames,
+                "uhd_seconds": args.seconds_4k,
+                "uhd_prep_worker_peak_bytes": prep["worker_bytes"],
+                "uhd_decoder_peak_bytes": prep["decoder_bytes"],
+                "uhd_prep_total_peak_bytes": prep_total,
+                "uhd_full_resolution_total_peak_bytes": full["worker_bytes"] + full["decoder_bytes"],
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

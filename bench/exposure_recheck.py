@@ -56,8 +56,12 @@ def summarise(measured: dict[tuple[str, int], dict], pairs: list[tuple[str, str]
         for key in ("own", "true", "gap"):
             diffs = np.concatenate([np.subtract(measured[(a, s)][key], measured[(b, s)][key]) for s in seeds])
             per_seed = [float(np.mean(np.subtract(measured[(a, s)][key], measured[(b, s)][key]))) for s in seeds]
-            entry[key] = {"mean": float(diffs.mean()), "sem": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
-                          "n": int(diffs.size), "per_seed": per_seed}
+            entry[key] = {
+                "mean": float(diffs.mean()),
+                "sem": float(diffs.std(ddof=1) / np.sqrt(diffs.size)),
+                "n": int(diffs.size),
+                "per_seed": per_seed,
+            }
         out["pairs"][f"{a} - {b}"] = entry
     return out
 
@@ -67,8 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="a method_fidelity JSON whose settings.out holds the exports")
-    p.add_argument("--pairs", default="direct_all:teacher_all,direct:teacher_head",
-                   help="A:B pairs of variants, comma-separated (A − B is reported)")
+    p.add_argument(
+        "--pairs",
+        default="direct_all:teacher_all,direct:teacher_head",
+        help="A:B pairs of variants, comma-separated (A − B is reported)",
+    )
     p.add_argument("--videos", type=int, default=16, help="fresh held-out videos per export")
     p.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (0: in this process)")
     p.add_argument("--json", default="bench/results/exposure_recheck.json")
@@ -101,14 +108,25 @@ def main(argv=None) -> dict:
             futures = {key: pool.submit(measure, path, settings, args.videos) for key, path in jobs.items()}
             measured = {key: future.result() for key, future in futures.items()}
     summary = summarise(measured, args.pairs, seeds)
-    summary.update(videos=args.videos, seeds=seeds, run=args.run, seconds=round(time.perf_counter() - began, 1),
-                   machine=f"{os.cpu_count()} CPUs", measured={f"{v}-seed{s}": m for (v, s), m in measured.items()})
+    summary.update(
+        videos=args.videos,
+        seeds=seeds,
+        run=args.run,
+        seconds=round(time.perf_counter() - began, 1),
+        machine=f"{os.cpu_count()} CPUs",
+        measured={f"{v}-seed{s}": m for (v, s), m in measured.items()},
+    )
     print(f"{'variant':<14} {'own history':>12} {'true history':>13} {'gap':>8}")
     for v, e in summary["variants"].items():
         print(f"{v:<14} {e['own']:>12.4f} {e['true']:>13.4f} {e['gap']:>8.4f}")
     for name, e in summary["pairs"].items():
-        print(f"{name:<28} " + "  ".join(f"{k} {e[k]['mean']:+.4f} ± {e[k]['sem']:.4f} s.e." for k in ("own", "true", "gap"))
-              + f"  (n={e['gap']['n']}; gap per seed " + ", ".join(f"{x:+.4f}" for x in e["gap"]["per_seed"]) + ")")
+        print(
+            f"{name:<28} "
+            + "  ".join(f"{k} {e[k]['mean']:+.4f} ± {e[k]['sem']:.4f} s.e." for k in ("own", "true", "gap"))
+            + f"  (n={e['gap']['n']}; gap per seed "
+            + ", ".join(f"{x:+.4f}" for x in e["gap"]["per_seed"])
+            + ")"
+        )
     print(f"mean error over sections >= 1 of {args.videos} fresh videos per export; total {summary['seconds']:.0f} s")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -52,11 +52,13 @@ def gate_effect() -> list[dict]:
     backbone = build_backbone(preset).eval()
     g = torch.Generator().manual_seed(1)
     h = w = 8
-    cond = Conditioning(torch.randn(1, preset.max_prompt_tokens, preset.text_embed_dim, generator=g),
-                        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64),
-                        torch.randn(1, preset.pooled_dim, generator=g),
-                        torch.randn(1, 4, preset.image_embed_dim, generator=g),
-                        torch.randn(1, preset.latent_channels, 1, h, w, generator=g))
+    cond = Conditioning(
+        torch.randn(1, preset.max_prompt_tokens, preset.text_embed_dim, generator=g),
+        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64),
+        torch.randn(1, preset.pooled_dim, generator=g),
+        torch.randn(1, 4, preset.image_embed_dim, generator=g),
+        torch.randn(1, preset.latent_channels, 1, h, w, generator=g),
+    )
     history = torch.randn(1, preset.latent_channels, 19, h, w, generator=g)
     noisy = torch.randn(1, preset.latent_channels, 9, h, w, generator=g)
     segment = torch.randn(1, preset.latent_channels, 9, h, w, generator=g)
@@ -72,10 +74,16 @@ def gate_effect() -> list[dict]:
             psi0 = model.initial_memory(cond)
             for name, memory in (("psi0", psi0), ("psi1", model.update_memory(psi0, segment))):
                 delta = model(noisy, t, cond, packed, memory) - alone
-                rows.append({"gated": gated, "memory": name, "tokens": int(memory.mask.sum()),
-                             "max_abs": delta.abs().max().item(),
-                             "relative_rms": (delta.square().mean() / alone.square().mean()).sqrt().item(),
-                             "output_rms": alone.square().mean().sqrt().item()})
+                rows.append(
+                    {
+                        "gated": gated,
+                        "memory": name,
+                        "tokens": int(memory.mask.sum()),
+                        "max_abs": delta.abs().max().item(),
+                        "relative_rms": (delta.square().mean() / alone.square().mean()).sqrt().item(),
+                        "output_rms": alone.square().mean().sqrt().item(),
+                    }
+                )
         del model
     return rows
 
@@ -98,9 +106,16 @@ def start_latent_gap(size: int) -> dict:
     stream = encoders.encode_video(video)[0]
     alone = encoders.encode_image_latent(video[:1])[0]
     gap = (stream[:, :1] - alone).abs()
-    return {"vae": "HunyuanVideo VAE config (diffusers default), random weights", "frames": 17, "size": size,
-            "max_abs_gap": gap.max().item(), "mean_abs_gap": gap.mean().item(), "latent_std": stream.std().item(),
-            "latent0_std": float(np.std(stream[:, :1].numpy())), "seconds": time.perf_counter() - began}
+    return {
+        "vae": "HunyuanVideo VAE config (diffusers default), random weights",
+        "frames": 17,
+        "size": size,
+        "max_abs_gap": gap.max().item(),
+        "mean_abs_gap": gap.mean().item(),
+        "latent_std": stream.std().item(),
+        "latent0_std": float(np.std(stream[:, :1].numpy())),
+        "seconds": time.perf_counter() - began,
+    }
 
 
 def main(argv=None) -> dict:
@@ -111,11 +126,15 @@ def main(argv=None) -> dict:
     print("fresh SemanticPack on f1-scaled (F1's blocks, random weights): prediction change against the backbone alone")
     print(f"  {'gate':<9}{'memory':<8}{'psi tokens':>11}{'max |delta|':>13}{'rel. RMS':>11}")
     for row in result["gate"]:
-        print(f"  {'gated' if row['gated'] else 'ungated':<9}{row['memory']:<8}{row['tokens']:>11}"
-              f"{row['max_abs']:>13.2e}{row['relative_rms']:>11.2e}")
+        print(
+            f"  {'gated' if row['gated'] else 'ungated':<9}{row['memory']:<8}{row['tokens']:>11}"
+            f"{row['max_abs']:>13.2e}{row['relative_rms']:>11.2e}"
+        )
     v = result["start_latent"]
-    print(f"start latent, {v['vae']}, {v['frames']} frames of {v['size']}x{v['size']}: stream latent 0 vs frame 0 "
-          f"alone: max |gap| {v['max_abs_gap']:.4f}, mean {v['mean_abs_gap']:.4f}; latent std {v['latent_std']:.4f}")
+    print(
+        f"start latent, {v['vae']}, {v['frames']} frames of {v['size']}x{v['size']}: stream latent 0 vs frame 0 "
+        f"alone: max |gap| {v['max_abs_gap']:.4f}, mean {v['mean_abs_gap']:.4f}; latent std {v['latent_std']:.4f}"
+    )
     print(f"total {result['seconds']:.0f} s")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))

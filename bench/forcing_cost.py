@@ -66,20 +66,27 @@ def main() -> None:
     side = args.size // preset.vae_spatial
     model = MemoryPackTransformer.from_preset(args.preset, seed=0)
     model.set_trainable("head")  # stage 2: what Direct Forcing trains
-    cond = Conditioning(torch.randn(1, preset.max_prompt_tokens, preset.text_embed_dim),
-                        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64), torch.randn(1, preset.pooled_dim),
-                        torch.randn(1, 8, preset.image_embed_dim), torch.randn(1, preset.latent_channels, 1, side, side))
+    cond = Conditioning(
+        torch.randn(1, preset.max_prompt_tokens, preset.text_embed_dim),
+        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64),
+        torch.randn(1, preset.pooled_dim),
+        torch.randn(1, 8, preset.image_embed_dim),
+        torch.randn(1, preset.latent_channels, 1, side, side),
+    )
     clips = torch.randn(args.clips, preset.latent_channels, SECTION_LATENT_FRAMES, side, side)
-    rows = [measure(mode, model, clips, cond, args.student_steps, args.repeats)
-            for mode in ("teacher", "direct", "student")]
+    rows = [
+        measure(mode, model, clips, cond, args.student_steps, args.repeats) for mode in ("teacher", "direct", "student")
+    ]
     teacher = rows[0]
     print(f"{'mode':>8} {'s/video':>9} {'GFLOP/video':>12} {'time/teacher':>13} {'flops/teacher':>14}")
     for r in rows:
         r["time_over_teacher"] = r["seconds"] / teacher["seconds"]
         r["flops_over_teacher"] = r["gflops"] / teacher["gflops"]
         label = r["mode"] if r["mode"] != "student" else f"student({args.student_steps})"
-        print(f"{label:>8} {r['seconds']:9.4f} {r['gflops']:12.3f} {r['time_over_teacher']:13.3f} "
-              f"{r['flops_over_teacher']:14.3f}")
+        print(
+            f"{label:>8} {r['seconds']:9.4f} {r['gflops']:12.3f} {r['time_over_teacher']:13.3f} "
+            f"{r['flops_over_teacher']:14.3f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "forcing_cost.json"
     out.write_text(json.dumps({"config": vars(args), "rows": rows}, indent=2))

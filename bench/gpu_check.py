@@ -151,10 +151,13 @@ def random_inputs(preset, latent_hw: tuple[int, int], device, dtype, image_token
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
 
-    cond = Conditioning(rand(1, preset.max_prompt_tokens, preset.text_embed_dim),
-                        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64, device=device),
-                        rand(1, preset.pooled_dim), rand(1, image_tokens, preset.image_embed_dim),
-                        rand(1, preset.latent_channels, 1, h, w))
+    cond = Conditioning(
+        rand(1, preset.max_prompt_tokens, preset.text_embed_dim),
+        torch.ones(1, preset.max_prompt_tokens, dtype=torch.int64, device=device),
+        rand(1, preset.pooled_dim),
+        rand(1, image_tokens, preset.image_embed_dim),
+        rand(1, preset.latent_channels, 1, h, w),
+    )
     clips = rand(2, preset.latent_channels, 9, h, w)
     return cond, clips
 
@@ -177,8 +180,9 @@ def scaled_f1(double_layers: int, single_layers: int, tiny: bool):
 
 
 # ----- 1. one stage-1 step under ZeRO-3 ------------------------------------------------------------
-def zero3_step(preset, pixel_size: tuple[int, int], checkpointing: bool, device, peak: float | None,
-               flops: float | None = None) -> dict:
+def zero3_step(
+    preset, pixel_size: tuple[int, int], checkpointing: bool, device, peak: float | None, flops: float | None = None
+) -> dict:
     """Build, engine and two teacher-forced steps (warm-up, then timed) of `preset` under ZeRO-3, bf16."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -191,8 +195,9 @@ def zero3_step(preset, pixel_size: tuple[int, int], checkpointing: bool, device,
 
     cuda = device.type == "cuda"
     _init_one_rank(cuda)
-    config = TrainConfig(stage=1, preset=preset.name, zero_stage=3, num_workers=1, use_gpu=cuda,
-                         gradient_checkpointing=checkpointing)
+    config = TrainConfig(
+        stage=1, preset=preset.name, zero_stage=3, num_workers=1, use_gpu=cuda, gradient_checkpointing=checkpointing
+    )
     ds = resolve(config)
     # on a GPU the run's bf16 (resolve's GPU default); on CPU resolve's fp32 (CPU kernels lack bf16 avg_pool3d)
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -225,12 +230,21 @@ def zero3_step(preset, pixel_size: tuple[int, int], checkpointing: bool, device,
     seconds = time.perf_counter() - began
     measured = memory.peak()
     model_flops = flops if flops is not None else counted  # the checkpointed step's count holds the recompute
-    out = {"gradient_checkpointing": checkpointing, "parameters": plan.counts.total, "loss": loss, "dtype": plan.dtype,
-           "peak_bytes": measured, "plan_bytes": plan.total(checkpointing),
-           "plan_states_bytes": plan.states.total,
-           "plan_activation_bytes": plan.total(checkpointing) - plan.states.total,
-           "seconds_per_step": seconds, "counted_flops": counted, "model_flops": model_flops,
-           "mfu": model_flops / seconds / peak if peak else None, "sequence_tokens": plan.activations.sequence_tokens}
+    out = {
+        "gradient_checkpointing": checkpointing,
+        "parameters": plan.counts.total,
+        "loss": loss,
+        "dtype": plan.dtype,
+        "peak_bytes": measured,
+        "plan_bytes": plan.total(checkpointing),
+        "plan_states_bytes": plan.states.total,
+        "plan_activation_bytes": plan.total(checkpointing) - plan.states.total,
+        "seconds_per_step": seconds,
+        "counted_flops": counted,
+        "model_flops": model_flops,
+        "mfu": model_flops / seconds / peak if peak else None,
+        "sequence_tokens": plan.activations.sequence_tokens,
+    }
     engine = module = model = None  # free the engine before the next part (step() above holds them by name)
     gc.collect()
     if cuda:
@@ -282,8 +296,15 @@ def start_latent_check(pixel_size: tuple[int, int], device, tiny: bool, vae_dir:
     stream_seconds = time.perf_counter() - began
     alone = encoders.encode_image_latent(video[:1])[0]
     gap = (stream[:, :1] - alone).abs()
-    out = {"vae": source, "frames": len(video), "max_abs_gap": gap.max().item(), "mean_abs_gap": gap.mean().item(),
-           "latent_std": stream.std().item(), "stream_encode_seconds": stream_seconds, "peak_bytes": memory.peak()}
+    out = {
+        "vae": source,
+        "frames": len(video),
+        "max_abs_gap": gap.max().item(),
+        "mean_abs_gap": gap.mean().item(),
+        "latent_std": stream.std().item(),
+        "stream_encode_seconds": stream_seconds,
+        "peak_bytes": memory.peak(),
+    }
     del encoders
     gc.collect()
     return out
@@ -313,9 +334,17 @@ def generation_section(pixel_size: tuple[int, int], steps: int, device, tiny: bo
         _sync(device)
         result = generate(model, cond, GenerationConfig(sections=1, steps=steps), progress=False)
     seconds = result.section_seconds[0]
-    out = {"preset": preset.name, "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
-           "frames": frames, "section_seconds": seconds, "seconds_per_frame": seconds / frames,
-           "build_seconds": build_seconds, "peak_bytes": memory.peak(), "dtype": str(dtype).replace("torch.", "")}
+    out = {
+        "preset": preset.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": steps,
+        "frames": frames,
+        "section_seconds": seconds,
+        "seconds_per_frame": seconds / frames,
+        "build_seconds": build_seconds,
+        "peak_bytes": memory.peak(),
+        "dtype": str(dtype).replace("torch.", ""),
+    }
     del model
     gc.collect()
     if device.type == "cuda":
@@ -329,28 +358,43 @@ def _gib(b: float | None) -> str:
 
 
 def print_table(result: dict) -> None:
-    print(f"gpu_check on {result['device']} ({'tiny' if result['tiny'] else 'real'} sizes, "
-          f"{result['pixel_size'][0]}x{result['pixel_size'][1]} px), {result['seconds']:.0f} s")
+    print(
+        f"gpu_check on {result['device']} ({'tiny' if result['tiny'] else 'real'} sizes, "
+        f"{result['pixel_size'][0]}x{result['pixel_size'][1]} px), {result['seconds']:.0f} s"
+    )
     steps = result["zero3_steps"]
-    print(f"stage-1 step, ZeRO-3 one rank, {steps[0]['dtype']}, {steps[0]['parameters']:,} parameters "
-          f"({result['blocks']}), {steps[0]['sequence_tokens']:,} attention tokens")
+    print(
+        f"stage-1 step, ZeRO-3 one rank, {steps[0]['dtype']}, {steps[0]['parameters']:,} parameters "
+        f"({result['blocks']}), {steps[0]['sequence_tokens']:,} attention tokens"
+    )
     header = ("checkpointing", "peak", "planner", "meas/plan", "s/step", "TFLOP/step", "MFU")
-    print("  " + "".join(f"{h:<14}" if i == 0 else f"{h:>{w}}" for i, (h, w) in
-                         enumerate(zip(header, (14, 12, 12, 10, 9, 12, 7)))))
+    print(
+        "  "
+        + "".join(
+            f"{h:<14}" if i == 0 else f"{h:>{w}}"
+            for i, (h, w) in enumerate(zip(header, (14, 12, 12, 10, 9, 12, 7), strict=True))
+        )
+    )
     for s in steps:
         ratio = s["peak_bytes"] / s["plan_bytes"] if s["plan_bytes"] else float("nan")
         mfu = "-" if s["mfu"] is None else f"{100 * s['mfu']:.1f}%"
-        print(f"  {'on' if s['gradient_checkpointing'] else 'off':<14}{_gib(s['peak_bytes']):>12}"
-              f"{_gib(s['plan_bytes']):>12}{ratio:>10.2f}{s['seconds_per_step']:>9.2f}"
-              f"{s['model_flops'] / 1e12:>12.3f}{mfu:>7}")
+        print(
+            f"  {'on' if s['gradient_checkpointing'] else 'off':<14}{_gib(s['peak_bytes']):>12}"
+            f"{_gib(s['plan_bytes']):>12}{ratio:>10.2f}{s['seconds_per_step']:>9.2f}"
+            f"{s['model_flops'] / 1e12:>12.3f}{mfu:>7}"
+        )
     v = result["start_latent"]
-    print(f"start latent ({v['vae']}): one-frame encode vs stream latent 0: max |gap| {v['max_abs_gap']:.4f}, "
-          f"mean {v['mean_abs_gap']:.4f}, latent std {v['latent_std']:.4f}; "
-          f"{v['frames']}-frame stream encode {v['stream_encode_seconds']:.2f} s")
+    print(
+        f"start latent ({v['vae']}): one-frame encode vs stream latent 0: max |gap| {v['max_abs_gap']:.4f}, "
+        f"mean {v['mean_abs_gap']:.4f}, latent std {v['latent_std']:.4f}; "
+        f"{v['frames']}-frame stream encode {v['stream_encode_seconds']:.2f} s"
+    )
     gen = result["generation"]
-    print(f"generation ({gen['preset']}, {gen['parameters']:,} parameters, {gen['dtype']}): one section of "
-          f"{gen['frames']} frames at {gen['steps']} steps in {gen['section_seconds']:.2f} s = "
-          f"{gen['seconds_per_frame']:.3f} s/frame; peak {_gib(gen['peak_bytes'])}")
+    print(
+        f"generation ({gen['preset']}, {gen['parameters']:,} parameters, {gen['dtype']}): one section of "
+        f"{gen['frames']} frames at {gen['steps']} steps in {gen['section_seconds']:.2f} s = "
+        f"{gen['seconds_per_frame']:.3f} s/frame; peak {_gib(gen['peak_bytes'])}"
+    )
 
 
 def main(argv=None) -> dict:
@@ -365,11 +409,17 @@ def main(argv=None) -> dict:
     preset = scaled_f1(args.double_layers, args.single_layers, tiny)
     plain = zero3_step(preset, pixel_size, False, device, peak)
     checkpointed = zero3_step(preset, pixel_size, True, device, peak, flops=plain["counted_flops"])
-    result = {"device": name, "tiny": tiny, "pixel_size": list(pixel_size), "torch": torch.__version__,
-              "peak_flops": peak, "blocks": f"{args.double_layers} dual + {args.single_layers} single-stream",
-              "zero3_steps": [plain, checkpointed],
-              "start_latent": start_latent_check(pixel_size, device, tiny, args.vae),
-              "generation": generation_section(pixel_size, 2 if tiny else args.steps, device, tiny)}
+    result = {
+        "device": name,
+        "tiny": tiny,
+        "pixel_size": list(pixel_size),
+        "torch": torch.__version__,
+        "peak_flops": peak,
+        "blocks": f"{args.double_layers} dual + {args.single_layers} single-stream",
+        "zero3_steps": [plain, checkpointed],
+        "start_latent": start_latent_check(pixel_size, device, tiny, args.vae),
+        "generation": generation_section(pixel_size, 2 if tiny else args.steps, device, tiny),
+    }
     result["seconds"] = time.perf_counter() - began
     print_table(result)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -26,19 +27,30 @@ def ours(model, cond, sections: int, steps: int) -> list[float]:
     from mempack.sampling import GenerationConfig, generate
 
     stamps = [time.perf_counter()]
-    generate(model, cond, GenerationConfig(sections=sections, steps=steps, seed=0), progress=False,
-             on_section=lambda n, x: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    generate(
+        model,
+        cond,
+        GenerationConfig(sections=sections, steps=steps, seed=0),
+        progress=False,
+        on_section=lambda n, x: stamps.append(time.perf_counter()),
+    )
+    return [b - a for a, b in pairwise(stamps)]
 
 
 def diffusers_pipeline(model, encoders, cond, size: int, sections: int, steps: int) -> list[float]:
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline
 
     pipe = HunyuanVideoFramepackPipeline(
-        text_encoder=encoders.text_encoder, tokenizer=encoders.tokenizer, transformer=model.backbone,
-        vae=encoders.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True),
-        text_encoder_2=encoders.text_encoder_2, tokenizer_2=encoders.tokenizer_2,
-        image_encoder=encoders.image_encoder, feature_extractor=encoders.feature_extractor)
+        text_encoder=encoders.text_encoder,
+        tokenizer=encoders.tokenizer,
+        transformer=model.backbone,
+        vae=encoders.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True),
+        text_encoder_2=encoders.text_encoder_2,
+        tokenizer_2=encoders.tokenizer_2,
+        image_encoder=encoders.image_encoder,
+        feature_extractor=encoders.feature_extractor,
+    )
     pipe.set_progress_bar_config(disable=True)
     stamps = [time.perf_counter()]
 
@@ -49,11 +61,23 @@ def diffusers_pipeline(model, encoders, cond, size: int, sections: int, steps: i
 
     from mempack.sample import sample_image
 
-    pipe(image=sample_image(size, size), prompt_embeds=cond.prompt_embeds, prompt_attention_mask=cond.prompt_mask,
-         pooled_prompt_embeds=cond.pooled, height=size, width=size, num_frames=33 * sections, latent_window_size=9,
-         num_inference_steps=steps, guidance_scale=10.0, generator=torch.Generator().manual_seed(0),
-         output_type="latent", sampling_type="vanilla", callback_on_step_end=on_step)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    pipe(
+        image=sample_image(size, size),
+        prompt_embeds=cond.prompt_embeds,
+        prompt_attention_mask=cond.prompt_mask,
+        pooled_prompt_embeds=cond.pooled,
+        height=size,
+        width=size,
+        num_frames=33 * sections,
+        latent_window_size=9,
+        num_inference_steps=steps,
+        guidance_scale=10.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        sampling_type="vanilla",
+        callback_on_step_end=on_step,
+    )
+    return [b - a for a, b in pairwise(stamps)]
 
 
 def summarise(seconds: list[float], window: int = 5) -> dict:
@@ -82,8 +106,10 @@ def main() -> None:
     cond = conditioning(encoders, sample_image(args.size, args.size), SAMPLE_PROMPT)
     model = MemoryPackTransformer.from_preset("tiny", seed=0, device=args.device).eval()
     ours(model, cond, 2, args.steps)  # warm-up
-    runs = {"memorypack": ours(model, cond, args.sections, args.steps),
-            "diffusers_f1": diffusers_pipeline(model, encoders, cond, args.size, args.sections, args.steps)}
+    runs = {
+        "memorypack": ours(model, cond, args.sections, args.steps),
+        "diffusers_f1": diffusers_pipeline(model, encoders, cond, args.size, args.sections, args.steps),
+    }
     print(f"{'section':>8} {'memorypack s':>13} {'diffusers s':>12}")
     for n in sorted({1, 2, 5, 10, 20, 30, args.sections} & set(range(1, args.sections + 1))):
         print(f"{n:>8} {runs['memorypack'][n - 1]:13.4f} {runs['diffusers_f1'][n - 1]:12.4f}")
@@ -95,8 +121,12 @@ def main() -> None:
     print(f"\nmemorypack / diffusers time per section: {ratio:.2f} (ψ update + ψ tokens are the difference)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "infer_scaling.json"
-    out.write_text(json.dumps({"config": vars(args), "seconds_per_section": runs, "summary": summary,
-                               "memorypack_over_diffusers": ratio}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"config": vars(args), "seconds_per_section": runs, "summary": summary, "memorypack_over_diffusers": ratio},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -40,9 +40,13 @@ def parse_args(argv=None):
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", default="memorypack", choices=("memorypack", "oracle_memory", "zero_memory"))
-    p.add_argument("--clip", default="uniform", choices=("uniform", "late", "all", "return"),
-                   help="which clip of a video trains: a stage-1 clip policy of the library, or the return "
-                        "section only (an oracle curriculum)")
+    p.add_argument(
+        "--clip",
+        default="uniform",
+        choices=("uniform", "late", "all", "return"),
+        help="which clip of a video trains: a stage-1 clip policy of the library, or the return "
+        "section only (an oracle curriculum)",
+    )
     p.add_argument("--world-seed", type=int, default=0, help="the world; 0 is the development world")
     p.add_argument("--camera", default="static", choices=("static", "moving"))
     p.add_argument("--freeze-memory", action="store_true", help="freeze SemanticPack except its projection")
@@ -54,14 +58,29 @@ def parse_args(argv=None):
     p.add_argument("--events", type=int, default=12, help="return events per L (identities cycle: use a multiple of K)")
     p.add_argument("--probe-videos", type=int, default=160)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--memory-lr", type=float,
-                   help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)")
-    p.add_argument("--oracle-share", type=float, default=1.0,
-                   help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)")
-    p.add_argument("--memorize-input", default="minus_start_latent", choices=MEMORIZE_INPUTS,
-                   help="what Memorize reads: the segment minus the start latent, or the segment (the paper literally)")
-    p.add_argument("--pooling", default="input_energy", choices=POOLINGS,
-                   help="Memorize's window pooling: biased by its input's energy per token, or learned queries alone")
+    p.add_argument(
+        "--memory-lr",
+        type=float,
+        help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)",
+    )
+    p.add_argument(
+        "--oracle-share",
+        type=float,
+        default=1.0,
+        help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)",
+    )
+    p.add_argument(
+        "--memorize-input",
+        default="minus_start_latent",
+        choices=MEMORIZE_INPUTS,
+        help="what Memorize reads: the segment minus the start latent, or the segment (the paper literally)",
+    )
+    p.add_argument(
+        "--pooling",
+        default="input_energy",
+        choices=POOLINGS,
+        help="Memorize's window pooling: biased by its input's energy per token, or learned queries alone",
+    )
     p.add_argument("--no-carry", dest="carry", action="store_false", help="no residual carry of psi between updates")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -110,18 +129,35 @@ def main(argv=None) -> list[dict]:
 
     torch.set_num_threads(1)
     from bench.method_fidelity import Settings, build_model, world_for
-
     from mempack.fidelity.metrics import energy_shares, memory_recall, psi_tokens, readout_accuracy
     from mempack.fidelity.world import describe_world
     from mempack.train.forcing import ForcingConfig
     from mempack.train.in_process import LocalTrainConfig, train_in_process
 
-    s = Settings(identities=args.identities, absences=args.eval, world_seed=args.world_seed, train_steps=args.steps,
-                 stage2_steps=0, stage2_videos=0, lr=args.lr, stage2_lr=0.0, events=args.events, drift_sections=1,
-                 rollouts=1, sample_steps=8, width=args.width, layers=args.layers, student_steps=5,
-                 memory_grad_window=-1, out="", mlflow_uri=None, train_absence=args.absence,
-                 probe_videos=args.probe_videos, camera=args.camera, semantic_pack=dict(
-                     memorize_input=args.memorize_input, pooling=args.pooling, carry=args.carry))
+    s = Settings(
+        identities=args.identities,
+        absences=args.eval,
+        world_seed=args.world_seed,
+        train_steps=args.steps,
+        stage2_steps=0,
+        stage2_videos=0,
+        lr=args.lr,
+        stage2_lr=0.0,
+        events=args.events,
+        drift_sections=1,
+        rollouts=1,
+        sample_steps=8,
+        width=args.width,
+        layers=args.layers,
+        student_steps=5,
+        memory_grad_window=-1,
+        out="",
+        mlflow_uri=None,
+        train_absence=args.absence,
+        probe_videos=args.probe_videos,
+        camera=args.camera,
+        semantic_pack=dict(memorize_input=args.memorize_input, pooling=args.pooling, carry=args.carry),
+    )
     world = world_for(s, 1)
     model = build_model(s, args.variant, args.seed, world)
     if args.variant == "oracle_memory":
@@ -137,15 +173,26 @@ def main(argv=None) -> list[dict]:
             probe = {L: readout_accuracy(*tokens[L], world.config.identities) for L in args.eval}
             energy = {L: energy_shares(*tokens[L]) for L in args.eval}
         model.train()
-        window, grad_window = losses[-args.every:], grads[-args.every:]
-        row = {"step": step, "loss": sum(window) / len(window) if window else None, "recall": recall.recall,
-               "returned": recall.returned, "drawn": recall.drawn, "psi_readout": probe, "psi_energy": energy,
-               "grad_rms": mean_by_part(grad_window) if grad_window else None, "seconds": time.perf_counter() - began}
+        window, grad_window = losses[-args.every :], grads[-args.every :]
+        row = {
+            "step": step,
+            "loss": sum(window) / len(window) if window else None,
+            "recall": recall.recall,
+            "returned": recall.returned,
+            "drawn": recall.drawn,
+            "psi_readout": probe,
+            "psi_energy": energy,
+            "grad_rms": mean_by_part(grad_window) if grad_window else None,
+            "seconds": time.perf_counter() - began,
+        }
         curve.append(row)
         shares = None if energy is None else {L: f"{e['identity']:.4f}/{e['varying']:.3f}" for L, e in energy.items()}
-        print(f"step {step:>5}  loss {row['loss'] or float('nan'):.4f}  recall {recall.recall}  returned "
-              f"{recall.returned}  drawn {recall.drawn}  psi read-out {probe}  psi identity/varying energy {shares}"
-              f"  ({row['seconds']:.0f} s)", flush=True)
+        print(
+            f"step {step:>5}  loss {row['loss'] or float('nan'):.4f}  recall {recall.recall}  returned "
+            f"{recall.returned}  drawn {recall.drawn}  psi read-out {probe}  psi identity/varying energy {shares}"
+            f"  ({row['seconds']:.0f} s)",
+            flush=True,
+        )
 
     def on_step(step: int, loss: float) -> None:
         losses.append(loss)
@@ -159,18 +206,33 @@ def main(argv=None) -> list[dict]:
     evaluate(0)  # the untrained model: what the architecture carries before any learning
     frozen = ()  # --freeze-memory: what writes ψ; ψ's projection into the backbone (to_context) still trains
     if args.freeze_memory:
-        frozen = tuple(f"semantic_pack.{name}." for name, _ in model.semantic_pack.named_children()
-                       if name != "to_context")
+        frozen = tuple(
+            f"semantic_pack.{name}." for name, _ in model.semantic_pack.named_children() if name != "to_context"
+        )
     config = LocalTrainConfig(
-        stage=1, steps=args.steps, lr=args.lr, memory_lr=args.memory_lr, seed=args.seed,
-        forcing=ForcingConfig(mode="teacher", memory_grad_window=-1), frozen=frozen,
-        stage1_clips="uniform" if args.clip == "return" else args.clip)
-    train_in_process(model, video, config, on_step=on_step,
-                     on_gradients=lambda step: grads.append(gradient_rms(model)),
-                     pick_clip=(lambda clips: clips - 1) if args.clip == "return" else None)
+        stage=1,
+        steps=args.steps,
+        lr=args.lr,
+        memory_lr=args.memory_lr,
+        seed=args.seed,
+        forcing=ForcingConfig(mode="teacher", memory_grad_window=-1),
+        frozen=frozen,
+        stage1_clips="uniform" if args.clip == "return" else args.clip,
+    )
+    train_in_process(
+        model,
+        video,
+        config,
+        on_step=on_step,
+        on_gradients=lambda step: grads.append(gradient_rms(model)),
+        pick_clip=(lambda clips: clips - 1) if args.clip == "return" else None,
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"world": describe_world(world.config), "settings": vars(args),
-                                           "curve": curve}, indent=2, default=str))
+    Path(args.json).write_text(
+        json.dumps(
+            {"world": describe_world(world.config), "settings": vars(args), "curve": curve}, indent=2, default=str
+        )
+    )
     return curve
 
 

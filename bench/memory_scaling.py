@@ -5,7 +5,8 @@ context preparation (FramePack history packing + one ψ update for MemoryPack; c
 history frame for the baseline) plus one transformer forward on the tiny preset: wall time (median of
 repeats), FLOPs (torch's FlopCounterMode), the attention sequence length, and peak memory — CUDA's
 allocator peak on a GPU, otherwise the process's peak RSS above a baseline taken after the model and
-inputs are built (so it includes the first step's allocations). Prints a table and writes bench/results/memory_scaling.json.
+inputs are built (so it includes the first step's allocations). Prints a table and writes
+bench/results/memory_scaling.json.
 
     python bench/memory_scaling.py [--sections 1 2 5 10 20 40 80 120] [--repeats 5] [--device cpu]
 """
@@ -36,8 +37,11 @@ def measure(method: str, sections: int, repeats: int, device: str) -> dict:
     window, c, h, w = 9, 16, 8, 8
     model = MemoryPackTransformer.from_preset("tiny", seed=0, device=device).eval()
     cond = Conditioning(
-        torch.randn(1, TINY.max_prompt_tokens, TINY.text_embed_dim), torch.ones(1, TINY.max_prompt_tokens, dtype=torch.int64),
-        torch.randn(1, TINY.pooled_dim), torch.randn(1, 4, TINY.image_embed_dim), torch.randn(1, c, 1, h, w),
+        torch.randn(1, TINY.max_prompt_tokens, TINY.text_embed_dim),
+        torch.ones(1, TINY.max_prompt_tokens, dtype=torch.int64),
+        torch.randn(1, TINY.pooled_dim),
+        torch.randn(1, 4, TINY.image_embed_dim),
+        torch.randn(1, c, 1, h, w),
     ).to(device)
     history = torch.randn(1, c, window * sections, h, w, device=device)
     noisy = torch.randn(1, c, window, h, w, device=device)
@@ -45,7 +49,7 @@ def measure(method: str, sections: int, repeats: int, device: str) -> dict:
     memory = model.initial_memory(cond) if method == "memorypack" else None
     if method == "memorypack":
         for k in range(min(sections - 1, 1)):  # psi has its steady-state size after one update
-            memory = model.update_memory(memory, history[:, :, window * k: window * (k + 1)])
+            memory = model.update_memory(memory, history[:, :, window * k : window * (k + 1)])
     # the naive baseline keeps every history frame at full resolution in the clean stream
     layout = HistoryLayout() if method == "memorypack" else HistoryLayout(frames_1x=window * sections)
 
@@ -78,8 +82,14 @@ def measure(method: str, sections: int, repeats: int, device: str) -> dict:
     tokens_per_frame = (h // p) * (w // p)
     clean = 1 + layout.frames_1x
     seq = tokens_per_frame * (window + clean) + (tokens_per_frame // 4 or 1) + 4 * max(tokens_per_frame // 16, 1)
-    return dict(method=method, sections=sections, seconds=statistics.median(times),
-                gflops=counter.get_total_flops() / 1e9, video_tokens=seq, peak_mb=peak_mb)
+    return dict(
+        method=method,
+        sections=sections,
+        seconds=statistics.median(times),
+        gflops=counter.get_total_flops() / 1e9,
+        video_tokens=seq,
+        peak_mb=peak_mb,
+    )
 
 
 def main() -> None:
@@ -96,13 +106,28 @@ def main() -> None:
     for method in ("memorypack", "naive"):
         for n in args.sections:
             out = subprocess.run(
-                [sys.executable, __file__, "--worker", method, str(n), "--repeats", str(args.repeats),
-                 "--device", args.device], capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    method,
+                    str(n),
+                    "--repeats",
+                    str(args.repeats),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{method:>10} {n:>4} sections  {r['seconds'] * 1e3:8.2f} ms  {r['gflops']:8.3f} GFLOP  "
-                  f"{r['video_tokens']:>6} tokens  {r['peak_mb']:8.1f} MB", flush=True)
+            print(
+                f"{method:>10} {n:>4} sections  {r['seconds'] * 1e3:8.2f} ms  {r['gflops']:8.3f} GFLOP  "
+                f"{r['video_tokens']:>6} tokens  {r['peak_mb']:8.1f} MB",
+                flush=True,
+            )
     summary = {}
     for method in ("memorypack", "naive"):
         mine = [r for r in rows if r["method"] == method]

@@ -22,7 +22,8 @@ Measures: memory recall after L absent sections (`mempack.fidelity.metrics.memor
 (a held-out ridge read-out of the identity from ψ, `memory_probe`), drift over a long rollout (paper
 eq. 8, `rollout_drift`), the exposure gap (each section made after the model's own sections against the
 same section, same noise, after the true ones: `exposure_gap`), and training cost per clip (FLOPs
-counted by torch, wall seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method, and prep's
+counted by torch, wall seconds). Worlds are fed in process (no Parquet in between): the benchmark tests the method,
+and prep's
 contract is tested on its own. Prints a table of mean ± std over seeds, writes JSON (default
 bench/results/method_fidelity.json) and logs every run, with a rollout mp4, to MLflow.
 
@@ -43,16 +44,21 @@ import json
 import math
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 STAGE1 = ("framepack_only", "zero_memory", "memorypack", "oracle_memory")
 # stage-2 variants: (forcing mode, what trains); the paper's Direct Forcing trains the head only
-STAGE2 = {"direct": ("direct", "head"), "student": ("student", "head"), "teacher_head": ("teacher", "head"),
-          "direct_all": ("direct", "all"), "teacher_all": ("teacher", "all")}
+STAGE2 = {
+    "direct": ("direct", "head"),
+    "student": ("student", "head"),
+    "teacher_head": ("teacher", "head"),
+    "direct_all": ("direct", "all"),
+    "teacher_all": ("teacher", "all"),
+}
 VARIANTS = STAGE1 + tuple(STAGE2)
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if not v.endswith("_all"))  # the whole-network pair: on request
 FRAMEPACK_WINDOW_SECTIONS = 19 / 9  # 1 + 2 + 16 latent frames of history
@@ -105,9 +111,18 @@ def world_for(s: Settings, stage: int):
     absence = s.train_absence or (1, max(s.absences))
     if stage == 2:  # stage 2 trains every clip of a video: shorter videos keep its cost near stage 1's
         absence = (absence[0], min(absence[1], 4))
-    return World(WorldConfig(identities=s.identities, absence=absence, visible=s.visible, speed=s.speed,
-                             distractors=s.distractors, after_return=s.after_return, seed=s.world_seed,
-                             camera=s.camera))
+    return World(
+        WorldConfig(
+            identities=s.identities,
+            absence=absence,
+            visible=s.visible,
+            speed=s.speed,
+            distractors=s.distractors,
+            after_return=s.after_return,
+            seed=s.world_seed,
+            camera=s.camera,
+        )
+    )
 
 
 def build_model(s: Settings, variant: str, seed: int, world=None):
@@ -118,8 +133,9 @@ def build_model(s: Settings, variant: str, seed: int, world=None):
     overrides = {"init": "zero" if variant == "zero_memory" else "prompt_image", **s.semantic_pack}
     model = world_model(s.width, s.layers, memory=variant != "framepack_only", seed=seed, **overrides)
     if variant == "oracle_memory":
-        return OracleMemoryTransformer(model.backbone, model.semantic_pack, model.config,
-                                       world if world is not None else world_for(s, 1))
+        return OracleMemoryTransformer(
+            model.backbone, model.semantic_pack, model.config, world if world is not None else world_for(s, 1)
+        )
     return model
 
 
@@ -134,13 +150,21 @@ def flops_per_clip(model, world, stage: int, mode: str, trainable: str, s: Setti
     video = world.video(10**9, absence=3)
     clips, cond = video.clips()[:6], world.conditioning(video)
     model.set_trainable(trainable)
-    forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
-                            memory_grad_window=s.memory_grad_window)
+    forcing = ForcingConfig(
+        mode=mode, student_steps=s.student_steps, sample_guidance=1.0, memory_grad_window=s.memory_grad_window
+    )
     only = trained_clip(stage, mode, clips.shape[0], torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
     with counter:
-        stats = train_video(model, clips, cond, forcing, lambda loss, last, retain: loss.backward(retain_graph=retain),
-                            only_clip=only, generator=torch.Generator().manual_seed(0))
+        stats = train_video(
+            model,
+            clips,
+            cond,
+            forcing,
+            lambda loss, last, retain: loss.backward(retain_graph=retain),
+            only_clip=only,
+            generator=torch.Generator().manual_seed(0),
+        )
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / stats.clips
 
@@ -152,62 +176,84 @@ def run_variant(variant: str, seed: int, s: Settings, init: str | None) -> dict:
 
     torch.set_num_threads(1)
     from mempack.fidelity.metrics import exposure_gap, memory_probe, memory_recall, rollout_drift
-    from mempack.train.forcing import ForcingConfig
     from mempack.model import MemoryPackTransformer
+    from mempack.train.forcing import ForcingConfig
     from mempack.train.in_process import LocalTrainConfig, train_in_process
 
     stage = 1 if variant in STAGE1 else 2
     mode, trainable = ("teacher", "all") if stage == 1 else STAGE2[variant]
     world = world_for(s, stage)
     model = build_model(s, variant, seed, world) if init is None else MemoryPackTransformer.from_pretrained(init)
-    forcing = ForcingConfig(mode=mode, student_steps=s.student_steps, sample_guidance=1.0,
-                            memory_grad_window=s.memory_grad_window)
+    forcing = ForcingConfig(
+        mode=mode, student_steps=s.student_steps, sample_guidance=1.0, memory_grad_window=s.memory_grad_window
+    )
     flops = flops_per_clip(model, world, stage, mode, trainable, s)
     base = 1_000_000 * (seed + 1)  # training seeds; evaluation uses 900_000_000 + ..., never trained on
     if stage == 1:
+
         def videos(step: int):
             v = world.video(base + step)
             return v.clips(), world.conditioning(v)
-        config = LocalTrainConfig(stage=1, steps=s.train_steps, lr=s.lr, memory_lr=s.memory_lr, seed=seed,
-                                  forcing=forcing,
-                                  stage1_clips="uniform" if s.stage1_clip == "return" else s.stage1_clip)
+
+        config = LocalTrainConfig(
+            stage=1,
+            steps=s.train_steps,
+            lr=s.lr,
+            memory_lr=s.memory_lr,
+            seed=seed,
+            forcing=forcing,
+            stage1_clips="uniform" if s.stage1_clip == "return" else s.stage1_clip,
+        )
     else:
         drawn = [world.video(base + 500_000 + i) for i in range(s.stage2_videos)]
         videos = [(v.clips(), world.conditioning(v)) for v in drawn]
-        config = LocalTrainConfig(stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing,
-                                  trainable=trainable)
+        config = LocalTrainConfig(
+            stage=2, steps=s.stage2_steps, lr=s.stage2_lr, seed=seed, forcing=forcing, trainable=trainable
+        )
     returns_only = stage == 1 and s.stage1_clip == "return"  # the oracle curriculum: the world's return section
-    result = train_in_process(model, videos, config,
-                              pick_clip=(lambda n: n - 1 - s.after_return) if returns_only else None)
+    result = train_in_process(
+        model, videos, config, pick_clip=(lambda n: n - 1 - s.after_return) if returns_only else None
+    )
     folder = Path(s.out) / "models" / f"{variant}-seed{seed}"
     model.save_pretrained(folder)
     eval_world = world_for(s, 1)
     recall = memory_recall(model, eval_world, s.absences, s.events, seed=900_000_000, steps=s.sample_steps)
     probe = memory_probe(model, eval_world, s.absences, seed=920_000_000, videos=s.probe_videos)
-    drift, kept = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
-                                steps=s.sample_steps, keep_latents=True)
+    drift, kept = rollout_drift(
+        model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000, steps=s.sample_steps, keep_latents=True
+    )
     exposure = exposure_gap(model, eval_world, s.exposure_videos, seed=930_000_000, steps=s.sample_steps)
     out = {
-        "variant": variant, "seed": seed, "export": str(folder),
-        "exposure_gap": exposure.gap, "exposure_gap_per_video": exposure.per_video,
-        "exposure_rollout_curve": exposure.rollout_curve, "exposure_teacher_curve": exposure.teacher_curve,
-        "recall_by_absence": recall.recall, "returned_by_absence": recall.returned, "drawn_by_absence": recall.drawn,
+        "variant": variant,
+        "seed": seed,
+        "export": str(folder),
+        "exposure_gap": exposure.gap,
+        "exposure_gap_per_video": exposure.per_video,
+        "exposure_rollout_curve": exposure.rollout_curve,
+        "exposure_teacher_curve": exposure.teacher_curve,
+        "recall_by_absence": recall.recall,
+        "returned_by_absence": recall.returned,
+        "drawn_by_absence": recall.drawn,
         "memory_probe_by_absence": probe,
-        "drift": drift.drift, "drift_per_rollout": drift.per_rollout, "drift_curve": drift.curve,
-        "train_seconds_per_clip": result.seconds / max(result.clips, 1), "train_flops_per_clip": flops,
-        "train_clips": result.clips, "skipped_steps": result.skipped,
+        "drift": drift.drift,
+        "drift_per_rollout": drift.per_rollout,
+        "drift_curve": drift.curve,
+        "train_seconds_per_clip": result.seconds / max(result.clips, 1),
+        "train_flops_per_clip": flops,
+        "train_clips": result.clips,
+        "skipped_steps": result.skipped,
         "first_loss": float(sum(result.losses[:20]) / max(1, len(result.losses[:20]))),
         "last_loss": float(sum(result.losses[-20:]) / max(1, len(result.losses[-20:]))),
     }
     if variant == "direct":  # the guidance decision: x̃ made at the training guidance, sampled at F1's 10
-        mismatch, _ = rollout_drift(model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000,
-                                    steps=s.sample_steps, guidance=10.0)
+        mismatch, _ = rollout_drift(
+            model, eval_world, s.drift_sections, s.rollouts, seed=910_000_000, steps=s.sample_steps, guidance=10.0
+        )
         out["drift_sampled_at_guidance_10"] = mismatch.drift
     video_path = Path(s.out) / "rollouts" / f"{variant}-seed{seed}.mp4"
     if seed == 0 or s.mlflow_uri:
-        from mempack.video_io import write_mp4
-
         from mempack.presets import FPS, VAE_TEMPORAL
+        from mempack.video_io import write_mp4
 
         frames = eval_world.render(kept[0])
         write_mp4(frames, video_path, fps=FPS / VAE_TEMPORAL, crf=0)  # one latent frame = 4 video frames
@@ -228,13 +274,25 @@ def _log_mlflow(s: Settings, out: dict, video: Path) -> None:
     mlflow.set_tracking_uri(s.mlflow_uri)
     mlflow.set_experiment("mempack-method-fidelity")
     with mlflow.start_run(run_name=f"{out['variant']}-seed{out['seed']}"):
-        mlflow.log_params({"variant": out["variant"], "seed": out["seed"], "identities": s.identities,
-                           "world_seed": s.world_seed, "train_steps": s.train_steps, "stage2_steps": s.stage2_steps})
+        mlflow.log_params(
+            {
+                "variant": out["variant"],
+                "seed": out["seed"],
+                "identities": s.identities,
+                "world_seed": s.world_seed,
+                "train_steps": s.train_steps,
+                "stage2_steps": s.stage2_steps,
+            }
+        )
         metrics = {f"recall_L{k}": v for k, v in out["recall_by_absence"].items()}
         metrics.update({f"returned_L{k}": v for k, v in out["returned_by_absence"].items()})
         metrics.update({f"psi_probe_L{k}": v for k, v in (out["memory_probe_by_absence"] or {}).items()})
-        metrics.update(drift=out["drift"], exposure_gap=out["exposure_gap"],
-                       train_seconds_per_clip=out["train_seconds_per_clip"], train_flops_per_clip=out["train_flops_per_clip"])
+        metrics.update(
+            drift=out["drift"],
+            exposure_gap=out["exposure_gap"],
+            train_seconds_per_clip=out["train_seconds_per_clip"],
+            train_flops_per_clip=out["train_flops_per_clip"],
+        )
         mlflow.log_metrics(metrics)
         for i, value in enumerate(out["drift_curve"]):
             mlflow.log_metric("drift_curve", value, step=i)
@@ -246,8 +304,13 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int,
-            on_result: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def run_all(
+    s: Settings,
+    variants: list[str],
+    seeds: list[int],
+    workers: int,
+    on_result: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
     """Stage-1 variants first; each seed's stage-2 variants start when its memorypack export is ready."""
     need_memorypack = any(v in STAGE2 for v in variants)
     stage1 = [v for v in STAGE1 if v in variants or (v == "memorypack" and need_memorypack)]
@@ -277,8 +340,11 @@ def run_all(s: Settings, variants: list[str], seeds: list[int], workers: int,
             done = next(iter(as_completed(list(pending))))
             variant, seed = pending.pop(done)
             out = done.result()
-            print(f"  done {variant} seed {seed}: recall {out['recall_by_absence']} drift {out['drift']:.4f} "
-                  f"({out['train_seconds_per_clip'] * 1000:.0f} ms/clip)", flush=True)
+            print(
+                f"  done {variant} seed {seed}: recall {out['recall_by_absence']} drift {out['drift']:.4f} "
+                f"({out['train_seconds_per_clip'] * 1000:.0f} ms/clip)",
+                flush=True,
+            )
             if variant in variants:
                 results.append(out)
                 if on_result is not None:
@@ -295,8 +361,11 @@ def _stats(values: list[float]) -> dict:
     import numpy as np
 
     arr = np.asarray(values, dtype=float)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-            "per_seed": [float(v) for v in arr]}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "per_seed": [float(v) for v in arr],
+    }
 
 
 def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
@@ -306,8 +375,12 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
     from mempack.fidelity.world import describe_world
 
     beyond = [L for L in s.absences if L > FRAMEPACK_WINDOW_SECTIONS]
-    summary = {"world": describe_world(world_for(s, 1).config), "chance": 1 / s.identities,
-               "recall_absences": beyond or s.absences, "variants": {}}
+    summary = {
+        "world": describe_world(world_for(s, 1).config),
+        "chance": 1 / s.identities,
+        "recall_absences": beyond or s.absences,
+        "variants": {},
+    }
     for v in variants:
         rows = sorted((r for r in results if r["variant"] == v), key=lambda r: r["seed"])
         if not rows:
@@ -318,21 +391,27 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
             "recall_by_absence": {L: float(np.mean([r["recall_by_absence"][L] for r in rows])) for L in s.absences},
             "returned": float(np.mean([np.mean(list(r["returned_by_absence"].values())) for r in rows])),
             # identities drawn at the returns, summed over seeds: a model that always draws one is visible here
-            "drawn_by_absence": {L: np.sum([r["drawn_by_absence"][L] for r in rows], axis=0).tolist()
-                                 for L in s.absences},
+            "drawn_by_absence": {
+                L: np.sum([r["drawn_by_absence"][L] for r in rows], axis=0).tolist() for L in s.absences
+            },
             "memory_probe_by_absence": _probe_means(rows, s.absences),
             "drift": _stats([r["drift"] for r in rows]),
             "drift_curve": np.mean([r["drift_curve"] for r in rows], axis=0).tolist(),
             "exposure_gap": _stats([r["exposure_gap"] for r in rows]),
-            "exposure_curves": {"own_history": np.mean([r["exposure_rollout_curve"] for r in rows], axis=0).tolist(),
-                                "true_history": np.mean([r["exposure_teacher_curve"] for r in rows], axis=0).tolist()},
+            "exposure_curves": {
+                "own_history": np.mean([r["exposure_rollout_curve"] for r in rows], axis=0).tolist(),
+                "true_history": np.mean([r["exposure_teacher_curve"] for r in rows], axis=0).tolist(),
+            },
             # the error level the rollout ends at (mean over its last 15 % of sections), beside eq. 8's difference
-            "late_error": _stats([float(np.mean(r["drift_curve"][-edge_count(len(r["drift_curve"]), 0.15):]))
-                                  for r in rows]),
+            "late_error": _stats(
+                [float(np.mean(r["drift_curve"][-edge_count(len(r["drift_curve"]), 0.15) :])) for r in rows]
+            ),
             "train_seconds_per_clip": float(np.mean([r["train_seconds_per_clip"] for r in rows])),
             "train_flops_per_clip": float(np.mean([r["train_flops_per_clip"] for r in rows])),
-            "loss": {"first": float(np.mean([r["first_loss"] for r in rows])),
-                     "last": float(np.mean([r["last_loss"] for r in rows]))},
+            "loss": {
+                "first": float(np.mean([r["first_loss"] for r in rows])),
+                "last": float(np.mean([r["last_loss"] for r in rows])),
+            },
             "rollouts": [r["rollout_mp4"] for r in rows if "rollout_mp4" in r],
         }
         if any("drift_sampled_at_guidance_10" in r for r in rows):
@@ -343,8 +422,13 @@ def summarise(results: list[dict], s: Settings, variants: list[str]) -> dict:
     return summary
 
 
-PAIRS = (("direct", "memorypack"), ("direct", "student"), ("direct", "teacher_head"), ("direct_all", "teacher_all"),
-         ("memorypack", "framepack_only"))
+PAIRS = (
+    ("direct", "memorypack"),
+    ("direct", "student"),
+    ("direct", "teacher_head"),
+    ("direct_all", "teacher_all"),
+    ("memorypack", "framepack_only"),
+)
 
 
 def paired(results: list[dict], key: str, per_key: str) -> dict:
@@ -365,12 +449,16 @@ def paired(results: list[dict], key: str, per_key: str) -> dict:
             out[f"{a} - {b}"] = _stats([by[(a, seed)][key] - by[(b, seed)][key] for seed in seeds])
             diffs = np.concatenate([np.subtract(by[(a, seed)][per_key], by[(b, seed)][per_key]) for seed in seeds])
             out[f"{a} - {b}"]["per_rollout"] = {
-                "mean": float(diffs.mean()), "n": int(diffs.size),
-                "sem": float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0}
+                "mean": float(diffs.mean()),
+                "n": int(diffs.size),
+                "sem": float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0,
+            }
     return out
 
 
-def write_strip(results: list[dict], path: Path, variants: tuple[str, ...] = ("framepack_only", "direct")) -> Path | None:
+def write_strip(
+    results: list[dict], path: Path, variants: tuple[str, ...] = ("framepack_only", "direct")
+) -> Path | None:
     """One row of rollout frames per variant (seed 0), a gap between frames: the README's picture."""
     import numpy as np
     from PIL import Image
@@ -402,31 +490,49 @@ def _probe_means(rows: list[dict], absences: list[int]) -> dict | None:
 
 def print_table(summary: dict, s: Settings) -> None:
     world = summary["world"]
-    print(f"world seed {world['seed']}, K = {world['identities']}, {world['camera']} camera: {world['role']} world"
-          + (" (choices were made on it: not evidence)" if world["role"] == "development" else
-             " (never used for a choice)"))
+    print(
+        f"world seed {world['seed']}, K = {world['identities']}, {world['camera']} camera: {world['role']} world"
+        + (
+            " (choices were made on it: not evidence)"
+            if world["role"] == "development"
+            else " (never used for a choice)"
+        )
+    )
     absences = s.absences
-    head = f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} " + " ".join(
-        f"{'L=' + str(L):>6}" for L in absences) + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'exposure gap':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
+    head = (
+        f"{'variant':<15} {'recall (L>=' + str(min(summary['recall_absences'])) + ')':>17} "
+        + " ".join(f"{'L=' + str(L):>6}" for L in absences)
+        + f" {'returned':>8} {'psi probe':>9} {'drift':>17} {'exposure gap':>17} {'ms/clip':>8} {'MFLOP/clip':>10}"
+    )
     print(head)
     print("-" * len(head))
     for v, e in summary["variants"].items():
-        print(f"{v:<15} {e['recall']['mean']:>8.3f} ± {e['recall']['std']:<6.3f} "
-              + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
-              + f" {e['returned']:>8.2f} {_probe_cell(e, summary['recall_absences']):>9}"
-              + f" {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
-              + f" {e['exposure_gap']['mean']:>8.4f} ± {e['exposure_gap']['std']:<6.4f}"
-              + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}")
-    for label, name, d in [(label, name, d) for label, key in (("drift", "paired_drift"), ("gap", "paired_exposure_gap"))
-                           for name, d in summary.get(key, {}).items()]:
+        print(
+            f"{v:<15} {e['recall']['mean']:>8.3f} ± {e['recall']['std']:<6.3f} "
+            + " ".join(f"{e['recall_by_absence'][L]:>6.2f}" for L in absences)
+            + f" {e['returned']:>8.2f} {_probe_cell(e, summary['recall_absences']):>9}"
+            + f" {e['drift']['mean']:>8.4f} ± {e['drift']['std']:<6.4f}"
+            + f" {e['exposure_gap']['mean']:>8.4f} ± {e['exposure_gap']['std']:<6.4f}"
+            + f" {e['train_seconds_per_clip'] * 1000:>8.1f} {e['train_flops_per_clip'] / 1e6:>10.1f}"
+        )
+    for label, name, d in [
+        (label, name, d)
+        for label, key in (("drift", "paired_drift"), ("gap", "paired_exposure_gap"))
+        for name, d in summary.get(key, {}).items()
+    ]:
         pooled = d.get("per_rollout", {})
-        print(f"{label:<5} {name:<28} {d['mean']:+.4f} ± {d['std']:.4f} (per seed: "
-              + ", ".join(f"{x:+.4f}" for x in d["per_seed"]) + ")"
-              + (f"; per rollout {pooled['mean']:+.4f} ± {pooled['sem']:.4f} s.e., n={pooled['n']}" if pooled else ""))
-    print(f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
-          f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window); psi probe = held-out ridge "
-          f"read-out of the identity from psi over the same L (- : no memory); exposure gap = error of a section made "
-          f"from the model's own history minus the same section (same noise) from the true history")
+        print(
+            f"{label:<5} {name:<28} {d['mean']:+.4f} ± {d['std']:.4f} (per seed: "
+            + ", ".join(f"{x:+.4f}" for x in d["per_seed"])
+            + ")"
+            + (f"; per rollout {pooled['mean']:+.4f} ± {pooled['sem']:.4f} s.e., n={pooled['n']}" if pooled else "")
+        )
+    print(
+        f"chance = 1/K = {summary['chance']:.3f}; recall = right identity returned / return events, mean over "
+        f"L in {summary['recall_absences']} (beyond FramePack's 19-frame window); psi probe = held-out ridge "
+        f"read-out of the identity from psi over the same L (- : no memory); exposure gap = error of a section made "
+        f"from the model's own history minus the same section (same noise) from the true history"
+    )
 
 
 def _probe_cell(entry: dict, absences: list[int]) -> str:
@@ -444,41 +550,70 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
     p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
     p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
-    p.add_argument("--world-seed", type=int, default=0,
-                   help="the world (codes, palette); seed 0 is the development world, others are report worlds")
-    p.add_argument("--camera", default="static", choices=("static", "moving"),
-                   help="static background, or a camera that pans, zooms and drifts in lighting")
+    p.add_argument(
+        "--world-seed",
+        type=int,
+        default=0,
+        help="the world (codes, palette); seed 0 is the development world, others are report worlds",
+    )
+    p.add_argument(
+        "--camera",
+        default="static",
+        choices=("static", "moving"),
+        help="static background, or a camera that pans, zooms and drifts in lighting",
+    )
     p.add_argument("--train-absence", help="absent sections in training videos, LO,HI (default 1,max(--absence))")
     p.add_argument("--visible", default="1,2", help="sections in view before leaving, LO,HI")
     p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
     p.add_argument("--distractors", type=int, default=0, help="extra always-visible objects")
     p.add_argument("--after-return", type=int, default=0, help="sections after the return (longer videos)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"comma-separated subset of {','.join(VARIANTS)} (default: all but the *_all pair)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all but the *_all pair)",
+    )
     p.add_argument("--train-steps", type=int, default=2000, help="stage-1 optimizer steps (one video each)")
     p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
     p.add_argument("--stage2-videos", type=int, default=48)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--memory-lr", type=float, default=1e-4,
-                   help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)")
-    p.add_argument("--stage1-clip", default="uniform", choices=("uniform", "late", "all", "return"),
-                   help="which clip a stage-1 step trains: the library's policies (uniform, late: ∝ i + 1, all: "
-                        "every clip), or return: the video's return section, an oracle curriculum (it reads the "
-                        "world's layout, which no user's data tells)")
+    p.add_argument(
+        "--memory-lr",
+        type=float,
+        default=1e-4,
+        help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)",
+    )
+    p.add_argument(
+        "--stage1-clip",
+        default="uniform",
+        choices=("uniform", "late", "all", "return"),
+        help="which clip a stage-1 step trains: the library's policies (uniform, late: ∝ i + 1, all: "
+        "every clip), or return: the video's return section, an oracle curriculum (it reads the "
+        "world's layout, which no user's data tells)",
+    )
     p.add_argument("--stage2-lr", type=float, default=2e-4)
-    p.add_argument("--events", type=int, default=12,
-                   help="return events per absence length (rounded up to a multiple of K: identities are balanced)")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=12,
+        help="return events per absence length (rounded up to a multiple of K: identities are balanced)",
+    )
     p.add_argument("--drift-sections", type=int, default=40)
     p.add_argument("--rollouts", type=int, default=4, help="drift rollouts per variant and seed")
-    p.add_argument("--exposure-videos", type=int, default=4,
-                   help="held-out videos for the exposure gap (own vs true history, section by section)")
+    p.add_argument(
+        "--exposure-videos",
+        type=int,
+        default=4,
+        help="held-out videos for the exposure gap (own vs true history, section by section)",
+    )
     p.add_argument("--probe-videos", type=int, default=160, help="videos per absence for the psi read-out")
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
     p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
     p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
     p.add_argument("--student-steps", type=int, default=5)
     p.add_argument("--memory-grad-window", type=int, default=-1, help="ψ updates a loss reaches (-1: all)")
-    p.add_argument("--workers", type=int, default=2, help="parallel training processes, one thread each (0: in this process)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="parallel training processes, one thread each (0: in this process)"
+    )
     p.add_argument("--out", default="bench/results/method_fidelity", help="models and rollout mp4s")
     p.add_argument("--json", default="bench/results/method_fidelity.json")
     p.add_argument("--mlflow-uri", help="default: sqlite under --out; 'none' to skip")
@@ -526,18 +661,43 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    mlflow_uri = None if args.mlflow_uri == "none" else (
-        args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    s = Settings(args.identities, args.absence, args.world_seed, args.train_steps, args.stage2_steps,
-                 args.stage2_videos, args.lr, args.stage2_lr, args.events, args.drift_sections, args.rollouts,
-                 args.sample_steps, args.width, args.layers, args.student_steps, args.memory_grad_window,
-                 str(out.resolve()), mlflow_uri, args.train_absence, args.visible, args.speed, args.distractors,
-                 args.after_return, args.probe_videos, args.memory_lr,
-                 stage1_clip=args.stage1_clip, exposure_videos=args.exposure_videos, camera=args.camera)
+    mlflow_uri = (
+        None if args.mlflow_uri == "none" else (args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    )
+    s = Settings(
+        args.identities,
+        args.absence,
+        args.world_seed,
+        args.train_steps,
+        args.stage2_steps,
+        args.stage2_videos,
+        args.lr,
+        args.stage2_lr,
+        args.events,
+        args.drift_sections,
+        args.rollouts,
+        args.sample_steps,
+        args.width,
+        args.layers,
+        args.student_steps,
+        args.memory_grad_window,
+        str(out.resolve()),
+        mlflow_uri,
+        args.train_absence,
+        args.visible,
+        args.speed,
+        args.distractors,
+        args.after_return,
+        args.probe_videos,
+        args.memory_lr,
+        stage1_clip=args.stage1_clip,
+        exposure_videos=args.exposure_videos,
+        camera=args.camera,
+    )
     try:
         world_for(s, 1)
     except ValueError as err:  # a world that cannot exist: one line, before any process starts
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     if mlflow_uri:  # create the store (and its schema) once, before parallel workers open it
         from mlflow.tracking import MlflowClient
 
@@ -554,8 +714,13 @@ def main(argv=None) -> dict:
 
     results = run_all(s, args.variants, list(range(args.seeds)), args.workers, on_result=write_partial)
     summary = summarise(results, s, args.variants)
-    summary.update(seconds=round(time.perf_counter() - began, 1), seeds=args.seeds, settings=s.__dict__,
-                   machine=f"{os.cpu_count()} CPUs", runs=results)
+    summary.update(
+        seconds=round(time.perf_counter() - began, 1),
+        seeds=args.seeds,
+        settings=s.__dict__,
+        machine=f"{os.cpu_count()} CPUs",
+        runs=results,
+    )
     print_table(summary, s)
     print(f"total {summary['seconds']:.0f} s")
     strip = write_strip(results, Path(args.json).with_name(f"{Path(args.json).stem}_strip.png"))

@@ -22,8 +22,14 @@ def cases():
     from mempack.train.config import TrainConfig
     from mempack.train.forcing import ForcingConfig
 
-    stage1 = TrainConfig(stage=1, preset="framepack-f1", use_gpu=True, num_workers=8, gradient_checkpointing=True,
-                         deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json"))
+    stage1 = TrainConfig(
+        stage=1,
+        preset="framepack-f1",
+        use_gpu=True,
+        num_workers=8,
+        gradient_checkpointing=True,
+        deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json"),
+    )
     stage2 = replace(stage1, stage=2, deepspeed=str(ROOT / "cluster/deepspeed/zero2_bf16.json"))
     return {
         "stage 1 (window 16)": stage1,
@@ -53,9 +59,11 @@ def main() -> dict:
     print(head)
     for label, r in rows.items():
         states = r["params_bytes"] + r["grads_bytes"] + r["optimizer_bytes"]
-        print(f"{label:<28}{states / GIB:>8.1f}{r['ema_bytes'] / GIB:>7.1f}{r['activations_bytes'] / GIB:>8.1f}"
-              f"{r['activations_checkpointed_bytes'] / GIB:>9.1f}{r['validation_bytes'] / GIB:>8.1f}"
-              f"{r['total_plain_bytes'] / GIB:>8.1f}{r['total_checkpointed_bytes'] / GIB:>8.1f}  {r['memory_updates']}")
+        print(
+            f"{label:<28}{states / GIB:>8.1f}{r['ema_bytes'] / GIB:>7.1f}{r['activations_bytes'] / GIB:>8.1f}"
+            f"{r['activations_checkpointed_bytes'] / GIB:>9.1f}{r['validation_bytes'] / GIB:>8.1f}"
+            f"{r['total_plain_bytes'] / GIB:>8.1f}{r['total_checkpointed_bytes'] / GIB:>8.1f}  {r['memory_updates']}"
+        )
     print(f"wrote {out}")
     return rows
 

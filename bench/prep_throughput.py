@@ -75,8 +75,8 @@ def main() -> None:
 
     from data_prep.decode import decode_frames
     from data_prep.process import ClipSpec, process_input
-    from mempack.sample import make_sample
     from data_prep.sources import load_inputs
+    from mempack.sample import make_sample
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.input or tmp
@@ -92,8 +92,9 @@ def main() -> None:
             {"stage": "(b) decode + shots + dynamism + clips", "cpus": 1, "seconds": cpu_s},
         ]
         for cpus in (1, 2):
-            rows.append({"stage": "(c) whole pipeline, tiny encoders", "cpus": cpus,
-                         "seconds": whole_pipeline(folder, cpus)})
+            rows.append(
+                {"stage": "(c) whole pipeline, tiny encoders", "cpus": cpus, "seconds": whole_pipeline(folder, cpus)}
+            )
     print(f"input: {len(inputs)} videos, {minutes * 60:.1f} s of video{'' if args.input else f' at {args.size}'}\n")
     print(f"{'stage':<40} {'cpus':>4} {'seconds':>8} {'s per input minute':>19}")
     for r in rows:
@@ -104,8 +105,18 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "prep_throughput.json"
     out = out.with_name(f"prep_throughput_{args.size}.json") if not args.input and args.size != "96x128" else out
-    out.write_text(json.dumps({"input_minutes": minutes, "inputs": len(inputs), "size": None if args.input else size,
-                               "rows": rows, "ratios": ratios}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "input_minutes": minutes,
+                "inputs": len(inputs),
+                "size": None if args.input else size,
+                "rows": rows,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -56,16 +56,22 @@ def recall_under_switch(model, world, absences: list[int], events: int, *, seed:
         right = {mode: 0 for mode in MODES}
         for e in range(events):  # the same held-out videos and noise as memory_recall
             video = world.video(seed + 1000 * absence + e, absence=absence, identity=e % world.config.identities)
-            prefix = video.latents[:, 1: video.section_frames(video.returns).start][None]
+            prefix = video.latents[:, 1 : video.section_frames(video.returns).start][None]
             cond = world.conditioning(video)
             other = switched(cond, seed + 7 + e)
             for mode in MODES:
-                kwargs = {} if mode == "no_switch" else {"section_conds": [other],
-                                                         "memory_on_switch": mode}
-                latents = generate(model, cond, GenerationConfig(sections=1, steps=steps, guidance=1.0, seed=seed + e),
-                                   progress=False, prefix=prefix, **kwargs).latents[0]
-                right[mode] += world.identity_in(latents, video.section_frames(video.returns), rows=lane) \
-                    == video.identity
+                kwargs = {} if mode == "no_switch" else {"section_conds": [other], "memory_on_switch": mode}
+                latents = generate(
+                    model,
+                    cond,
+                    GenerationConfig(sections=1, steps=steps, guidance=1.0, seed=seed + e),
+                    progress=False,
+                    prefix=prefix,
+                    **kwargs,
+                ).latents[0]
+                right[mode] += (
+                    world.identity_in(latents, video.section_frames(video.returns), rows=lane) == video.identity
+                )
         for mode in MODES:
             out[mode][absence] = right[mode] / events
     return out
@@ -100,11 +106,17 @@ def main(argv=None) -> dict:
     events = -(-args.events // world.config.identities) * world.config.identities
     model = MemoryPackTransformer.from_pretrained(args.model).eval()
     began = time.perf_counter()
-    recall = recall_under_switch(model, world, absences, events, seed=900_000_000,
-                                 steps=args.steps or settings.sample_steps)
-    result = {"model": str(args.model), "absences": absences, "events": events,
-              "chance": 1 / world.config.identities, "recall": recall,
-              "seconds": round(time.perf_counter() - began, 1)}
+    recall = recall_under_switch(
+        model, world, absences, events, seed=900_000_000, steps=args.steps or settings.sample_steps
+    )
+    result = {
+        "model": str(args.model),
+        "absences": absences,
+        "events": events,
+        "chance": 1 / world.config.identities,
+        "recall": recall,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
     print(f"recall of the identity at its return ({events} events per L; chance {result['chance']:.2f})")
     print("| mode | " + " | ".join(f"L={a}" for a in absences) + " |")
     print("|---|" + "---|" * len(absences))

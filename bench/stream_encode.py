@@ -47,9 +47,16 @@ def measure(frames: int, height: int, width: int) -> dict:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     pixels = frames * height * width * 3
-    return {"frames": frames, "height": height, "width": width, "seconds": round(row["seconds"], 2),
-            "uint8_frames_mib": pixels / MIB, "whole_float32_copy_mib": pixels * 4 / MIB,
-            "latents_mib": row["latent_bytes"] / MIB, "peak_above_base_mib": (row["peak"] - row["base"]) / MIB}
+    return {
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "seconds": round(row["seconds"], 2),
+        "uint8_frames_mib": pixels / MIB,
+        "whole_float32_copy_mib": pixels * 4 / MIB,
+        "latents_mib": row["latent_bytes"] / MIB,
+        "peak_above_base_mib": (row["peak"] - row["base"]) / MIB,
+    }
 
 
 def main() -> None:
@@ -62,11 +69,15 @@ def main() -> None:
     height, width = (int(v) for v in args.size.lower().split("x"))
     sweep = [measure(int(n), height, width) for n in args.frames.split(",")]
     print(f"one-stream VAE encode, tiny VAE, CPU, {height}x{width}")
-    print(f"{'frames':>7} {'uint8 MiB':>10} {'f32 copy MiB':>13} {'peak-base MiB':>14} {'peak-base-uint8':>16} {'s':>7}")
+    print(
+        f"{'frames':>7} {'uint8 MiB':>10} {'f32 copy MiB':>13} {'peak-base MiB':>14} {'peak-base-uint8':>16} {'s':>7}"
+    )
     for r in sweep:
-        print(f"{r['frames']:>7} {r['uint8_frames_mib']:>10.1f} {r['whole_float32_copy_mib']:>13.1f} "
-              f"{r['peak_above_base_mib']:>14.1f} {r['peak_above_base_mib'] - r['uint8_frames_mib']:>16.1f} "
-              f"{r['seconds']:>7.1f}")
+        print(
+            f"{r['frames']:>7} {r['uint8_frames_mib']:>10.1f} {r['whole_float32_copy_mib']:>13.1f} "
+            f"{r['peak_above_base_mib']:>14.1f} {r['peak_above_base_mib'] - r['uint8_frames_mib']:>16.1f} "
+            f"{r['seconds']:>7.1f}"
+        )
     result = {"sweep": sweep}
     if not args.no_tile:
         tile = measure(17, 480, 832)
@@ -76,14 +87,19 @@ def main() -> None:
         working = tile["peak_above_base_mib"] - tile["uint8_frames_mib"]
         result["tile_480x832"] = tile
         result["minute_480x832_projection_mib"] = {
-            "uint8_frames": frames_mib, "latents_f32": latents_mib, "one_tile_working_set_tiny_vae": working,
+            "uint8_frames": frames_mib,
+            "latents_f32": latents_mib,
+            "one_tile_working_set_tiny_vae": working,
             "total": frames_mib + latents_mib + working,
-            "whole_float32_copy_instead": minute * 480 * 832 * 3 * 4 / MIB}
+            "whole_float32_copy_instead": minute * 480 * 832 * 3 * 4 / MIB,
+        }
         proj = result["minute_480x832_projection_mib"]
         print(f"\none 17-frame tile at 480x832: peak-base-uint8 = {working:.0f} MiB ({tile['seconds']:.0f} s)")
-        print(f"a minute of 480x832 (1801 frames): frames {frames_mib:.0f} + latents {latents_mib:.0f} + tile "
-              f"{working:.0f} = {proj['total']:.0f} MiB (a float32 copy of the whole video alone: "
-              f"{proj['whole_float32_copy_instead']:.0f} MiB)")
+        print(
+            f"a minute of 480x832 (1801 frames): frames {frames_mib:.0f} + latents {latents_mib:.0f} + tile "
+            f"{working:.0f} = {proj['total']:.0f} MiB (a float32 copy of the whole video alone: "
+            f"{proj['whole_float32_copy_instead']:.0f} MiB)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

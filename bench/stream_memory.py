@@ -46,8 +46,15 @@ def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, o
     pipe.set_progress_bar_config(disable=True)
     fps = fps or DEFAULT_FPS["tiny"]
     frames = round(minutes * 60 * fps)
-    kwargs = dict(image=sample_image(size, size), prompt=SAMPLE_PROMPT, num_frames=frames, height=size, width=size,
-                  num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        image=sample_image(size, size),
+        prompt=SAMPLE_PROMPT,
+        num_frames=frames,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     before = rss_mb()
     began = time.perf_counter()
     if mode == "stream":
@@ -57,10 +64,19 @@ def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, o
         write_mp4(pipe.encoders().decode_latents(latents)[0][:frames], out, fps)
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"minutes": minutes, "mode": mode, "frames": frames, "fps": fps, "size": size, "steps": steps,
-            "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
-            "growth_mb": round(peak - before, 1), "seconds": round(seconds, 1),
-            "mp4_bytes": out.stat().st_size}
+    return {
+        "minutes": minutes,
+        "mode": mode,
+        "frames": frames,
+        "fps": fps,
+        "size": size,
+        "steps": steps,
+        "rss_before_mb": round(before, 1),
+        "peak_rss_mb": round(peak, 1),
+        "growth_mb": round(peak - before, 1),
+        "seconds": round(seconds, 1),
+        "mp4_bytes": out.stat().st_size,
+    }
 
 
 def main() -> None:
@@ -81,17 +97,35 @@ def main() -> None:
     rows = []
     for mode in args.modes:
         for minutes in args.minutes:
-            result = subprocess.run([sys.executable, __file__, "--child", str(minutes), mode, "--size", str(args.size),
-                                     "--steps", str(args.steps), *(["--fps", str(args.fps)] if args.fps else [])],
-                                    capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(minutes),
+                    mode,
+                    "--size",
+                    str(args.size),
+                    "--steps",
+                    str(args.steps),
+                    *(["--fps", str(args.fps)] if args.fps else []),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             print(f"{mode:>7} {minutes:5g} min: peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
     video.unlink(missing_ok=True)
-    print(f"\n{'mode':>7} {'minutes':>8} {'frames':>7} {'RSS before MB':>14} {'peak RSS MB':>12} {'growth MB':>10} "
-          f"{'seconds':>8}")
+    print(
+        f"\n{'mode':>7} {'minutes':>8} {'frames':>7} {'RSS before MB':>14} {'peak RSS MB':>12} {'growth MB':>10} "
+        f"{'seconds':>8}"
+    )
     for r in rows:
-        print(f"{r['mode']:>7} {r['minutes']:8g} {r['frames']:7d} {r['rss_before_mb']:14.0f} {r['peak_rss_mb']:12.0f} "
-              f"{r['growth_mb']:10.0f} {r['seconds']:8.0f}")
+        print(
+            f"{r['mode']:>7} {r['minutes']:8g} {r['frames']:7d} {r['rss_before_mb']:14.0f} {r['peak_rss_mb']:12.0f} "
+            f"{r['growth_mb']:10.0f} {r['seconds']:8.0f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows}, indent=2))
     print(f"wrote {args.out}")

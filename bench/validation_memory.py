@@ -34,8 +34,9 @@ ENCODER_PRESET = "tiny"  # f1-scaled has tiny's encoder widths: its random encod
 
 
 def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import ctypes
     import importlib
 
@@ -75,8 +76,11 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
         value = fn()
         torch.distributed.barrier()
         libc.malloc_trim(0)
-        result["phases"][label] = {"rise_bytes": rss.peak_bytes() - before, "kept_bytes": rss.current_bytes() - before,
-                                   "seconds": time.perf_counter() - started}
+        result["phases"][label] = {
+            "rise_bytes": rss.peak_bytes() - before,
+            "kept_bytes": rss.current_bytes() - before,
+            "seconds": time.perf_counter() - started,
+        }
         return value
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,17 +109,21 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
             from mempack.pipeline import conditioning
             from mempack.sample import SAMPLE_PROMPT, sample_image
 
-            objects = [conditioning(encoders, sample_image(*preset.default_bucket), SAMPLE_PROMPT)
-                       if encoders is not None else None]
+            objects = [
+                conditioning(encoders, sample_image(*preset.default_bucket), SAMPLE_PROMPT)
+                if encoders is not None
+                else None
+            ]
             torch.distributed.broadcast_object_list(objects, src=0)
             return objects[0]
 
         encoders = phase("old_sampler", old_sampler)
-        phase("old_render", lambda: old_render(encoders))
+        phase("old_render", lambda encoders=encoders: old_render(encoders))
         del encoders
         # --- after: embeddings once (CPU), the VAE alone on rank 0's CPU, ZeRO-3 gathering module by module
-        sampler = phase("new_sampler", lambda: ValidationSampler(tmp, ENCODER_PRESET, settings, rank=rank,
-                                                                 share=world > 1))
+        sampler = phase(
+            "new_sampler", lambda: ValidationSampler(tmp, ENCODER_PRESET, settings, rank=rank, share=world > 1)
+        )
         phase("new_render", lambda: sampler.render(module, Path(tmp) / "samples" / "step.mp4"))
         result["video_written"] = rank != 0 or (Path(tmp) / "samples" / "step.mp4").is_file()
     result["parameters"] = sum(p.ds_numel for p in module.parameters())
@@ -141,37 +149,56 @@ def main(argv=None) -> dict:
 
     spec = json.dumps([args.preset, args.double_layers, args.single_layers, args.sections, args.steps])
     port = _free_port()
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import validation_memory as b; " \
-           "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])"
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import validation_memory as b; "
+        "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,
-                                   str(outs[r])], env=env) for r in range(args.workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(r), str(args.workers), str(port), spec, str(outs[r])], env=env
+            )
+            for r in range(args.workers)
+        ]
         codes = [proc.wait() for proc in procs]
         if any(codes):
             raise SystemExit(f"error: a rank failed (exit codes {codes})")
         ranks = [json.loads(o.read_text()) for o in outs]
     params = ranks[0]["parameters"]
     mib = 2**20
-    run = {"preset": f"{args.preset}-{args.double_layers}x{args.single_layers}", "parameters": params,
-           "workers": args.workers, "dtype": "float32", "sections": args.sections, "steps": args.steps,
-           "ranks": ranks,
-           "rise_mib": {ph: [round(r["phases"][ph]["rise_bytes"] / mib, 1) for r in ranks]
-                        for ph in ranks[0]["phases"]},
-           "kept_mib": {ph: [round(r["phases"][ph]["kept_bytes"] / mib, 1) for r in ranks]
-                        for ph in ranks[0]["phases"]},
-           "fp32_model_mib": round(4 * params / mib, 1)}
+    run = {
+        "preset": f"{args.preset}-{args.double_layers}x{args.single_layers}",
+        "parameters": params,
+        "workers": args.workers,
+        "dtype": "float32",
+        "sections": args.sections,
+        "steps": args.steps,
+        "ranks": ranks,
+        "rise_mib": {ph: [round(r["phases"][ph]["rise_bytes"] / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
+        "kept_mib": {ph: [round(r["phases"][ph]["kept_bytes"] / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
+        "fp32_model_mib": round(4 * params / mib, 1),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(run, indent=2))
-    print(f"validation video under ZeRO-3, {run['preset']} ({params / 1e6:.0f} M parameters, "
-          f"{run['fp32_model_mib']:.0f} MiB in fp32), {args.workers} ranks on CPU — MiB per rank")
+    print(
+        f"validation video under ZeRO-3, {run['preset']} ({params / 1e6:.0f} M parameters, "
+        f"{run['fp32_model_mib']:.0f} MiB in fp32), {args.workers} ranks on CPU — MiB per rank"
+    )
     print("(rise: the phase's peak above its starting RSS; kept: what stays resident after it)")
     print(f"{'phase':<14}" + "".join(f"{'rise r' + str(r['rank']):>11}{'kept r' + str(r['rank']):>11}" for r in ranks))
     for ph in run["rise_mib"]:
-        print(f"{ph:<14}" + "".join(f"{a:>11.1f}{b:>11.1f}" for a, b in zip(run["rise_mib"][ph], run["kept_mib"][ph])))
+        print(
+            f"{ph:<14}"
+            + "".join(f"{a:>11.1f}{b:>11.1f}" for a, b in zip(run["rise_mib"][ph], run["kept_mib"][ph], strict=True))
+        )
     print(f"wrote {out}")
     return run
 

@@ -46,20 +46,21 @@ def scaled_preset(name: str, double_layers: int | None, single_layers: int | Non
 
 def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_json: str) -> None:
     """One rank: the phases in order, each measured from a reset high-water mark."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import ctypes
     import importlib
 
     import deepspeed
     import torch
 
-    from mempack.train.forcing import ForcingConfig, video_clip_steps
     from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import get_preset
     from mempack.train import loop, rss
     from mempack.train.config import TrainConfig
     from mempack.train.deepspeed_config import resolve
+    from mempack.train.forcing import ForcingConfig, video_clip_steps
 
     name, double_layers, single_layers = json.loads(spec)
     preset = scaled_preset(name, double_layers, single_layers)
@@ -88,8 +89,12 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
         started = time.perf_counter()
         value = fn()
         torch.distributed.barrier()
-        result["phases"][name] = {"peak_bytes": rss.peak_bytes(), "before_bytes": before,
-                                  "after_bytes": rss.current_bytes(), "seconds": time.perf_counter() - started}
+        result["phases"][name] = {
+            "peak_bytes": rss.peak_bytes(),
+            "before_bytes": before,
+            "after_bytes": rss.current_bytes(),
+            "seconds": time.perf_counter() - started,
+        }
         return value
 
     result["baseline_bytes"] = rss.current_bytes()
@@ -100,10 +105,13 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     p = get_preset(preset)
     g = torch.Generator().manual_seed(1)
     h = w = 8
-    cond = Conditioning(torch.randn(1, p.max_prompt_tokens, p.text_embed_dim, generator=g),
-                        torch.ones(1, p.max_prompt_tokens, dtype=torch.int64),
-                        torch.randn(1, p.pooled_dim, generator=g), torch.randn(1, 4, p.image_embed_dim, generator=g),
-                        torch.randn(1, p.latent_channels, 1, h, w, generator=g))
+    cond = Conditioning(
+        torch.randn(1, p.max_prompt_tokens, p.text_embed_dim, generator=g),
+        torch.ones(1, p.max_prompt_tokens, dtype=torch.int64),
+        torch.randn(1, p.pooled_dim, generator=g),
+        torch.randn(1, 4, p.image_embed_dim, generator=g),
+        torch.randn(1, p.latent_channels, 1, h, w, generator=g),
+    )
     clips = torch.randn(2, p.latent_channels, 9, h, w, generator=g)
 
     def step():
@@ -117,7 +125,9 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
         phase("checkpoint", lambda: engine.save_checkpoint(tmp, tag=loop.CHECKPOINT_TAG))
         phase("export", lambda: loop._export(engine, module, os.path.join(tmp, "model"), rank))
         if rank == 0:
-            result["export_files"] = sorted(str(f.relative_to(tmp)) for f in Path(tmp, "model").rglob("*") if f.is_file())
+            result["export_files"] = sorted(
+                str(f.relative_to(tmp)) for f in Path(tmp, "model").rglob("*") if f.is_file()
+            )
     Path(out_json).write_text(json.dumps(result))
 
 
@@ -142,8 +152,14 @@ def _plan_f1() -> dict:
     from mempack.train.plan import plan_run
 
     root = Path(__file__).resolve().parents[1]
-    config = TrainConfig(stage=1, preset="framepack-f1", use_gpu=True, num_workers=8, gradient_checkpointing=True,
-                         deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"))
+    config = TrainConfig(
+        stage=1,
+        preset="framepack-f1",
+        use_gpu=True,
+        num_workers=8,
+        gradient_checkpointing=True,
+        deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"),
+    )
     return plan_run(config, resolve(config), (480, 832)).to_dict()
 
 
@@ -171,14 +187,24 @@ def main(argv=None) -> dict:
         pretrained = Path(args.pretrained) if args.pretrained else Path(tmp) / "pretrained"
         params = None if args.pretrained or args.from_preset else make_pretrained(preset, pretrained)
         port = _free_port()
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "MALLOC_MMAP_THRESHOLD_": "65536",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+        }
         outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        code = "import sys; from bench import zero3_memory as b; " \
-               "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
+        code = (
+            "import sys; from bench import zero3_memory as b; "
+            "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
+        )
         source = "" if args.from_preset else str(pretrained)
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(r), str(args.workers), str(port), spec,
-                                   source, str(outs[r])], env=env) for r in range(args.workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(r), str(args.workers), str(port), spec, source, str(outs[r])], env=env
+            )
+            for r in range(args.workers)
+        ]
         codes = [proc.wait() for proc in procs]
         if any(codes):
             raise SystemExit(f"error: a rank failed (exit codes {codes})")
@@ -189,19 +215,30 @@ def main(argv=None) -> dict:
     if params is None:
         params = sum(p.numel() for p in MemoryPackTransformer.from_preset(preset, device="meta").parameters())
     f1 = sum(p.numel() for p in MemoryPackTransformer.from_preset("framepack-f1", device="meta").parameters())
-    run = {"preset": preset.name, "parameters": params, "workers": args.workers, "dtype": "float32",
-           "start": "random init" if args.from_preset else "pretrained weights on disk",
-           "ranks": ranks, "export_files": ranks[0].get("export_files", []),
-           "peak_gib": {ph: [round(r["phases"][ph]["peak_bytes"] / 2**30, 3) for r in ranks] for ph in PHASES},
-           "peak_bytes_per_param": {ph: round(max(r["phases"][ph]["peak_bytes"] - r["baseline_bytes"] for r in ranks)
-                                              / params, 2) for ph in PHASES},
-           "rise_gib": {ph: [round((r["phases"][ph]["peak_bytes"] - r["phases"][ph]["before_bytes"]) / 2**30, 3)
-                             for r in ranks] for ph in PHASES}}
+    run = {
+        "preset": preset.name,
+        "parameters": params,
+        "workers": args.workers,
+        "dtype": "float32",
+        "start": "random init" if args.from_preset else "pretrained weights on disk",
+        "ranks": ranks,
+        "export_files": ranks[0].get("export_files", []),
+        "peak_gib": {ph: [round(r["phases"][ph]["peak_bytes"] / 2**30, 3) for r in ranks] for ph in PHASES},
+        "peak_bytes_per_param": {
+            ph: round(max(r["phases"][ph]["peak_bytes"] - r["baseline_bytes"] for r in ranks) / params, 2)
+            for ph in PHASES
+        },
+        "rise_gib": {
+            ph: [round((r["phases"][ph]["peak_bytes"] - r["phases"][ph]["before_bytes"]) / 2**30, 3) for r in ranks]
+            for ph in PHASES
+        },
+    }
     run["projection_framepack_f1"] = {
         "parameters": f1,
         "note": "fp32 bytes/param above the process baseline, measured here, scaled to F1's parameter count "
-                f"at {args.workers} ranks; bf16 weights halve the weight/gather terms",
-        "peak_gib_per_rank": {ph: round(run["peak_bytes_per_param"][ph] * f1 / 2**30, 1) for ph in PHASES}}
+        f"at {args.workers} ranks; bf16 weights halve the weight/gather terms",
+        "peak_gib_per_rank": {ph: round(run["peak_bytes_per_param"][ph] * f1 / 2**30, 1) for ph in PHASES},
+    }
     run["planner_framepack_f1"] = _plan_f1()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,16 +246,27 @@ def main(argv=None) -> dict:
     results[args.label] = run
     out.write_text(json.dumps(results, indent=2))
 
-    print(f"ZeRO-3, {preset.name} ({params / 1e9:.2f} B parameters), {args.workers} ranks, fp32 on CPU — peak RSS per rank, GiB")
+    print(
+        f"ZeRO-3, {preset.name} ({params / 1e9:.2f} B parameters), {args.workers} ranks, fp32 on CPU — "
+        "peak RSS per rank, GiB"
+    )
     print("(peak: the phase's high-water mark; rise: how far above its starting RSS the phase went)")
-    print(f"{'phase':<12}" + "".join(f"{'peak r' + str(r['rank']):>10}{'rise r' + str(r['rank']):>10}" for r in ranks)
-          + f"{'B/param':>10}")
+    print(
+        f"{'phase':<12}"
+        + "".join(f"{'peak r' + str(r['rank']):>10}{'rise r' + str(r['rank']):>10}" for r in ranks)
+        + f"{'B/param':>10}"
+    )
     for ph in PHASES:
-        print(f"{ph:<12}" + "".join(f"{p:>10.2f}{q:>10.2f}" for p, q in zip(run["peak_gib"][ph], run["rise_gib"][ph]))
-              + f"{run['peak_bytes_per_param'][ph]:>10.2f}")
+        print(
+            f"{ph:<12}"
+            + "".join(f"{p:>10.2f}{q:>10.2f}" for p, q in zip(run["peak_gib"][ph], run["rise_gib"][ph], strict=True))
+            + f"{run['peak_bytes_per_param'][ph]:>10.2f}"
+        )
     plan = run["planner_framepack_f1"]
-    print(f"planner, framepack-f1 stage 1 on 8 GPUs (ZeRO-3 bf16, 480x832, checkpointing): "
-          f"{plan['total_checkpointed_bytes'] / 2**30:.1f} GiB per GPU; fits {plan['fits_checkpointed']}")
+    print(
+        f"planner, framepack-f1 stage 1 on 8 GPUs (ZeRO-3 bf16, 480x832, checkpointing): "
+        f"{plan['total_checkpointed_bytes'] / 2**30:.1f} GiB per GPU; fits {plan['fits_checkpointed']}"
+    )
     print(f"wrote {out} [{args.label}]")
     return run
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mempack.video_io import resample_indices, source_offsets  # noqa: F401 (the clock rule, shared with inference)
 from mempack.presets import SECTION_LATENT_FRAMES, VAE_TEMPORAL, frames_for_sections, get_preset, whole_sections
+from mempack.video_io import resample_indices, source_offsets  # noqa: F401 (the clock rule, shared with inference)
 
 
 def min_source_frames(src_fps: float, preset: str) -> int:

@@ -100,8 +100,14 @@ class DecodeRequest:
 # The child: PyAV checks, decord decodes where it is right, PyAV elsewhere; messages are plain tuples
 # ---------------------------------------------------------------------------------------------------
 
-_IMAGE_MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF",
-                b"MM\x00*": "TIFF"}
+_IMAGE_MAGIC = {
+    b"\x89PNG": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 
 
 class _Reject(Exception):
@@ -182,7 +188,9 @@ def _open_pyav(path: str):
     try:
         return av.open(path)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise _Reject(f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}") from err
+        raise _Reject(
+            f"unreadable: pyav: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+        ) from err
 
 
 def _open_checked(req: DecodeRequest):
@@ -191,20 +199,28 @@ def _open_checked(req: DecodeRequest):
     try:
         if not container.streams.video:
             audio = len(container.streams.audio)
-            raise _Reject(f"no_video_stream: {audio} audio and 0 video streams" if audio else
-                          "no_video_stream: the container holds no video stream")
+            raise _Reject(
+                f"no_video_stream: {audio} audio and 0 video streams"
+                if audio
+                else "no_video_stream: the container holds no video stream"
+            )
         stream = container.streams.video[0]
         stream.codec_context.thread_count = max(1, req.threads)  # before the codec opens
         fps = _frame_rate(stream)
         if fps is None or not MIN_FPS <= fps <= MAX_FPS:
-            raise _Reject(f"bad_frame_rate: {stream.average_rate} (average) / {stream.guessed_rate} (guessed); "
-                          f"expected {MIN_FPS:g}-{MAX_FPS:g} fps")
+            raise _Reject(
+                f"bad_frame_rate: {stream.average_rate} (average) / {stream.guessed_rate} (guessed); "
+                f"expected {MIN_FPS:g}-{MAX_FPS:g} fps"
+            )
         width, height = stream.codec_context.width, stream.codec_context.height
         if width and height and max(width, height) / min(width, height) > req.max_aspect_ratio:
             raise _Reject(f"extreme_aspect_ratio: {width}x{height} is wider than {req.max_aspect_ratio:g}:1")
         t0 = stream.start_time if stream.start_time is not None else 0
-        duration = float(stream.duration * stream.time_base) if stream.duration else (
-            container.duration / 1e6 if container.duration else None)
+        duration = (
+            float(stream.duration * stream.time_base)
+            if stream.duration
+            else (container.duration / 1e6 if container.duration else None)
+        )
         start = float(req.start_seconds or 0.0)
         if duration is not None and start >= duration:
             raise _Reject(f"window_past_end: the window starts at {start:g} s, the file ends at {duration:.2f} s")
@@ -294,12 +310,16 @@ def _emit_on_grid(frames, stream, req, send, fps, start, end, duration, t0, batc
                 raise _Reject(f"rotation: {rotation} degrees is not a multiple of 90")
             size = _output_size(frame.width, frame.height, req.max_side)
         elif (frame.width, frame.height) != first_size:
-            stop = (f"resolution_change: {first_size[0]}x{first_size[1]} -> {frame.width}x{frame.height} "
-                    f"at decoded frame {count - 1}; the video ends there")
+            stop = (
+                f"resolution_change: {first_size[0]}x{first_size[1]} -> {frame.width}x{frame.height} "
+                f"at decoded frame {count - 1}; the video ends there"
+            )
             break
         if prev is not None and not -0.5 < t - prev_t < MAX_TIMESTAMP_GAP_S:
-            stop = (f"broken_timestamps: {prev_t:.2f} s -> {t:.2f} s at decoded frame {count - 1}; "
-                    "the video ends there")  # a reset would hide the rest, a huge gap repeat one frame for it
+            stop = (
+                f"broken_timestamps: {prev_t:.2f} s -> {t:.2f} s at decoded frame {count - 1}; "
+                "the video ends there"
+            )  # a reset would hide the rest, a huge gap repeat one frame for it
             break
         if prev is not None:
             emit_until((prev_t + t) / 2)  # grid times nearer to prev than to this frame
@@ -483,6 +503,7 @@ def peak_rss_bytes() -> int:
 def _exit_with_parent(parent: int) -> None:
     """A thread that ends this process when its parent dies (e.g. a Ray worker killed mid-task), even while
     the main thread is blocked in a read that will never return."""
+
     def watch():
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -507,13 +528,16 @@ def serve(read_fd: int, write_fd: int) -> None:
         except _Reject as err:
             outbox.send(("reject", str(err)))
         except Exception as err:  # noqa: BLE001 — a decoder's own error is this input's reject, not the worker's end
-            outbox.send(("reject", f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"))
+            outbox.send(
+                ("reject", f"unreadable: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+            )
         outbox.send(("done", peak_rss_bytes()))
 
 
 # ---------------------------------------------------------------------------------------------------
 # The parent
 # ---------------------------------------------------------------------------------------------------
+
 
 class _Silent(Exception):
     """The decoder sent nothing within the timeout, or died."""
@@ -532,8 +556,13 @@ class DecodeWorker:
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         code = f"from data_prep.decode import serve; serve({to_child_r}, {from_child_w})"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w), env=env,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            pass_fds=(to_child_r, from_child_w),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self.outbox, self.inbox = Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
@@ -622,9 +651,16 @@ def decode_worker() -> DecodeWorker:
     return _WORKER
 
 
-def stream_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
-                  timeout_s: float = 120.0, max_side: int | None = 640, threads: int = 1,
-                  max_aspect_ratio: float = MAX_ASPECT_RATIO, decoder: str = "auto") -> tuple[VideoInfo, FrameWindows]:
+def stream_frames(
+    path: str,
+    start_seconds: float | None = None,
+    end_seconds: float | None = None,
+    timeout_s: float = 120.0,
+    max_side: int | None = 640,
+    threads: int = 1,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    decoder: str = "auto",
+) -> tuple[VideoInfo, FrameWindows]:
     """The frames of [start, end) seconds as uint8 windows [t, H, W, 3] on a constant `info.fps` grid,
     longer side <= max_side, rotation applied. Raises DecodeError with a specific reason (missing_file,
     empty_file, not_a_video, no_video_stream, bad_frame_rate, extreme_aspect_ratio, rotation,
@@ -632,13 +668,20 @@ def stream_frames(path: str, start_seconds: float | None = None, end_seconds: fl
     `decoder`: "auto" (decord where it is right, PyAV elsewhere: module docstring) or "pyav" (PyAV only)."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: expected one of {DECODERS}")
-    req = DecodeRequest(str(path), start_seconds, end_seconds, max_side, threads, WINDOW_BYTES, max_aspect_ratio,
-                        decoder)
+    req = DecodeRequest(
+        str(path), start_seconds, end_seconds, max_side, threads, WINDOW_BYTES, max_aspect_ratio, decoder
+    )
     return decode_worker().stream(req, timeout_s)
 
 
-def decode_frames(path: str, start_seconds: float | None = None, end_seconds: float | None = None,
-                  timeout_s: float = 120.0, max_side: int | None = 640, decoder: str = "auto") -> tuple[VideoInfo, np.ndarray]:
+def decode_frames(
+    path: str,
+    start_seconds: float | None = None,
+    end_seconds: float | None = None,
+    timeout_s: float = 120.0,
+    max_side: int | None = 640,
+    decoder: str = "auto",
+) -> tuple[VideoInfo, np.ndarray]:
     """All frames of [start, end) as one uint8 array [T, H, W, 3] (for short videos, tests and benchmarks;
     prep itself streams with `stream_frames`). `info.num_frames` is the number of frames returned."""
     info, windows = stream_frames(path, start_seconds, end_seconds, timeout_s, max_side, decoder=decoder)

@@ -31,8 +31,9 @@ def _flow(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray:
     raise ValueError(f"unknown flow method {method!r} (dis or farneback)")
 
 
-def dynamism_score(frames: np.ndarray, fps: float, pairs_per_second: float = 4.0, max_side: int = 320,
-                   method: str = "dis") -> float:
+def dynamism_score(
+    frames: np.ndarray, fps: float, pairs_per_second: float = 4.0, max_side: int = 320, method: str = "dis"
+) -> float:
     """Dynamism of uint8 RGB frames [T, H, W, 3] of one shot (0 for fewer than 2 frames)."""
     n = len(frames)
     if n < 2:

@@ -21,13 +21,26 @@ import pyarrow as pa
 import torch
 
 from data_prep.clips import source_offsets
-from mempack.schema import SCHEMA_VERSION, pack_tensor, to_row_table, unpack_tensor
 from mempack.presets import SECTION_LATENT_FRAMES
+from mempack.schema import SCHEMA_VERSION, pack_tensor, to_row_table, unpack_tensor
 
 log = logging.getLogger(__name__)
 
-_SHOT_FIELDS = ("schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "num_clips", "fps",
-                "source_fps", "height", "width", "caption", "dynamism")
+_SHOT_FIELDS = (
+    "schema_version",
+    "input_id",
+    "video_id",
+    "source",
+    "source_path",
+    "shot_index",
+    "num_clips",
+    "fps",
+    "source_fps",
+    "height",
+    "width",
+    "caption",
+    "dynamism",
+)
 
 
 def section_latents(stream: np.ndarray, sections: int) -> list[np.ndarray]:
@@ -36,7 +49,7 @@ def section_latents(stream: np.ndarray, sections: int) -> list[np.ndarray]:
     window = SECTION_LATENT_FRAMES
     if stream.shape[1] != 1 + window * sections:
         raise ValueError(f"a stream of {sections} sections has {1 + window * sections} latents, got {stream.shape[1]}")
-    return [stream[:, 1 + window * s: 1 + window * (s + 1)] for s in range(sections)]
+    return [stream[:, 1 + window * s : 1 + window * (s + 1)] for s in range(sections)]
 
 
 class ClipEncoder:
@@ -49,8 +62,9 @@ class ClipEncoder:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        self.encoders = VideoEncoders.build(preset, weights, device=device, dtype=dtype, seed=seed,
-                                            vae_dtype=resolve_vae_dtype(vae_dtype, device))
+        self.encoders = VideoEncoders.build(
+            preset, weights, device=device, dtype=dtype, seed=seed, vae_dtype=resolve_vae_dtype(vae_dtype, device)
+        )
 
     def encode_shot(self, row: dict) -> list[dict]:
         """One shot row → its n clip rows (sections of one stream) and its video row."""
@@ -60,15 +74,25 @@ class ClipEncoder:
         per_section = (len(frames) - 1) // sections
         offsets = source_offsets(len(frames), row["source_fps"], row["fps"])  # stream frame → source frame
         shot = {k: row[k] for k in _SHOT_FIELDS}
-        clips = [{
-            **shot, "table": "clips", "clip_index": s, "num_frames": per_section,
-            "start_frame": row["start_frame"] + int(offsets[1 + per_section * s]), "latent_dtype": "float16",
-            **pack_tensor("latents", latents),
-        } for s, latents in enumerate(section_latents(stream, sections))]
+        clips = [
+            {
+                **shot,
+                "table": "clips",
+                "clip_index": s,
+                "num_frames": per_section,
+                "start_frame": row["start_frame"] + int(offsets[1 + per_section * s]),
+                "latent_dtype": "float16",
+                **pack_tensor("latents", latents),
+            }
+            for s, latents in enumerate(section_latents(stream, sections))
+        ]
         prompt = self.encoders.encode_prompt([row["caption"] or ""])
         first = frames[:1]
         video = {
-            **shot, "table": "videos", "schema_version": SCHEMA_VERSION, "start_frame": row["start_frame"],
+            **shot,
+            "table": "videos",
+            "schema_version": SCHEMA_VERSION,
+            "start_frame": row["start_frame"],
             "num_frames": len(frames),
             **pack_tensor("prompt_embeds", prompt.prompt_embeds[0].cpu().numpy()),
             **pack_tensor("prompt_mask", prompt.prompt_mask[0].cpu().numpy()),

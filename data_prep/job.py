@@ -35,12 +35,19 @@ import pyarrow.parquet as pq
 from data_prep.decode import DECODERS
 from data_prep.encode import ClipEncoder as ClipEncoderUDF
 from data_prep.process import ClipSpec, process_input
-from mempack.schema import (
-    OWN_COLUMNS, ROW_GROUP_ROWS, SCHEMA_VERSION, own_schema, read_clips, read_rejects, read_warnings, to_row_table,
-)
 from data_prep.sources import VideoInput
 from mempack import layout
 from mempack.presets import get_preset
+from mempack.schema import (
+    OWN_COLUMNS,
+    ROW_GROUP_ROWS,
+    SCHEMA_VERSION,
+    own_schema,
+    read_clips,
+    read_rejects,
+    read_warnings,
+    to_row_table,
+)
 
 log = logging.getLogger(__name__)
 TABLES = ("clips", "videos", "rejects", "warnings")
@@ -80,8 +87,12 @@ def check_config(config: PrepConfig) -> None:
     spec = config.clip
     for name in ("max_shot_seconds", "decode_timeout_s", "max_aspect_ratio", "dynamism_threshold", "shot_threshold"):
         value = getattr(spec, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
-                value == 0 and name in ("max_shot_seconds", "decode_timeout_s", "max_aspect_ratio")):
+        if (
+            not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (value == 0 and name in ("max_shot_seconds", "decode_timeout_s", "max_aspect_ratio"))
+        ):
             raise ValueError(f"clip.{name}={value!r} must be a finite positive number")
     for name in ("decode_max_side", "max_shot_bytes", "min_shot_frames"):
         if not isinstance(getattr(spec, name), int) or getattr(spec, name) < 1:
@@ -107,8 +118,10 @@ def check_output(output: str | Path, inputs: Iterable[VideoInput], protected: It
     for root in protected:
         root = Path(root).resolve()
         if _inside(root, out) or _inside(out, root):
-            raise ValueError(f"--output {out} {'contains' if _inside(root, out) else 'lies inside'} the input "
-                             f"{root}: choose an output folder outside the raw data")
+            raise ValueError(
+                f"--output {out} {'contains' if _inside(root, out) else 'lies inside'} the input "
+                f"{root}: choose an output folder outside the raw data"
+            )
     for item in inputs:
         if _inside(Path(os.path.abspath(item.source_path)), out):
             raise ValueError(f"--output {out} contains the input {item.source_path}: choose another output folder")
@@ -169,8 +182,11 @@ def _swap_in(staging: Path, out: Path) -> None:
 def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: float) -> dict:
     """Counts that prove nothing was lost, read from small columns only (never a tensor column):
     every input_id is accepted (has clips) or rejected (has reject rows and no clips), exactly once."""
-    clips = (read_clips(out, columns=["input_id", "video_id", "num_clips", "height", "width"])
-             if (out / "clips").is_dir() else None)
+    clips = (
+        read_clips(out, columns=["input_id", "video_id", "num_clips", "height", "width"])
+        if (out / "clips").is_dir()
+        else None
+    )
     reject_rows = read_rejects(out).to_pylist()
     warned = {r["input_id"] for r in read_warnings(out).to_pylist()}
     ids = [i.input_id for i in inputs]
@@ -180,11 +196,15 @@ def summarise(out: Path, inputs: list[VideoInput], config: PrepConfig, seconds: 
     rejected = {r["input_id"] for r in reject_rows} - accepted
     missing, unknown = set(ids) - accepted - rejected, (accepted | rejected) - set(ids)
     if missing or unknown:
-        raise AccountingError(f"rows do not account for the inputs: {len(missing)} inputs without a row "
-                              f"(e.g. {sorted(missing)[:3]}), {len(unknown)} unknown ids (e.g. {sorted(unknown)[:3]})")
+        raise AccountingError(
+            f"rows do not account for the inputs: {len(missing)} inputs without a row "
+            f"(e.g. {sorted(missing)[:3]}), {len(unknown)} unknown ids (e.g. {sorted(unknown)[:3]})"
+        )
     videos, shapes = {}, {}
     if clips is not None:
-        for vid, n, h, w in zip(*(clips.column(c).to_pylist() for c in ("video_id", "num_clips", "height", "width"))):
+        for vid, n, h, w in zip(
+            *(clips.column(c).to_pylist() for c in ("video_id", "num_clips", "height", "width")), strict=True
+        ):
             videos[vid], shapes[vid] = n, f"{h}x{w}"
     per_bucket = Counter(videos.values())
     shot_rejects = [r for r in reject_rows if r["stage"] in ("dynamism", "clips") and "shot " in r["reason"]]
@@ -235,8 +255,9 @@ def run_prep(inputs: list[VideoInput], config: PrepConfig, protected: Iterable[s
     return summary
 
 
-def stage_remote_args(config: PrepConfig, cluster_cpus: float, use_gpu: bool,
-                      node_memory: float | None = None) -> dict[str, dict]:
+def stage_remote_args(
+    config: PrepConfig, cluster_cpus: float, use_gpu: bool, node_memory: float | None = None
+) -> dict[str, dict]:
     """Ray remote args of prep's stages: {"process": flat_map(process_input), "to_table": ..., "encode": ...}.
 
     - CPU: the encoder actors hold their CPU for the whole job: on a 1-CPU cluster a whole CPU each would
@@ -254,16 +275,18 @@ def stage_remote_args(config: PrepConfig, cluster_cpus: float, use_gpu: bool,
       operator every prep task ran on one node (4 of 4 runs), fused on both nodes (9 of 9 runs).
     """
     cpu_share = min(1.0, float(cluster_cpus) / 2)
-    encoder_gb = config.encoder_memory_gb if config.encoder_memory_gb is not None else ENCODER_MEMORY_GB.get(
-        config.preset, 1.0)
+    encoder_gb = (
+        config.encoder_memory_gb if config.encoder_memory_gb is not None else ENCODER_MEMORY_GB.get(config.preset, 1.0)
+    )
     process = {"num_cpus": cpu_share}
     encode = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 0 if use_gpu else cpu_share}
     if config.memory_hints:
         for args, want in ((process, config.clip.worker_memory_bytes()), (encode, int(encoder_gb * (1 << 30)))):
             args["memory"] = int(min(want, node_memory)) if node_memory else int(want)
             if args["memory"] < want:
-                log.warning("memory hint %.2f GiB lowered to the largest node's %.2f GiB", want / 2**30,
-                            args["memory"] / 2**30)
+                log.warning(
+                    "memory hint %.2f GiB lowered to the largest node's %.2f GiB", want / 2**30, args["memory"] / 2**30
+                )
     return {"process": process, "to_table": dict(encode), "encode": encode}
 
 
@@ -279,15 +302,23 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
     import ray
 
     ds = ray.data.from_items([i.to_row() for i in inputs], override_num_blocks=max(1, len(inputs)))
-    args = stage_remote_args(config, ray.cluster_resources().get("CPU", 1), bool(ray.cluster_resources().get("GPU")),
-                             _largest_node_memory() if config.memory_hints else None)
+    args = stage_remote_args(
+        config,
+        ray.cluster_resources().get("CPU", 1),
+        bool(ray.cluster_resources().get("GPU")),
+        _largest_node_memory() if config.memory_hints else None,
+    )
     ds = ds.flat_map(process_input, fn_kwargs={"spec": config.clip, "preset": config.preset}, **args["process"])
     ds = ds.map_batches(_to_table, batch_format="pyarrow", batch_size=config.encode_batch_size, **args["to_table"])
     ds = ds.map_batches(
-        ClipEncoderUDF, fn_constructor_kwargs=dict(preset=config.preset, weights=config.encoders,
-                                                   seed=config.encoder_seed, vae_dtype=config.vae_dtype),
-        batch_format="pyarrow", batch_size=config.encode_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=config.encode_actors), **args["encode"],
+        ClipEncoderUDF,
+        fn_constructor_kwargs=dict(
+            preset=config.preset, weights=config.encoders, seed=config.encoder_seed, vae_dtype=config.vae_dtype
+        ),
+        batch_format="pyarrow",
+        batch_size=config.encode_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=config.encode_actors),
+        **args["encode"],
     )
     ds.write_parquet(str(raw), partition_cols=["table", "num_clips"], row_group_size=ROW_GROUP_ROWS)
 
@@ -295,4 +326,3 @@ def _run_job(inputs: list[VideoInput], config: PrepConfig, raw: Path) -> None:
 def _to_table(batch):
     """flat_map yields dict rows; give the encoder typed Arrow batches of the one row schema."""
     return to_row_table(batch.to_pylist())
-

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from data_prep.clips import min_source_frames, plan_stream
 from data_prep.decode import MAX_ASPECT_RATIO, DecodeError, stream_frames
 from data_prep.dynamism import dynamism_score
-from mempack.schema import SCHEMA_VERSION, pack_tensor
 from data_prep.shots import Shot, ShotSplitter
 from mempack.encoders import resize_center_crop
 from mempack.presets import get_preset, nearest_bucket, whole_sections
+from mempack.schema import SCHEMA_VERSION, pack_tensor
 
 
 @dataclass
@@ -53,14 +53,27 @@ class ClipSpec:
 
 
 def reject(source_path: str, stage: str, reason: str, score: float | None = None, input_id: str | None = None) -> dict:
-    return {"table": "rejects", "num_clips": 0, "input_id": input_id, "source_path": source_path, "stage": stage,
-            "reason": reason, "score": score}
+    return {
+        "table": "rejects",
+        "num_clips": 0,
+        "input_id": input_id,
+        "source_path": source_path,
+        "stage": stage,
+        "reason": reason,
+        "score": score,
+    }
 
 
 def warning(row: dict, stage: str, reason: str) -> dict:
     """A note on an input that was kept (e.g. decoded only partly), in the warnings table."""
-    return {"table": "warnings", "num_clips": 0, "input_id": row["input_id"], "source_path": row["source_path"],
-            "stage": stage, "reason": reason}
+    return {
+        "table": "warnings",
+        "num_clips": 0,
+        "input_id": row["input_id"],
+        "source_path": row["source_path"],
+        "stage": stage,
+        "reason": reason,
+    }
 
 
 def process_input(row: dict, spec: ClipSpec, preset: str = "tiny") -> Iterator[dict]:
@@ -76,18 +89,27 @@ def _input_rows(row: dict, spec: ClipSpec, preset: str) -> Iterator[dict]:
         yield reject(path, "source", row["error"])
         return
     try:
-        info, windows = stream_frames(path, row.get("start_seconds"), row.get("end_seconds"),
-                                      timeout_s=spec.decode_timeout_s,
-                                      max_side=max(spec.decode_max_side, *map(max, get_preset(preset).buckets)),
-                                      max_aspect_ratio=spec.max_aspect_ratio, decoder=spec.decoder)
+        info, windows = stream_frames(
+            path,
+            row.get("start_seconds"),
+            row.get("end_seconds"),
+            timeout_s=spec.decode_timeout_s,
+            max_side=max(spec.decode_max_side, *map(max, get_preset(preset).buckets)),
+            max_aspect_ratio=spec.max_aspect_ratio,
+            decoder=spec.decoder,
+        )
     except DecodeError as err:
         yield reject(path, "decode", str(err))
         return
     frame_bytes = info.height * info.width * 3
     min_frames = min_source_frames(info.fps, preset)  # a 1.2-s span: one section
-    splitter = ShotSplitter(info.fps, spec.shot_threshold, spec.min_shot_frames,
-                            max(min_frames, round(spec.max_shot_seconds * info.fps)),
-                            max(spec.max_shot_bytes, min_frames * frame_bytes))
+    splitter = ShotSplitter(
+        info.fps,
+        spec.shot_threshold,
+        spec.min_shot_frames,
+        max(min_frames, round(spec.max_shot_seconds * info.fps)),
+        max(spec.max_shot_bytes, min_frames * frame_bytes),
+    )
     decoded = 0
 
     def shots() -> Iterator[Shot]:
@@ -105,8 +127,12 @@ def _input_rows(row: dict, spec: ClipSpec, preset: str) -> Iterator[dict]:
     if decoded < min_frames:
         # shorter than one section (1.2 s): nothing can be cut, however the shots fall
         stopped = f" ({'; '.join(windows.warnings)})" if windows.warnings else ""
-        yield reject(path, "clips", f"too_short: {decoded} frames at {info.fps:g} fps < {min_frames} "
-                                    f"for one section{stopped}", float(decoded))
+        yield reject(
+            path,
+            "clips",
+            f"too_short: {decoded} frames at {info.fps:g} fps < {min_frames} for one section{stopped}",
+            float(decoded),
+        )
         return
     bucket = nearest_bucket(preset, info.height, info.width)
     for shot_index, shot in enumerate(itertools.chain(held, stream)):
@@ -115,8 +141,15 @@ def _input_rows(row: dict, spec: ClipSpec, preset: str) -> Iterator[dict]:
         yield warning(row, "decode", note)
 
 
-def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: ClipSpec, preset: str = "tiny",
-              bucket: tuple[int, int] | None = None) -> list[dict]:
+def shot_rows(
+    row: dict,
+    shot_index: int,
+    shot: Shot,
+    src_fps: float,
+    spec: ClipSpec,
+    preset: str = "tiny",
+    bucket: tuple[int, int] | None = None,
+) -> list[dict]:
     """One shot → one `shots` row (its training video's frames), or one reject row (static, or < 1 section).
 
     The stream is the shot on the preset's clock trimmed to 1 + 36·n frames (data_prep.clips), resized to
@@ -127,19 +160,41 @@ def shot_rows(row: dict, shot_index: int, shot: Shot, src_fps: float, spec: Clip
     video_id = f"{row['source']}:{row['source_id']}:shot{shot_index:03d}"
     score = dynamism_score(shot.frames, src_fps, method=spec.dynamism_method)
     if score < spec.dynamism_threshold:
-        return [reject(path, "dynamism", f"static: shot {shot_index} dynamism {score:.4f} < "
-                                         f"{spec.dynamism_threshold:g}", score)]
+        return [
+            reject(
+                path, "dynamism", f"static: shot {shot_index} dynamism {score:.4f} < {spec.dynamism_threshold:g}", score
+            )
+        ]
     idx = plan_stream(len(shot.frames), src_fps, preset)
     if len(idx) == 0:
         seconds = (len(shot.frames) - 1) / src_fps
-        return [reject(path, "clips", f"too_short: shot {shot_index} spans {seconds:.2f} s < "
-                                      f"{clock.section_frames / clock.fps:g} s for one section", seconds)]
+        return [
+            reject(
+                path,
+                "clips",
+                f"too_short: shot {shot_index} spans {seconds:.2f} s < "
+                f"{clock.section_frames / clock.fps:g} s for one section",
+                seconds,
+            )
+        ]
     height, width = bucket or nearest_bucket(preset, *shot.frames.shape[1:3])
-    return [{
-        "table": "shots", "schema_version": SCHEMA_VERSION, "video_id": video_id, "source": row["source"],
-        "source_path": path, "shot_index": shot_index,
-        "num_clips": whole_sections(len(idx), temporal=clock.vae_temporal),
-        "start_frame": shot.start + int(idx[0]), "num_frames": len(idx), "fps": clock.fps,
-        "source_fps": float(src_fps), "height": height, "width": width, "caption": row.get("caption") or "",
-        "dynamism": score, **pack_tensor("frames", resize_center_crop(shot.frames[idx], height, width)),
-    }]
+    return [
+        {
+            "table": "shots",
+            "schema_version": SCHEMA_VERSION,
+            "video_id": video_id,
+            "source": row["source"],
+            "source_path": path,
+            "shot_index": shot_index,
+            "num_clips": whole_sections(len(idx), temporal=clock.vae_temporal),
+            "start_frame": shot.start + int(idx[0]),
+            "num_frames": len(idx),
+            "fps": clock.fps,
+            "source_fps": float(src_fps),
+            "height": height,
+            "width": width,
+            "caption": row.get("caption") or "",
+            "dynamism": score,
+            **pack_tensor("frames", resize_center_crop(shot.frames[idx], height, width)),
+        }
+    ]

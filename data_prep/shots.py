@@ -78,8 +78,14 @@ def _frame_numbers(timecodes) -> list[int]:
 class ShotSplitter:
     """Online shot detection: `push` windows of frames, get back the shots that ended; then `finish`."""
 
-    def __init__(self, fps: float, threshold: float = 27.0, min_shot_frames: int = 15,
-                 max_shot_frames: int | None = None, max_shot_bytes: int | None = None):
+    def __init__(
+        self,
+        fps: float,
+        threshold: float = 27.0,
+        min_shot_frames: int = 15,
+        max_shot_frames: int | None = None,
+        max_shot_bytes: int | None = None,
+    ):
         self.cuts = _ContentCuts(fps, threshold, min_shot_frames)
         self.max_shot_frames = max_shot_frames
         self.max_shot_bytes = max_shot_bytes
@@ -92,7 +98,7 @@ class ShotSplitter:
     def _close_at(self, end: int) -> Shot:
         """Close the shot in progress at frame `end` (exclusive); later frames stay buffered."""
         frames = np.concatenate(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
-        shot, rest = Shot(self.start, frames[: end - self.start]), frames[end - self.start:]
+        shot, rest = Shot(self.start, frames[: end - self.start]), frames[end - self.start :]
         self.buffer = [rest] if len(rest) else []
         self.start = end
         return shot
@@ -126,8 +132,13 @@ class ShotSplitter:
         return shots
 
 
-def detect_shots(frames: np.ndarray, fps: float, threshold: float = 27.0, min_shot_frames: int = 15,
-                 max_shot_frames: int | None = None) -> list[tuple[int, int]]:
+def detect_shots(
+    frames: np.ndarray,
+    fps: float,
+    threshold: float = 27.0,
+    min_shot_frames: int = 15,
+    max_shot_frames: int | None = None,
+) -> list[tuple[int, int]]:
     """[start, end) frame ranges of the shots in uint8 RGB frames [T, H, W, 3] (all in memory)."""
     splitter = ShotSplitter(fps, threshold, min_shot_frames, max_shot_frames)
     shots = splitter.push(frames) + splitter.finish()

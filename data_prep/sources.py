@@ -85,8 +85,15 @@ def from_folder(folder: str | Path) -> list[VideoInput]:
     stems = {p.with_suffix("") for p in entries if p.suffix.lower() not in CAPTION_EXTENSIONS}
     files = [p for p in entries if not _is_sidecar(p, stems)]
     shared = Counter(p.with_suffix("") for p in files)
-    return [VideoInput("folder", str(p), (p if shared[p.with_suffix("")] > 1 else p.with_suffix(""))
-                       .relative_to(folder).as_posix(), _sidecar_caption(p)) for p in files]
+    return [
+        VideoInput(
+            "folder",
+            str(p),
+            (p if shared[p.with_suffix("")] > 1 else p.with_suffix("")).relative_to(folder).as_posix(),
+            _sidecar_caption(p),
+        )
+        for p in files
+    ]
 
 
 def parse_hms(value: str) -> float:
@@ -155,12 +162,17 @@ def from_sekai_csv(path: str | Path, video_root: str | Path) -> list[VideoInput]
         except ValueError:
             source_id = stem or f"line{line}"
         error = None if name else f"bad_manifest_row: line {line}: no videoFile"
-        rows.append(VideoInput("sekai", str(Path(video_root) / name), source_id,
-                               str(rec.get("caption") or "").strip(), error=error))
+        rows.append(
+            VideoInput(
+                "sekai", str(Path(video_root) / name), source_id, str(rec.get("caption") or "").strip(), error=error
+            )
+        )
     return _unique_ids(rows)
 
 
-def load_inputs(input_path: str | Path, video_root: str | Path | None = None, limit: int | None = None) -> list[VideoInput]:
+def load_inputs(
+    input_path: str | Path, video_root: str | Path | None = None, limit: int | None = None
+) -> list[VideoInput]:
     """Detect the source kind from `input_path` (folder, Mira CSV or Sekai CSV) and list its videos."""
     path = Path(input_path)
     if path.is_dir():

@@ -33,7 +33,6 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-
 T = TypeVar("T")
 FLAG_PREFIX = "config:"  # argparse dest of a generated flag: "config:" + dotted key
 
@@ -53,6 +52,7 @@ class ConfigKey:
 
 
 # ---------------------------------------------------------------------------------------------- types
+
 
 # Every command-line entry point shares this parser: argparse answers a bad argument with its whole usage
 # block and then the error; on a cluster log or in CI the line that matters drowns. Here a bad argument
@@ -98,8 +98,11 @@ def _accepts_none(tp: Any) -> bool:
 
 
 def _is_bool(tp: Any) -> bool:
-    return tp is bool or (_union_args(tp) is not None and bool in _union_args(tp) and
-                          all(a in (bool, type(None)) for a in _union_args(tp)))
+    return tp is bool or (
+        _union_args(tp) is not None
+        and bool in _union_args(tp)
+        and all(a in (bool, type(None)) for a in _union_args(tp))
+    )
 
 
 def type_name(tp: Any) -> str:
@@ -159,14 +162,14 @@ def key_type(cls: type, dotted: str) -> Any:
     for i, part in enumerate(parts):
         hints = {f.name: _hints(cls)[f.name] for f in dataclasses.fields(cls) if f.init}
         if part not in hints:
-            where = ".".join(parts[:i + 1])
+            where = ".".join(parts[: i + 1])
             raise ConfigError(f"unknown config key {where!r}; known: {', '.join(sorted(hints))}")
         tp = hints[part]
         if i == len(parts) - 1:
             return tp
         nested = _dataclass_of(tp)
         if nested is None:
-            raise ConfigError(f"config key {'.'.join(parts[:i + 1])!r} is a {type_name(tp)}, it has no sub-keys")
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a {type_name(tp)}, it has no sub-keys")
         cls = nested
     raise AssertionError("unreachable")
 
@@ -190,8 +193,12 @@ def _normalise(cls: type, data: dict, where: str = "") -> dict:
         nested = _dataclass_of(tp)
         if nested is not None and isinstance(value, dict):
             out[key] = _normalise(nested, value, f"{where}{key}.")
-        elif (_accepts_str(tp) and not isinstance(value, (str, bool, dict, list)) and value is not None
-              and isinstance(value, (int, float, datetime.date))):
+        elif (
+            _accepts_str(tp)
+            and not isinstance(value, (str, bool, dict, list))
+            and value is not None
+            and isinstance(value, (int, float, datetime.date))
+        ):
             out[key] = str(value)
         else:
             out[key] = value
@@ -245,8 +252,9 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
-                          f"{' '.join(str(err).split())}") from None
+        raise ConfigError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {' '.join(str(err).split())}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
@@ -275,8 +283,12 @@ def build_config(cls: type[T], values: dict) -> T:
         raise ConfigError(" ".join(str(err).split())) from None
 
 
-def load_config(default: T | type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                values: dict[str, Any] | None = None) -> T:
+def load_config(
+    default: T | type[T],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> T:
     """`default` (a dataclass, or an instance whose values are the base) updated by the file at `path`
     (YAML or TOML), then by `key=value` overrides, then by `values` ({dotted key: value}, e.g. flags).
 
@@ -315,9 +327,15 @@ def flag_name(dotted: str) -> str:
     return "--" + dotted.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
-                         choices: dict[str, Any] | None = None, required: tuple[str, ...] = (),
-                         title: str | None = None) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    choices: dict[str, Any] | None = None,
+    required: tuple[str, ...] = (),
+    title: str | None = None,
+) -> None:
     """One flag per key of `cls`: `--KEY VALUE` (booleans: `--KEY/--no-KEY`), default None = not given.
 
     Values stay strings here and are typed by `load_config`, so a flag and `--set` convert and
@@ -325,8 +343,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
     and checked by argparse; `required`: keys that must be given on the command line.
     """
     choices = choices or {}
-    group = parser.add_argument_group(title or f"{cls.__name__} keys (also settable with --set KEY=VALUE "
-                                               "or a --config file; --print-config shows the resolved values)")
+    group = parser.add_argument_group(
+        title
+        or f"{cls.__name__} keys (also settable with --set KEY=VALUE "
+        "or a --config file; --print-config shows the resolved values)"
+    )
     for key in config_keys(cls):
         if key.name in skip:
             continue
@@ -351,21 +372,33 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tu
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """{dotted key: value} of the generated flags that were given."""
-    return {dest[len(FLAG_PREFIX):]: value for dest, value in vars(args).items()
-            if dest.startswith(FLAG_PREFIX) and value is not None}
+    return {
+        dest[len(FLAG_PREFIX) :]: value
+        for dest, value in vars(args).items()
+        if dest.startswith(FLAG_PREFIX) and value is not None
+    }
 
 
 def add_config_file_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """`--config FILE`, `--set KEY=VALUE` (repeatable) and `--print-config`."""
     parser.add_argument("--config", help=f"YAML/TOML file with {cls.__name__} keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, dotted for nested ones (e.g. --set lr=1e-5)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML (every key, after --config/--set/flags) and exit")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, dotted for nested ones (e.g. --set lr=1e-5)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (every key, after --config/--set/flags) and exit",
+    )
 
 
-def config_from_args(parser: argparse.ArgumentParser, cls: type[T], args: argparse.Namespace,
-                     values: dict[str, Any] | None = None) -> T:
+def config_from_args(
+    parser: argparse.ArgumentParser, cls: type[T], args: argparse.Namespace, values: dict[str, Any] | None = None
+) -> T:
     """The config of a command line (file, --set, flags, then `values`); a bad one is parser.error's one line.
 
     With --print-config it prints the resolved config and exits 0.

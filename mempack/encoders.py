@@ -90,12 +90,18 @@ def _byte_level_tokenizer(model_max_length: int, add_eos: bool):
     tok.decoder = decoders.ByteLevel()
     eos = " </s>" if add_eos else ""
     tok.post_processor = processors.TemplateProcessing(
-        single=f"<s> $A{eos}", pair=f"<s> $A $B{eos}",
+        single=f"<s> $A{eos}",
+        pair=f"<s> $A $B{eos}",
         special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="</s>",
-        model_max_length=model_max_length, padding_side="right",
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="</s>",
+        model_max_length=model_max_length,
+        padding_side="right",
     )
 
 
@@ -103,9 +109,11 @@ def _image_processor_class():
     """SigLIP's PIL image processor: works without torchvision (not installed on CPU machines)."""
     try:
         from transformers import SiglipImageProcessorPil
+
         return SiglipImageProcessorPil
     except ImportError:  # older transformers: the default class is PIL-based already
         from transformers import SiglipImageProcessor
+
         return SiglipImageProcessor
 
 
@@ -113,7 +121,11 @@ def _tiny_components(preset: Preset, seed: int) -> dict:
     """Random-init components of the real classes at the tiny preset's widths."""
     from diffusers import AutoencoderKLHunyuanVideo
     from transformers import (
-        CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig,
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        SiglipVisionConfig,
         SiglipVisionModel,
     )
 
@@ -123,29 +135,61 @@ def _tiny_components(preset: Preset, seed: int) -> dict:
     with torch.random.fork_rng(devices=[]):  # seed the weights without moving the caller's RNG
         torch.manual_seed(seed)
         vae = AutoencoderKLHunyuanVideo(  # diffusers' unit-test shape: 4 down blocks, 8 channels each
-            latent_channels=preset.latent_channels, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-            norm_num_groups=4, spatial_compression_ratio=preset.vae_spatial,
+            latent_channels=preset.latent_channels,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
+            spatial_compression_ratio=preset.vae_spatial,
             temporal_compression_ratio=preset.vae_temporal,
         )
-        text_encoder = LlamaModel(LlamaConfig(
-            vocab_size=vocab, hidden_size=preset.text_embed_dim, intermediate_size=2 * preset.text_embed_dim,
-            num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ))
-        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-            vocab_size=vocab, hidden_size=preset.pooled_dim, intermediate_size=2 * preset.pooled_dim,
-            projection_dim=preset.pooled_dim, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=CLIP_MAX_TOKENS, pad_token_id=tokenizer_2.pad_token_id,
-            bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
-        ))
-        image_encoder = SiglipVisionModel(SiglipVisionConfig(
-            hidden_size=preset.image_embed_dim, intermediate_size=2 * preset.image_embed_dim,
-            num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
-        ))
+        text_encoder = LlamaModel(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=preset.text_embed_dim,
+                intermediate_size=2 * preset.text_embed_dim,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=512,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        )
+        text_encoder_2 = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab,
+                hidden_size=preset.pooled_dim,
+                intermediate_size=2 * preset.pooled_dim,
+                projection_dim=preset.pooled_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=CLIP_MAX_TOKENS,
+                pad_token_id=tokenizer_2.pad_token_id,
+                bos_token_id=tokenizer_2.bos_token_id,
+                eos_token_id=tokenizer_2.eos_token_id,
+            )
+        )
+        image_encoder = SiglipVisionModel(
+            SiglipVisionConfig(
+                hidden_size=preset.image_embed_dim,
+                intermediate_size=2 * preset.image_embed_dim,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            )
+        )
     feature_extractor = _image_processor_class()(size={"height": 32, "width": 32})
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                tokenizer_2=tokenizer_2, image_encoder=image_encoder, feature_extractor=feature_extractor)
+    return dict(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        image_encoder=image_encoder,
+        feature_extractor=feature_extractor,
+    )
 
 
 def _feature_extractor_dir(root: Path) -> Path:
@@ -192,8 +236,11 @@ def _check_widths(preset: Preset, components: dict) -> None:
         "pooled_dim": components["text_encoder_2"].config.hidden_size,  # pooler_output is pre-projection
         "image_embed_dim": components["image_encoder"].config.hidden_size,
     }
-    wrong = [f"{k}={v} (preset {preset.name!r} wants {getattr(preset, k)})"
-             for k, v in found.items() if v != getattr(preset, k)]
+    wrong = [
+        f"{k}={v} (preset {preset.name!r} wants {getattr(preset, k)})"
+        for k, v in found.items()
+        if v != getattr(preset, k)
+    ]
     if wrong:
         raise ValueError("encoder weights do not match the preset: " + ", ".join(wrong))
 
@@ -230,9 +277,16 @@ class VideoEncoders:
     """Everything between pixels/text and the transformer's inputs, on one device: the text and image
     encoders in `dtype`, the VAE in `vae_dtype` (default `resolve_vae_dtype("auto")`: fp32 on a CPU, fp16 on a GPU)."""
 
-    def __init__(self, preset: Preset, components: dict, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, vae_tiling: bool | None = None, place: bool = True,
-                 vae_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        preset: Preset,
+        components: dict,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vae_tiling: bool | None = None,
+        place: bool = True,
+        vae_dtype: torch.dtype | None = None,
+    ):
         """`place=False` leaves the modules where they are: a diffusers pipeline (and its CPU-offload
         hooks) owns their placement, and `device` is only where inputs go."""
         self.preset = preset
@@ -252,9 +306,15 @@ class VideoEncoders:
         self.vae.enable_slicing()  # one sample at a time: same numbers, bounded memory for batches
 
     @classmethod
-    def build(cls, preset: str = "tiny", path: str | Path | None = None, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, seed: int = 0, vae_dtype: torch.dtype | None = None
-              ) -> "VideoEncoders":
+    def build(
+        cls,
+        preset: str = "tiny",
+        path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+        vae_dtype: torch.dtype | None = None,
+    ) -> VideoEncoders:
         """`tiny` random encoders (path None) or real ones loaded from `path`, checked against the preset;
         `vae_dtype` None: `resolve_vae_dtype("auto", device)`."""
         spec = get_preset(preset)
@@ -340,7 +400,7 @@ class VideoEncoders:
         latent_frames = (t - 1) // temporal + 1
         pieces, kept, previous = [], 0, None
         for first in range(0, t, stride):
-            tile = self._tile_means(frames[:, first: first + span + 1])
+            tile = self._tile_means(frames[:, first : first + span + 1])
             if previous is None:
                 keep = tile[:, :, : latent_stride + 1]
             else:
@@ -371,15 +431,17 @@ class VideoEncoders:
         prompts = [prompts] if isinstance(prompts, str) else [p or "" for p in prompts]
         length, crop = self.preset.max_prompt_tokens, int(self.prompt_template.get("crop_start") or 0)
         wrapped = [self.prompt_template["template"].format(p) for p in prompts]
-        llama_in = self.tokenizer(wrapped, max_length=length + crop, padding="max_length", truncation=True,
-                                  return_tensors="pt")
+        llama_in = self.tokenizer(
+            wrapped, max_length=length + crop, padding="max_length", truncation=True, return_tensors="pt"
+        )
         self._warn_if_truncated(wrapped, length, crop)
         ids, mask = llama_in.input_ids.to(self.device), llama_in.attention_mask.to(self.device)
         states = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         embeds, mask = states[-(LLAMA_SKIP_LAYERS + 1)][:, crop:], mask[:, crop:].clone()
         mask[mask.sum(dim=1) == 0, 0] = 1  # a tokenizer that leaves nothing after the crop: keep one key
-        clip_in = self.tokenizer_2(prompts, max_length=CLIP_MAX_TOKENS, padding="max_length", truncation=True,
-                                   return_tensors="pt")
+        clip_in = self.tokenizer_2(
+            prompts, max_length=CLIP_MAX_TOKENS, padding="max_length", truncation=True, return_tensors="pt"
+        )
         pooled = self.text_encoder_2(clip_in.input_ids.to(self.device)).pooler_output
         return PromptEmbedding(embeds.float(), mask.long(), pooled.float())
 
@@ -388,8 +450,13 @@ class VideoEncoders:
         lengths = [len(ids) - crop for ids in self.tokenizer(wrapped).input_ids]
         over = [n for n in lengths if n > length]
         if over:
-            log.warning("%d of %d prompts truncated to %d text tokens (longest had %d)",
-                        len(over), len(lengths), length, max(over))
+            log.warning(
+                "%d of %d prompts truncated to %d text tokens (longest had %d)",
+                len(over),
+                len(lengths),
+                length,
+                max(over),
+            )
 
     @torch.inference_mode()
     def encode_image(self, images) -> torch.Tensor:
@@ -407,8 +474,8 @@ def pixels_to_uint8(video: torch.Tensor) -> np.ndarray:
     """
     frames = torch.empty(video.shape, dtype=torch.uint8)
     for start in range(0, video.shape[2], PIXEL_CHUNK_FRAMES):
-        chunk = video[:, :, start: start + PIXEL_CHUNK_FRAMES].float().clamp(-1, 1)
-        frames[:, :, start: start + PIXEL_CHUNK_FRAMES] = ((chunk + 1) * 127.5).round().to(torch.uint8).cpu()
+        chunk = video[:, :, start : start + PIXEL_CHUNK_FRAMES].float().clamp(-1, 1)
+        frames[:, :, start : start + PIXEL_CHUNK_FRAMES] = ((chunk + 1) * 127.5).round().to(torch.uint8).cpu()
     return frames.permute(0, 2, 3, 4, 1).numpy()
 
 
@@ -428,5 +495,7 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
     top, left = (size_h - height) // 2, (size_w - width) // 2
     out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        out[i] = cv2.resize(frame, (size_w, size_h), interpolation=interpolation)[top: top + height, left: left + width]
+        out[i] = cv2.resize(frame, (size_w, size_h), interpolation=interpolation)[
+            top : top + height, left : left + width
+        ]
     return out

@@ -34,8 +34,8 @@ import torch
 
 from mempack.layout import EXPORT_DIR
 from mempack.model import MemoryPackTransformer
-from mempack.schema import data_encoders, read_summary, summary_path
 from mempack.model.memorypack import BACKBONE_DIR, CONFIG_NAME, SEMANTIC_PACK_DIR, MemoryPackConfig
+from mempack.schema import data_encoders, read_summary, summary_path
 
 if TYPE_CHECKING:
     from mempack.encoders import VideoEncoders
@@ -79,7 +79,9 @@ def resolve_model_dir(path: str | Path) -> Path:
             return candidate
         if (candidate / "transformer" / "config.json").is_file():
             return candidate
-    raise CheckpointError(f"no exported model in {path} (expected {EXPORT_DIR}/mempack.json or a diffusers config.json)")
+    raise CheckpointError(
+        f"no exported model in {path} (expected {EXPORT_DIR}/mempack.json or a diffusers config.json)"
+    )
 
 
 def encoder_spec(model_dir: Path) -> EncoderSpec | None:
@@ -97,9 +99,14 @@ def encoder_spec(model_dir: Path) -> EncoderSpec | None:
 
 
 def load_pipeline(
-    path: str | Path | None, *, encoders: str | None = None, preset: str = "tiny",
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, vae_dtype: torch.dtype | None = None,
-) -> "MemoryPackPipeline":
+    path: str | Path | None,
+    *,
+    encoders: str | None = None,
+    preset: str = "tiny",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype | None = None,
+) -> MemoryPackPipeline:
     """The pipeline to sample: a pipeline folder, an older export or bare weights + `encoders`.
 
     The VAE loads in `vae_dtype` (None: `resolve_vae_dtype("auto", device)`, fp32 on a CPU, fp16 on a GPU),
@@ -114,8 +121,9 @@ def load_pipeline(
 
     vae = vae_dtype if vae_dtype is not None else resolve_vae_dtype("auto", device)
     if path is None:
-        log.warning("no trained weights: sampling the %r preset's RANDOM weights (train first, or pass --checkpoint)",
-                    preset)
+        log.warning(
+            "no trained weights: sampling the %r preset's RANDOM weights (train first, or pass --checkpoint)", preset
+        )
         model = MemoryPackTransformer.from_preset(preset, seed=0, device=device).to(dtype).eval()
         return MemoryPackPipeline.from_model(model, _build_encoders(EncoderSpec(preset, encoders), device, dtype, vae))
     folder = resolve_model_dir(path)
@@ -125,30 +133,44 @@ def load_pipeline(
         except Exception as err:  # noqa: BLE001 — safetensors, json, torch, transformers and diffusers raise many kinds
             raise CheckpointError(f"cannot load checkpoint {folder}: {_first_line(err)}") from None
         if encoders:
-            pipe.register_modules(**_encoder_components(
-                _build_encoders(EncoderSpec(pipe.preset_name, encoders), "cpu", dtype, vae)))
+            pipe.register_modules(
+                **_encoder_components(_build_encoders(EncoderSpec(pipe.preset_name, encoders), "cpu", dtype, vae))
+            )
         return pipe.to(device)
     model = load_model(folder, device=device, dtype=dtype)
     spec = EncoderSpec(model.config.preset, encoders) if encoders else encoder_spec(folder)
     if spec is None:
-        raise CheckpointError(f"{folder} holds no encoders and names none (no encoders.json): "
-                              "pass --encoders DIR, the weights its training data was encoded with")
+        raise CheckpointError(
+            f"{folder} holds no encoders and names none (no encoders.json): "
+            "pass --encoders DIR, the weights its training data was encoded with"
+        )
     return MemoryPackPipeline.from_model(model, _build_encoders(spec, device, dtype, vae))
 
 
-def _build_encoders(spec: EncoderSpec, device, dtype, vae_dtype: torch.dtype) -> "VideoEncoders":
+def _build_encoders(spec: EncoderSpec, device, dtype, vae_dtype: torch.dtype) -> VideoEncoders:
     from mempack.encoders import VideoEncoders
 
     try:
-        return VideoEncoders.build(spec.preset, spec.path, device=device, dtype=dtype, seed=spec.seed,
-                                   vae_dtype=vae_dtype)
+        return VideoEncoders.build(
+            spec.preset, spec.path, device=device, dtype=dtype, seed=spec.seed, vae_dtype=vae_dtype
+        )
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot build encoders ({spec.preset}, {spec.path}): {_first_line(err)}") from None
 
 
 def _encoder_components(encoders) -> dict:
-    return {name: getattr(encoders, name) for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2",
-                                                       "tokenizer_2", "image_encoder", "feature_extractor")}
+    return {
+        name: getattr(encoders, name)
+        for name in (
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "text_encoder_2",
+            "tokenizer_2",
+            "image_encoder",
+            "feature_extractor",
+        )
+    }
 
 
 def _first_line(err: BaseException) -> str:
@@ -157,7 +179,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_model(
-    model_dir: Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    model_dir: Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     use_semantic_pack: bool | None = None,
 ) -> MemoryPackTransformer:
     """Load an export; any failure (truncated safetensors, bad JSON, wrong sizes) becomes a CheckpointError."""
@@ -182,10 +207,16 @@ def download_mlflow_model(uri: str, tracking_uri: str | None, dst: Path) -> Path
     return Path(local)
 
 
-
 MODEL_INDEX = "model_index.json"
-ENCODER_DIRS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder",
-                "feature_extractor")
+ENCODER_DIRS = (
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "text_encoder_2",
+    "tokenizer_2",
+    "image_encoder",
+    "feature_extractor",
+)
 SCHEDULER_DIR = "scheduler"
 
 
@@ -242,8 +273,9 @@ def _add_encoders(folder: Path, spec: EncoderSpec) -> None:
     else:
         root = Path(spec.path).expanduser().resolve()
         if not root.is_dir():
-            raise ExportError(f"encoder weights folder not found: {root} (the one prep used); "
-                              "the export must bundle them")
+            raise ExportError(
+                f"encoder weights folder not found: {root} (the one prep used); the export must bundle them"
+            )
         from mempack.encoders import SUBFOLDERS, _feature_extractor_dir
 
         lacking = [name for name in SUBFOLDERS if not (root / name).is_dir()]
@@ -264,6 +296,7 @@ def _add_encoders(folder: Path, spec: EncoderSpec) -> None:
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy a folder, hard-linking files where the filesystem allows (13 GB of weights cost no space)."""
+
     def link_or_copy(a: str, b: str) -> None:
         try:
             os.link(a, b)
@@ -292,8 +325,12 @@ def _component_entry(name: str, folder: Path) -> list[str]:
         from mempack.encoders import _image_processor_class
 
         return ["transformers", _image_processor_class().__name__]
-    for config_name, key in (("scheduler_config.json", "_class_name"), ("tokenizer_config.json", "tokenizer_class"),
-                             ("config.json", "_class_name"), ("config.json", "architectures")):
+    for config_name, key in (
+        ("scheduler_config.json", "_class_name"),
+        ("tokenizer_config.json", "tokenizer_class"),
+        ("config.json", "_class_name"),
+        ("config.json", "architectures"),
+    ):
         path = folder / config_name
         if path.is_file():
             value = json.loads(path.read_text()).get(key)
@@ -309,8 +346,18 @@ def write_model_index(folder: str | Path) -> Path:
 
     folder = Path(folder)
     index: dict = {"_class_name": "MemoryPackPipeline", "_diffusers_version": diffusers.__version__}
-    for name in ("feature_extractor", "image_encoder", SCHEDULER_DIR, SEMANTIC_PACK_DIR, "text_encoder",
-                 "text_encoder_2", "tokenizer", "tokenizer_2", BACKBONE_DIR, "vae"):
+    for name in (
+        "feature_extractor",
+        "image_encoder",
+        SCHEDULER_DIR,
+        SEMANTIC_PACK_DIR,
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        BACKBONE_DIR,
+        "vae",
+    ):
         if (folder / name).is_dir():
             index[name] = _component_entry(name, folder / name)
         elif name == SEMANTIC_PACK_DIR:

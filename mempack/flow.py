@@ -76,8 +76,14 @@ def sample_training_times(
     return (1 - sigma).clamp(1e-4, 1 - 1e-4).to(device)
 
 
-def dynamic_shift_mu(image_seq_len: int, base_len: int = 256, max_len: int = 4096,
-                     base_shift: float = 0.5, max_shift: float = 1.15, cap: float = math.log(7.0)) -> float:
+def dynamic_shift_mu(
+    image_seq_len: int,
+    base_len: int = 256,
+    max_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    cap: float = math.log(7.0),
+) -> float:
     """Resolution-dependent shift exponent μ, as the F1 sampler computes it (capped at log 7)."""
     slope = (max_shift - base_shift) / (max_len - base_len)
     return min(image_seq_len * slope + base_shift - slope * base_len, cap)

@@ -23,10 +23,10 @@ import torch
 from mempack import layout
 from mempack.encoders import resolve_vae_dtype
 from mempack.export import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
-from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
 from mempack.sample import SAMPLE_PROMPT, sample_image
+from mempack.sampling import frames_for_sections, sections_for_frames
 from mempack.timeline import PromptTimeline, TimelineError, read_prompt
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def load_video(path: str | Path) -> tuple[np.ndarray, float]:
     return frames, fps
 
 
-def load_prompt(request: InferenceRequest) -> "str | PromptTimeline":
+def load_prompt(request: InferenceRequest) -> str | PromptTimeline:
     """--prompt (a timeline when written as one) or --timeline FILE; the sample prompt when neither."""
     try:
         if request.timeline is not None:
@@ -202,8 +202,14 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
         vae_dtype = resolve_vae_dtype(request.vae_dtype, device)
     except ValueError as err:
         raise InferenceError(str(err)) from None
-    pipe = load_pipeline(request.model_dir, encoders=request.encoders, preset=request.preset, device=device,
-                         dtype=dtype, vae_dtype=vae_dtype)
+    pipe = load_pipeline(
+        request.model_dir,
+        encoders=request.encoders,
+        preset=request.preset,
+        device=device,
+        dtype=dtype,
+        vae_dtype=vae_dtype,
+    )
     pipe.set_progress_bar_config(disable=not request.progress)
     preset = pipe.preset_name
     fps = request.fps or DEFAULT_FPS[preset]
@@ -213,15 +219,42 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
         image = sample_image(height, width)
     if video is not None:  # the length asked for is what comes after the given video (no start frame of its own)
         frames -= 1
-    log.info("generating %d sections (%d frames at %g fps, %dx%d) with %s", sections, frames, fps, width, height,
-             request.model_dir or f"random {preset}")
+    log.info(
+        "generating %d sections (%d frames at %g fps, %dx%d) with %s",
+        sections,
+        frames,
+        fps,
+        width,
+        height,
+        request.model_dir or f"random {preset}",
+    )
     try:
-        result = pipe.write_video(out, fps, crf=request.crf, image=image, video=video, video_fps=video_fps,
-                                  prompt=prompt, num_frames=frames, height=height, width=width,
-                                  num_inference_steps=request.steps,
-                                  guidance_scale=request.guidance, use_memory=request.use_memory,
-                                  generator=torch.Generator().manual_seed(request.seed))
+        result = pipe.write_video(
+            out,
+            fps,
+            crf=request.crf,
+            image=image,
+            video=video,
+            video_fps=video_fps,
+            prompt=prompt,
+            num_frames=frames,
+            height=height,
+            width=width,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            use_memory=request.use_memory,
+            generator=torch.Generator().manual_seed(request.seed),
+        )
     except ValueError as err:
         raise InferenceError(as_flags(str(err))) from None
-    return InferenceResult(str(out), frames, float(fps), height, width, sections, result.section_seconds,
-                           time.perf_counter() - started, None if request.model_dir is None else str(request.model_dir))
+    return InferenceResult(
+        str(out),
+        frames,
+        float(fps),
+        height,
+        width,
+        sections,
+        result.section_seconds,
+        time.perf_counter() - started,
+        None if request.model_dir is None else str(request.model_dir),
+    )

@@ -26,7 +26,6 @@ peak) against a measured CPU run of a scaled preset.
 
 from __future__ import annotations
 
-import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,16 +49,43 @@ INFERENCE_MARGIN_BYTES = 2 * GB
 # The published config.json of each encoder framepack-f1 loads (hunyuanvideo-community/HunyuanVideo's
 # text_encoder and text_encoder_2, lllyasviel/flux_redux_bfl's image_encoder); the VAE is
 # AutoencoderKLHunyuanVideo's defaults.
-LLAMA_CONFIG = dict(vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                    rope_theta=500000.0)
-CLIP_TEXT_CONFIG = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                        num_attention_heads=12, max_position_embeddings=77, projection_dim=768)
-SIGLIP_CONFIG = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                     image_size=384, patch_size=14)
+LLAMA_CONFIG = dict(
+    vocab_size=128320,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+)
+CLIP_TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    projection_dim=768,
+)
+SIGLIP_CONFIG = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=14,
+)
 COMPONENTS = ("transformer", "semantic_pack", "vae", "text_encoder", "text_encoder_2", "image_encoder")
-STAGE_COMPONENTS = {"llama": ("text_encoder",), "clip": ("text_encoder_2",), "siglip": ("image_encoder",),
-                    "vae_encode": ("vae",), "section": ("transformer",), "decode": ("vae",)}
+STAGE_COMPONENTS = {
+    "llama": ("text_encoder",),
+    "clip": ("text_encoder_2",),
+    "siglip": ("image_encoder",),
+    "vae_encode": ("vae",),
+    "section": ("transformer",),
+    "decode": ("vae",),
+}
 
 
 # ----- live-tensor peak ---------------------------------------------------------------------------
@@ -126,18 +152,27 @@ def peak_bytes(fn, scalar: int = 1) -> int:
 
 
 # ----- components on meta ---------------------------------------------------------------------------
-def meta_components(preset: "str | Preset", dtype: torch.dtype = torch.bfloat16) -> dict[str, nn.Module]:
+def meta_components(preset: str | Preset, dtype: torch.dtype = torch.bfloat16) -> dict[str, nn.Module]:
     """The pipeline's modules at the preset's size on `meta`: nothing allocated, every shape real."""
     preset = get_preset(preset)
     with torch.device("meta"), default_dtype(dtype):  # built in `dtype`: diffusers warns on a later cast
         if preset.image_embed_dim == 1152:  # the real encoders' widths: the published configurations
             from diffusers import AutoencoderKLHunyuanVideo
-            from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig,
-                                      SiglipVisionModel)
+            from transformers import (
+                CLIPTextConfig,
+                CLIPTextModel,
+                LlamaConfig,
+                LlamaModel,
+                SiglipVisionConfig,
+                SiglipVisionModel,
+            )
 
-            encoders = dict(vae=AutoencoderKLHunyuanVideo(), text_encoder=LlamaModel(LlamaConfig(**LLAMA_CONFIG)),
-                            text_encoder_2=CLIPTextModel(CLIPTextConfig(**CLIP_TEXT_CONFIG)),
-                            image_encoder=SiglipVisionModel(SiglipVisionConfig(**SIGLIP_CONFIG)))
+            encoders = dict(
+                vae=AutoencoderKLHunyuanVideo(),
+                text_encoder=LlamaModel(LlamaConfig(**LLAMA_CONFIG)),
+                text_encoder_2=CLIPTextModel(CLIPTextConfig(**CLIP_TEXT_CONFIG)),
+                image_encoder=SiglipVisionModel(SiglipVisionConfig(**SIGLIP_CONFIG)),
+            )
         else:  # tiny widths: the tiny encoders
             from mempack.encoders import _tiny_components
 
@@ -158,8 +193,9 @@ def largest_leaf_bytes(module: nn.Module) -> int:
 
 
 def module_bytes_own(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(recurse=False),
-                                                       *module.buffers(recurse=False)])
+    return sum(
+        t.numel() * t.element_size() for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    )
 
 
 def group_bytes(backbone: nn.Module, prefetch: bool = True) -> int:
@@ -177,8 +213,14 @@ def _trace_text(components: dict, preset: Preset) -> dict[str, int]:
     crop = int(prompt_template_for(preset).get("crop_start") or 0)
     tokens = preset.max_prompt_tokens + crop
     ids = torch.zeros(1, tokens, dtype=torch.int64, device="meta")
-    llama = peak_bytes(lambda: components["text_encoder"](input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                          output_hidden_states=True).hidden_states, tokens)
+    llama = peak_bytes(
+        lambda: (
+            components["text_encoder"](
+                input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True
+            ).hidden_states
+        ),
+        tokens,
+    )
     clip_ids = torch.zeros(1, CLIP_MAX_TOKENS, dtype=torch.int64, device="meta")
     clip = peak_bytes(lambda: components["text_encoder_2"](clip_ids).pooler_output, CLIP_MAX_TOKENS)
     return {"llama": llama, "clip": clip}
@@ -209,8 +251,15 @@ def _trace_vae(components: dict, preset: Preset, pixel_size: tuple[int, int], dt
         return vae.quant_conv(vae.encoder(frame))
 
     tile_latents = vae.tile_sample_min_num_frames // vae.temporal_compression_ratio + 1
-    tile = torch.zeros(1, preset.latent_channels, tile_latents, h // preset.vae_spatial, w // preset.vae_spatial,
-                       device="meta", dtype=dtype)
+    tile = torch.zeros(
+        1,
+        preset.latent_channels,
+        tile_latents,
+        h // preset.vae_spatial,
+        w // preset.vae_spatial,
+        device="meta",
+        dtype=dtype,
+    )
 
     def decode():
         min_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
@@ -222,8 +271,15 @@ def _trace_vae(components: dict, preset: Preset, pixel_size: tuple[int, int], dt
     return {"vae_encode": peak_bytes(encode), "decode": peak_bytes(decode)}
 
 
-def section_inputs(model: MemoryPackTransformer, preset: Preset, latent_hw: tuple[int, int], image_tokens: int,
-                   device="meta", dtype: torch.dtype = torch.bfloat16, generator: torch.Generator | None = None):
+def section_inputs(
+    model: MemoryPackTransformer,
+    preset: Preset,
+    latent_hw: tuple[int, int],
+    image_tokens: int,
+    device="meta",
+    dtype: torch.dtype = torch.bfloat16,
+    generator: torch.Generator | None = None,
+):
     """One section's inputs at full history: conditioning, packed history, ψ after one update, noise."""
     h, w, c = *latent_hw, preset.latent_channels
     prompt = preset.max_prompt_tokens
@@ -231,16 +287,22 @@ def section_inputs(model: MemoryPackTransformer, preset: Preset, latent_hw: tupl
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype, generator=generator)
 
-    cond = Conditioning(rand(1, prompt, preset.text_embed_dim), torch.ones(1, prompt, dtype=torch.int64, device=device),
-                        rand(1, preset.pooled_dim), rand(1, image_tokens, preset.image_embed_dim), rand(1, c, 1, h, w))
+    cond = Conditioning(
+        rand(1, prompt, preset.text_embed_dim),
+        torch.ones(1, prompt, dtype=torch.int64, device=device),
+        rand(1, preset.pooled_dim),
+        rand(1, image_tokens, preset.image_embed_dim),
+        rand(1, c, 1, h, w),
+    )
     history = rand(1, c, model.config.layout.context_frames, h, w)
     section = rand(1, c, model.config.window, h, w)
     packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
     return cond, packed, section
 
 
-def _trace_section(model: MemoryPackTransformer, preset: Preset, latent_hw, image_tokens: int,
-                   dtype: torch.dtype) -> int:
+def _trace_section(
+    model: MemoryPackTransformer, preset: Preset, latent_hw, image_tokens: int, dtype: torch.dtype
+) -> int:
     """One Euler step's forward (ψ tokens joined) and ψ's update after the section: the larger peak."""
     with _inference_trace(image_tokens + preset.max_prompt_tokens):
         cond, packed, section = section_inputs(model, preset, latent_hw, image_tokens, dtype=dtype)
@@ -297,18 +359,30 @@ class InferencePlan:
         return next((m for m in OFFLOAD_MODES if self.fits(m, gpu_gb)), None)
 
     def to_dict(self, gpu_sizes=GPU_SIZES_GB) -> dict:
-        out = {"preset": self.preset, "pixel_size": list(self.pixel_size), "dtype": self.dtype,
-               "weights_dtype": self.weights_dtype, "weights_bytes": self.weights,
-               "activation_bytes": self.activations, "margin_bytes": INFERENCE_MARGIN_BYTES}
+        out = {
+            "preset": self.preset,
+            "pixel_size": list(self.pixel_size),
+            "dtype": self.dtype,
+            "weights_dtype": self.weights_dtype,
+            "weights_bytes": self.weights,
+            "activation_bytes": self.activations,
+            "margin_bytes": INFERENCE_MARGIN_BYTES,
+        }
         out["peak_bytes"] = {m: self.peak(m)[0] for m in OFFLOAD_MODES}
         out["peak_stage"] = {m: self.peak(m)[1] for m in OFFLOAD_MODES}
         out["best_mode"] = {str(g): self.best(g) for g in gpu_sizes}
         return out
 
 
-def plan_inference(preset: "str | Preset" = "framepack-f1", pixel_size: tuple[int, int] | None = None, *,
-                   dtype: torch.dtype = torch.bfloat16, weights_dtype: str = "auto",
-                   image_tokens: int | None = None, prefetch: bool = True) -> InferencePlan:
+def plan_inference(
+    preset: str | Preset = "framepack-f1",
+    pixel_size: tuple[int, int] | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    weights_dtype: str = "auto",
+    image_tokens: int | None = None,
+    prefetch: bool = True,
+) -> InferencePlan:
     """Plan one request at `pixel_size` (default: the preset's default bucket, 480x832 for framepack-f1)."""
     preset = get_preset(preset)
     pixel_size = tuple(pixel_size or preset.default_bucket)
@@ -319,8 +393,9 @@ def plan_inference(preset: "str | Preset" = "framepack-f1", pixel_size: tuple[in
     if image_tokens is None:
         image_tokens = SIGLIP_IMAGE_TOKENS if preset.image_embed_dim == 1152 else 4
     components = meta_components(preset, dtype)
-    model = MemoryPackTransformer(components["transformer"], components["semantic_pack"],
-                                  MemoryPackConfig(preset=preset.name))
+    model = MemoryPackTransformer(
+        components["transformer"], components["semantic_pack"], MemoryPackConfig(preset=preset.name)
+    )
     activations = {"section": _trace_section(model, preset, latent_hw, image_tokens, dtype)}
     activations.update(_trace_text(components, preset))
     activations["siglip"] = _trace_siglip(components, dtype)
@@ -331,24 +406,43 @@ def plan_inference(preset: "str | Preset" = "framepack-f1", pixel_size: tuple[in
         components["transformer"].enable_layerwise_casting(storage_dtype=FP8_STORAGE, compute_dtype=dtype)
     weights = {name: module_bytes(components[name]) for name in COMPONENTS}
     leaf = {name: largest_leaf_bytes(components[name]) for name in COMPONENTS}
-    return InferencePlan(preset.name, pixel_size, str(dtype).replace("torch.", ""), weights_dtype, weights, leaf,
-                         group_bytes(components["transformer"], prefetch), cast_buffer, activations)
+    return InferencePlan(
+        preset.name,
+        pixel_size,
+        str(dtype).replace("torch.", ""),
+        weights_dtype,
+        weights,
+        leaf,
+        group_bytes(components["transformer"], prefetch),
+        cast_buffer,
+        activations,
+    )
 
 
 def format_plan(plans: list[InferencePlan], gpu_gb: float | None = None) -> str:
     """The table `infer.py --plan` prints: weights, activations, then each mode's peak (and fit)."""
+
     def gib(b):
         return f"{b / GIB:7.2f} GiB" if b >= GIB else f"{b / 2**20:7.1f} MiB"
 
     first = plans[0]
-    lines = [f"inference memory plan: preset {first.preset}, {first.pixel_size[0]}x{first.pixel_size[1]} px, "
-             f"{first.dtype} (+{INFERENCE_MARGIN_BYTES / GB:.0f} GB runtime margin to fit)",
-             "  weights (bf16 unless stated)"]
-    names = {"transformer": "transformer (F1 MM-DiT)", "semantic_pack": "SemanticPack (psi)", "vae": "VAE",
-             "text_encoder": "Llama text encoder", "text_encoder_2": "CLIP text encoder", "image_encoder": "SigLIP"}
+    lines = [
+        f"inference memory plan: preset {first.preset}, {first.pixel_size[0]}x{first.pixel_size[1]} px, "
+        f"{first.dtype} (+{INFERENCE_MARGIN_BYTES / GB:.0f} GB runtime margin to fit)",
+        "  weights (bf16 unless stated)",
+    ]
+    names = {
+        "transformer": "transformer (F1 MM-DiT)",
+        "semantic_pack": "SemanticPack (psi)",
+        "vae": "VAE",
+        "text_encoder": "Llama text encoder",
+        "text_encoder_2": "CLIP text encoder",
+        "image_encoder": "SigLIP",
+    }
     for name in COMPONENTS:
-        extra = "".join(f"   {p.weights_dtype}: {gib(p.weights[name])}" for p in plans[1:]
-                        if p.weights[name] != first.weights[name])
+        extra = "".join(
+            f"   {p.weights_dtype}: {gib(p.weights[name])}" for p in plans[1:] if p.weights[name] != first.weights[name]
+        )
         lines.append(f"    {names[name]:<26}{gib(first.weights[name])}{extra}")
     lines.append("  activations (peak per stage)")
     for stage, value in first.activations.items():
@@ -363,6 +457,8 @@ def format_plan(plans: list[InferencePlan], gpu_gb: float | None = None) -> str:
         for plan in plans:
             fit = ", ".join(f"{m} {'yes' if plan.fits(m, size) else 'no'}" for m in OFFLOAD_MODES)
             best = plan.best(size)
-            lines.append(f"  {size:g} GB, weights {plan.weights_dtype}: {fit}  -> "
-                         f"{'--offload ' + best if best else 'does not fit'}")
+            lines.append(
+                f"  {size:g} GB, weights {plan.weights_dtype}: {fit}  -> "
+                f"{'--offload ' + best if best else 'does not fit'}"
+            )
     return "\n".join(lines)

@@ -35,8 +35,19 @@ ARTIFACT_KEY = "pipeline"
 REFERENCE_FILE = "pipeline_reference.json"  # the artifact of a model logged with reference=True
 DEFAULT_SECONDS = 5.0
 # what the model needs at load time (pinned to what logged it); pandas and mlflow come with pyfunc
-REQUIREMENTS = ("torch", "diffusers", "transformers", "tokenizers", "safetensors", "accelerate", "av",
-                "opencv-python-headless", "pillow", "numpy", "tqdm")
+REQUIREMENTS = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "av",
+    "opencv-python-headless",
+    "pillow",
+    "numpy",
+    "tqdm",
+)
 PARAMS = {"fps": 0.0, "steps": 25, "guidance": 10.0, "seed": 0, "crf": 18, "height": 0, "width": 0}
 
 
@@ -73,8 +84,11 @@ class MemoryPackPyfunc(_pyfunc_base()):
         videos = []
         for row in model_input.to_dict("records"):
             seconds = row.get("seconds")
-            seconds = DEFAULT_SECONDS if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) \
+            seconds = (
+                DEFAULT_SECONDS
+                if seconds is None or (isinstance(seconds, float) and math.isnan(seconds))
                 else float(seconds)
+            )
             if not math.isfinite(seconds) or seconds <= 0 or not math.isfinite(fps) or fps <= 0:
                 raise ValueError(f"seconds and fps must be finite numbers > 0, got {seconds} and {fps}")
             image = Image.open(io.BytesIO(row["image"]))
@@ -83,12 +97,18 @@ class MemoryPackPyfunc(_pyfunc_base()):
                 size = {"height": int(settings["height"]), "width": int(settings["width"])}
             with tempfile.TemporaryDirectory(prefix="mempack-pyfunc-") as tmp:
                 path = Path(tmp) / "video.mp4"
-                self.pipe.write_video(path, fps, crf=int(settings["crf"]), image=image,
-                                      prompt=read_prompt(row.get("prompt") or ""),
-                                      num_frames=max(1, round(seconds * fps)),
-                                      num_inference_steps=int(settings["steps"]),
-                                      guidance_scale=float(settings["guidance"]),
-                                      generator=torch.Generator().manual_seed(int(settings["seed"])), **size)
+                self.pipe.write_video(
+                    path,
+                    fps,
+                    crf=int(settings["crf"]),
+                    image=image,
+                    prompt=read_prompt(row.get("prompt") or ""),
+                    num_frames=max(1, round(seconds * fps)),
+                    num_inference_steps=int(settings["steps"]),
+                    guidance_scale=float(settings["guidance"]),
+                    generator=torch.Generator().manual_seed(int(settings["seed"])),
+                    **size,
+                )
                 videos.append(path.read_bytes())
         return pd.DataFrame({"video": videos})
 
@@ -98,8 +118,9 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("binary", "image"), ColSpec("string", "prompt"),
-                     ColSpec("double", "seconds", required=False)])
+    inputs = Schema(
+        [ColSpec("binary", "image"), ColSpec("string", "prompt"), ColSpec("double", "seconds", required=False)]
+    )
     outputs = Schema([ColSpec("binary", "video")])
     kinds = {float: "double", int: "long"}
     params = ParamSchema([ParamSpec(name, kinds[type(value)], value) for name, value in PARAMS.items()])
@@ -145,8 +166,14 @@ def follow_reference(artifact: str | Path) -> Path:
     return folder
 
 
-def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | None = None, *,
-                       alias: str = "candidate", name: str = "model", reference: bool = False):
+def log_pipeline_model(
+    pipeline_dir: str | Path,
+    registered_model_name: str | None = None,
+    *,
+    alias: str = "candidate",
+    name: str = "model",
+    reference: bool = False,
+):
     """Log the pipeline folder as a pyfunc MLflow Model to the active run; register it when named.
 
     `reference`: upload only a reference to the folder (it must stay where it is, readable wherever the
@@ -167,9 +194,13 @@ def log_pipeline_model(pipeline_dir: str | Path, registered_model_name: str | No
         code = Path(tmp) / "code" / "mempack"  # the package's sources only (no bytecode caches)
         shutil.copytree(Path(mempack.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=MemoryPackPyfunc(), artifacts={ARTIFACT_KEY: str(artifact)},
-            code_paths=[str(code)], signature=signature(),
-            pip_requirements=_requirements(), registered_model_name=registered_model_name,
+            name=name,
+            python_model=MemoryPackPyfunc(),
+            artifacts={ARTIFACT_KEY: str(artifact)},
+            code_paths=[str(code)],
+            signature=signature(),
+            pip_requirements=_requirements(),
+            registered_model_name=registered_model_name,
         )
     if registered_model_name:
         version = info.registered_model_version

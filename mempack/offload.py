@@ -58,8 +58,7 @@ def enable_fp8_weights(pipe, compute_dtype: torch.dtype | None = None) -> None:
     transformer.enable_layerwise_casting(storage_dtype=FP8_STORAGE, compute_dtype=compute_dtype)
 
 
-def apply_memory_settings(pipe, device: torch.device | str, offload: str = "none",
-                          weights_dtype: str = "auto") -> None:
+def apply_memory_settings(pipe, device: torch.device | str, offload: str = "none", weights_dtype: str = "auto") -> None:
     """Place a pipeline (built on the CPU) for generation on `device` with an offload mode.
 
     `device` is where the computation runs; with `offload="none"` every component moves there. Any
@@ -96,8 +95,15 @@ def _enable_group_offload(pipe, device: torch.device) -> None:
         if not isinstance(component, torch.nn.Module) or name == "semantic_pack":
             continue
         if name == "transformer":
-            apply_group_offloading(component, onload_device=device, offload_device=cpu, offload_type="block_level",
-                                   num_blocks_per_group=GROUP_BLOCKS_PER_GROUP, use_stream=stream)
+            apply_group_offloading(
+                component,
+                onload_device=device,
+                offload_device=cpu,
+                offload_type="block_level",
+                num_blocks_per_group=GROUP_BLOCKS_PER_GROUP,
+                use_stream=stream,
+            )
         else:
-            apply_group_offloading(component, onload_device=device, offload_device=cpu, offload_type="leaf_level",
-                                   use_stream=stream)
+            apply_group_offloading(
+                component, onload_device=device, offload_device=cpu, offload_type="leaf_level", use_stream=stream
+            )

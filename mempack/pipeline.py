@@ -45,10 +45,10 @@ from tqdm.auto import tqdm
 
 from mempack import flow, video_io
 from mempack.encoders import VideoEncoders, resize_center_crop
-from mempack.sampling import GenerationConfig, generate_sections, sections_for_frames
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
 from mempack.model.memorypack import _preset_matching
 from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket, section_start_seconds
+from mempack.sampling import GenerationConfig, generate_sections, sections_for_frames
 from mempack.stream_decode import SectionDecoder
 from mempack.timeline import PromptTimeline
 
@@ -62,9 +62,21 @@ SIDE_MULTIPLE = BUCKET_MULTIPLE  # VAE ×8, then the transformer's 2×2 patches
 MAX_IMAGE_PIXELS = 40_000_000
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # what makes the registered scheduler describe `mempack.sampling`'s sampler (checked on every call)
-SAMPLER_CONFIG_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
-                       "max_image_seq_len", "invert_sigmas", "shift_terminal", "use_karras_sigmas",
-                       "use_exponential_sigmas", "use_beta_sigmas", "time_shift_type", "stochastic_sampling")
+SAMPLER_CONFIG_KEYS = (
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "invert_sigmas",
+    "shift_terminal",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "time_shift_type",
+    "stochastic_sampling",
+)
 PromptInput = str | list[str] | Mapping[float, str] | PromptTimeline | None  # mempack.timeline
 
 
@@ -86,8 +98,10 @@ def default_scheduler() -> FlowMatchEulerDiscreteScheduler:
 def check_image_size(height: int, width: int) -> None:
     """Refuse images whose decode alone would take gigabytes (a scan, a panorama, a bomb)."""
     if height * width > MAX_IMAGE_PIXELS:
-        raise ValueError(f"image too large: {width}x{height} ({height * width / 1e6:.0f} Mpx; "
-                         f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx): downscale it first")
+        raise ValueError(
+            f"image too large: {width}x{height} ({height * width / 1e6:.0f} Mpx; "
+            f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx): downscale it first"
+        )
 
 
 def image_to_array(image) -> np.ndarray:
@@ -108,8 +122,13 @@ def image_to_array(image) -> np.ndarray:
 def conditioning(encoders: VideoEncoders, image: np.ndarray, prompt: str) -> Conditioning:
     """Prompt tokens, pooled prompt, SigLIP image tokens and the start latent of one request."""
     text = encoders.encode_prompt([prompt])
-    return Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, encoders.encode_image(image[None]),
-                        encoders.encode_image_latent(image[None]))
+    return Conditioning(
+        text.prompt_embeds,
+        text.prompt_mask,
+        text.pooled,
+        encoders.encode_image(image[None]),
+        encoders.encode_image_latent(image[None]),
+    )
 
 
 def prompt_conditioning(encoders: VideoEncoders, cond: Conditioning, prompt: str) -> Conditioning:
@@ -182,32 +201,62 @@ class MemoryPackPipeline(DiffusionPipeline):
     _optional_components = ["semantic_pack"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, image_encoder,
-                 feature_extractor, scheduler, semantic_pack=None):
+    def __init__(
+        self,
+        transformer,
+        vae,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        image_encoder,
+        feature_extractor,
+        scheduler,
+        semantic_pack=None,
+    ):
         super().__init__()
-        self.register_modules(transformer=transformer, semantic_pack=semantic_pack, vae=vae,
-                              text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
-                              tokenizer_2=tokenizer_2, image_encoder=image_encoder,
-                              feature_extractor=feature_extractor, scheduler=scheduler)
+        self.register_modules(
+            transformer=transformer,
+            semantic_pack=semantic_pack,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            scheduler=scheduler,
+        )
         self._model_config: MemoryPackConfig | None = None  # set from mempack.json by from_pretrained
         self._wrapped: tuple[tuple, _SteppedTransformer] | None = None
         self._interrupt = False
 
     # ----- construction and persistence ------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: MemoryPackTransformer, encoders: VideoEncoders,
-                   scheduler: FlowMatchEulerDiscreteScheduler | None = None) -> "MemoryPackPipeline":
+    def from_model(
+        cls,
+        model: MemoryPackTransformer,
+        encoders: VideoEncoders,
+        scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    ) -> MemoryPackPipeline:
         """A pipeline over a model and encoders already in memory (training previews, tests)."""
-        pipe = cls(transformer=model.backbone, semantic_pack=model.semantic_pack, vae=encoders.vae,
-                   text_encoder=encoders.text_encoder, tokenizer=encoders.tokenizer,
-                   text_encoder_2=encoders.text_encoder_2, tokenizer_2=encoders.tokenizer_2,
-                   image_encoder=encoders.image_encoder, feature_extractor=encoders.feature_extractor,
-                   scheduler=scheduler or default_scheduler())
+        pipe = cls(
+            transformer=model.backbone,
+            semantic_pack=model.semantic_pack,
+            vae=encoders.vae,
+            text_encoder=encoders.text_encoder,
+            tokenizer=encoders.tokenizer,
+            text_encoder_2=encoders.text_encoder_2,
+            tokenizer_2=encoders.tokenizer_2,
+            image_encoder=encoders.image_encoder,
+            feature_extractor=encoders.feature_extractor,
+            scheduler=scheduler or default_scheduler(),
+        )
         pipe.model_config = model.config
         return pipe
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "MemoryPackPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> MemoryPackPipeline:
         """Load a pipeline folder (local only: nothing is downloaded); `mempack.json` sets RoPE and layout."""
         folder = Path(pretrained_model_name_or_path)
         if not (folder / "model_index.json").is_file():
@@ -227,8 +276,9 @@ class MemoryPackPipeline(DiffusionPipeline):
     def model_config(self) -> MemoryPackConfig:
         """RoPE mode, history layout and preset (mempack.json); defaults for the backbone's size if unset."""
         if self._model_config is None:
-            self._model_config = MemoryPackConfig(preset=_preset_matching(self.transformer),
-                                                  use_semantic_pack=self.semantic_pack is not None)
+            self._model_config = MemoryPackConfig(
+                preset=_preset_matching(self.transformer), use_semantic_pack=self.semantic_pack is not None
+            )
         return self._model_config
 
     @model_config.setter
@@ -249,10 +299,26 @@ class MemoryPackPipeline(DiffusionPipeline):
 
     def encoders(self) -> VideoEncoders:
         """The components as `VideoEncoders` on the execution device, placement left to the pipeline."""
-        components = {name: getattr(self, name) for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2",
-                                                             "tokenizer_2", "image_encoder", "feature_extractor")}
-        return VideoEncoders(get_preset(self.preset_name), components, device=self._execution_device,
-                             dtype=self.text_encoder.dtype, place=False, vae_dtype=self.vae.dtype)
+        components = {
+            name: getattr(self, name)
+            for name in (
+                "vae",
+                "text_encoder",
+                "tokenizer",
+                "text_encoder_2",
+                "tokenizer_2",
+                "image_encoder",
+                "feature_extractor",
+            )
+        }
+        return VideoEncoders(
+            get_preset(self.preset_name),
+            components,
+            device=self._execution_device,
+            dtype=self.text_encoder.dtype,
+            place=False,
+            vae_dtype=self.vae.dtype,
+        )
 
     @property
     def interrupt(self) -> bool:
@@ -267,11 +333,21 @@ class MemoryPackPipeline(DiffusionPipeline):
         return nearest_bucket(self.preset_name, *image.shape[:2])
 
     # ----- one request check (diffusers' `check_inputs`) --------------------------------------------
-    def check_inputs(self, image=None, prompt: PromptInput = "", video=None, video_fps: float | None = None,
-                     num_frames: int = 37, height: int | None = None, width: int | None = None,
-                     num_inference_steps: int = 25, guidance_scale: float = 10.0, output_type: str = "pil",
-                     callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
-                     ) -> "GenerationRequest":
+    def check_inputs(
+        self,
+        image=None,
+        prompt: PromptInput = "",
+        video=None,
+        video_fps: float | None = None,
+        num_frames: int = 37,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 10.0,
+        output_type: str = "pil",
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> GenerationRequest:
         """Every check a request gets, before anything is encoded or sampled; ValueError, one line each.
 
         As diffusers' pipelines do, but it returns what it read (the image as an array, the video on the
@@ -311,21 +387,46 @@ class MemoryPackPipeline(DiffusionPipeline):
         else:  # num_frames counts the frames after the given video, a causal VAE's 4k+1 of it
             given = (len(frames_in) - 1) // temporal * temporal + 1
             if given < 1 + temporal:
-                raise ValueError(f"a video to continue needs at least {1 + temporal} frames (at {preset.fps:g} fps), "
-                                 f"got {len(frames_in)}")
+                raise ValueError(
+                    f"a video to continue needs at least {1 + temporal} frames (at {preset.fps:g} fps), "
+                    f"got {len(frames_in)}"
+                )
             sections, total_frames = -(-num_frames // (temporal * window)), given + num_frames
         per_section = timeline.section_indices(sections, preset.fps, window, temporal)
-        return GenerationRequest(first, frames_in, height, width, timeline, per_section, sections, total_frames,
-                                 (given - 1) / preset.fps, callback_inputs)
+        return GenerationRequest(
+            first,
+            frames_in,
+            height,
+            width,
+            timeline,
+            per_section,
+            sections,
+            total_frames,
+            (given - 1) / preset.fps,
+            callback_inputs,
+        )
 
     # ----- calling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, image=None, prompt: PromptInput = "", *, video=None, video_fps: float | None = None,
-                 num_frames: int = 37, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int = 25, guidance_scale: float = 10.0, generator: torch.Generator | None = None,
-                 use_memory: bool = True, output_type: str = "pil", return_dict: bool = True,
-                 callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)):
+    def __call__(
+        self,
+        image=None,
+        prompt: PromptInput = "",
+        *,
+        video=None,
+        video_fps: float | None = None,
+        num_frames: int = 37,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 10.0,
+        generator: torch.Generator | None = None,
+        use_memory: bool = True,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ):
         """Generate one video.
 
         image: the first frame (PIL, EXIF orientation applied; or uint8 [H, W, 3]). prompt: a string, a
@@ -342,14 +443,26 @@ class MemoryPackPipeline(DiffusionPipeline):
         `sections(...)` yields the same video section by section.
         """
         # 1. Check inputs
-        request = self.check_inputs(image, prompt, video, video_fps, num_frames, height, width, num_inference_steps,
-                                    guidance_scale, output_type, callback_on_step_end,
-                                    callback_on_step_end_tensor_inputs)
+        request = self.check_inputs(
+            image,
+            prompt,
+            video,
+            video_fps,
+            num_frames,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
         # 2.-5. Encode, sample and decode section by section (`sections`), keeping what the output type asks for
         latent = output_type == "latent"
         chunks, latents, seconds = [], [], []
-        for section in self._sections(request, generator, use_memory, num_inference_steps, guidance_scale,
-                                      callback_on_step_end, decode=not latent):
+        for section in self._sections(
+            request, generator, use_memory, num_inference_steps, guidance_scale, callback_on_step_end, decode=not latent
+        ):
             seconds.append(section.elapsed)
             if latent:
                 latents.extend([section.leading_latents, section.latents] if section.index == 0 else [section.latents])
@@ -377,11 +490,25 @@ class MemoryPackPipeline(DiffusionPipeline):
         return MemoryPackPipelineOutput(frames=None, video_path=str(path), section_seconds=seconds)
 
     @torch.no_grad()
-    def sections(self, image=None, prompt: PromptInput = "", *, video=None, video_fps: float | None = None,
-                 num_frames: int = 37, height: int | None = None, width: int | None = None,
-                 num_inference_steps: int = 25, guidance_scale: float = 10.0, generator=None, use_memory: bool = True,
-                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-                 decode: bool = True, frames_desc: str = "decoding frames") -> Iterator[PipelineSection]:
+    def sections(
+        self,
+        image=None,
+        prompt: PromptInput = "",
+        *,
+        video=None,
+        video_fps: float | None = None,
+        num_frames: int = 37,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 10.0,
+        generator=None,
+        use_memory: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        decode: bool = True,
+        frames_desc: str = "decoding frames",
+    ) -> Iterator[PipelineSection]:
         """The video as it is made: one `PipelineSection` per new section, as soon as it is sampled and decoded.
 
         Arguments as `__call__`. Each section carries the frames that became final with it (the tiled
@@ -392,14 +519,42 @@ class MemoryPackPipeline(DiffusionPipeline):
         VAE (frames are None). Stopping early (`break`) ends the sampling there.
         """
         # 1. Check inputs
-        request = self.check_inputs(image, prompt, video, video_fps, num_frames, height, width, num_inference_steps,
-                                    guidance_scale, "pil" if decode else "latent", callback_on_step_end,
-                                    callback_on_step_end_tensor_inputs)
-        yield from self._sections(request, generator, use_memory, num_inference_steps, guidance_scale,
-                                  callback_on_step_end, decode, frames_desc)
+        request = self.check_inputs(
+            image,
+            prompt,
+            video,
+            video_fps,
+            num_frames,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            "pil" if decode else "latent",
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        yield from self._sections(
+            request,
+            generator,
+            use_memory,
+            num_inference_steps,
+            guidance_scale,
+            callback_on_step_end,
+            decode,
+            frames_desc,
+        )
 
-    def _sections(self, request: GenerationRequest, generator, use_memory: bool, steps: int, guidance: float,
-                  callback, decode: bool = True, frames_desc: str = "decoding frames") -> Iterator[PipelineSection]:
+    def _sections(
+        self,
+        request: GenerationRequest,
+        generator,
+        use_memory: bool,
+        steps: int,
+        guidance: float,
+        callback,
+        decode: bool = True,
+        frames_desc: str = "decoding frames",
+    ) -> Iterator[PipelineSection]:
         """Steps 2-5 of a call, on a checked request."""
         self._interrupt = False
         encoders = self.encoders()
@@ -417,19 +572,48 @@ class MemoryPackPipeline(DiffusionPipeline):
             conds = [cond] + [prompt_conditioning(encoders, cond, text) for text in prompts[1:]]
             section_conds = [conds[i] for i in request.section_prompts]
         # 5. Sample and decode section by section
-        yield from self._sample_sections(request, encoders, cond, prefix, section_conds, generator, use_memory,
-                                         steps, guidance, callback, decode, frames_desc)
+        yield from self._sample_sections(
+            request,
+            encoders,
+            cond,
+            prefix,
+            section_conds,
+            generator,
+            use_memory,
+            steps,
+            guidance,
+            callback,
+            decode,
+            frames_desc,
+        )
         self.maybe_free_model_hooks()
 
-    def _sample_sections(self, request: "GenerationRequest", encoders: VideoEncoders, cond: Conditioning,
-                         prefix: torch.Tensor | None, section_conds: list[Conditioning] | None, generator,
-                         use_memory: bool, steps: int, guidance: float, callback, decode: bool,
-                         frames_desc: str) -> Iterator[PipelineSection]:
+    def _sample_sections(
+        self,
+        request: GenerationRequest,
+        encoders: VideoEncoders,
+        cond: Conditioning,
+        prefix: torch.Tensor | None,
+        section_conds: list[Conditioning] | None,
+        generator,
+        use_memory: bool,
+        steps: int,
+        guidance: float,
+        callback,
+        decode: bool,
+        frames_desc: str,
+    ) -> Iterator[PipelineSection]:
         """Drive `generate_sections`; decode each section as it comes and yield it."""
         model = self.memorypack
         decoder = SectionDecoder(encoders) if decode else None
-        frame_bar = tqdm(total=request.total_frames, desc=frames_desc, unit="frame", leave=False, position=1,
-                         disable=decoder is None or getattr(self, "_progress_bar_config", {}).get("disable", False))
+        frame_bar = tqdm(
+            total=request.total_frames,
+            desc=frames_desc,
+            unit="frame",
+            leave=False,
+            position=1,
+            disable=decoder is None or getattr(self, "_progress_bar_config", {}).get("disable", False),
+        )
         written = 0
 
         def final(frames: np.ndarray) -> np.ndarray:
@@ -442,19 +626,27 @@ class MemoryPackPipeline(DiffusionPipeline):
         leading = cond.start_latent if prefix is None else torch.cat([cond.start_latent, prefix], dim=2)
         pending = []
         if decoder is not None:
-            pending = [final(decoder.push(cond.start_latent))] + ([final(decoder.push(prefix))] if prefix is not None
-                                                                  else [])
+            pending = [final(decoder.push(cond.start_latent))] + (
+                [final(decoder.push(prefix))] if prefix is not None else []
+            )
         sections = request.sections
         stepper = _StepReporter(self, steps, sections, callback, request.callback_inputs)
         model.before_step = stepper.before_step
         config = GenerationConfig(sections=sections, steps=steps, guidance=guidance, use_memory=use_memory)
-        log.info("generating %d sections of %d latent frames (%dx%d, %d steps)", sections, model.config.window,
-                 request.width, request.height, steps)
+        log.info(
+            "generating %d sections of %d latent frames (%dx%d, %d steps)",
+            sections,
+            model.config.window,
+            request.width,
+            request.height,
+            steps,
+        )
         preset = encoders.preset
         began = time.perf_counter()
         try:
-            for sampled in generate_sections(model, cond, config, generator=_cpu_generator(generator), prefix=prefix,
-                                             section_conds=section_conds):
+            for sampled in generate_sections(
+                model, cond, config, generator=_cpu_generator(generator), prefix=prefix, section_conds=section_conds
+            ):
                 stepper.section_done(sampled.latents)
                 frames = None
                 if decoder is not None:
@@ -464,11 +656,15 @@ class MemoryPackPipeline(DiffusionPipeline):
                     pending = []
                 n = sampled.index
                 yield PipelineSection(
-                    index=n, frames=frames, latents=sampled.latents.cpu(),
-                    seconds=request.offset_seconds + section_start_seconds(n, preset.fps, model.config.window,
-                                                                           preset.vae_temporal),
-                    prompt=request.timeline.prompts[request.section_prompts[n]], elapsed=sampled.seconds,
-                    leading_latents=leading.float().cpu() if n == 0 else None)
+                    index=n,
+                    frames=frames,
+                    latents=sampled.latents.cpu(),
+                    seconds=request.offset_seconds
+                    + section_start_seconds(n, preset.fps, model.config.window, preset.vae_temporal),
+                    prompt=request.timeline.prompts[request.section_prompts[n]],
+                    elapsed=sampled.seconds,
+                    leading_latents=leading.float().cpu() if n == 0 else None,
+                )
         finally:
             model.before_step = None
             stepper.close()
@@ -496,8 +692,14 @@ class _StepReporter:
         self.index = 0  # global step index across sections
         self.in_section = 0
         self.last_t: torch.Tensor | None = None
-        self.bar = tqdm(total=steps * sections, desc="sampling steps", unit="step", leave=False, position=0,
-                        disable=getattr(pipe, "_progress_bar_config", {}).get("disable", False))
+        self.bar = tqdm(
+            total=steps * sections,
+            desc="sampling steps",
+            unit="step",
+            leave=False,
+            position=0,
+            disable=getattr(pipe, "_progress_bar_config", {}).get("disable", False),
+        )
 
     def before_step(self, latents: torch.Tensor, t: torch.Tensor) -> bool:
         if self.in_section > 0:
@@ -539,8 +741,10 @@ def prompt_timeline(prompt: PromptInput) -> PromptTimeline:
         prompt = ""
     if isinstance(prompt, (list, tuple)):
         if len(prompt) != 1:
-            raise ValueError(f"one video per call: pass one prompt, got {len(prompt)} (a list is a batch; "
-                             f"a timeline is a dict of seconds → prompt)")
+            raise ValueError(
+                f"one video per call: pass one prompt, got {len(prompt)} (a list is a batch; "
+                f"a timeline is a dict of seconds → prompt)"
+            )
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, a list of one or a timeline, got {type(prompt).__name__}")
@@ -552,9 +756,12 @@ def check_scheduler(scheduler) -> None:
     scheduler describes; a scheduler that describes another sampler is refused rather than ignored."""
     expected = default_scheduler().config
     if type(scheduler) is not FlowMatchEulerDiscreteScheduler or any(
-            scheduler.config.get(key) != expected.get(key) for key in SAMPLER_CONFIG_KEYS):
-        raise ValueError(f"MemoryPackPipeline samples with F1's Euler flow schedule (mempack.sampling); it cannot "
-                         f"use {type(scheduler).__name__} with this configuration: keep the pipeline's scheduler")
+        scheduler.config.get(key) != expected.get(key) for key in SAMPLER_CONFIG_KEYS
+    ):
+        raise ValueError(
+            f"MemoryPackPipeline samples with F1's Euler flow schedule (mempack.sampling); it cannot "
+            f"use {type(scheduler).__name__} with this configuration: keep the pipeline's scheduler"
+        )
 
 
 def _video_to_array(video) -> np.ndarray:

@@ -163,12 +163,18 @@ F1_SCALED = Preset(
     pooled_dim=TINY.pooled_dim,
     image_embed_dim=TINY.image_embed_dim,
     max_prompt_tokens=TINY.max_prompt_tokens,
-    transformer={**FRAMEPACK_F1.transformer, "num_attention_heads": 8, "num_layers": 4, "num_single_layers": 16,
-                 "num_refiner_layers": 1, "text_embed_dim": TINY.text_embed_dim,
-                 "pooled_projection_dim": TINY.pooled_dim, "image_proj_dim": TINY.image_embed_dim},
+    transformer={
+        **FRAMEPACK_F1.transformer,
+        "num_attention_heads": 8,
+        "num_layers": 4,
+        "num_single_layers": 16,
+        "num_refiner_layers": 1,
+        "text_embed_dim": TINY.text_embed_dim,
+        "pooled_projection_dim": TINY.pooled_dim,
+        "image_proj_dim": TINY.image_embed_dim,
+    },
     semantic_pack={**TINY.semantic_pack, "context_dim": 1024, "dim": 256, "num_heads": 4},
 )
-
 
 
 def world_preset(width: int = 128, layers: int = 2) -> Preset:
@@ -177,13 +183,22 @@ def world_preset(width: int = 128, layers: int = 2) -> Preset:
     one-block backbone cannot even hold a 2×2×16 latent patch in its width; this is the smallest size
     whose memory the synthetic world's benchmarks measure (default 128 × 2, `--width`/`--layers`)."""
     if width % 32 or width < 64 or layers < 1:
-        raise ValueError(f"world_preset needs a width that is a multiple of 32, >= 64, and layers >= 1; "
-                         f"got {width}, {layers}")
+        raise ValueError(
+            f"world_preset needs a width that is a multiple of 32, >= 64, and layers >= 1; got {width}, {layers}"
+        )
     return dataclasses.replace(
-        TINY, name=f"world-{width}x{layers}",
-        transformer={**TINY.transformer, "num_attention_heads": width // 32, "attention_head_dim": 32,
-                     "rope_axes_dim": (8, 12, 12), "num_layers": layers, "num_single_layers": layers},
-        semantic_pack={**TINY.semantic_pack, "context_dim": width, "dim": width // 2, "num_heads": 4})
+        TINY,
+        name=f"world-{width}x{layers}",
+        transformer={
+            **TINY.transformer,
+            "num_attention_heads": width // 32,
+            "attention_head_dim": 32,
+            "rope_axes_dim": (8, 12, 12),
+            "num_layers": layers,
+            "num_single_layers": layers,
+        },
+        semantic_pack={**TINY.semantic_pack, "context_dim": width, "dim": width // 2, "num_heads": 4},
+    )
 
 
 WORLD = world_preset()  # the benchmark's default size (not a training preset: it has no prep output of its own)
@@ -191,7 +206,7 @@ WORLD = world_preset()  # the benchmark's default size (not a training preset: i
 PRESETS: dict[str, Preset] = {p.name: p for p in (TINY, FRAMEPACK_F1, F1_SCALED)}
 
 
-def get_preset(name: "str | Preset") -> Preset:
+def get_preset(name: str | Preset) -> Preset:
     """Look a preset up by name, with an error that lists the valid names (a Preset passes through:
     scaled variants for measurements)."""
     if isinstance(name, Preset):
@@ -215,8 +230,9 @@ def sections_for_frames(frames: int, window: int = SECTION_LATENT_FRAMES, tempor
     return max(1, -(-(frames - 1) // per_section))
 
 
-def section_start_seconds(index: int, fps: float = FPS, window: int = SECTION_LATENT_FRAMES,
-                          temporal: int = VAE_TEMPORAL) -> float:
+def section_start_seconds(
+    index: int, fps: float = FPS, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL
+) -> float:
     """Where new section `index` starts on the video's clock: n · 1.2 s at 30 fps (section 0 holds the
     start frame too, so section n's frames follow the first 1 + 36·n). Prompt timelines snap to these."""
     return index * temporal * window / fps

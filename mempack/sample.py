@@ -43,12 +43,19 @@ class SampleVideo:
 
 
 SAMPLE_VIDEOS = [  # sections per moving shot: 2, 1 | 2 | 3 (portrait)
-    SampleVideo("street_two_shots", "a red square drives across a striped street, then a blue one",
-                [SampleShot(76, 1.5, 0), SampleShot(40, -2.0, 120)]),
-    SampleVideo("static_then_moving", "a quiet wall, then a ball rolling across a field",
-                [SampleShot(40, 0.0, 60), SampleShot(76, 1.0, 200)]),
-    SampleVideo("long_single_shot", "a yellow kite sweeps across a long sky", [SampleShot(112, 1.2, 30)],
-                size=(128, 96)),
+    SampleVideo(
+        "street_two_shots",
+        "a red square drives across a striped street, then a blue one",
+        [SampleShot(76, 1.5, 0), SampleShot(40, -2.0, 120)],
+    ),
+    SampleVideo(
+        "static_then_moving",
+        "a quiet wall, then a ball rolling across a field",
+        [SampleShot(40, 0.0, 60), SampleShot(76, 1.0, 200)],
+    ),
+    SampleVideo(
+        "long_single_shot", "a yellow kite sweeps across a long sky", [SampleShot(112, 1.2, 30)], size=(128, 96)
+    ),
     SampleVideo("static_only", "", [SampleShot(40, 0.0, 90)]),
 ]
 
@@ -67,7 +74,7 @@ def render_shot(shot: SampleShot, size: tuple[int, int], seed: int) -> np.ndarra
         img = background.copy()
         x = int((w // 4 + shot.speed * i) % (w - side))
         y = h // 2 - side // 2 + int(6 * np.sin(i / 8.0)) * (shot.speed != 0)
-        img[y: y + side, x: x + side] = 255 - base
+        img[y : y + side, x : x + side] = 255 - base
         frames[i] = img.astype(np.uint8)
     return frames
 
@@ -82,8 +89,10 @@ def make_sample(folder: str | Path, size: tuple[int, int] | None = None) -> list
     folder.mkdir(parents=True, exist_ok=True)
     videos = SAMPLE_VIDEOS
     if size:
-        videos = [replace(v, size=size, shots=[replace(s, speed=s.speed * size[1] / v.size[1]) for s in v.shots])
-                  for v in SAMPLE_VIDEOS]
+        videos = [
+            replace(v, size=size, shots=[replace(s, speed=s.speed * size[1] / v.size[1]) for s in v.shots])
+            for v in SAMPLE_VIDEOS
+        ]
     for k, video in enumerate(videos):
         parts = [render_shot(shot, video.size, seed=100 * k + j) for j, shot in enumerate(video.shots)]
         write_mp4(np.concatenate(parts), folder / f"{video.name}.mp4", video.fps)

@@ -88,7 +88,7 @@ def sample_section(
 ) -> torch.Tensor:
     """Euler-integrate one section from `noise` along `times` (t = 0 noise → t = 1 data)."""
     x = noise.to(device=cond.start_latent.device, dtype=torch.float32)
-    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
         v = model(x, torch.tensor([t], device=x.device), cond, packed, memory, guidance)
         x = flow.euler_step(x, v.float(), t, t_next)
     return x
@@ -142,8 +142,15 @@ def generate(
     if prefix is not None:
         finished.append(prefix.float().cpu())
     seconds: list[float] = []
-    sections = generate_sections(model, cond, config, generator=generator, prefix=prefix,
-                                 section_conds=section_conds, memory_on_switch=memory_on_switch)
+    sections = generate_sections(
+        model,
+        cond,
+        config,
+        generator=generator,
+        prefix=prefix,
+        section_conds=section_conds,
+        memory_on_switch=memory_on_switch,
+    )
     for section in tqdm(sections, total=config.sections, desc="sections", unit="section", disable=not progress):
         finished.append(section.latents.cpu())
         seconds.append(section.seconds)
@@ -208,8 +215,9 @@ def generate_sections(
         yield SampledSection(n, section, time.perf_counter() - began)
 
 
-def _reanchored(model: MemoryPackTransformer, cond: Conditioning, tail: list[torch.Tensor],
-                window: int) -> SemanticMemory | None:
+def _reanchored(
+    model: MemoryPackTransformer, cond: Conditioning, tail: list[torch.Tensor], window: int
+) -> SemanticMemory | None:
     """ψ₀ of the new prompt, updated with the whole sections still in the history tail."""
     memory = model.initial_memory(cond)
     for section in tail:
@@ -230,4 +238,3 @@ def _read_prefix(
             memory = model.update_memory(memory, section)
     tail, dropped = _trim_tail(sections, model.config.layout.context_frames)
     return memory, tail, dropped
-

@@ -86,19 +86,58 @@ _SCALARS = [
     ("score", pa.float64()),
 ]
 # `frames` (a shot's stream, never written) may pass 2 GiB for a minute of 480p: 64-bit offsets for it
-ROW_SCHEMA = pa.schema(_SCALARS + [
-    f for name in TENSOR_DTYPES
-    for f in ((name, pa.large_binary() if name == "frames" else pa.binary()), (f"{name}_shape", pa.list_(pa.int32())))
-])
+ROW_SCHEMA = pa.schema(
+    _SCALARS
+    + [
+        f
+        for name in TENSOR_DTYPES
+        for f in (
+            (name, pa.large_binary() if name == "frames" else pa.binary()),
+            (f"{name}_shape", pa.list_(pa.int32())),
+        )
+    ]
+)
 
-CLIP_COLUMNS = ["schema_version", "input_id", "video_id", "source", "source_path", "shot_index", "clip_index",
-                "num_clips", "start_frame", "num_frames", "fps", "source_fps", "height", "width", "caption", "dynamism",
-                "latents", "latents_shape", "latent_dtype"]
+CLIP_COLUMNS = [
+    "schema_version",
+    "input_id",
+    "video_id",
+    "source",
+    "source_path",
+    "shot_index",
+    "clip_index",
+    "num_clips",
+    "start_frame",
+    "num_frames",
+    "fps",
+    "source_fps",
+    "height",
+    "width",
+    "caption",
+    "dynamism",
+    "latents",
+    "latents_shape",
+    "latent_dtype",
+]
 VIDEO_INDEX_COLUMNS = ["schema_version", "video_id", "num_clips", "height", "width"]  # no tensors: the driver's
 VIDEO_COLUMNS = VIDEO_INDEX_COLUMNS + [
-    "source_path", "start_frame", "num_frames", "fps", "source_fps", "caption", "prompt_embeds",
-    "prompt_embeds_shape", "prompt_mask", "prompt_mask_shape", "pooled_prompt_embeds", "pooled_prompt_embeds_shape",
-    "image_embeds", "image_embeds_shape", "image_latent", "image_latent_shape"]
+    "source_path",
+    "start_frame",
+    "num_frames",
+    "fps",
+    "source_fps",
+    "caption",
+    "prompt_embeds",
+    "prompt_embeds_shape",
+    "prompt_mask",
+    "prompt_mask_shape",
+    "pooled_prompt_embeds",
+    "pooled_prompt_embeds_shape",
+    "image_embeds",
+    "image_embeds_shape",
+    "image_latent",
+    "image_latent_shape",
+]
 REJECT_COLUMNS = ["input_id", "source_path", "stage", "reason", "score"]
 WARNING_COLUMNS = ["input_id", "source_path", "stage", "reason"]
 OWN_COLUMNS = {"rejects": REJECT_COLUMNS, "warnings": WARNING_COLUMNS}
@@ -123,8 +162,9 @@ def check_columns(root: str | Path, table: str, columns: list[str]) -> None:
     names = set(pads.dataset(path, format="parquet", partitioning="hive").schema.names)
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataContractError(f"{path} lacks column(s) {', '.join(missing)}: not a complete mempack prep output; "
-                                "re-run prep")
+        raise DataContractError(
+            f"{path} lacks column(s) {', '.join(missing)}: not a complete mempack prep output; re-run prep"
+        )
 
 
 def unpack_checked(name: str, data: bytes | None, shape) -> np.ndarray:
@@ -133,8 +173,10 @@ def unpack_checked(name: str, data: bytes | None, shape) -> np.ndarray:
         raise DataContractError(f"column {name} is empty in a row that needs it")
     expected = int(np.prod([int(s) for s in shape])) * TENSOR_DTYPES[name].itemsize
     if len(data) != expected:
-        raise DataContractError(f"column {name}: {len(data)} bytes do not hold shape {list(shape)} "
-                                f"of {TENSOR_DTYPES[name]} ({expected} bytes)")
+        raise DataContractError(
+            f"column {name}: {len(data)} bytes do not hold shape {list(shape)} "
+            f"of {TENSOR_DTYPES[name]} ({expected} bytes)"
+        )
     return unpack_tensor(name, data, shape)
 
 
@@ -176,7 +218,8 @@ def check_version(where: str | Path, versions) -> None:
             f"{where} holds prep output of schema_version {sorted(found, key=str)}, this mempack reads version "
             f"{SCHEMA_VERSION} (one causal VAE stream per video at 30 fps, resolution buckets, the start latent "
             "encoded from the first frame alone): "
-            "re-run pipelines/prep.py into a new output")
+            "re-run pipelines/prep.py into a new output"
+        )
 
 
 def read_clips(root: str | Path, columns: list[str] | None = None) -> pa.Table:

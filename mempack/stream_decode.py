@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import torch
 
-from mempack.encoders import VideoEncoders, onload, pixels_to_uint8  # noqa: F401 (onload: re-export)
+from mempack.encoders import VideoEncoders, onload, pixels_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class SectionDecoder:
         vae = self.vae
         self._set_tiling()
         onload(vae)
-        tile = self._pending[:, :, start - self._offset: start - self._offset + self.tile_latents]
+        tile = self._pending[:, :, start - self._offset : start - self._offset + self.tile_latents]
         min_h = vae.tile_sample_min_height // vae.spatial_compression_ratio
         min_w = vae.tile_sample_min_width // vae.spatial_compression_ratio
         if vae.use_tiling and (tile.shape[-1] > min_w or tile.shape[-2] > min_h):

@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from mempack.presets import FPS, SECTION_LATENT_FRAMES, VAE_TEMPORAL, section_start_seconds
@@ -53,7 +54,7 @@ class PromptTimeline:
             raise TimelineError(f"a timeline starts at 0s (what comes before {times[0]:g}s?)")
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping) -> "PromptTimeline":
+    def from_mapping(cls, mapping: Mapping) -> PromptTimeline:
         """{seconds: prompt}; keys may be numbers or strings such as "12" or "12s"."""
         entries = []
         for key, prompt in mapping.items():
@@ -61,8 +62,8 @@ class PromptTimeline:
         return cls(tuple(sorted(entries, key=lambda e: e[0])))
 
     @classmethod
-    def parse(cls, text: str) -> "PromptTimeline":
-        """"0s: a kite rises | 12s: it dives" → a timeline."""
+    def parse(cls, text: str) -> PromptTimeline:
+        """ "0s: a kite rises | 12s: it dives" → a timeline."""
         entries = []
         for part in text.split("|"):
             match = _ENTRY.match(part)
@@ -72,7 +73,7 @@ class PromptTimeline:
         return cls(tuple(sorted(entries, key=lambda e: e[0])))
 
     @classmethod
-    def load(cls, path: str | Path) -> "PromptTimeline":
+    def load(cls, path: str | Path) -> PromptTimeline:
         """A YAML or JSON file holding one mapping of seconds → prompt."""
         path = Path(path)
         if not path.is_file():
@@ -95,8 +96,9 @@ class PromptTimeline:
     def prompts(self) -> list[str]:
         return [prompt for _, prompt in self.entries]
 
-    def section_indices(self, sections: int, fps: float = FPS, window: int = SECTION_LATENT_FRAMES,
-                        temporal: int = VAE_TEMPORAL) -> list[int]:
+    def section_indices(
+        self, sections: int, fps: float = FPS, window: int = SECTION_LATENT_FRAMES, temporal: int = VAE_TEMPORAL
+    ) -> list[int]:
         """For each new section, the index of its prompt in `entries` (switches at the nearest section start).
 
         A switch that lands at or after the video's end, or two that land on the same section, is an
@@ -105,14 +107,18 @@ class PromptTimeline:
         step = section_start_seconds(1, fps, window, temporal)
         starts = [math.floor(t / step + 0.5) for t, _ in self.entries]  # nearest; ties go later
         length = section_start_seconds(sections, fps, window, temporal)
-        for (t, _), start in zip(self.entries, starts):
+        for (t, _), start in zip(self.entries, starts, strict=True):
             if start >= sections:
-                raise TimelineError(f"the timeline's switch at {t:g}s is past the video's end ({sections} sections, "
-                                    f"{length:g}s; switches snap to section starts every {step:g}s)")
-        for (t0, _), (t1, _), a, b in zip(self.entries, self.entries[1:], starts, starts[1:]):
+                raise TimelineError(
+                    f"the timeline's switch at {t:g}s is past the video's end ({sections} sections, "
+                    f"{length:g}s; switches snap to section starts every {step:g}s)"
+                )
+        for ((t0, _), (t1, _)), (a, b) in zip(pairwise(self.entries), pairwise(starts), strict=True):
             if a == b:
-                raise TimelineError(f"switches at {t0:g}s and {t1:g}s snap to the same section start ({a * step:g}s): "
-                                    f"put them at least {step:g}s apart")
+                raise TimelineError(
+                    f"switches at {t0:g}s and {t1:g}s snap to the same section start ({a * step:g}s): "
+                    f"put them at least {step:g}s apart"
+                )
         out, entry = [], 0
         for n in range(sections):
             while entry + 1 < len(starts) and starts[entry + 1] <= n:
@@ -137,6 +143,6 @@ def looks_like_timeline(text: str) -> bool:
     return bool(_LOOKS_LIKE_TIMELINE.match(text))
 
 
-def read_prompt(text: str) -> "str | PromptTimeline":
+def read_prompt(text: str) -> str | PromptTimeline:
     """A prompt string as the CLI and the MLflow model receive it: a timeline when written as one."""
     return PromptTimeline.parse(text) if looks_like_timeline(text) else text

@@ -101,13 +101,18 @@ def source_tags(entry_point: str | None = None) -> dict[str, str]:
     from mlflow.utils import mlflow_tags as t
 
     root = Path(__file__).resolve().parents[1]
-    tags = {t.MLFLOW_SOURCE_NAME: entry_point or Path(sys.argv[0]).name or "python",
-            t.MLFLOW_SOURCE_TYPE: "JOB" if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-            else "LOCAL",
-            "mempack.version": _version()}
+    tags = {
+        t.MLFLOW_SOURCE_NAME: entry_point or Path(sys.argv[0]).name or "python",
+        t.MLFLOW_SOURCE_TYPE: "JOB"
+        if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+        else "LOCAL",
+        "mempack.version": _version(),
+    }
     with contextlib.suppress(Exception):
         tags[t.MLFLOW_USER] = getpass.getuser()
-    commit = _git("rev-parse", "HEAD", cwd=root) if _git("rev-parse", "--show-toplevel", cwd=root) == str(root) else None
+    commit = (
+        _git("rev-parse", "HEAD", cwd=root) if _git("rev-parse", "--show-toplevel", cwd=root) == str(root) else None
+    )
     if commit:
         tags[t.MLFLOW_GIT_COMMIT] = commit
         branch = _git("rev-parse", "--abbrev-ref", "HEAD", cwd=root)
@@ -123,8 +128,13 @@ def source_tags(entry_point: str | None = None) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- runs
-def create_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict | None = None,
-               entry_point: str | None = None) -> tuple[object, str]:
+def create_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict | None = None,
+    entry_point: str | None = None,
+) -> tuple[object, str]:
     """(client, run_id) of a new RUNNING run with the source tags, in an experiment made if needed."""
     from mlflow.tracking import MlflowClient
 
@@ -157,8 +167,13 @@ def run_status(client, run_id: str, finish: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tracked_run(tracking_uri: str, experiment: str, run_name: str | None = None, tags: dict | None = None,
-                entry_point: str | None = None) -> Iterator[tuple[object, str]]:
+def tracked_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict | None = None,
+    entry_point: str | None = None,
+) -> Iterator[tuple[object, str]]:
     """`create_run` + `run_status`: `with tracked_run(uri, "mempack-eval") as (client, run_id): ...`."""
     client, run_id = create_run(tracking_uri, experiment, run_name, tags, entry_point)
     with run_status(client, run_id):
@@ -210,8 +225,9 @@ def log_prep_input(client, run_id: str, data_dir: str | Path, context: str = "tr
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(data_dir.resolve()))
     dataset = MetaDataset(source, name=f"prep:{data_dir.name}", digest=digest)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+    client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+    )
     client.set_tag(run_id, DATA_DIGEST_TAG, digest)
     prep_run = read_run_file(data_dir)
     if prep_run:
@@ -224,12 +240,12 @@ def resolve_model_run(reference: str | Path, tracking_uri: str | None = None) ->
     (through the registry), or an export folder (its run folder's mlflow_run.json). None when unknown."""
     text = str(reference)
     if text.startswith("runs:/"):
-        return text[len("runs:/"):].split("/", 1)[0] or None
+        return text[len("runs:/") :].split("/", 1)[0] or None
     if text.startswith("models:/"):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
-        name_part = text[len("models:/"):].strip("/")
+        name_part = text[len("models:/") :].strip("/")
         if "@" in name_part:
             name, alias = name_part.split("@", 1)
             return client.get_model_version_by_alias(name, alias).run_id

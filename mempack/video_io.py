@@ -40,7 +40,7 @@ class Mp4Writer:
         self._stream = None
         self._size: tuple[int, int] | None = None
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self) -> Mp4Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

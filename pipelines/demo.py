@@ -30,12 +30,31 @@ def steps(out: Path, mlflow_uri: str, sections: int) -> list[tuple[str, list[str
     common = ["--mlflow-uri", mlflow_uri]
     return [
         ("prep", ["pipelines/prep.py", "--output", prep, *common]),
-        ("train stage 1", ["pipelines/train.py", "--stage", "1", "--data", prep,
-                           "--output", stage1, "--lr", DEMO_LR[1], *common]),
-        ("train stage 2", ["pipelines/train.py", "--stage", "2", "--data", prep,
-                           "--init", stage1, "--output", stage2, "--lr", DEMO_LR[2], *common]),
-        ("infer", ["pipelines/infer.py", "--checkpoint", stage2, "--sections", str(sections),
-                   "--out", str(video), *common]),
+        (
+            "train stage 1",
+            ["pipelines/train.py", "--stage", "1", "--data", prep, "--output", stage1, "--lr", DEMO_LR[1], *common],
+        ),
+        (
+            "train stage 2",
+            [
+                "pipelines/train.py",
+                "--stage",
+                "2",
+                "--data",
+                prep,
+                "--init",
+                stage1,
+                "--output",
+                stage2,
+                "--lr",
+                DEMO_LR[2],
+                *common,
+            ],
+        ),
+        (
+            "infer",
+            ["pipelines/infer.py", "--checkpoint", stage2, "--sections", str(sections), "--out", str(video), *common],
+        ),
         ("evaluate", ["pipelines/evaluate.py", str(video), "--json", str(layout.eval_dir(out) / "demo.json"), *common]),
     ]
 

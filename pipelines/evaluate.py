@@ -35,8 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experiment", default="mempack-eval", help="MLflow experiment (default: %(default)s)")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal by default)")
-    p.add_argument("--model", help="the model the videos came from (export folder, runs:/ID/model or "
-                   "models:/NAME@ALIAS): the MLflow run is tagged with it and with its training run")
+    p.add_argument(
+        "--model",
+        help="the model the videos came from (export folder, runs:/ID/model or "
+        "models:/NAME@ALIAS): the MLflow run is tagged with it and with its training run",
+    )
     return p.parse_args(argv)
 
 
@@ -79,7 +82,10 @@ def format_table(results: dict[str, dict[str, float]], mean: dict[str, float]) -
     for name, metrics in [*results.items(), ("mean", mean)]:
         rows.append([name, *(f"{metrics[k]:.0f}" if k == "frames" else f"{metrics[k]:.4f}" for k in keys)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -110,18 +116,23 @@ def metric_prefixes(videos: list[Path]) -> list[str]:
     return out
 
 
-def log_mlflow(client, run_id: str, args: argparse.Namespace, videos: list[Path], payload: dict,
-               json_path: Path) -> None:
+def log_mlflow(
+    client, run_id: str, args: argparse.Namespace, videos: list[Path], payload: dict, json_path: Path
+) -> None:
     """Mean metrics, per-video metrics prefixed by stem, params, and the JSON artifact, into an open run."""
     from mlflow.entities import Metric, Param
 
     metrics = [Metric(k, v, 0, 0) for k, v in payload["mean"].items()]
-    for prefix, video in zip(metric_prefixes(videos), videos):
+    for prefix, video in zip(metric_prefixes(videos), videos, strict=True):
         metrics += [Metric(f"{prefix}.{k}", v, 0, 0) for k, v in payload["videos"][str(video)].items()]
-    params = [Param("videos", str(len(videos))), Param("dino", args.dino or "pixel"),
-              Param("clip", args.clip or "pixel"), Param("inputs", ",".join(args.inputs)[:500])]
+    params = [
+        Param("videos", str(len(videos))),
+        Param("dino", args.dino or "pixel"),
+        Param("clip", args.clip or "pixel"),
+        Param("inputs", ",".join(args.inputs)[:500]),
+    ]
     for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000], params=params if start == 0 else [])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
     client.log_artifact(run_id, str(json_path))
 
 
@@ -132,8 +143,9 @@ def evaluate_and_report(args: argparse.Namespace, videos: list[Path], json_path:
     from mempack import tracking
 
     default_name = f"eval-{videos[0].stem}" if len(videos) == 1 else f"eval-{len(videos)}-videos"
-    with tracking.tracked_run(args.mlflow_uri, args.experiment, run_name=args.run_name or default_name,
-                              entry_point="pipelines/evaluate.py") as (client, run_id):
+    with tracking.tracked_run(
+        args.mlflow_uri, args.experiment, run_name=args.run_name or default_name, entry_point="pipelines/evaluate.py"
+    ) as (client, run_id):
         tracking.tag_model_used(client, run_id, args.model, args.mlflow_uri)
         payload = _evaluate_to_json(args, videos, json_path)
         log_mlflow(client, run_id, args, videos, payload, json_path)

@@ -35,8 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image", help="first frame (default: the built-in sample image)")
     p.add_argument("--video", help="continue this video: its frames become the history and feed the memory ψ")
     prompts = p.add_mutually_exclusive_group()
-    prompts.add_argument("--prompt", help='text prompt (default: the built-in sample prompt), or a timeline: '
-                                          '"0s: a kite rises | 12s: it dives" (switches snap to 1.2 s sections)')
+    prompts.add_argument(
+        "--prompt",
+        help="text prompt (default: the built-in sample prompt), or a timeline: "
+        '"0s: a kite rises | 12s: it dives" (switches snap to 1.2 s sections)',
+    )
     prompts.add_argument("--timeline", help="YAML or JSON file of seconds: prompt (a prompt per section)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
@@ -47,12 +50,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
-    p.add_argument("--crf", type=int, default=18,
-                   help="x264 quality, 0-51 (default: %(default)s; 0 = lossless, frame-exact across runs)")
+    p.add_argument(
+        "--crf",
+        type=int,
+        default=18,
+        help="x264 quality, 0-51 (default: %(default)s; 0 = lossless, frame-exact across runs)",
+    )
     p.add_argument("--out", help="output mp4 (default: outputs/infer/<name>.mp4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--vae-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="VAE precision (default auto: fp32 on a CPU, fp16 on a GPU; bf16 bands)")
+    p.add_argument(
+        "--vae-dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="VAE precision (default auto: fp32 on a CPU, fp16 on a GPU; bf16 bands)",
+    )
     p.add_argument("--no-memory", action="store_true", help="switch SemanticPack off (the FramePack-only ablation)")
     p.add_argument("--mlflow-uri", help="log the settings and the mp4 to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-infer")
@@ -98,8 +109,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torch/diffusers load only after the arguments are checked: a typo is answered at once
     from mempack.export import CheckpointError, download_mlflow_model
-    from mempack.layout import infer_dir, newest_export
     from mempack.inference import InferenceError, InferenceRequest, run_inference
+    from mempack.layout import infer_dir, newest_export
 
     out = args.out or str(infer_dir() / f"{default_name(args)}.mp4")
     tracking = contextlib.nullcontext()
@@ -119,20 +130,39 @@ def main(argv=None) -> None:
                     newest = newest_export()
                     model_dir = str(newest) if newest else None
             request = InferenceRequest(
-                model_dir=model_dir, preset=args.preset, encoders=args.encoders, image=args.image, video=args.video,
-                prompt=args.prompt, timeline=args.timeline, seconds=args.seconds, sections=args.sections, fps=args.fps,
-                height=args.height, width=args.width, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                use_memory=not args.no_memory, device=args.device, vae_dtype=args.vae_dtype, crf=args.crf, out=out,
-                progress=not args.quiet)
+                model_dir=model_dir,
+                preset=args.preset,
+                encoders=args.encoders,
+                image=args.image,
+                video=args.video,
+                prompt=args.prompt,
+                timeline=args.timeline,
+                seconds=args.seconds,
+                sections=args.sections,
+                fps=args.fps,
+                height=args.height,
+                width=args.width,
+                steps=args.steps,
+                guidance=args.guidance,
+                seed=args.seed,
+                use_memory=not args.no_memory,
+                device=args.device,
+                vae_dtype=args.vae_dtype,
+                crf=args.crf,
+                out=out,
+                progress=not args.quiet,
+            )
             result = run_inference(request).as_dict()
         except (CheckpointError, InferenceError) as err:
-            raise SystemExit(f"error: {err}")
+            raise SystemExit(f"error: {err}") from None
         if run_id is not None:
             result["mlflow_run_id"] = log_to_mlflow(client, run_id, args.mlflow_uri, args, result)
     per_section = sum(result["section_seconds"]) / len(result["section_seconds"])
     print(json.dumps({k: v for k, v in result.items() if k != "section_seconds"}, indent=2))
-    print(f"video: {result['path']}  ({result['frames']} frames, {result['width']}x{result['height']} "
-          f"at {result['fps']:g} fps, {result['sections']} sections, {per_section:.2f} s/section)")
+    print(
+        f"video: {result['path']}  ({result['frames']} frames, {result['width']}x{result['height']} "
+        f"at {result['fps']:g} fps, {result['sections']} sections, {per_section:.2f} s/section)"
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ import logging
 import os
 from pathlib import Path
 
-from mempack import layout
-from mempack.config import ArgumentParser
 from data_prep.job import AccountingError, PrepConfig, check_config, check_output, run_prep
-from mempack.sample import make_sample
 from data_prep.sources import load_inputs
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args, to_dict
+from mempack import layout
+from mempack.config import ArgumentParser, add_config_arguments, add_config_file_arguments, config_from_args, to_dict
+from mempack.sample import make_sample
 
 
 def build_parser() -> ArgumentParser:
@@ -35,12 +34,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--video-root", help="folder the CSV's file names are relative to (default: the CSV's folder)")
     add_config_file_arguments(p, PrepConfig)
     p.add_argument("--limit", type=int, help="only the first N inputs")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: the job's cluster or a local one)"
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--mlflow-uri", help="also log the run to this MLflow tracking URI")
     p.add_argument("--experiment", default="mempack-prep", help="MLflow experiment (default: %(default)s)")
-    add_config_arguments(p, PrepConfig, choices={"preset": tuple(PRESETS),
-                                                 "vae_dtype": ("auto", "fp32", "fp16", "bf16")})
+    add_config_arguments(
+        p, PrepConfig, choices={"preset": tuple(PRESETS), "vae_dtype": ("auto", "fp32", "fp16", "bf16")}
+    )
     return p
 
 
@@ -57,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, PrepC
     return args, config
 
 
-def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str] | tuple[str, ...] = ()) -> dict:
+def run_tracked(
+    inputs: list, config: PrepConfig, uri: str, experiment: str, protected: list[str] | tuple[str, ...] = ()
+) -> dict:
     """run_prep inside an MLflow run that ends FAILED if prep fails; its id lands beside the output
     (mlflow_run.json) so the training run that reads this output links back to it."""
     from mempack import tracking
@@ -66,9 +70,13 @@ def run_tracked(inputs: list, config: PrepConfig, uri: str, experiment: str, pro
     with tracking.run_status(client, run_id):
         from mlflow.entities import Metric, Param
 
-        params = {"output": str(Path(config.output).resolve()), "preset": config.preset,
-                  "encoders": config.encoders or "tiny", "inputs": str(len(inputs)),
-                  **{f"clip.{k}": v for k, v in to_dict(config.clip).items()}}
+        params = {
+            "output": str(Path(config.output).resolve()),
+            "preset": config.preset,
+            "encoders": config.encoders or "tiny",
+            "inputs": str(len(inputs)),
+            **{f"clip.{k}": v for k, v in to_dict(config.clip).items()},
+        }
         client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         summary = run_prep(inputs, config, protected)
         out = Path(config.output).resolve()

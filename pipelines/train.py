@@ -15,12 +15,10 @@ import json
 import logging
 import os
 
-from mempack.config import ArgumentParser
-from mempack.config import add_config_arguments, add_config_file_arguments, config_from_args
-from mempack.train.forcing import FORCING_MODES
+from mempack.config import ArgumentParser, add_config_arguments, add_config_file_arguments, config_from_args
 from mempack.train.config import MLFLOW_WEIGHTS, TrainConfig
+from mempack.train.forcing import FORCING_MODES
 from mempack.train.optim import TRAINABLE_SCOPES
-
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -31,21 +29,42 @@ def build_parser() -> ArgumentParser:
 
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_config_file_arguments(p, TrainConfig)
-    p.add_argument("--conditioning", choices=FORCING_MODES, help="how the history is made (= --forcing.mode): "
-                   "stage 1 default teacher, stage 2 default direct; stage 2 + teacher is the head-only control, "
-                   "student the k-step ablation")
+    p.add_argument(
+        "--conditioning",
+        choices=FORCING_MODES,
+        help="how the history is made (= --forcing.mode): "
+        "stage 1 default teacher, stage 2 default direct; stage 2 + teacher is the head-only control, "
+        "student the k-step ablation",
+    )
     p.add_argument("--student-steps", help="sampling steps of student forcing (= --forcing.student-steps)")
-    p.add_argument("--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint")
-    p.add_argument("--plan", action="store_true",
-                   help="print this run's per-GPU memory (weights, grads, optimizer, EMA, activations, "
-                   "validation), its checkpoint size and the storage it needs, and exit")
-    p.add_argument("--plan-size", metavar="HxW",
-                   help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run with this --run-name from its last checkpoint"
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print this run's per-GPU memory (weights, grads, optimizer, EMA, activations, "
+        "validation), its checkpoint size and the storage it needs, and exit",
+    )
+    p.add_argument(
+        "--plan-size",
+        metavar="HxW",
+        help="pixel size to plan for (default: the data's, else the preset's bucket nearest 480x832)",
+    )
     p.add_argument("--ray-address", help="Ray cluster address (default: the job's cluster or a local one)")
-    add_config_arguments(p, TrainConfig, required=("stage",),
-                         choices={"stage": (1, 2), "preset": tuple(PRESETS),
-                                  "placement_strategy": PLACEMENT_STRATEGIES, "forcing.mode": FORCING_MODES,
-                                  "trainable": TRAINABLE_SCOPES, "mlflow_weights": MLFLOW_WEIGHTS})
+    add_config_arguments(
+        p,
+        TrainConfig,
+        required=("stage",),
+        choices={
+            "stage": (1, 2),
+            "preset": tuple(PRESETS),
+            "placement_strategy": PLACEMENT_STRATEGIES,
+            "forcing.mode": FORCING_MODES,
+            "trainable": TRAINABLE_SCOPES,
+            "mlflow_weights": MLFLOW_WEIGHTS,
+        },
+    )
     return p
 
 
@@ -73,9 +92,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
 def plan(config: TrainConfig, plan_size: tuple[int, int] | None):
     """The run's `MemoryPlan` from its flags, without Ray or weights (what `--plan` prints; the shipped
     commands are checked with it in tests/test_shipped_commands.py). Bad input: SystemExit("error: ...")."""
+    from mempack.presets import get_preset
     from mempack.train import deepspeed_config
     from mempack.train.plan import data_shapes, latent_size, plan_run
-    from mempack.presets import get_preset
 
     latent, clips = data_shapes(config.data)
     if plan_size is None and latent is not None:

@@ -32,8 +32,8 @@ def ray_local():
 def sample_prep(ray_local, tmp_path_factory):
     """The built-in sample prepped once per session: (output root, summary, config)."""
     from data_prep.job import PrepConfig, run_prep
-    from mempack.sample import make_sample
     from data_prep.sources import load_inputs
+    from mempack.sample import make_sample
 
     folder = tmp_path_factory.mktemp("sample")
     videos = make_sample(folder)
@@ -55,8 +55,12 @@ def _uploaded_bytes(client, run_id: str) -> dict[str, int]:
     from urllib.parse import urlparse
 
     run = client.get_run(run_id)
-    roots = [run.info.artifact_uri] + [m.artifact_location for m in client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")]
+    roots = [run.info.artifact_uri] + [
+        m.artifact_location
+        for m in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    ]
     sizes = {"weights": 0, "all": 0}
     for root in roots:
         for f in Path(urlparse(root).path).rglob("*"):

@@ -25,7 +25,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, needle", CASES, ids=[" ".join(a[0:1] + a[1:2]) + f"-{i}" for i, (a, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "argv, needle", CASES, ids=[" ".join(a[0:1] + a[1:2]) + f"-{i}" for i, (a, _) in enumerate(CASES)]
+)
 def test_bad_argument_is_exactly_one_error_line(argv, needle):
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -54,8 +56,14 @@ def test_console_scripts_are_the_pipelines_entry_points():
         "            assert err.code in (0, None), (name, err.code)\n"
         "    print(name, out.getvalue().splitlines()[0])\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd="/", env={**__import__("os").environ,
-                            "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd="/",
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     usage = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     assert set(usage) == set(scripts)

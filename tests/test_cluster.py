@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +29,21 @@ pytestmark = pytest.mark.slow
 
 def cluster_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT),
-               # a throwaway cluster on 127.0.0.1: no token, so head, node and CLI agree whatever ~/.ray holds
-               RAY_AUTH_MODE="disabled")
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+        # a throwaway cluster on 127.0.0.1: no token, so head, node and CLI agree whatever ~/.ray holds
+        RAY_AUTH_MODE="disabled",
+    )
     return env
 
 
 def ray_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], env=cluster_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [str(BIN / "ray"), *args], env=cluster_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def http_json(url: str, payload: dict | None = None) -> dict:
@@ -68,17 +72,45 @@ def cluster(tmp_path_factory):
     try:
         # `--block` keeps each node in the foreground of its own process group, so teardown stops exactly
         # these two nodes (`ray stop` would also stop any other Ray on this machine)
-        nodes.append(start_node("--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                                str(dashboard), "--include-dashboard", "true", "--resources",
-                                json.dumps({"head_node": 1}), "--disable-usage-stats"))
+        nodes.append(
+            start_node(
+                "--head",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(dashboard),
+                "--include-dashboard",
+                "true",
+                "--resources",
+                json.dumps({"head_node": 1}),
+                "--disable-usage-stats",
+            )
+        )
         dashboard_url = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: alive_nodes(dashboard_url) == 1, 120, "the head node")
         nodes.append(start_node("--address", f"127.0.0.1:{gcs}", "--resources", json.dumps({"second_node": 1})))
         server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-             "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--workers", "1"],
-            env=cluster_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{work / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(work / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env=cluster_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"
         wait_for(lambda: _up(f"{mlflow_url}/health"), 120, "the MLflow server")
         wait_for(lambda: alive_nodes(dashboard_url) == 2, 120, "two alive nodes")
@@ -91,9 +123,25 @@ def cluster(tmp_path_factory):
 def start_node(*args: str) -> subprocess.Popen:
     # each node's dashboard agent on a free port: on the default (52365) a second node, or any other Ray on
     # this machine, leaves the agent without HTTP and job submission fails with "No available agent"
-    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
-                             "--dashboard-agent-listen-port", str(free_port()), *args], env=cluster_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            *args,
+        ],
+        env=cluster_env(),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -125,9 +173,23 @@ def _up(url: str) -> bool:
 def submit(dashboard: str, name: str, *command: str) -> str:
     """`ray job submit --no-wait` with the repo as working dir; returns the submission id."""
     job_id = f"{name}-{uuid.uuid4().hex[:8]}"
+
     def submitted() -> bool:  # the head's job agent starts after the node is alive: poll until it takes the job
-        result = ray_cli("job", "submit", "--address", dashboard, "--submission-id", job_id, "--working-dir", ".",
-                         "--runtime-env-json", EXCLUDES, "--no-wait", "--", *command)
+        result = ray_cli(
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            "--submission-id",
+            job_id,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            EXCLUDES,
+            "--no-wait",
+            "--",
+            *command,
+        )
         if result.returncode != 0 and "No available agent" not in result.stderr:
             raise AssertionError(result.stderr)
         return result.returncode == 0
@@ -147,8 +209,10 @@ def wait_job(dashboard: str, job_id: str, timeout: float = 900) -> str:
         return str(status.value) if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) else None
 
     state = wait_for(finished, timeout, f"job {job_id}", every=3)
-    cli = ray_cli("job", "status", job_id, "--address", dashboard).stdout + ray_cli(
-        "job", "status", job_id, "--address", dashboard).stderr
+    cli = (
+        ray_cli("job", "status", job_id, "--address", dashboard).stdout
+        + ray_cli("job", "status", job_id, "--address", dashboard).stderr
+    )
     assert state.lower() in cli.lower()  # the CLI says the same
     return state
 
@@ -159,18 +223,26 @@ def job_nodes(dashboard: str, job_id: str, name_part: str, kind: str = "tasks") 
 
     hex_id = http_json(f"{dashboard}/api/jobs/{job_id}")["job_id"]
     if kind == "tasks":
-        items = list_tasks(address=dashboard, filters=[("job_id", "=", hex_id)], limit=10_000, detail=True,
-                           raise_on_missing_output=False)
+        items = list_tasks(
+            address=dashboard,
+            filters=[("job_id", "=", hex_id)],
+            limit=10_000,
+            detail=True,
+            raise_on_missing_output=False,
+        )
         return {t.node_id for t in items if name_part in t.name and t.node_id}
-    items = list_actors(address=dashboard, filters=[("job_id", "=", hex_id)], limit=10_000, detail=True,
-                        raise_on_missing_output=False)
+    items = list_actors(
+        address=dashboard, filters=[("job_id", "=", hex_id)], limit=10_000, detail=True, raise_on_missing_output=False
+    )
     return {a.node_id for a in items if name_part in a.class_name and a.node_id}
 
 
 def mlflow_runs(mlflow_url: str, experiment: str) -> list[dict]:
     found = http_json(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}")
-    runs = http_json(f"{mlflow_url}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 100})
+    runs = http_json(
+        f"{mlflow_url}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 100},
+    )
     return runs.get("runs", [])
 
 
@@ -183,9 +255,13 @@ def test_a_job_imports_mempack_from_its_uploaded_working_dir(cluster):
     on PYTHONPATH (ray/_private/runtime_env/working_dir.py, `set_pythonpath_in_context`), ahead of the
     nodes' own PYTHONPATH (this checkout, see `cluster_env`) and of the installed package."""
     dashboard, _, _ = cluster
-    job_id = submit(dashboard, "imports", "python", "-c",
-                    "import os, mempack, pipelines.prep; print('IMPORTED', os.getcwd(), mempack.__file__, "
-                    "pipelines.prep.__file__)")
+    job_id = submit(
+        dashboard,
+        "imports",
+        "python",
+        "-c",
+        "import os, mempack, pipelines.prep; print('IMPORTED', os.getcwd(), mempack.__file__, pipelines.prep.__file__)",
+    )
     assert wait_job(dashboard, job_id, timeout=300) == "SUCCEEDED"
     logs = ray_cli("job", "logs", job_id, "--address", dashboard).stdout
     [line] = [line for line in logs.splitlines() if line.startswith("IMPORTED ")]
@@ -198,8 +274,9 @@ def test_a_job_imports_mempack_from_its_uploaded_working_dir(cluster):
 @pytest.fixture(scope="module")
 def prep_job(cluster):
     dashboard, mlflow_url, work = cluster
-    job_id = submit(dashboard, "prep", "python", "pipelines/prep.py", "--output", str(work / "prep"),
-                    "--mlflow-uri", mlflow_url)
+    job_id = submit(
+        dashboard, "prep", "python", "pipelines/prep.py", "--output", str(work / "prep"), "--mlflow-uri", mlflow_url
+    )
     return job_id, wait_job(dashboard, job_id)
 
 
@@ -219,9 +296,28 @@ def test_prep_job_succeeds_on_both_nodes_and_logs_to_the_server(cluster, prep_jo
 def test_train_job_uses_both_nodes_and_restores_after_a_killed_worker(cluster, prep_job):
     dashboard, mlflow_url, work = cluster
     assert prep_job[1] == "SUCCEEDED"
-    job_id = submit(dashboard, "stage1", "python", "pipelines/train.py", "--stage", "1", "--data", str(work / "prep"),
-                    "--output", str(work / "stage1"), "--max-steps", "40", "--checkpoint-every", "5",
-                    "--placement-strategy", "SPREAD", "--mlflow-uri", mlflow_url, "--run-name", "cluster-stage1")
+    job_id = submit(
+        dashboard,
+        "stage1",
+        "python",
+        "pipelines/train.py",
+        "--stage",
+        "1",
+        "--data",
+        str(work / "prep"),
+        "--output",
+        str(work / "stage1"),
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "5",
+        "--placement-strategy",
+        "SPREAD",
+        "--mlflow-uri",
+        mlflow_url,
+        "--run-name",
+        "cluster-stage1",
+    )
 
     def worker_pids() -> list[int] | None:
         from ray.util.state import list_actors
@@ -229,8 +325,9 @@ def test_train_job_uses_both_nodes_and_restores_after_a_killed_worker(cluster, p
         hex_id = http_json(f"{dashboard}/api/jobs/{job_id}").get("job_id")
         if not hex_id:
             return None
-        actors = list_actors(address=dashboard, filters=[("job_id", "=", hex_id), ("state", "=", "ALIVE")],
-                             raise_on_missing_output=False)
+        actors = list_actors(
+            address=dashboard, filters=[("job_id", "=", hex_id), ("state", "=", "ALIVE")], raise_on_missing_output=False
+        )
         pids = [a.pid for a in actors if a.class_name == "RayTrainWorker" and a.pid]
         return pids if len(pids) == 2 else None
 
@@ -258,8 +355,7 @@ def _fifo_readers(fifo: Path) -> list[int]:
     pids = []
     for fd_dir in Path("/proc").glob("[0-9]*/fd"):
         try:
-            if int(fd_dir.parent.name) != os.getpid() and any(
-                    os.readlink(fd) == str(fifo) for fd in fd_dir.iterdir()):
+            if int(fd_dir.parent.name) != os.getpid() and any(os.readlink(fd) == str(fifo) for fd in fd_dir.iterdir()):
                 pids.append(int(fd_dir.parent.name))
         except (OSError, ValueError):  # a process that ended or is not ours to read
             continue
@@ -298,8 +394,18 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR)  # a writer that never writes: a reader opens, then blocks reading
     try:
-        job_id = submit(dashboard, "prep-kill", "python", "pipelines/prep.py", "--input", str(inputs),
-                        "--output", str(work / "prep_killed"), "--set", "clip.decode_timeout_s=20")
+        job_id = submit(
+            dashboard,
+            "prep-kill",
+            "python",
+            "pipelines/prep.py",
+            "--input",
+            str(inputs),
+            "--output",
+            str(work / "prep_killed"),
+            "--set",
+            "clip.decode_timeout_s=20",
+        )
 
         def stalled_worker() -> int | None:
             for reader in _fifo_readers(fifo.resolve()):
@@ -314,8 +420,17 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
     finally:
         os.close(writer)
     hex_id = http_json(f"{dashboard}/api/jobs/{job_id}")["job_id"]
-    tasks = [t for t in list_tasks(address=dashboard, filters=[("job_id", "=", hex_id)], detail=True,
-                                   limit=10_000, raise_on_missing_output=False) if "FlatMap" in t.name]
+    tasks = [
+        t
+        for t in list_tasks(
+            address=dashboard,
+            filters=[("job_id", "=", hex_id)],
+            detail=True,
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+        if "FlatMap" in t.name
+    ]
     attempts: dict[str, set] = {}
     for t in tasks:
         attempts.setdefault(t.task_id, set()).add((t.attempt_number, t.state))
@@ -332,4 +447,5 @@ def test_prep_survives_a_killed_worker_with_the_same_rows(cluster, prep_job):
     rejects = read_rejects(work / "prep_killed").to_pylist()
     assert len(rejects) == read_rejects(work / "prep").num_rows + 1
     assert [r["reason"] for r in rejects if r["input_id"] == "folder:stalls"] == [
-        "timeout: the decoder sent nothing for 20 s and was killed"]
+        "timeout: the decoder sent nothing for 20 s and was killed"
+    ]

@@ -108,8 +108,12 @@ def test_cluster_files_exist():
     assert len(_launcher_configs()) == 1
     assert len(_of_kind("RayCluster")) == 1
     assert len(_of_kind("RayJob")) == 3
-    assert {p.name for p in DS_FILES} >= {"zero2_bf16.json", "zero3_bf16.json", "zero3_bf16_offload.json",
-                                          "cpu_fp32.json"}
+    assert {p.name for p in DS_FILES} >= {
+        "zero2_bf16.json",
+        "zero3_bf16.json",
+        "zero3_bf16_offload.json",
+        "cpu_fp32.json",
+    }
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(CLUSTER)))
@@ -197,7 +201,9 @@ def test_every_kuberay_cluster_requires_a_ray_token():
     specs = _cluster_specs()
     assert len(specs) == 4
     for name, spec in specs:
-        assert spec.get("authOptions", {}).get("mode") == "token", f"{name}: Ray dashboard / Jobs API without token auth"
+        assert spec.get("authOptions", {}).get("mode") == "token", (
+            f"{name}: Ray dashboard / Jobs API without token auth"
+        )
 
 
 def test_launcher_cluster_runs_every_node_with_token_auth():
@@ -241,8 +247,14 @@ def test_mlflow_start_script():
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    for needle in ("--backend-store-uri", "--artifacts-destination", "--host", "--port",
-                   "MLFLOW_HOST:-127.0.0.1", "sqlite:///"):
+    for needle in (
+        "--backend-store-uri",
+        "--artifacts-destination",
+        "--host",
+        "--port",
+        "MLFLOW_HOST:-127.0.0.1",
+        "sqlite:///",
+    ):
         assert needle in text
 
 
@@ -323,16 +335,29 @@ def test_cpu_fp32_config_trains_one_step(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "TORCH_EXTENSIONS_DIR": str(ext),
-           "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(script), str(CLUSTER / "deepspeed" / "cpu_fp32.json")],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "TORCH_EXTENSIONS_DIR": str(ext),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), str(CLUSTER / "deepspeed" / "cpu_fp32.json")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    assert result == {"changed": True, "finite": True, "stage": 2, "optimizer": "torch.optim.adamw.AdamW",
-                      "steps": 1}
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result == {"changed": True, "finite": True, "stage": 2, "optimizer": "torch.optim.adamw.AdamW", "steps": 1}
     assert not ext.exists() or not any(ext.iterdir()), "a DeepSpeed op was compiled"
 
 
@@ -399,25 +424,38 @@ def test_readme_local_head_sequence_runs_as_written_with_token_auth(tmp_path):
     block = _readme_local_block()
     commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
     commands = [c for c in commands if c and not c.startswith("#")]
-    assert [c.split()[0:2] for c in commands] == [["export", "RAY_AUTH_MODE=token"], ["ray", "get-auth-token"],
-                                                  ["ray", "start"], ["ray", "job"], ["ray", "stop"]], commands
+    assert [c.split()[0:2] for c in commands] == [
+        ["export", "RAY_AUTH_MODE=token"],
+        ["ray", "get-auth-token"],
+        ["ray", "start"],
+        ["ray", "job"],
+        ["ray", "stop"],
+    ], commands
     gcs, dashboard, agent = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="mpk", dir="/tmp")  # short: Ray's socket paths have a length limit
     output = tmp_path / "prep-ray"
     script = "\n".join(commands[:-1])  # everything but `ray stop` (it would stop every Ray on this machine)
     # the agent's HTTP port too: its default (52365) is taken while any other Ray runs on this machine, and then
     # the head never gets an agent and `ray job submit` answers "No available agent to submit job"
-    script = (script.replace("--port=6379", f"--port={gcs} --dashboard-agent-listen-port={agent}")
-              .replace("8265", str(dashboard))
-              .replace("/tmp/ray-mempack", temp_dir).replace('"$PWD/outputs/prep-ray"', str(output)))
+    script = (
+        script.replace("--port=6379", f"--port={gcs} --dashboard-agent-listen-port={agent}")
+        .replace("8265", str(dashboard))
+        .replace("/tmp/ray-mempack", temp_dir)
+        .replace('"$PWD/outputs/prep-ray"', str(output))
+    )
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
+    env.update(
+        HOME=str(home),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+    )
     try:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=600)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert (home / ".ray" / "auth_token").is_file()
         summary = json.loads((output / "summary.json").read_text())
@@ -426,9 +464,14 @@ def test_readme_local_head_sequence_runs_as_written_with_token_auth(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/jobs/", timeout=30)
         assert refused.value.code in (401, 403)
-        no_token = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address",
-                                   f"http://127.0.0.1:{dashboard}"], cwd=ROOT, capture_output=True, text=True,
-                                  env={**env, "RAY_AUTH_MODE": "disabled"}, timeout=120)
+        no_token = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "list", "--address", f"http://127.0.0.1:{dashboard}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            timeout=120,
+        )
         assert no_token.returncode != 0 and "authentication" in (no_token.stdout + no_token.stderr).lower()
     finally:
         left = _stop_head(temp_dir)

@@ -15,9 +15,9 @@ import yaml
 from data_prep.job import PrepConfig
 from data_prep.process import ClipSpec
 from mempack.config import ConfigError, config_keys, dump_config, flag_name, load_config
-from mempack.train.forcing import ForcingConfig
 from mempack.sampling import GenerationConfig
 from mempack.train.config import TrainConfig
+from mempack.train.forcing import ForcingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [TrainConfig, PrepConfig, ClipSpec, ForcingConfig, GenerationConfig]
@@ -81,8 +81,11 @@ def _yaml_lines(nested: dict, indent: str = "") -> list[str]:
 
 def _toml(nested: dict) -> str:
     top = [f'{k} = "{v}"' for k, v in nested.items() if not isinstance(v, dict)]
-    tables = [f"[{k}]\n" + "\n".join(f'{kk} = "{vv}"' for kk, vv in v.items())
-              for k, v in nested.items() if isinstance(v, dict)]
+    tables = [
+        f"[{k}]\n" + "\n".join(f'{kk} = "{vv}"' for kk, vv in v.items())
+        for k, v in nested.items()
+        if isinstance(v, dict)
+    ]
     return "\n".join(top + tables) + "\n"
 
 
@@ -103,16 +106,19 @@ def test_paper_learning_rate_from_yaml_which_reads_it_as_a_string(tmp_path):
     assert config.output == "outputs/train/stage2"  # the stage-derived default follows the override
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("lr=fast", "config key 'lr'"),
-    ("max_steps=1.5", "config key 'max_steps'"),
-    ("use_gpu=maybe", "config key 'use_gpu'"),
-    ("forcing.student_steps=x", "config key 'forcing.student_steps'"),
-    ("forcing.mode=sideways", "forcing mode must be one of"),
-    ("nonsense=1", "unknown config key 'nonsense'"),
-    ("forcing.nonsense=1", "unknown config key 'forcing.nonsense'"),
-    ("lr", "is not key=value"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("lr=fast", "config key 'lr'"),
+        ("max_steps=1.5", "config key 'max_steps'"),
+        ("use_gpu=maybe", "config key 'use_gpu'"),
+        ("forcing.student_steps=x", "config key 'forcing.student_steps'"),
+        ("forcing.mode=sideways", "forcing mode must be one of"),
+        ("nonsense=1", "unknown config key 'nonsense'"),
+        ("forcing.nonsense=1", "unknown config key 'forcing.nonsense'"),
+        ("lr", "is not key=value"),
+    ],
+)
 def test_wrong_type_or_key_is_one_line_naming_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
         load_config(TrainConfig, None, [override])
@@ -126,11 +132,14 @@ def test_defaults_round_trip_through_print_config(cls, tmp_path):
     assert load_config(cls, path) == load_config(cls)
 
 
-@pytest.mark.parametrize("script, cls, required", [("pipelines/train.py", TrainConfig, ["--stage", "1"]),
-                                                   ("pipelines/prep.py", PrepConfig, [])])
+@pytest.mark.parametrize(
+    "script, cls, required",
+    [("pipelines/train.py", TrainConfig, ["--stage", "1"]), ("pipelines/prep.py", PrepConfig, [])],
+)
 def test_every_key_is_a_flag_and_print_config_shows_the_resolved_values(script, cls, required):
-    help_text = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=120, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for key in config_keys(cls):
         assert flag_name(key.name) in help_text, key.name
     first_float = next(k for k in config_keys(cls) if k.type is float)
@@ -147,7 +156,22 @@ def test_train_flags_set_and_aliases_resolve_in_order():
     spec = importlib.util.spec_from_file_location("_train_cli_for_config_test", ROOT / "pipelines" / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    _, config = module.parse_args(["--stage", "2", "--set", "lr=1e-4", "--lr", "3e-5", "--conditioning", "student",
-                                   "--student-steps", "3", "--no-use-gpu", "--forcing.guidance", "2"])
+    _, config = module.parse_args(
+        [
+            "--stage",
+            "2",
+            "--set",
+            "lr=1e-4",
+            "--lr",
+            "3e-5",
+            "--conditioning",
+            "student",
+            "--student-steps",
+            "3",
+            "--no-use-gpu",
+            "--forcing.guidance",
+            "2",
+        ]
+    )
     assert (config.lr, config.forcing.mode, config.forcing.student_steps, config.use_gpu) == (3e-5, "student", 3, False)
     assert config.forcing.guidance == 2.0 and config.output == "outputs/train/stage2"

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from mempack.model import MemoryPackTransformer, SemanticPack, build_backbone, pack_history
 from mempack.presets import TINY
-from tests.test_model import C, H, W, WINDOW, make_cond, open_gate
+from tests.test_model import WINDOW, C, H, W, make_cond, open_gate
 
 ROUND_OFF = 1e-6  # fp32, outputs of order 1
 

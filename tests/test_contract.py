@@ -19,11 +19,17 @@ import pytest
 from data_prep.clips import min_source_frames, plan_stream, resample_indices
 from data_prep.decode import decode_frames
 from data_prep.process import ClipSpec, shot_rows
-from mempack.schema import SCHEMA_VERSION, SchemaVersionError, read_clips, read_videos, unpack_tensor
 from data_prep.shots import Shot
 from mempack.presets import (
-    FPS, PRESETS, SECTION_LATENT_FRAMES, frames_for_sections, get_preset, nearest_bucket, sections_for_frames,
+    FPS,
+    PRESETS,
+    SECTION_LATENT_FRAMES,
+    frames_for_sections,
+    get_preset,
+    nearest_bucket,
+    sections_for_frames,
 )
+from mempack.schema import SCHEMA_VERSION, SchemaVersionError, read_clips, read_videos, unpack_tensor
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,7 @@ def _stream_frames(folder, video, bucket, start: int, count: int) -> np.ndarray:
     from mempack.encoders import resize_center_crop
 
     _, frames = decode_frames(str(folder / f"{video}.mp4"))
-    return resize_center_crop(frames[start: start + count], *bucket)
+    return resize_center_crop(frames[start : start + count], *bucket)
 
 
 def test_section_latents_are_slices_of_one_whole_video_encode(prepped):
@@ -53,15 +59,16 @@ def test_section_latents_are_slices_of_one_whole_video_encode(prepped):
         n = video["num_clips"]
         assert video["num_frames"] == frames_for_sections(n) == 1 + 36 * n
         name = video["video_id"].split(":")[1]
-        frames = _stream_frames(folder, name, (video["height"], video["width"]), video["start_frame"],
-                                video["num_frames"])
+        frames = _stream_frames(
+            folder, name, (video["height"], video["width"]), video["start_frame"], video["num_frames"]
+        )
         stream = encoders.encode_video(frames)[0].numpy()  # [C, 1 + 9n, h, w]
         assert stream.shape[1] == 1 + SECTION_LATENT_FRAMES * n
         mine = sorted((c for c in clips if c["video_id"] == video["video_id"]), key=lambda c: c["clip_index"])
         assert len(mine) == n
         for s, clip in enumerate(mine):
             latents = unpack_tensor("latents", clip["latents"], clip["latents_shape"]).astype(np.float32)
-            np.testing.assert_allclose(latents, stream[:, 1 + 9 * s: 10 + 9 * s], rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(latents, stream[:, 1 + 9 * s : 10 + 9 * s], rtol=1e-3, atol=1e-3)
             assert (clip["height"], clip["width"]) == (video["height"], video["width"])
 
 
@@ -131,7 +138,7 @@ def test_short_shots_of_real_footage_yield_training_videos(src_fps, seconds, sec
     count = int(round(seconds * src_fps)) + 1
     noise = np.random.default_rng(0).integers(0, 256, (72, 128 + count, 3), dtype=np.uint8)
     texture = cv2.GaussianBlur(noise, (7, 7), 0)
-    frames = np.stack([texture[:, i: i + 128] for i in range(count)])  # a camera pan: dynamic enough to keep
+    frames = np.stack([texture[:, i : i + 128] for i in range(count)])  # a camera pan: dynamic enough to keep
     row = {"source": "folder", "source_id": "clip", "source_path": "/x/clip.mp4", "caption": "a bar"}
     out = shot_rows(row, 0, Shot(0, frames), src_fps, ClipSpec(), "framepack-f1")
     if sections == 0:
@@ -171,8 +178,7 @@ def test_the_training_index_never_mixes_shapes(prepped):
     out, _, _ = prepped
     index = video_index(out)
     assert list(index) == sorted(index)  # curriculum: fewest clips first
-    assert {b: len(v) for b, v in index.items()} == {
-        Bucket(1, 48, 80): 1, Bucket(2, 48, 80): 2, Bucket(3, 80, 48): 1}
+    assert {b: len(v) for b, v in index.items()} == {Bucket(1, 48, 80): 1, Bucket(2, 48, 80): 2, Bucket(3, 80, 48): 1}
     assert Bucket(2, 48, 80).name == "bucket_2_48x80"
     videos = {v["video_id"]: v for v in read_videos(out).to_pylist()}
     for bucket, ids in index.items():
@@ -200,4 +206,3 @@ def test_an_old_prep_output_fails_with_one_line_saying_to_rerun_prep(prepped, tm
         message = str(err.value)
         assert "\n" not in message and "re-run pipelines/prep.py" in message, message
         assert f"[{SCHEMA_VERSION - 1}]" in message, message
-

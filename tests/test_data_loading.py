@@ -37,8 +37,11 @@ def _holding(root: Path, video_id: str) -> dict[str, list[int]]:
     found = {}
     for path in sorted(p for table in ("clips", "videos") for p in (root / table).rglob("*.parquet")):
         parquet = pq.ParquetFile(path)
-        groups = [g for g in range(parquet.num_row_groups)
-                  if video_id in parquet.read_row_group(g, columns=["video_id"]).column(0).to_pylist()]
+        groups = [
+            g
+            for g in range(parquet.num_row_groups)
+            if video_id in parquet.read_row_group(g, columns=["video_id"]).column(0).to_pylist()
+        ]
         if groups:
             found[str(path)] = groups
     return found
@@ -58,8 +61,11 @@ def test_reading_one_video_opens_only_the_files_that_hold_it_and_equals_the_full
     assert len(locations) == sum(len(v) for v in index.values()) == 54
     long = next(v for b, ids in index.items() if b.num_clips == 18 for v in ids)
     assert sum(len(g) for g in locations[long].clip_groups) >= 2  # 18 clips: at least two row groups of 16
-    shared = [f for f in {f for w in locations.values() for f in w.clip_files}
-              if sum(f in w.clip_files for w in locations.values()) > 1]
+    shared = [
+        f
+        for f in {f for w in locations.values() for f in w.clip_files}
+        if sum(f in w.clip_files for w in locations.values()) > 1
+    ]
     assert shared  # files that hold other videos' rows too
     sharing = next(v for v, w in locations.items() if shared[0] in w.clip_files)
     for video_id in (long, sharing, *(ids[0] for ids in list(index.values())[::6])):
@@ -68,8 +74,10 @@ def test_reading_one_video_opens_only_the_files_that_hold_it_and_equals_the_full
         located = load_video(root, video_id, locations[video_id], filesystem=fs)
         assert sorted(opened) == sorted(holding), video_id  # its clip file(s) and video file, nothing else
         where = locations[video_id]
-        assert {str(root / f): g for f, g in zip(where.clip_files + where.video_files,
-                                                  where.clip_groups + where.video_groups)} == holding
+        assert {
+            str(root / f): g
+            for f, g in zip(where.clip_files + where.video_files, where.clip_groups + where.video_groups, strict=True)
+        } == holding
         fs, opened = bench.counting_filesystem()
         scanned = load_video(root, video_id, filesystem=fs)
         assert len(set(opened)) == all_files  # the old read: every file of clips/ and videos/
@@ -104,7 +112,7 @@ def _old_order(index: dict, world: int, epochs: int) -> list[list[str]]:
     for _ in range(epochs):
         for ids in index.values():
             padded = [ids[i % len(ids)] for i in range(-(-len(ids) // world) * world)]
-            order += [padded[k: k + world] for k in range(0, len(padded), world)]
+            order += [padded[k : k + world] for k in range(0, len(padded), world)]
     return order
 
 

@@ -185,8 +185,9 @@ def test_a_spatially_tiled_stream_equals_the_tiled_whole_encode():
     """Above TILE_ABOVE_PIXELS the VAE also tiles space (as at 480x832): still the whole encode's numbers."""
     small = VideoEncoders.build("tiny", seed=0)
     small.vae_tiling = True
-    small.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24,
-                            tile_sample_stride_width=24)  # tiles of 32 px, as 256-px tiles sit on 480x832
+    small.vae.enable_tiling(
+        tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24
+    )  # tiles of 32 px, as 256-px tiles sit on 480x832
     video = np.random.default_rng(1).integers(0, 256, (37, 48, 80, 3), dtype=np.uint8)
     streamed = small.encode_video(video)
     x = torch.from_numpy(video)[None].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0

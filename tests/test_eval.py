@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 
 from mempack.eval import (
-    ClipFeatures, DinoFeatures, PixelFeatures, brightness, consistency_to_first, drift, dynamic_threshold,
-    evaluate_video, flow_stats, motion_smoothness, vbench_consistency,
+    ClipFeatures,
+    DinoFeatures,
+    PixelFeatures,
+    brightness,
+    consistency_to_first,
+    drift,
+    dynamic_threshold,
+    evaluate_video,
+    flow_stats,
+    motion_smoothness,
+    vbench_consistency,
 )
 from mempack.video_io import write_mp4
 
@@ -33,7 +42,7 @@ def moving_square(t: int = 10, step: int = 2, side: int = 24) -> np.ndarray:
     """A bright square translating `step` px/frame to the right on a dark background."""
     v = np.full((t, SIZE, SIZE, 3), 20, np.uint8)
     for i in range(t):
-        v[i, 20:20 + side, 4 + step * i:4 + step * i + side] = 230
+        v[i, 20 : 20 + side, 4 + step * i : 4 + step * i + side] = 230
     return v
 
 
@@ -47,7 +56,7 @@ def moving_texture(t: int = 10, step: int = 2, moving_pairs: int | None = None) 
     wide = (wide - wide.min()) / (wide.max() - wide.min()) * 255
     k = t if moving_pairs is None else moving_pairs
     offsets = [step * min(i, k) for i in range(t)]
-    return np.stack([np.repeat(wide[:, o:o + SIZE, None], 3, 2) for o in offsets]).astype(np.uint8)
+    return np.stack([np.repeat(wide[:, o : o + SIZE, None], 3, 2) for o in offsets]).astype(np.uint8)
 
 
 def pixel_reference(frame: np.ndarray) -> np.ndarray:
@@ -152,16 +161,38 @@ def test_brightness_is_mean_over_255():
 
 
 def test_local_model_loading_and_missing_folder(tmp_path):
-    from transformers import (BitImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection,
-                              Dinov2Config, Dinov2Model)
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     size = {"shortest_edge": 32}, {"height": 28, "width": 28}
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dino")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=28,
+            patch_size=14,
+        )
+    ).save_pretrained(tmp_path / "dino")
     BitImageProcessor(size=size[0], crop_size=size[1]).save_pretrained(tmp_path / "dino")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                                   num_attention_heads=2, image_size=28, patch_size=14,
-                                                   projection_dim=16)).save_pretrained(tmp_path / "clip")
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=16,
+        )
+    ).save_pretrained(tmp_path / "clip")
     CLIPImageProcessor(size=size[0], crop_size=size[1]).save_pretrained(tmp_path / "clip")
     dino, clip = DinoFeatures(tmp_path / "dino", device="cpu"), ClipFeatures(tmp_path / "clip", device="cpu")
     video = static_video(3)
@@ -173,8 +204,9 @@ def test_local_model_loading_and_missing_folder(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipelines/evaluate.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "pipelines/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_table_json_and_mlflow(tmp_path):
@@ -190,8 +222,17 @@ def test_cli_table_json_and_mlflow(tmp_path):
     assert "still.mp4" in proc.stdout and "mean" in proc.stdout
     payload = json.loads(out.read_text())
     assert sorted(Path(p).name for p in payload["videos"]) == ["moving.mp4", "still.mp4"]
-    for key in ("frames", "fps", "subject_consistency", "background_consistency", "dynamic_degree",
-                "flow_magnitude", "motion_smoothness", "drift_subject_consistency", "drift_brightness"):
+    for key in (
+        "frames",
+        "fps",
+        "subject_consistency",
+        "background_consistency",
+        "dynamic_degree",
+        "flow_magnitude",
+        "motion_smoothness",
+        "drift_subject_consistency",
+        "drift_brightness",
+    ):
         assert key in payload["mean"]
     assert payload["videos"][str(videos / "still.mp4")]["frames"] == 6
 

@@ -25,7 +25,7 @@ def test_euler_integration_of_exact_velocity_lands_on_data():
     x, eps = torch.randn(1, 4, 3, 2, 2, generator=g), torch.randn(1, 4, 3, 2, 2, generator=g)
     times = flow.sampling_times(7, mu=0.8)
     z = eps.clone()
-    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
         # the exact field of the straight path through (eps, x): v(z, t) = x - eps
         z = flow.euler_step(z, flow.velocity_target(x, eps), t, t_next)
     assert torch.allclose(z, x, atol=1e-5)

@@ -1,14 +1,15 @@
 """Teacher, direct and student forcing on the tiny model: what each clip is conditioned on."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
 from mempack import flow
-from mempack.train.forcing import ForcingConfig, resolve_mode, student_sample, video_clip_steps
-from mempack.sampling import sample_section, section_times
-from mempack.model import pack_history
-from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.presets import TINY
+from mempack.sampling import sample_section, section_times
+from mempack.train.forcing import ForcingConfig, resolve_mode, student_sample, video_clip_steps
 from tests.test_model import open_gate
 
 C, H, W, WINDOW, CLIPS = 16, 8, 8, 9, 3
@@ -31,14 +32,15 @@ def setup():
 
 def test_direct_forcing_conditions_each_clip_on_the_previous_one_step_estimate(setup):
     model, cond, clips = setup
-    steps = list(video_clip_steps(model, clips, cond, ForcingConfig(mode="direct"),
-                                  generator=torch.Generator().manual_seed(1)))
+    steps = list(
+        video_clip_steps(model, clips, cond, ForcingConfig(mode="direct"), generator=torch.Generator().manual_seed(1))
+    )
     assert [s.index for s in steps] == [0, 1, 2]
     assert steps[0].history is None
-    for prev, cur in zip(steps, steps[1:]):
+    for prev, cur in pairwise(steps):
         expected = flow.one_step_estimate(prev.x_t, prev.velocity, prev.t)  # x_t + (1 - t) v
         torch.testing.assert_close(cur.history[:, :, -WINDOW:], expected, atol=0, rtol=0)
-        assert not torch.allclose(cur.history[:, :, -WINDOW:], clips[prev.index: prev.index + 1])
+        assert not torch.allclose(cur.history[:, :, -WINDOW:], clips[prev.index : prev.index + 1])
     torch.testing.assert_close(steps[2].history[:, :, :WINDOW], steps[0].estimate, atol=0, rtol=0)
 
 
@@ -53,8 +55,15 @@ def test_teacher_forcing_conditions_on_ground_truth(setup):
 
 def test_student_forcing_conditions_on_a_sampled_clip(setup):
     model, cond, clips = setup
-    steps = list(video_clip_steps(model, clips[:2], cond, ForcingConfig(mode="student", student_steps=2),
-                                  generator=torch.Generator().manual_seed(2)))
+    steps = list(
+        video_clip_steps(
+            model,
+            clips[:2],
+            cond,
+            ForcingConfig(mode="student", student_steps=2),
+            generator=torch.Generator().manual_seed(2),
+        )
+    )
     history = steps[1].history
     assert history.shape == clips[:1].shape
     assert not torch.allclose(history, clips[:1]) and not torch.allclose(history, steps[0].estimate)
@@ -96,8 +105,9 @@ def test_a_clips_loss_reaches_the_memory_written_window_sections_before(setup, w
     model.zero_grad()
     outputs, handle = _memorize_outputs(model)
     try:
-        (step,) = video_clip_steps(model, clips, cond, ForcingConfig(mode="teacher", memory_grad_window=window),
-                                   generator=g, only_clip=n)
+        (step,) = video_clip_steps(
+            model, clips, cond, ForcingConfig(mode="teacher", memory_grad_window=window), generator=g, only_clip=n
+        )
         step.loss.backward()
     finally:
         handle.remove()
@@ -139,21 +149,34 @@ def test_student_forcing_samples_with_the_inference_sampler(setup):
     config = ForcingConfig(mode="student", student_steps=3, sample_guidance=7.0)
     shape = tuple(clips[:1].shape)
     memory = model.initial_memory(cond)
-    ours = student_sample(model, cond, clips[:1], memory, shape, config.student_steps, config.sample_guidance,
-                          torch.Generator().manual_seed(9))
+    ours = student_sample(
+        model,
+        cond,
+        clips[:1],
+        memory,
+        shape,
+        config.student_steps,
+        config.sample_guidance,
+        torch.Generator().manual_seed(9),
+    )
     times = section_times(model, shape, 3)  # F1's dynamic shift, as generate() uses
     assert not torch.allclose(times, torch.linspace(0, 1, 4))
     packed = pack_history(cond.start_latent, clips[:1], model.config.layout, model.config.rope)
-    reference = sample_section(model, cond, packed, memory, torch.randn(shape, generator=torch.Generator().manual_seed(9)),
-                               times, 7.0)
+    reference = sample_section(
+        model, cond, packed, memory, torch.randn(shape, generator=torch.Generator().manual_seed(9)), times, 7.0
+    )
     torch.testing.assert_close(ours, reference, atol=0, rtol=0)
 
 
 def test_batched_videos_train_like_single_ones(setup):
     model, cond, clips = setup
     both = torch.stack([clips, clips.flip(0)])  # [B=2, N, C, T, h, w]
-    cond2 = Conditioning(*(torch.cat([v, v]) for v in (cond.prompt_embeds, cond.prompt_mask, cond.pooled,
-                                                       cond.image_embeds, cond.start_latent)))
+    cond2 = Conditioning(
+        *(
+            torch.cat([v, v])
+            for v in (cond.prompt_embeds, cond.prompt_mask, cond.pooled, cond.image_embeds, cond.start_latent)
+        )
+    )
     steps = list(video_clip_steps(model, both, cond2, ForcingConfig(mode="direct")))
     assert [s.index for s in steps] == [0, 1, 2]
     assert steps[2].history.shape == (2, C, 2 * WINDOW, H, W) and steps[0].t.shape == (2,)

@@ -9,6 +9,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipe
 from torch.utils.flop_counter import FlopCounterMode
 
 from mempack import flow
+from mempack.inference import conditioning
+from mempack.model import Conditioning, MemoryPackTransformer, pack_history
+from mempack.sample import SAMPLE_PROMPT, sample_image
 from mempack.sampling import (
     GenerationConfig,
     frames_for_sections,
@@ -17,9 +20,6 @@ from mempack.sampling import (
     section_times,
     sections_for_frames,
 )
-from mempack.inference import conditioning
-from mempack.model import Conditioning, MemoryPackTransformer, pack_history
-from mempack.sample import SAMPLE_PROMPT, sample_image
 from tests.test_model import open_gate
 
 
@@ -33,10 +33,16 @@ def test_reference_matches_diffusers_vanilla_f1_sampling(encoders):
     model = MemoryPackTransformer.from_preset("tiny", seed=3, use_semantic_pack=False, rope="relative").eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True)
     pipe = HunyuanVideoFramepackPipeline(
-        text_encoder=encoders.text_encoder, tokenizer=encoders.tokenizer, transformer=model.backbone,
-        vae=encoders.vae, scheduler=scheduler, text_encoder_2=encoders.text_encoder_2,
-        tokenizer_2=encoders.tokenizer_2, image_encoder=encoders.image_encoder,
-        feature_extractor=encoders.feature_extractor)
+        text_encoder=encoders.text_encoder,
+        tokenizer=encoders.tokenizer,
+        transformer=model.backbone,
+        vae=encoders.vae,
+        scheduler=scheduler,
+        text_encoder_2=encoders.text_encoder_2,
+        tokenizer_2=encoders.tokenizer_2,
+        image_encoder=encoders.image_encoder,
+        feature_extractor=encoders.feature_extractor,
+    )
     pipe.set_progress_bar_config(disable=True)
     image = sample_image(32, 32)
     text = encoders.encode_prompt([SAMPLE_PROMPT])
@@ -47,14 +53,28 @@ def test_reference_matches_diffusers_vanilla_f1_sampling(encoders):
     image_embeds = pipe.encode_image(pixels, dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     start = pipe.prepare_image_latents(pixels, dtype=torch.float32, device="cpu", generator=generator)
-    ours = generate(model, Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, image_embeds, start),
-                    GenerationConfig(sections=sections, steps=steps, guidance=guidance, seed=seed), progress=False,
-                    generator=generator)
-    theirs = pipe(image=image, prompt_embeds=text.prompt_embeds, prompt_attention_mask=text.prompt_mask,
-                  pooled_prompt_embeds=text.pooled, height=32, width=32,
-                  num_frames=33 * sections, latent_window_size=9, num_inference_steps=steps,
-                  guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="latent",
-                  sampling_type="vanilla").frames[-1]
+    ours = generate(
+        model,
+        Conditioning(text.prompt_embeds, text.prompt_mask, text.pooled, image_embeds, start),
+        GenerationConfig(sections=sections, steps=steps, guidance=guidance, seed=seed),
+        progress=False,
+        generator=generator,
+    )
+    theirs = pipe(
+        image=image,
+        prompt_embeds=text.prompt_embeds,
+        prompt_attention_mask=text.prompt_mask,
+        pooled_prompt_embeds=text.pooled,
+        height=32,
+        width=32,
+        num_frames=33 * sections,
+        latent_window_size=9,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        sampling_type="vanilla",
+    ).frames[-1]
     assert theirs.shape == ours.latents.shape == (1, 16, 1 + 9 * sections, 4, 4)
     # the only difference: diffusers feeds timestep = 1000·σ from float64 sigmas, we compute
     # 1000·(1 − t) in float32, a ~1e-5 relative change of the timestep embedding
@@ -105,8 +125,13 @@ def test_section_cost_does_not_grow_with_the_video(cond):
     flops: list[int] = []
     counter = FlopCounterMode(display=False)
     with counter:
-        generate(model, cond, GenerationConfig(sections=8, steps=1), progress=False,
-                 on_section=lambda n, x: flops.append(counter.get_total_flops()))
+        generate(
+            model,
+            cond,
+            GenerationConfig(sections=8, steps=1),
+            progress=False,
+            on_section=lambda n, x: flops.append(counter.get_total_flops()),
+        )
     per_section = np.diff([0, *flops])
     assert per_section[0] > 0
     # section 1 attends to ψ₀ (prompt ⊕ image tokens); from section 2 on ψ is Squeeze's fixed-size output
@@ -138,15 +163,22 @@ def test_continuing_a_video_equals_generating_it_in_one_go(cond):
     shape = (1, 16, 9, *cond.start_latent.shape[-2:])
     for _ in range(3):
         torch.randn(shape, generator=g)  # the noise of the three given sections
-    prefix = whole[:, :, 1: 1 + 27]
-    continued = generate(model, cond, GenerationConfig(sections=2, steps=2), progress=False, generator=g,
-                         prefix=prefix).latents
+    prefix = whole[:, :, 1 : 1 + 27]
+    continued = generate(
+        model, cond, GenerationConfig(sections=2, steps=2), progress=False, generator=g, prefix=prefix
+    ).latents
     assert continued.shape == whole.shape
     torch.testing.assert_close(continued, whole, atol=1e-6, rtol=0)
     # without the prefix's ψ updates the continuation differs: the memory really read the given video
     g2 = torch.Generator().manual_seed(7)
     for _ in range(3):
         torch.randn(shape, generator=g2)
-    no_memory = generate(model, cond, GenerationConfig(sections=2, steps=2, use_memory=False), progress=False,
-                         generator=g2, prefix=prefix).latents
+    no_memory = generate(
+        model,
+        cond,
+        GenerationConfig(sections=2, steps=2, use_memory=False),
+        progress=False,
+        generator=g2,
+        prefix=prefix,
+    ).latents
     assert not torch.allclose(no_memory[:, :, -18:], whole[:, :, -18:])

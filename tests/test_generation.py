@@ -30,16 +30,18 @@ KW = dict(image=sample_image(32, 32), height=32, width=32, num_inference_steps=1
 
 @pytest.fixture(scope="module")
 def pipe() -> MemoryPackPipeline:
-    pipe = MemoryPackPipeline.from_model(MemoryPackTransformer.from_preset("tiny", seed=1).eval(),
-                                         VideoEncoders.build("tiny", seed=0))
+    pipe = MemoryPackPipeline.from_model(
+        MemoryPackTransformer.from_preset("tiny", seed=1).eval(), VideoEncoders.build("tiny", seed=0)
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def latents(pipe, prompt, sections: int = 3, seed: int = 4) -> torch.Tensor:
     frames = 1 + 36 * sections
-    return pipe(prompt=prompt, num_frames=frames, output_type="latent", generator=torch.Generator().manual_seed(seed),
-                **KW).frames
+    return pipe(
+        prompt=prompt, num_frames=frames, output_type="latent", generator=torch.Generator().manual_seed(seed), **KW
+    ).frames
 
 
 def test_timeline_syntax_and_snapping():
@@ -50,8 +52,12 @@ def test_timeline_syntax_and_snapping():
     assert section_start_seconds(10) == pytest.approx(12.0)
     assert PromptTimeline.parse("0s: a | 1.7s: b").section_indices(3) == [0, 1, 1]  # 1.7 s → 1.2 s
     assert PromptTimeline.parse("0s: a | 1.9s: b").section_indices(3) == [0, 0, 1]  # 1.9 s → 2.4 s
-    for text, needle in (("0s: a | 3.6s: b", "past the video's end"), ("0s: a | 0.5s: b", "same section start"),
-                         ("2s: a", "starts at 0s"), ("0s: a | b", "SECONDSs: prompt")):
+    for text, needle in (
+        ("0s: a | 3.6s: b", "past the video's end"),
+        ("0s: a | 0.5s: b", "same section start"),
+        ("2s: a", "starts at 0s"),
+        ("0s: a | b", "SECONDSs: prompt"),
+    ):
         with pytest.raises(TimelineError, match=needle):
             PromptTimeline.parse(text).section_indices(3)
 
@@ -134,10 +140,17 @@ def test_cli_timeline_errors_are_one_line(tmp_path):
     out = tmp_path / "x.mp4"
     common = ("--quiet", "--sections", "1", "--steps", "1", "--height", "32", "--width", "32", "--out", str(out))
     (tmp_path / "t.json").write_text("{not json")
-    for args, needle in ((("--prompt", "0s: a kite | 5s: it dives"), "past the video's end"),
-                         (("--timeline", str(tmp_path / "t.json")), "cannot read timeline")):
-        result = subprocess.run([sys.executable, "pipelines/infer.py", *common, *args], cwd=ROOT, capture_output=True,
-                                text=True, timeout=300)
+    for args, needle in (
+        (("--prompt", "0s: a kite | 5s: it dives"), "past the video's end"),
+        (("--timeline", str(tmp_path / "t.json")), "cannot read timeline"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "pipelines/infer.py", *common, *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         assert result.returncode != 0 and lines[-1].startswith("error:") and needle in lines[-1], result.stderr
         assert "Traceback" not in result.stderr
@@ -149,6 +162,12 @@ def test_docs_python_blocks_run(tmp_path):
     text = (ROOT / "docs" / "generation.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 2
-    result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -19,9 +19,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_at_tiny_size_and_reports_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--double-layers", "1",
-                           "--single-layers", "1", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--tiny",
+            "--double-layers",
+            "1",
+            "--single-layers",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "stage-1 step, ZeRO-3 one rank" in proc.stdout and "s/frame" in proc.stdout
     result = json.loads(out.read_text())

@@ -34,8 +34,9 @@ def read_back(path: Path) -> tuple[np.ndarray, float]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipelines/infer.py", "--quiet", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "pipelines/infer.py", "--quiet", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -48,8 +49,24 @@ def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> N
 def test_cli_writes_the_requested_frames_size_and_fps(export, tmp_path):
     out = tmp_path / "video.mp4"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli("--checkpoint", str(export), "--seconds", "3", "--fps", "10", "--height", "48", "--width", "32",
-                     "--steps", "2", "--out", str(out), "--mlflow-uri", uri)
+    result = run_cli(
+        "--checkpoint",
+        str(export),
+        "--seconds",
+        "3",
+        "--fps",
+        "10",
+        "--height",
+        "48",
+        "--width",
+        "32",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--mlflow-uri",
+        uri,
+    )
     assert result.returncode == 0, result.stderr
     frames, fps = read_back(out)
     assert frames.shape == (30, 48, 32, 3) and fps == 10.0
@@ -59,8 +76,9 @@ def test_cli_writes_the_requested_frames_size_and_fps(export, tmp_path):
 
 
 def test_sections_decide_the_length(export, tmp_path):
-    result = run_inference(InferenceRequest(model_dir=str(export), sections=2, steps=1, out=str(tmp_path / "a.mp4"),
-                                            progress=False))
+    result = run_inference(
+        InferenceRequest(model_dir=str(export), sections=2, steps=1, out=str(tmp_path / "a.mp4"), progress=False)
+    )
     frames, fps = read_back(Path(result.path))
     # the start frame + 2 sections of 9 latent frames, 4 pixel frames each; tiny's 64x64 at the one clock's 30 fps
     assert frames.shape == (1 + 2 * 9 * 4, 64, 64, 3) and fps == 30.0 and result.sections == 2
@@ -72,10 +90,23 @@ def test_same_seed_same_video_frame_for_frame(export, tmp_path):
     Lossless x264 (--crf 0), because lossy x264 is not bit-stable in this build: its first encode in a
     process after torch has run can differ in low bits (it reads memory it did not initialise).
     """
+
     def make(name: str, seed: int) -> Path:
         out = tmp_path / name
-        result = run_cli("--checkpoint", str(export), "--sections", "2", "--steps", "2", "--seed", str(seed),
-                         "--crf", "0", "--out", str(out))
+        result = run_cli(
+            "--checkpoint",
+            str(export),
+            "--sections",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            str(seed),
+            "--crf",
+            "0",
+            "--out",
+            str(out),
+        )
         assert result.returncode == 0, result.stderr
         return out
 
@@ -99,8 +130,9 @@ def test_image_and_prompt_condition_the_video(export, tmp_path):
     image[20:60, 30:90] = (250, 40, 40)
     Image.fromarray(image).save(tmp_path / "red.png")
     base = dict(model_dir=str(export), sections=1, steps=2, progress=False)
-    red = run_inference(InferenceRequest(**base, image=str(tmp_path / "red.png"), prompt="a red box",
-                                         out=str(tmp_path / "red.mp4")))
+    red = run_inference(
+        InferenceRequest(**base, image=str(tmp_path / "red.png"), prompt="a red box", out=str(tmp_path / "red.mp4"))
+    )
     sample = run_inference(InferenceRequest(**base, out=str(tmp_path / "sample.mp4")))
     assert not np.array_equal(read_back(Path(red.path))[0], read_back(Path(sample.path))[0])
 
@@ -155,8 +187,9 @@ def test_bad_requests_are_one_clear_line(export, tmp_path):
     ]
     for args, needle in cases:
         assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(out), *args), needle)
-    assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(blocker / "x.mp4")),
-                          "cannot create output folder")
+    assert_one_line_error(
+        run_cli("--checkpoint", str(export), "--out", str(blocker / "x.mp4")), "cannot create output folder"
+    )
     assert not out.exists() and not list(tmp_path.rglob("*.mp4"))
 
 
@@ -165,8 +198,9 @@ def test_library_refuses_nan_and_infinite_lengths(export, tmp_path):
 
     for field, value in (("seconds", float("nan")), ("seconds", float("inf")), ("fps", float("nan"))):
         with pytest.raises(InferenceError, match=f"--{field} must be > 0 and finite"):
-            run_inference(InferenceRequest(model_dir=str(export), out=str(tmp_path / "x.mp4"), progress=False,
-                                           **{field: value}))
+            run_inference(
+                InferenceRequest(model_dir=str(export), out=str(tmp_path / "x.mp4"), progress=False, **{field: value})
+            )
     assert not list(tmp_path.iterdir())
 
 
@@ -188,8 +222,7 @@ def test_exif_rotated_photo_is_upright(export, tmp_path):
 
 def test_pipeline_export_and_missing_encoders(tmp_path):
     """A complete export (model_index.json) runs; a bare model folder with no encoders named is one line."""
-    from mempack.export import EncoderSpec
-    from mempack.export import export_pipeline
+    from mempack.export import EncoderSpec, export_pipeline
 
     model = MemoryPackTransformer.from_preset("tiny", seed=2)
     model.save_pretrained(tmp_path / "bare")
@@ -198,19 +231,22 @@ def test_pipeline_export_and_missing_encoders(tmp_path):
     result = run_cli("--checkpoint", str(tmp_path / "run"), "--sections", "1", "--steps", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert read_back(out)[0].shape == (37, 64, 64, 3)
-    assert_one_line_error(run_cli("--checkpoint", str(tmp_path / "bare"), "--out", str(tmp_path / "b.mp4")),
-                          "holds no encoders")
+    assert_one_line_error(
+        run_cli("--checkpoint", str(tmp_path / "bare"), "--out", str(tmp_path / "b.mp4")), "holds no encoders"
+    )
     assert not (tmp_path / "b.mp4").exists()
 
 
 def test_cli_continues_a_given_video(export, tmp_path):
     """--video: the given clip is the start of the output (as the VAE reconstructs it), then new sections."""
     given = tmp_path / "given.mp4"
-    first = run_inference(InferenceRequest(model_dir=str(export), sections=1, steps=1, out=str(given), crf=0,
-                                           progress=False))
+    first = run_inference(
+        InferenceRequest(model_dir=str(export), sections=1, steps=1, out=str(given), crf=0, progress=False)
+    )
     out = tmp_path / "continued.mp4"
-    result = run_cli("--checkpoint", str(export), "--video", str(given), "--sections", "2", "--steps", "1",
-                     "--out", str(out))
+    result = run_cli(
+        "--checkpoint", str(export), "--video", str(given), "--sections", "2", "--steps", "1", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     frames, _ = read_back(out)
     given_frames, _ = read_back(given)

@@ -11,9 +11,15 @@ from mempack import layout
 
 
 def tree(root=layout.ROOT) -> dict[str, Path]:
-    return {"prep": layout.prep_dir(root), "train": layout.train_dir(root), "stage1": layout.stage_dir(1, root),
-            "stage2": layout.stage_dir(2, root), "infer": layout.infer_dir(root), "eval": layout.eval_dir(root),
-            "mlflow": layout.mlflow_db(root)}
+    return {
+        "prep": layout.prep_dir(root),
+        "train": layout.train_dir(root),
+        "stage1": layout.stage_dir(1, root),
+        "stage2": layout.stage_dir(2, root),
+        "infer": layout.infer_dir(root),
+        "eval": layout.eval_dir(root),
+        "mlflow": layout.mlflow_db(root),
+    }
 
 
 def test_every_default_of_every_stage_lies_under_the_one_root(tmp_path):
@@ -41,8 +47,9 @@ def test_a_changed_root_moves_the_whole_tree(tmp_path):
     elsewhere = tmp_path / "runs" / "today"
     moved = tree(elsewhere)
     assert all(p.is_relative_to(elsewhere) for p in moved.values())
-    assert {k: p.relative_to(elsewhere) for k, p in moved.items()} == \
-        {k: p.relative_to(layout.ROOT) for k, p in tree().items()}
+    assert {k: p.relative_to(elsewhere) for k, p in moved.items()} == {
+        k: p.relative_to(layout.ROOT) for k, p in tree().items()
+    }
 
 
 def test_newest_export_prefers_stage_2_and_needs_a_finished_export(tmp_path):

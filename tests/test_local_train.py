@@ -4,12 +4,12 @@ that the loss really falls on the synthetic world."""
 import pytest
 import torch
 
-from mempack.train.forcing import ForcingConfig
+from mempack.fidelity.world import World, WorldConfig
 from mempack.model import MemoryPackTransformer
 from mempack.train.config import TrainConfig
+from mempack.train.forcing import ForcingConfig
 from mempack.train.in_process import LocalTrainConfig, train_in_process
 from mempack.train.step import clips_trained_per_video, samples_one_clip, trained_clip
-from mempack.fidelity.world import World, WorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,19 @@ def test_stage_two_trains_only_the_head_with_one_optimizer_step_per_video(world)
 
     torch.optim.AdamW.step = counting
     try:
-        result = train_in_process(model, videos, LocalTrainConfig(stage=2, steps=2, lr=1e-3,
-                                                                  forcing=ForcingConfig(mode="direct")))
+        result = train_in_process(
+            model, videos, LocalTrainConfig(stage=2, steps=2, lr=1e-3, forcing=ForcingConfig(mode="direct"))
+        )
     finally:
         torch.optim.AdamW.step = original
     assert len(steps) == 2 and result.clips == 1 + 3  # curriculum: the 1-clip video first, then all 3 clips
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {"backbone.norm_out.linear.weight", "backbone.norm_out.linear.bias",
-                       "backbone.proj_out.weight", "backbone.proj_out.bias"}
+    assert changed == {
+        "backbone.norm_out.linear.weight",
+        "backbone.norm_out.linear.bias",
+        "backbone.proj_out.weight",
+        "backbone.proj_out.bias",
+    }
 
 
 def test_stage_two_can_train_the_whole_network_on_the_same_clips(world):
@@ -59,9 +64,11 @@ def test_stage_two_can_train_the_whole_network_on_the_same_clips(world):
     clips = video.clips()[:3]
     model = MemoryPackTransformer.from_preset("tiny", seed=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = train_in_process(model, [(clips, world.conditioning(video))],
-                              LocalTrainConfig(stage=2, steps=1, lr=1e-3, trainable="all",
-                                               forcing=ForcingConfig(mode="teacher")))
+    result = train_in_process(
+        model,
+        [(clips, world.conditioning(video))],
+        LocalTrainConfig(stage=2, steps=1, lr=1e-3, trainable="all", forcing=ForcingConfig(mode="teacher")),
+    )
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert result.clips == 3  # every clip, as stage 2 trains them
     assert "backbone.proj_out.weight" in changed and "backbone.x_embedder.proj.weight" in changed
@@ -93,8 +100,12 @@ def test_a_chosen_clip_replaces_the_uniform_draw_and_memory_learns_only_from_lat
         model = MemoryPackTransformer.from_preset("tiny", seed=2)
         before = model.semantic_pack.patchify.weight.detach().clone()
         seen = []
-        result = train_in_process(model, [(clips, cond)], LocalTrainConfig(stage=1, steps=2, lr=1e-3, memory_lr=1e-4),
-                                  pick_clip=lambda n, pick=pick: seen.append(n) or pick(n))
+        result = train_in_process(
+            model,
+            [(clips, cond)],
+            LocalTrainConfig(stage=1, steps=2, lr=1e-3, memory_lr=1e-4),
+            pick_clip=lambda n, pick=pick, seen=seen: seen.append(n) or pick(n),
+        )
         assert seen == [clips.shape[0]] * 2 and result.clips == 2
         changed[name] = (model.semantic_pack.patchify.weight - before).abs().max().item()
     assert changed["first"] == 0.0
@@ -105,8 +116,10 @@ def test_stage_one_clip_policies_need_no_knowledge_of_the_video(world):
     """uniform: each clip equally; late: clip i ∝ i + 1; all: every clip, at that many micro-steps. The same
     policy runs in the Ray loop (TrainConfig.stage1_clips) and here (LocalTrainConfig.stage1_clips)."""
     g = torch.Generator().manual_seed(0)
-    draws = {p: torch.bincount(torch.tensor([trained_clip(1, "teacher", 4, g, p) for _ in range(4000)]), minlength=4)
-             for p in ("uniform", "late")}
+    draws = {
+        p: torch.bincount(torch.tensor([trained_clip(1, "teacher", 4, g, p) for _ in range(4000)]), minlength=4)
+        for p in ("uniform", "late")
+    }
     expected = {"uniform": torch.full((4,), 0.25), "late": torch.tensor([1, 2, 3, 4]) / 10}
     for policy, counts in draws.items():  # 4,000 draws: each share within 0.03 (> 4 standard errors)
         torch.testing.assert_close(counts / 4000, expected[policy].float(), atol=0.03, rtol=0)
@@ -114,8 +127,11 @@ def test_stage_one_clip_policies_need_no_knowledge_of_the_video(world):
     assert samples_one_clip(1, "teacher", "late") and not samples_one_clip(1, "teacher", "all")
     video = world.video(5, absence=1)
     model = MemoryPackTransformer.from_preset("tiny", seed=3)
-    result = train_in_process(model, [(video.clips(), world.conditioning(video))],
-                              LocalTrainConfig(stage=1, steps=1, lr=1e-3, stage1_clips="all"))
+    result = train_in_process(
+        model,
+        [(video.clips(), world.conditioning(video))],
+        LocalTrainConfig(stage=1, steps=1, lr=1e-3, stage1_clips="all"),
+    )
     assert result.clips == video.sections  # every clip of the video, teacher-forced
     assert TrainConfig(stage1_clips="late").stage1_clips == "late"
     for bad in (lambda: TrainConfig(stage1_clips="return"), lambda: LocalTrainConfig(stage1_clips="return")):

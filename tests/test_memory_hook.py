@@ -8,7 +8,7 @@ import gc
 import weakref
 
 import torch
-from test_model import C, H, W, WINDOW, make_cond, open_gate
+from test_model import WINDOW, C, H, W, make_cond, open_gate
 
 from mempack.model import MemoryPackTransformer, pack_history
 

@@ -22,9 +22,25 @@ def _bench():
 def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, capsys):
     bench = _bench()
     out = tmp_path / "json.json"
-    summary = bench.main(["--quick", "--workers", "0", "--variants", "memorypack,direct,direct_all,oracle_memory", "--absence", "1,4",
-                          "--identities", "3", "--out", str(tmp_path / "runs"), "--json", str(out),
-                          "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    bench.main(
+        [
+            "--quick",
+            "--workers",
+            "0",
+            "--variants",
+            "memorypack,direct,direct_all,oracle_memory",
+            "--absence",
+            "1,4",
+            "--identities",
+            "3",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(out),
+            "--mlflow-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
     data = json.loads(out.read_text())
     assert data["chance"] == pytest.approx(1 / 3)
     assert data["world"] == {"seed": 0, "identities": 3, "camera": "static", "role": "development"}
@@ -76,13 +92,27 @@ def test_quick_mode_trains_evaluates_and_writes_the_promised_json(tmp_path, caps
     spec = importlib.util.spec_from_file_location("exposure_recheck", ROOT / "bench" / "exposure_recheck.py")
     recheck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recheck)
-    again = recheck.main(["--run", str(out), "--videos", "2", "--pairs", "direct:memorypack", "--workers", "0",
-                          "--json", str(tmp_path / "recheck.json")])
+    again = recheck.main(
+        [
+            "--run",
+            str(out),
+            "--videos",
+            "2",
+            "--pairs",
+            "direct:memorypack",
+            "--workers",
+            "0",
+            "--json",
+            str(tmp_path / "recheck.json"),
+        ]
+    )
     pair = again["pairs"]["direct - memorypack"]
     assert pair["gap"]["n"] == 2 and len(pair["gap"]["per_seed"]) == 1
-    for variant, entry in again["variants"].items():
+    for entry in again["variants"].values():
         assert entry["gap"] == pytest.approx(entry["own"] - entry["true"])
-    assert pair["gap"]["mean"] == pytest.approx(again["variants"]["direct"]["gap"] - again["variants"]["memorypack"]["gap"])
+    assert pair["gap"]["mean"] == pytest.approx(
+        again["variants"]["direct"]["gap"] - again["variants"]["memorypack"]["gap"]
+    )
     assert json.loads((tmp_path / "recheck.json").read_text())["videos"] == 2
 
 
@@ -101,8 +131,29 @@ def test_memory_diagnosis_plumbing(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "diag.json"
-    curve = module.main(["--clip", "return", "--freeze-memory", "--steps", "4", "--every", "2", "--events", "1",
-                         "--probe-videos", "8", "--eval", "1", "--width", "64", "--layers", "1", "--json", str(out)])
+    curve = module.main(
+        [
+            "--clip",
+            "return",
+            "--freeze-memory",
+            "--steps",
+            "4",
+            "--every",
+            "2",
+            "--events",
+            "1",
+            "--probe-videos",
+            "8",
+            "--eval",
+            "1",
+            "--width",
+            "64",
+            "--layers",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert [row["step"] for row in curve] == [0, 2, 4]  # the untrained model first
     assert set(curve[-1]["psi_readout"]) == {1} and set(curve[-1]["recall"]) == {1}
     assert set(curve[-1]["psi_energy"][1]) == {"identity", "varying"}
@@ -120,9 +171,36 @@ def test_the_benchmarks_say_which_world_is_a_report_world(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "diag.json"
-    curve = module.main(["--clip", "late", "--world-seed", "2", "--camera", "moving", "--identities", "3", "--steps", "2",
-                         "--every", "2", "--events", "3", "--probe-videos", "8", "--eval", "1", "--width", "64",
-                         "--layers", "1", "--memorize-input", "segment", "--json", str(out)])
+    curve = module.main(
+        [
+            "--clip",
+            "late",
+            "--world-seed",
+            "2",
+            "--camera",
+            "moving",
+            "--identities",
+            "3",
+            "--steps",
+            "2",
+            "--every",
+            "2",
+            "--events",
+            "3",
+            "--probe-videos",
+            "8",
+            "--eval",
+            "1",
+            "--width",
+            "64",
+            "--layers",
+            "1",
+            "--memorize-input",
+            "segment",
+            "--json",
+            str(out),
+        ]
+    )
     assert [row["step"] for row in curve] == [0, 2] and curve[-1]["loss"] > 0
     saved = json.loads(out.read_text())
     assert saved["world"] == {"seed": 2, "identities": 3, "camera": "moving", "role": "report"}
@@ -130,4 +208,3 @@ def test_the_benchmarks_say_which_world_is_a_report_world(tmp_path):
     bench = _bench()
     args = bench.parse_args(["--world-seed", "1", "--camera", "moving", "--stage1-clip", "late"])
     assert (args.world_seed, args.camera, args.stage1_clip) == (1, "moving", "late")
-

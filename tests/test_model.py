@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mempack import flow
 from mempack.model import Conditioning, MemoryPackTransformer, SemanticPack, pack_history
 from mempack.presets import TINY
 
@@ -45,7 +44,7 @@ def test_forward_and_backward_with_any_number_of_earlier_sections(model, section
     history = torch.randn(1, C, WINDOW * sections, H, W)
     memory = model.initial_memory(cond)
     for k in range(sections):
-        memory = model.update_memory(memory, history[:, :, WINDOW * k: WINDOW * (k + 1)])
+        memory = model.update_memory(memory, history[:, :, WINDOW * k : WINDOW * (k + 1)])
     noisy = torch.randn(1, C, WINDOW, H, W, requires_grad=True)
     model.zero_grad()
     v = model(noisy, torch.tensor([0.4]), cond, pack_history(cond.start_latent, history), memory)
@@ -81,13 +80,16 @@ def test_without_semantic_pack_the_output_equals_plain_diffusers(model):
 def test_memory_tokens_join_the_image_tokens_and_drop_padding(model):
     cond = make_cond(valid_tokens=5)
     seen = {}
-    handle = model.backbone.image_projection.register_forward_hook(
-        lambda m, a, out: seen.update(tokens=out.shape[1])
-    )
+    handle = model.backbone.image_projection.register_forward_hook(lambda m, a, out: seen.update(tokens=out.shape[1]))
     try:
         with torch.no_grad():
-            model(torch.randn(1, C, WINDOW, H, W), torch.tensor([0.5]), cond,
-                  pack_history(cond.start_latent, None), model.initial_memory(cond))
+            model(
+                torch.randn(1, C, WINDOW, H, W),
+                torch.tensor([0.5]),
+                cond,
+                pack_history(cond.start_latent, None),
+                model.initial_memory(cond),
+            )
     finally:
         handle.remove()
     # our hook ran first: 5 real prompt tokens + 4 image tokens of psi_0, then 4 SigLIP tokens
@@ -116,9 +118,9 @@ def test_memory_shape_and_cost_are_constant_in_the_number_of_segments(model):
 @pytest.mark.parametrize("structure", ["A", "B", "C"])
 @pytest.mark.parametrize("init", ["prompt_image", "zero"])
 def test_structures_and_zero_init_run_and_train(structure, init):
-    model = open_gate(MemoryPackTransformer.from_preset(
-        "tiny", seed=1, semantic_pack_overrides=dict(structure=structure, init=init)
-    ))
+    model = open_gate(
+        MemoryPackTransformer.from_preset("tiny", seed=1, semantic_pack_overrides=dict(structure=structure, init=init))
+    )
     cond = make_cond()
     memory = model.initial_memory(cond)
     if init == "zero":
@@ -126,11 +128,12 @@ def test_structures_and_zero_init_run_and_train(structure, init):
     segments = torch.randn(1, C, 3 * WINDOW, H, W)
     sizes = []
     for k in range(3):
-        memory = model.update_memory(memory, segments[:, :, WINDOW * k: WINDOW * (k + 1)])
+        memory = model.update_memory(memory, segments[:, :, WINDOW * k : WINDOW * (k + 1)])
         sizes.append(memory.tokens.shape[1])
     assert sizes[1] == sizes[2]  # fixed size after the first write
-    v = model(torch.randn(1, C, WINDOW, H, W), torch.tensor([0.3]), cond,
-              pack_history(cond.start_latent, segments), memory)
+    v = model(
+        torch.randn(1, C, WINDOW, H, W), torch.tensor([0.3]), cond, pack_history(cond.start_latent, segments), memory
+    )
     v.square().mean().backward()
     sp = model.semantic_pack
     for name in ("patchify.weight", "squeeze.attn.in_proj_weight", "to_context.1.weight"):
@@ -144,16 +147,25 @@ def test_batched_forward_matches_per_sample_shapes():
     model = open_gate(MemoryPackTransformer.from_preset("tiny", seed=2))
     cond = make_cond(batch=2)
     memory = model.initial_memory(cond)
-    v = model(torch.randn(2, C, WINDOW, H, W), torch.tensor([0.2, 0.8]), cond,
-              pack_history(cond.start_latent, torch.randn(2, C, 9, H, W)), memory)
+    v = model(
+        torch.randn(2, C, WINDOW, H, W),
+        torch.tensor([0.2, 0.8]),
+        cond,
+        pack_history(cond.start_latent, torch.randn(2, C, 9, H, W)),
+        memory,
+    )
     assert v.shape == (2, C, WINDOW, H, W)
 
 
 def test_head_only_scope_trains_just_norm_out_and_proj_out(model):
     count = model.set_trainable("head")
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {"backbone.norm_out.linear.weight", "backbone.norm_out.linear.bias",
-                     "backbone.proj_out.weight", "backbone.proj_out.bias"}
+    assert names == {
+        "backbone.norm_out.linear.weight",
+        "backbone.norm_out.linear.bias",
+        "backbone.proj_out.weight",
+        "backbone.proj_out.bias",
+    }
     assert count == sum(p.numel() for p in model.head_parameters())
     assert model.set_trainable("all") == sum(p.numel() for p in model.parameters())
 
@@ -183,8 +195,10 @@ def test_framepack_f1_preset_builds_on_meta_with_the_real_size():
     backbone = sum(p.numel() for p in model.backbone.parameters())
     memory = sum(p.numel() for p in model.semantic_pack.parameters())
     head = sum(p.numel() for p in model.head_parameters())
-    print(f"framepack-f1 backbone {backbone:,} parameters (F1: {F1_PARAMETERS:,}); "
-          f"SemanticPack {memory:,}; stage-2 head {head:,}")
+    print(
+        f"framepack-f1 backbone {backbone:,} parameters (F1: {F1_PARAMETERS:,}); "
+        f"SemanticPack {memory:,}; stage-2 head {head:,}"
+    )
     assert all(p.device.type == "meta" for p in model.parameters())
     assert abs(backbone - F1_PARAMETERS) / F1_PARAMETERS < 0.05
     assert 15e6 < head < 25e6  # norm_out.linear + proj_out, ~19 M
@@ -234,7 +248,6 @@ def test_input_energy_pooling_lets_a_one_token_object_move_memorize_s_output():
     pools exactly as the queries alone do."""
     g = torch.Generator().manual_seed(0)
     codes = torch.randn(2, C, generator=g) * 1.5
-    empty = torch.zeros(1, C, WINDOW, H, W)
     zero = torch.zeros(1, C, 1, H, W)
     shares = {}
     for pooling in ("input_energy", "learned"):
@@ -246,7 +259,9 @@ def test_input_energy_pooling_lets_a_one_token_object_move_memorize_s_output():
     sp = semantic_pack()
     tokens = torch.randn(1, 3, 16, sp.config.dim, generator=g)
     with torch.no_grad():
-        torch.testing.assert_close(sp.memorize(tokens, (4, 4), torch.full((1, 3, 16), 0.7)), sp.memorize(tokens, (4, 4)))
+        torch.testing.assert_close(
+            sp.memorize(tokens, (4, 4), torch.full((1, 3, 16), 0.7)), sp.memorize(tokens, (4, 4))
+        )
 
 
 def test_carry_adds_the_previous_memory_at_unit_gain_and_keeps_what_it_held():
@@ -258,7 +273,7 @@ def test_carry_adds_the_previous_memory_at_unit_gain_and_keeps_what_it_held():
     memory = carried.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds, cond.start_latent)
     with torch.no_grad():
         one = carried.update(rebuilt.update(memory, first), still).tokens
-        reference = (rebuilt.update(rebuilt.update(memory, first), still).tokens + rebuilt.update(memory, first).tokens)
+        reference = rebuilt.update(rebuilt.update(memory, first), still).tokens + rebuilt.update(memory, first).tokens
     torch.testing.assert_close(one, reference * 0.5**0.5)
     assert psi.shape == one.shape
     # what the first segment wrote, four empty sections later, on five weight seeds: the residual path alone

@@ -19,8 +19,7 @@ from mempack.sample import sample_image
 
 SECTIONS = 3
 # 3 sections, 2 steps, 32x32: frames go through the streamed section decode
-CALL = dict(prompt="a kite", num_frames=1 + 36 * SECTIONS, num_inference_steps=2, height=32, width=32,
-            output_type="np")
+CALL = dict(prompt="a kite", num_frames=1 + 36 * SECTIONS, num_inference_steps=2, height=32, width=32, output_type="np")
 
 
 def _pipe() -> MemoryPackPipeline:
@@ -131,8 +130,11 @@ def test_fp8_weights_equal_the_run_with_fp8_rounded_weights(plain):
     pipe = _pipe()
     apply_memory_settings(pipe, "cpu", weights_dtype="fp8")
     stored = {n: p for n, p in pipe.transformer.named_parameters() if p.dtype == FP8_STORAGE}
-    in_blocks = [n for n, _ in pipe.transformer.named_parameters()
-                 if n.split(".")[0] in ("transformer_blocks", "single_transformer_blocks") and "norm" not in n]
+    in_blocks = [
+        n
+        for n, _ in pipe.transformer.named_parameters()
+        if n.split(".")[0] in ("transformer_blocks", "single_transformer_blocks") and "norm" not in n
+    ]
     assert in_blocks and set(in_blocks) <= set(stored)  # every block weight but the norms is stored in float8
     assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == FP8_STORAGE
     frames = _frames(pipe)

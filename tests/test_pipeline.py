@@ -14,12 +14,11 @@ import torch
 from conftest import TINY_MODEL_SEED
 from PIL import Image
 
-from mempack.export import EncoderSpec
-from mempack.export import ExportError, export_pipeline
-from mempack.sampling import GenerationConfig, generate, section_times
+from mempack.export import EncoderSpec, ExportError, export_pipeline
 from mempack.model import MemoryPackTransformer
 from mempack.pipeline import MemoryPackPipeline, conditioning, image_to_array
 from mempack.sample import sample_image
+from mempack.sampling import GenerationConfig, generate, section_times
 from mempack.stream_decode import SectionDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +54,7 @@ def test_streaming_decode_equals_one_whole_decode(encoders):
     for chunks in ([1, 9], [5, 3, 2]):
         decoder, out, start = SectionDecoder(encoders), [], 0
         for n in chunks:
-            out.append(decoder.push(latents[:, :, start: start + n]))
+            out.append(decoder.push(latents[:, :, start : start + n]))
             start += n
         out.append(decoder.finish())
         assert [len(o) for o in out][-1] < len(whole)  # frames really came out before the end
@@ -64,14 +63,22 @@ def test_streaming_decode_equals_one_whole_decode(encoders):
 
 def test_pipeline_is_generate_plus_decode(pipe, model, encoders):
     """The pipeline adds nothing to the numbers: `generate` + one whole decode, frame for frame."""
-    out = pipe(image=image(), prompt="a kite", num_frames=40, num_inference_steps=2,
-               generator=torch.Generator().manual_seed(3), output_type="np", **SIZE).frames
+    out = pipe(
+        image=image(),
+        prompt="a kite",
+        num_frames=40,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+        **SIZE,
+    ).frames
     first = image_to_array(image())
     from mempack.encoders import resize_center_crop
 
     cond = conditioning(encoders, resize_center_crop(first[None], 32, 32)[0], "a kite")
-    ref = generate(model, cond, GenerationConfig(sections=2, steps=2), progress=False,
-                   generator=torch.Generator().manual_seed(3))
+    ref = generate(
+        model, cond, GenerationConfig(sections=2, steps=2), progress=False, generator=torch.Generator().manual_seed(3)
+    )
     frames = encoders.decode_latents(ref.latents)[0][:40]
     assert out.shape == (1, 40, 32, 32, 3)
     assert np.array_equal(np.round(out[0] * 255).astype(np.uint8), frames)
@@ -96,8 +103,9 @@ def test_latents_callbacks_and_interrupt(pipe):
         seen.append((step, float(timestep), tensors["latents"].clone()))
         return {}
 
-    same = pipe(generator=torch.Generator().manual_seed(5), output_type="latent", callback_on_step_end=record,
-                **kw).frames
+    same = pipe(
+        generator=torch.Generator().manual_seed(5), output_type="latent", callback_on_step_end=record, **kw
+    ).frames
     assert torch.equal(same, plain)
     assert [s for s, _, _ in seen] == list(range(6))  # 2 sections × 3 steps, counted across sections
     assert seen[0][1] == 1000.0 and seen[3][1] == 1000.0  # each section starts from pure noise (σ = 1)
@@ -106,8 +114,9 @@ def test_latents_callbacks_and_interrupt(pipe):
     def zero_after_first(p, step, timestep, tensors):
         return {"latents": torch.zeros_like(tensors["latents"])} if step == 0 else {}
 
-    changed = pipe(generator=torch.Generator().manual_seed(5), output_type="latent",
-                   callback_on_step_end=zero_after_first, **kw).frames
+    changed = pipe(
+        generator=torch.Generator().manual_seed(5), output_type="latent", callback_on_step_end=zero_after_first, **kw
+    ).frames
     assert not torch.allclose(changed[:, :, 1:10], plain[:, :, 1:10])
 
     def stop(p, step, timestep, tensors):
@@ -144,13 +153,26 @@ def test_continue_a_video(pipe, model, encoders):
     cond = conditioning(encoders, video[0], "a kite")  # the start latent: the first frame alone, as in training
     assert out.shape == (1, 16, 1 + 9 + 9, 4, 4) and torch.equal(out[:, :, 1:10], latents[:, :, 1:])
     assert torch.equal(out[:, :, :1], cond.start_latent)
-    ref = generate(model, cond, GenerationConfig(sections=1, steps=2), progress=False, prefix=latents[:, :, 1:],
-                   generator=torch.Generator().manual_seed(4)).latents
+    ref = generate(
+        model,
+        cond,
+        GenerationConfig(sections=1, steps=2),
+        progress=False,
+        prefix=latents[:, :, 1:],
+        generator=torch.Generator().manual_seed(4),
+    ).latents
     assert torch.equal(out, ref)
     fresh = pipe(image=video[0], generator=torch.Generator().manual_seed(4), **kw).frames
     assert not torch.allclose(out[:, :, 10:], fresh[:, :, 1:10])  # the history changed what comes next
-    frames = pipe(video=video, generator=torch.Generator().manual_seed(4), prompt="a kite", num_frames=36,
-                  num_inference_steps=2, output_type="np", **SIZE).frames[0]
+    frames = pipe(
+        video=video,
+        generator=torch.Generator().manual_seed(4),
+        prompt="a kite",
+        num_frames=36,
+        num_inference_steps=2,
+        output_type="np",
+        **SIZE,
+    ).frames[0]
     assert frames.shape == (37 + 36, 32, 32, 3)
 
 
@@ -204,8 +226,9 @@ def test_real_encoder_folder_is_bundled(export, encoders, tmp_path):
     note = json.loads((dst / "encoders.json").read_text())
     assert note["source"] == "weights" and note["bundled"]
     loaded = MemoryPackPipeline.from_pretrained(dst)
-    assert torch.equal(loaded.vae.state_dict()["decoder.conv_in.conv.weight"],
-                       encoders.vae.state_dict()["decoder.conv_in.conv.weight"])
+    assert torch.equal(
+        loaded.vae.state_dict()["decoder.conv_in.conv.weight"], encoders.vae.state_dict()["decoder.conv_in.conv.weight"]
+    )
 
 
 def test_exif_orientation_and_oversized_images(tmp_path):
@@ -230,8 +253,14 @@ def test_readme_snippet_runs(export, tmp_path):
     (tmp_path / "outputs" / "train" / "stage2" / "model").symlink_to(export)
     Image.fromarray(sample_image(64, 64)).save(tmp_path / "first_frame.png")
     sections = re.search(r"<!-- sections-snippet[^>]*-->\s*```python\n(.*?)```", text, re.S).group(1)
-    result = subprocess.run([sys.executable, "-c", snippet + sections], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", snippet + sections],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     import decord
 
@@ -259,27 +288,54 @@ def test_mlflow_pyfunc_model_loads_and_predicts(export, tmp_path):
     png = io.BytesIO()
     image().save(png, format="PNG")
     prompt = "0s: a kite | 1.2s: it dives"  # the column may hold a timeline (the switch is the second section's)
-    out = model.predict(pd.DataFrame({"image": [png.getvalue()], "prompt": [prompt], "seconds": [1.5]}),
-                        params={"steps": 1, "height": 32, "width": 32})
+    out = model.predict(
+        pd.DataFrame({"image": [png.getvalue()], "prompt": [prompt], "seconds": [1.5]}),
+        params={"steps": 1, "height": 32, "width": 32},
+    )
     (tmp_path / "v.mp4").write_bytes(out["video"][0])
     reader = decord.VideoReader(str(tmp_path / "v.mp4"))
     from mempack.pipeline import DEFAULT_FPS
 
-    assert len(reader) == round(1.5 * DEFAULT_FPS["tiny"]) and reader[0].shape == (32, 32, 3)  # 1.5 s at the preset's fps
+    assert len(reader) == round(1.5 * DEFAULT_FPS["tiny"]) and reader[0].shape == (
+        32,
+        32,
+        3,
+    )  # 1.5 s at the preset's fps
     client = mlflow.MlflowClient()
     assert client.get_model_version_by_alias("mempack-test", "candidate").version == info.registered_model_version
     # the CLI reads the same model
-    result = subprocess.run([sys.executable, "pipelines/infer.py", "--quiet", "--mlflow-model",
-                             f"runs:/{run.info.run_id}/model", "--mlflow-uri", mlflow.get_tracking_uri(),
-                             "--sections", "1", "--steps", "1", "--height", "32", "--width", "32",
-                             "--out", str(tmp_path / "cli.mp4")], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/infer.py",
+            "--quiet",
+            "--mlflow-model",
+            f"runs:/{run.info.run_id}/model",
+            "--mlflow-uri",
+            mlflow.get_tracking_uri(),
+            "--sections",
+            "1",
+            "--steps",
+            "1",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--out",
+            str(tmp_path / "cli.mp4"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(decord.VideoReader(str(tmp_path / "cli.mp4"))) == 37
 
 
-def test_mlflow_model_by_reference_uploads_kilobytes_follows_the_folder_and_refuses_changed_weights(export, tmp_path,
-                                                                                                  uploaded_bytes):
+def test_mlflow_model_by_reference_uploads_kilobytes_follows_the_folder_and_refuses_changed_weights(
+    export, tmp_path, uploaded_bytes
+):
     """--mlflow-weights reference: the run's MLflow Model holds a reference to the export, not its weights
     (< 1 MB uploaded, no weight file), and still loads, through pyfunc and through infer's --mlflow-model."""
     import shutil
@@ -305,8 +361,25 @@ def test_mlflow_model_by_reference_uploads_kilobytes_follows_the_folder_and_refu
     assert model.unwrap_python_model().pipe.model_config.preset == "tiny"
     from pipelines import infer
 
-    infer.main(["--quiet", "--mlflow-model", f"runs:/{run.info.run_id}/model", "--mlflow-uri", uri,
-                "--sections", "1", "--steps", "1", "--height", "32", "--width", "32", "--out", str(tmp_path / "r.mp4")])
+    infer.main(
+        [
+            "--quiet",
+            "--mlflow-model",
+            f"runs:/{run.info.run_id}/model",
+            "--mlflow-uri",
+            uri,
+            "--sections",
+            "1",
+            "--steps",
+            "1",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--out",
+            str(tmp_path / "r.mp4"),
+        ]
+    )
     assert (tmp_path / "r.mp4").stat().st_size > 0
     with open(next(kept.rglob("*.safetensors")), "ab") as f:  # a later run rewrote the weights in place
         f.write(b"0")

@@ -27,7 +27,9 @@ PROBE = dataclasses.replace(TINY, name="probe",
     semantic_pack={**TINY.semantic_pack, "context_dim": 256})
 """
 
-MEASURE = PROBE_PRESET + """
+MEASURE = (
+    PROBE_PRESET
+    + """
 import ctypes, importlib, json, os, sys
 import torch, torch.nn.functional as F
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
@@ -84,8 +86,11 @@ libc.malloc_trim(0)
 out["model_states"] = rss.current_bytes() - base
 print("RESULT " + json.dumps(out))
 """
+)
 
-PREDICT = PROBE_PRESET + """
+PREDICT = (
+    PROBE_PRESET
+    + """
 import json
 from mempack.model import MemoryPackTransformer
 from mempack.train.plan import ParameterCounts, model_state_bytes, trace_activations
@@ -96,6 +101,7 @@ print("RESULT " + json.dumps({"activations": trace.without_checkpointing,
       "activations_checkpointed": trace.with_checkpointing, "model_states": states.total,
       "parameters": ParameterCounts.of(model).total}))
 """
+)
 
 
 def _free_port() -> int:
@@ -106,17 +112,21 @@ def _free_port() -> int:
 
 def _run(code: str, *args: str) -> dict:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: with ψ's context gate (its own attention over ψ's keys) the measured "
-                   "checkpointed activations are 51.4 MiB against 42.1 planned (18 %): the planner's trace does not "
-                   "yet count what the gated processor keeps; every other figure is within 15 %")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: with ψ's context gate (its own attention over ψ's keys) the measured "
+    "checkpointed activations are 51.4 MiB against 42.1 planned (18 %): the planner's trace does not "
+    "yet count what the gated processor keeps; every other figure is within 15 %",
+)
 def test_plan_matches_measured_cpu_memory():
     """Planner vs one measured CPU run of a scaled preset: activation peak of a forward/backward with
     and without gradient checkpointing, and DeepSpeed ZeRO-2 model states after a step, within 15%."""
@@ -125,7 +135,9 @@ def test_plan_matches_measured_cpu_memory():
     assert predicted["parameters"] == measured["parameters"]
     for key in ("activations", "activations_checkpointed", "model_states"):
         error = abs(predicted[key] - measured[key]) / measured[key]
-        assert error <= 0.15, f"{key}: planned {predicted[key] / 2**20:.1f} MiB, measured {measured[key] / 2**20:.1f} MiB"
+        assert error <= 0.15, (
+            f"{key}: planned {predicted[key] / 2**20:.1f} MiB, measured {measured[key] / 2**20:.1f} MiB"
+        )
     # checkpointing must really save memory in both, or the comparison says nothing
     assert measured["activations_checkpointed"] < 0.6 * measured["activations"]
 
@@ -154,9 +166,25 @@ def test_zero_estimates_follow_deepspeed():
 def test_plan_cli_framepack_f1(tmp_path):
     """`train.py --plan` for the real 12.9 B model on 8 GPUs: no weights built, one table, the fit verdicts."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "pipelines/train.py", "--stage", "1", "--preset", "framepack-f1", "--use-gpu",
-           "--num-workers", "8", "--deepspeed", "cluster/deepspeed/zero3_bf16.json", "--gradient-checkpointing",
-           "--data", str(tmp_path / "none"), "--plan", "--plan-size", "480x832"]
+    cmd = [
+        sys.executable,
+        "pipelines/train.py",
+        "--stage",
+        "1",
+        "--preset",
+        "framepack-f1",
+        "--use-gpu",
+        "--num-workers",
+        "8",
+        "--deepspeed",
+        "cluster/deepspeed/zero3_bf16.json",
+        "--gradient-checkpointing",
+        "--data",
+        str(tmp_path / "none"),
+        "--plan",
+        "--plan-size",
+        "480x832",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -169,8 +197,11 @@ def test_plan_cli_framepack_f1(tmp_path):
     fits = {ln.split(":")[0].strip(): ln for ln in out.splitlines() if ln.strip().startswith("fits")}
     assert "80 GB yes" in fits["fits (checkpointed)"] and "141 GB no" in fits["fits (       plain)"]
     # issue 20: each checkpoint (12 B per trained parameter under ZeRO-3, bench/checkpoint_bytes.py) and the storage
-    sizes = {ln.split()[0]: float(ln.split()[1 if ln.split()[0] == "checkpoint" else 2]) for ln in out.splitlines()
-             if ln.strip().startswith(("checkpoint ", "run storage"))}
+    sizes = {
+        ln.split()[0]: float(ln.split()[1 if ln.split()[0] == "checkpoint" else 2])
+        for ln in out.splitlines()
+        if ln.strip().startswith(("checkpoint ", "run storage"))
+    }
     assert sizes == {"checkpoint": 154.95, "run": 490.68}, sizes
     bad = subprocess.run([*cmd[:-1], "481x832"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error:")
@@ -178,13 +209,18 @@ def test_plan_cli_framepack_f1(tmp_path):
 
 # The probe with FramePack-F1's SemanticPack widths (Memorize/Squeeze at dim 1024, 16 heads, patch 4,
 # 64 tokens per window): ψ's back-propagation window costs here what it costs per token at real size.
-PSI_PRESET = PROBE_PRESET + """
+PSI_PRESET = (
+    PROBE_PRESET
+    + """
 from mempack.presets import FRAMEPACK_F1
 PSI = dataclasses.replace(PROBE, name="probe-psi", semantic_pack={**FRAMEPACK_F1.semantic_pack, "text_embed_dim": 32,
                           "image_embed_dim": 32, "context_dim": 256})
 """
+)
 
-MEASURE_OPTIONS = PSI_PRESET + """
+MEASURE_OPTIONS = (
+    PSI_PRESET
+    + """
 import ctypes, json
 import torch
 from mempack.model import Conditioning, MemoryPackTransformer
@@ -240,6 +276,7 @@ config = GenerationConfig(sections=3, steps=2)
 out["validation"] = peak(lambda: generate(model, sample_cond, config, progress=False))
 print("RESULT " + json.dumps(out))
 """
+)
 
 
 def _predict_options() -> dict:
@@ -253,12 +290,14 @@ def _predict_options() -> dict:
     psi = MemoryPackTransformer.from_preset(namespace["PSI"], device="meta", seed=None)
     for window in (2, 4):
         updates = graphed_memory_updates(1, "teacher", window, clips_per_video=6)
-        out[f"window_{window}"] = trace_activations(psi, namespace["PSI"], (16, 32), image_tokens=4,
-                                                    memory_updates=updates).without_checkpointing
+        out[f"window_{window}"] = trace_activations(
+            psi, namespace["PSI"], (16, 32), image_tokens=4, memory_updates=updates
+        ).without_checkpointing
     probe = MemoryPackTransformer.from_preset(namespace["PROBE"], device="meta", seed=None)
     updates = graphed_memory_updates(1, "teacher", 1, clips_per_video=2)
-    out["batch_2"] = trace_activations(probe, namespace["PROBE"], (16, 32), batch=2, image_tokens=4,
-                                       memory_updates=updates).without_checkpointing
+    out["batch_2"] = trace_activations(
+        probe, namespace["PROBE"], (16, 32), batch=2, image_tokens=4, memory_updates=updates
+    ).without_checkpointing
     out["ema"] = ema_bytes(ParameterCounts.of(probe), world=1, zero_stage=2)
     out["validation"] = trace_sampling(probe, namespace["PROBE"], (16, 32), image_tokens=4)
     return out

@@ -19,14 +19,21 @@ def test_a_bf16_model_embeds_its_timestep_in_fp32():
     seen = []
     hook = model.backbone.time_text_embed.time_proj.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     g = torch.Generator().manual_seed(0)
-    cond = Conditioning(prompt_embeds=torch.randn(1, TINY.max_prompt_tokens, TINY.text_embed_dim, generator=g),
-                        prompt_mask=torch.ones(1, TINY.max_prompt_tokens, dtype=torch.int64),
-                        pooled=torch.randn(1, TINY.pooled_dim, generator=g),
-                        image_embeds=torch.randn(1, 4, TINY.image_embed_dim, generator=g),
-                        start_latent=torch.randn(1, C, 1, H, W, generator=g))
+    cond = Conditioning(
+        prompt_embeds=torch.randn(1, TINY.max_prompt_tokens, TINY.text_embed_dim, generator=g),
+        prompt_mask=torch.ones(1, TINY.max_prompt_tokens, dtype=torch.int64),
+        pooled=torch.randn(1, TINY.pooled_dim, generator=g),
+        image_embeds=torch.randn(1, 4, TINY.image_embed_dim, generator=g),
+        start_latent=torch.randn(1, C, 1, H, W, generator=g),
+    )
     with torch.no_grad():
-        v = model(torch.randn(1, C, 9, H, W, generator=g), torch.tensor([0.123]), cond,
-                  pack_history(cond.start_latent, None), model.initial_memory(cond))
+        v = model(
+            torch.randn(1, C, 9, H, W, generator=g),
+            torch.tensor([0.123]),
+            cond,
+            pack_history(cond.start_latent, None),
+            model.initial_memory(cond),
+        )
     hook.remove()
     assert torch.isfinite(v.float()).all()
     timestep, guidance = seen  # the time embedding, then the distilled-guidance embedding (bf16, as diffusers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from itertools import pairwise
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,12 +13,17 @@ import pytest
 
 from data_prep.decode import decode_frames
 from data_prep.job import PrepConfig, run_prep
-from mempack.schema import (
-    SCHEMA_VERSION, SchemaVersionError, read_clips, read_rejects, read_videos, unpack_tensor,
-)
 from data_prep.shots import detect_shots
 from data_prep.sources import load_inputs
 from mempack.presets import FPS
+from mempack.schema import (
+    SCHEMA_VERSION,
+    SchemaVersionError,
+    read_clips,
+    read_rejects,
+    read_videos,
+    unpack_tensor,
+)
 from mempack.video_io import write_mp4
 
 
@@ -38,7 +44,7 @@ def test_shot_cuts_are_found_within_one_frame(sample):
         assert info.num_frames == video.num_frames
         found = [start for start, _ in detect_shots(frames, info.fps)][1:]
         assert len(found) == len(video.cuts), video.name
-        assert all(abs(a - b) <= 1 for a, b in zip(found, video.cuts)), (video.name, found, video.cuts)
+        assert all(abs(a - b) <= 1 for a, b in zip(found, video.cuts, strict=True)), (video.name, found, video.cuts)
 
 
 def test_static_shots_are_rejected_and_moving_ones_kept(prepped):
@@ -57,7 +63,7 @@ def test_clips_per_shot_follow_from_length_and_the_clock(prepped, sample):
     folder, videos = sample
     clips = read_clips(out)
     counts = {}
-    for vid, n in zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist()):
+    for vid, n in zip(clips.column("video_id").to_pylist(), clips.column("num_clips").to_pylist(), strict=True):
         counts[vid] = n
     expected = {}
     for video in videos:
@@ -67,13 +73,17 @@ def test_clips_per_shot_follow_from_length_and_the_clock(prepped, sample):
                 assert video.fps == FPS
                 expected[f"folder:{video.name}:shot{k:03d}"] = (shot.frames - 1) // 36
     assert counts == expected
-    assert expected == {"folder:street_two_shots:shot000": 2, "folder:street_two_shots:shot001": 1,
-                        "folder:static_then_moving:shot001": 2, "folder:long_single_shot:shot000": 3}
+    assert expected == {
+        "folder:street_two_shots:shot000": 2,
+        "folder:street_two_shots:shot001": 1,
+        "folder:static_then_moving:shot001": 2,
+        "folder:long_single_shot:shot000": 3,
+    }
     assert summary["clips"] == sum(expected.values()) == clips.num_rows
     for vid, n in expected.items():  # each video's clips are all present, in order, 36 frames apart
         mine = [r for r in clips.to_pylist() if r["video_id"] == vid]
         assert [r["clip_index"] for r in mine] == list(range(n))
-        assert all(b["start_frame"] - a["start_frame"] == 36 for a, b in zip(mine, mine[1:]))
+        assert all(b["start_frame"] - a["start_frame"] == 36 for a, b in pairwise(mine))
         assert all(r["fps"] == FPS and r["num_frames"] == 36 for r in mine)
     shot_starts = {v["video_id"]: v["start_frame"] for v in read_videos(out).to_pylist()}
     assert all(r["start_frame"] == shot_starts[r["video_id"]] + 1 + 36 * r["clip_index"] for r in clips.to_pylist())
@@ -95,11 +105,14 @@ def test_latents_read_back_equal_the_encoder_output(prepped, sample):
     np.testing.assert_array_equal(latents, stream[:, 10:19].numpy().astype(np.float16))
     video = [v for v in read_videos(out).to_pylist() if v["video_id"] == row["video_id"]][0]
     prompt = encoders.encode_prompt(["a yellow kite sweeps across a long sky"])
-    np.testing.assert_array_equal(unpack_tensor("prompt_embeds", video["prompt_embeds"], video["prompt_embeds_shape"]),
-                                  prompt.prompt_embeds[0].numpy().astype(np.float16))
-    np.testing.assert_array_equal(unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]),
-                                  encoders.encode_image_latent(resize_center_crop(frames[:1], 80, 48))[0]
-                                  .numpy().astype(np.float16))  # frame 0 alone, not the stream's latent 0
+    np.testing.assert_array_equal(
+        unpack_tensor("prompt_embeds", video["prompt_embeds"], video["prompt_embeds_shape"]),
+        prompt.prompt_embeds[0].numpy().astype(np.float16),
+    )
+    np.testing.assert_array_equal(
+        unpack_tensor("image_latent", video["image_latent"], video["image_latent_shape"]),
+        encoders.encode_image_latent(resize_center_crop(frames[:1], 80, 48))[0].numpy().astype(np.float16),
+    )  # frame 0 alone, not the stream's latent 0
 
 
 def test_curriculum_partitions_hold_exactly_their_videos(prepped):
@@ -136,6 +149,7 @@ def test_unknown_schema_version_is_refused(prepped, tmp_path):
     table = pq.read_table(f)
     idx = table.schema.get_field_index("schema_version")
     import pyarrow as pa
+
     table = table.set_column(idx, "schema_version", pa.array([99] * table.num_rows, pa.int32()))
     pq.write_table(table, f)
     refused = f"schema_version \\[.*99\\].*reads version {SCHEMA_VERSION}.*re-run pipelines/prep.py"
@@ -150,10 +164,15 @@ def _bad_inputs(folder):
     (folder / "random.mp4").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (folder / "text.mp4").write_text("this is not a video\n")
     import PIL.Image
+
     PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "image.png")
     (folder / "image.png").rename(folder / "image.mp4")
-    frames = np.stack([np.roll(np.tile(np.arange(128, dtype=np.uint8)[None, :, None], (96, 1, 3)) * 2, 3 * i, axis=1)
-                       for i in range(40)])  # 2.5 s at 16 fps: two sections at 30 fps
+    frames = np.stack(
+        [
+            np.roll(np.tile(np.arange(128, dtype=np.uint8)[None, :, None], (96, 1, 3)) * 2, 3 * i, axis=1)
+            for i in range(40)
+        ]
+    )  # 2.5 s at 16 fps: two sections at 30 fps
     frames[:, 30:60, :] = 255 - frames[:, 30:60, :]
     write_mp4(frames[:1], folder / "one_frame.mp4", 16)
     write_mp4(frames, folder / "good.mp4", 16)
@@ -161,25 +180,74 @@ def _bad_inputs(folder):
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
     write_mp4(frames, folder / "spaced näme ü.mp4", 16)
     manifest = folder / "mira.csv"
-    header = ["clip_id", "source", "video_url", "video_id", "width", "height", "fps", "seconds", "timestamp",
-              "frame_number", "framestamp", "file_path", "short_caption", "dense_caption", "background_caption",
-              "main_object_caption", "style_caption", "camera_caption"]
-    names = ["empty.mp4", "random.mp4", "text.mp4", "image.mp4", "one_frame.mp4", "truncated.mp4",
-             "spaced näme ü.mp4", "good.mp4", "missing.mp4"]
+    header = [
+        "clip_id",
+        "source",
+        "video_url",
+        "video_id",
+        "width",
+        "height",
+        "fps",
+        "seconds",
+        "timestamp",
+        "frame_number",
+        "framestamp",
+        "file_path",
+        "short_caption",
+        "dense_caption",
+        "background_caption",
+        "main_object_caption",
+        "style_caption",
+        "camera_caption",
+    ]
+    names = [
+        "empty.mp4",
+        "random.mp4",
+        "text.mp4",
+        "image.mp4",
+        "one_frame.mp4",
+        "truncated.mp4",
+        "spaced näme ü.mp4",
+        "good.mp4",
+        "missing.mp4",
+    ]
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for k, name in enumerate(names):
             caption = "" if name == "good.mp4" else f"clip {k}"
-            w.writerow([f"12.{k}0", "youtube", "", f"v{k}", 128, 96, 16, 2.5, "['0:00:00.0', '0:00:02.5']",
-                        40, "", name, caption, caption, "", "", "", ""])
+            w.writerow(
+                [
+                    f"12.{k}0",
+                    "youtube",
+                    "",
+                    f"v{k}",
+                    128,
+                    96,
+                    16,
+                    2.5,
+                    "['0:00:00.0', '0:00:02.5']",
+                    40,
+                    "",
+                    name,
+                    caption,
+                    caption,
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
         # rows that are bad on their own, and a repeated clip_id: each is one input, rejected or kept alone
-        for clip_id, name, timestamp in [("bad_time", "good.mp4", "['soon', 'later']"),
-                                         ("no_file", "", "['0:00:00.0', '0:00:02.5']"),
-                                         ("past_end", "good.mp4", "['0:01:00.0', '0:01:05.0']"),
-                                         ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:02.5']")]:
-            w.writerow([clip_id, "youtube", "", "v", 128, 96, 16, 2.5, timestamp, 40, "", name, "c", "c",
-                        "", "", "", ""])
+        for clip_id, name, timestamp in [
+            ("bad_time", "good.mp4", "['soon', 'later']"),
+            ("no_file", "", "['0:00:00.0', '0:00:02.5']"),
+            ("past_end", "good.mp4", "['0:01:00.0', '0:01:05.0']"),
+            ("12.70", "spaced näme ü.mp4", "['0:00:00.0', '0:00:02.5']"),
+        ]:
+            w.writerow(
+                [clip_id, "youtube", "", "v", 128, 96, 16, 2.5, timestamp, 40, "", name, "c", "c", "", "", "", ""]
+            )
     return manifest, names + ["bad_time", "no_file", "past_end", "12.70 again"]
 
 
@@ -226,7 +294,9 @@ def test_manifests_and_sidecars_become_inputs(tmp_path):
         w.writerow(["plain.mp4", "", "", "", "", "", "", ""])
     rows = load_inputs(sekai, video_root=tmp_path / "videos")
     assert [(r.source, r.source_id, r.caption) for r in rows] == [
-        ("sekai", "a_b-c_0000030_0000900", "a walk in Tokyo"), ("sekai", "plain", "")]
+        ("sekai", "a_b-c_0000030_0000900", "a walk in Tokyo"),
+        ("sekai", "plain", ""),
+    ]
     assert rows[0].source_path == str(tmp_path / "videos" / "a_b-c_0000030_0000900.mp4")
 
     mira = tmp_path / "mira.csv"
@@ -244,7 +314,11 @@ def test_manifests_and_sidecars_become_inputs(tmp_path):
     (folder / "a.txt").write_text(" from txt \n")
     (folder / "sub" / "b.json").write_text('{"caption": "from json"}')
     assert [(r.source_id, r.caption) for r in from_folder(folder)] == [
-        ("a", "from txt"), ("c", ""), ("notes", ""), ("sub/b", "from json")]  # notes.md is an input too
+        ("a", "from txt"),
+        ("c", ""),
+        ("notes", ""),
+        ("sub/b", "from json"),
+    ]  # notes.md is an input too
     with pytest.raises(ValueError, match="not a MiraData"):
         (tmp_path / "other.csv").write_text("foo,bar\n1,2\n")
         load_inputs(tmp_path / "other.csv")
@@ -270,11 +344,13 @@ def test_online_shot_splitting_matches_whole_video_detection(sample, window):
     splitter = ShotSplitter(info.fps, min_shot_frames=8)
     shots, held = [], 0
     for start in range(0, len(frames), window):
-        shots += splitter.push(frames[start:start + window])
+        shots += splitter.push(frames[start : start + window])
         held = max(held, sum(len(b) for b in splitter.buffer))
     shots += splitter.finish()
-    assert [(s.start, s.end) for s in shots] == detect_shots(frames, info.fps, min_shot_frames=8) == [(0, 76), (76, 116)]
-    assert all(np.array_equal(s.frames, frames[s.start:s.end]) for s in shots)
+    assert (
+        [(s.start, s.end) for s in shots] == detect_shots(frames, info.fps, min_shot_frames=8) == [(0, 76), (76, 116)]
+    )
+    assert all(np.array_equal(s.frames, frames[s.start : s.end]) for s in shots)
     assert held <= 76 + window  # never the whole file: at most one shot and the window that ends it
 
 
@@ -289,6 +365,8 @@ def test_long_takes_become_several_contiguous_training_videos(sample):
     assert [r["video_id"] for r in shots] == [f"folder:long_single_shot:shot00{k}" for k in range(2)]
     # 112 frames → takes of 45, 45, 22; a take of 45 frames holds 1 + 36 (one section), 22 frames none
     assert [(r["shot_index"], r["start_frame"], r["num_clips"], r["num_frames"]) for r in shots] == [
-        (0, 0, 1, 37), (1, 45, 1, 37)]
+        (0, 0, 1, 37),
+        (1, 45, 1, 37),
+    ]
     (short,) = [r for r in rows if r["table"] == "rejects"]
     assert short["reason"].startswith("too_short: shot 2 spans 0.70 s < 1.2 s")

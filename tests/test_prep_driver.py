@@ -40,10 +40,24 @@ print(json.dumps({"videos": sum(len(v) for v in index.values()), "clips": summar
 
 
 def small_value(table: str, name: str, i: int, video: int):
-    return {"schema_version": SCHEMA_VERSION, "input_id": f"folder:v{video}", "video_id": f"folder:v{video}:shot000",
-            "source": "folder", "source_path": f"/raw/v{video}.mp4", "shot_index": 0, "clip_index": i % PER_VIDEO,
-            "start_frame": 0, "num_frames": 37, "fps": 30.0, "source_fps": 30.0, "height": 64, "width": 64,
-            "caption": "c", "dynamism": 1.0, "latent_dtype": "float16"}[name]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "input_id": f"folder:v{video}",
+        "video_id": f"folder:v{video}:shot000",
+        "source": "folder",
+        "source_path": f"/raw/v{video}.mp4",
+        "shot_index": 0,
+        "clip_index": i % PER_VIDEO,
+        "start_frame": 0,
+        "num_frames": 37,
+        "fps": 30.0,
+        "source_fps": 30.0,
+        "height": 64,
+        "width": 64,
+        "caption": "c",
+        "dynamism": 1.0,
+        "latent_dtype": "float16",
+    }[name]
 
 
 def write_table(folder: Path, columns: list[str], rows: range, video_of, chunk: int = 5000) -> None:
@@ -72,13 +86,20 @@ def test_validating_and_indexing_50k_clips_keeps_the_driver_small(tmp_path):
     write_table(tmp_path / "clips" / f"num_clips={PER_VIDEO}", CLIP_COLUMNS, range(CLIPS), lambda i: i // PER_VIDEO)
     write_table(tmp_path / "videos" / f"num_clips={PER_VIDEO}", VIDEO_COLUMNS, range(videos), lambda i: i)
     assert sum(f.stat().st_size for f in tmp_path.rglob("*.parquet")) < 50e6  # zeros compress on disk
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path), str(videos)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(tmp_path), str(videos)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["videos"] == videos and measured["clips"] == CLIPS
     assert measured["grew"] <= 200e6, measured
     # the control: loading the one tensor column the driver must never read costs what it holds
     assert measured["control"] >= 0.9 * CLIPS * TENSOR_BYTES, measured
-    print(f"driver RSS grew {measured['grew'] / 1e6:.0f} MB for {CLIPS} clips "
-          f"(reading the latents column: +{measured['control'] / 1e6:.0f} MB)")
+    print(
+        f"driver RSS grew {measured['grew'] / 1e6:.0f} MB for {CLIPS} clips "
+        f"(reading the latents column: +{measured['control'] / 1e6:.0f} MB)"
+    )

@@ -16,9 +16,9 @@ import pytest
 from data_prep.decode import DecodeError, decode_frames, stream_frames
 from data_prep.job import PrepConfig, run_prep
 from data_prep.process import ClipSpec
+from data_prep.sources import load_inputs
 from mempack.sample import SampleShot, render_shot
 from mempack.schema import read_clips, read_rejects, read_warnings
-from data_prep.sources import load_inputs
 
 
 def moving(frames: int, size=(96, 128), hue: int = 40, seed: int = 0) -> np.ndarray:
@@ -26,8 +26,16 @@ def moving(frames: int, size=(96, 128), hue: int = 40, seed: int = 0) -> np.ndar
     return render_shot(SampleShot(frames, 1.5 * size[1] / 128, hue), size, seed)
 
 
-def write(path: Path, frames: np.ndarray, rate=30, fmt: str | None = None, rotation: int | None = None,
-          pts: list[int] | None = None, options: dict | None = None, gop: int | None = None) -> Path:
+def write(
+    path: Path,
+    frames: np.ndarray,
+    rate=30,
+    fmt: str | None = None,
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+    options: dict | None = None,
+    gop: int | None = None,
+) -> Path:
     """h264 in any container; `pts` in milliseconds makes a variable frame rate, `rotation` display metadata."""
     tb = Fraction(1, 1000)
     with av.open(str(path), "w", format=fmt, options=options or {}) as container:
@@ -66,17 +74,18 @@ def numbered(n: int, size=(96, 128)) -> np.ndarray:
     """Frame i has grey level 5*i in its lower half: which source frame a decoded frame is can be read back."""
     frames = np.zeros((n, *size, 3), np.uint8)
     for i in range(n):
-        frames[i, size[0] // 2:] = 5 * i
+        frames[i, size[0] // 2 :] = 5 * i
     return frames
 
 
 def frame_number(frame: np.ndarray) -> int:
-    return int(round(float(frame[frame.shape[0] * 3 // 4:].mean()) / 5))
+    return int(round(float(frame[frame.shape[0] * 3 // 4 :].mean()) / 5))
 
 
 # ---------------------------------------------------------------------------------------------------
 # the decoder alone (no Ray): positions, rotation, windows, truncation, hangs
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_variable_frame_rate_is_positioned_by_timestamps(tmp_path):
     # 30 frames in the first second, then 10 frames in the next: the average rate is ~20 fps
@@ -231,6 +240,7 @@ def test_a_decode_that_hangs_is_killed_and_keeps_what_it_decoded(tmp_path):
 # the whole job: every file of a folder is an input, accepted or rejected, and counted once
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def awkward_folder(ray_local, tmp_path_factory):
     """A folder with every awkward file the issue lists; prepped once. Returns (folder, out, summary)."""
@@ -271,8 +281,20 @@ def test_every_file_of_a_folder_is_accepted_or_rejected_exactly_once(awkward_fol
     assert summary["inputs_accepted"] + summary["inputs_rejected"] == summary["inputs"]
     accepted = {r["input_id"] for r in read_clips(out, columns=["input_id"]).to_pylist()}
     rejected = {r["input_id"] for r in read_rejects(out).to_pylist()} - accepted
-    assert accepted == {f"folder:{n}" for n in ("plain", "a.mp4", "a.mov", "rotated", "vfr", "stream.ts",
-                                                 "stream.unknownext", "reschange", "truncated")}
+    assert accepted == {
+        f"folder:{n}"
+        for n in (
+            "plain",
+            "a.mp4",
+            "a.mov",
+            "rotated",
+            "vfr",
+            "stream.ts",
+            "stream.unknownext",
+            "reschange",
+            "truncated",
+        )
+    }
     assert len(accepted) + len(rejected) == len(files) and not accepted & rejected
 
 
@@ -317,7 +339,7 @@ def test_the_shot_buffer_is_capped_in_bytes_whatever_the_frame_rate():
         splitter = ShotSplitter(fps, max_shot_frames=round(60 * fps), max_shot_bytes=cap)
         shots, held = [], 0
         for start in range(0, len(frames), 8):
-            shots += splitter.push(frames[start:start + 8])
+            shots += splitter.push(frames[start : start + 8])
             held = max(held, sum(b.nbytes for b in splitter.buffer))
         shots += splitter.finish()
         assert [len(s.frames) for s in shots] == [25, 25, 25, 25, 20]

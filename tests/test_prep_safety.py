@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 from data_prep.job import PrepConfig, run_prep
 from data_prep.sources import load_inputs
@@ -19,13 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tree_digest(root: Path) -> dict[str, str]:
     """Every file under `root` (hidden ones too) → sha256 of its bytes."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def prep_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipelines/prep.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "pipelines/prep.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -38,6 +43,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 def prep_main(*args: str) -> str:
     """pipelines/prep.py's main in this process (no Ray is started: the refusal comes first)."""
     from pipelines import prep
+
     with pytest.raises(SystemExit) as exit_info:
         prep.main(list(args))
     message = str(exit_info.value.code)
@@ -82,7 +88,7 @@ def test_a_run_that_fails_mid_job_leaves_the_previous_output_intact(ray_local, s
     broken = tmp_path / "no_weights"
     broken.mkdir()
     inputs = [i for i in load_inputs(sample_prep[3]) if i.source_id == "long_single_shot"]
-    with pytest.raises(Exception):
+    with pytest.raises(ray.exceptions.RayError):  # the encoder actor cannot load weights that are not there
         run_prep(inputs, PrepConfig(output=str(out), encoders=str(broken)))
     assert tree_digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no_weights", "out"]

@@ -24,12 +24,14 @@ def test_progress_line_every_n_steps_with_seconds_per_step_and_eta():
     clock = FakeClock()
     progress = ProgressLine(max_steps=10, every=4, start_step=0, clock=clock)
     lines = []
-    for step, loss in zip(range(1, 11), [1.0, 0.8, 0.6, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1]):
+    for step, loss in zip(range(1, 11), [1.0, 0.8, 0.6, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1], strict=True):
         clock.now += 2.0 if step <= 4 else 3.0
         lines.append(progress.update(step, loss))
     printed = [(i + 1, line) for i, line in enumerate(lines) if line]
     assert [step for step, _ in printed] == [4, 8, 10]  # every 4th step and the last one
-    assert printed[0][1] == "step 4/10 | loss 0.7000 | 2.00 s/step | ETA 0:00:12"  # mean loss of steps 1-4, 6 steps left
+    assert (
+        printed[0][1] == "step 4/10 | loss 0.7000 | 2.00 s/step | ETA 0:00:12"
+    )  # mean loss of steps 1-4, 6 steps left
     assert printed[1][1] == "step 8/10 | loss 0.2500 | 3.00 s/step | ETA 0:00:06"
     assert printed[2][1].startswith("step 10/10 | loss 0.1000 | 3.00 s/step | ETA 0:00:00")
 
@@ -67,8 +69,11 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
     assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(FPS)
 
 
-@pytest.mark.xfail(strict=True, reason="open: since the session's merges a second sampler's render differs after "
-                   "frame 0 (the first equals, the conditioning's prompt embeddings are equal); not yet found")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: since the session's merges a second sampler's render differs after "
+    "frame 0 (the first equals, the conditioning's prompt embeddings are equal); not yet found",
+)
 def test_two_validation_samplers_render_the_same_video(sample_prep, tmp_path):
     from mempack.model import MemoryPackTransformer
     from mempack.video_io import read_video

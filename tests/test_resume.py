@@ -35,16 +35,40 @@ def test_every_setting_is_either_allowed_or_refused():
 def test_watching_and_length_settings_may_change(started):
     config, out = started
     watched = dataclasses.replace(
-        config, progress_every=1, sample_every=5, sample_image="first.png", sample_prompt="a kite", sample_sections=3,
-        sample_steps=2, register_model="mempack-f1", system_metrics=True, log_every=7, run_name="again",
-        max_steps=400, epochs=2, checkpoint_every=3, cpus_per_worker=1.0, placement_strategy="SPREAD")
+        config,
+        progress_every=1,
+        sample_every=5,
+        sample_image="first.png",
+        sample_prompt="a kite",
+        sample_sections=3,
+        sample_steps=2,
+        register_model="mempack-f1",
+        system_metrics=True,
+        log_every=7,
+        run_name="again",
+        max_steps=400,
+        epochs=2,
+        checkpoint_every=3,
+        cpus_per_worker=1.0,
+        placement_strategy="SPREAD",
+    )
     check_or_write(watched, {}, out, resume=True)  # no error: the same run, watched differently and longer
 
 
-@pytest.mark.parametrize("change", [
-    {"lr": 2e-5}, {"seed": 1}, {"preset": "framepack-f1"}, {"zero_stage": 3}, {"num_workers": 4},
-    {"batch_size": 2}, {"ema_decay": 0.999}, {"forcing": ForcingConfig(mode="teacher")},
-], ids=lambda change: next(iter(change)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 2e-5},
+        {"seed": 1},
+        {"preset": "framepack-f1"},
+        {"zero_stage": 3},
+        {"num_workers": 4},
+        {"batch_size": 2},
+        {"ema_decay": 0.999},
+        {"forcing": ForcingConfig(mode="teacher")},
+    ],
+    ids=lambda change: next(iter(change)),
+)
 def test_run_defining_settings_must_match(started, change):
     config, out = started
     with pytest.raises(ResumeMismatchError, match=f"^--resume: {next(iter(change))} differ"):

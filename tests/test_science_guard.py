@@ -13,7 +13,8 @@ sections, i.e. 27 latent frames, beyond FramePack's 19-frame history), with mode
 
 Measured when the guard was written (world seed 0, the development world): recall 1.00 (12 / 12) for
 MemoryPack at 200 and 300 steps, 0.08 at 100; at 250 steps MemoryPack 1.00 and FramePack alone 0.50
-(chance); ψ read-out ≥ 0.75 untrained and trained. The thresholds below leave these margins: recall ≥ 0.75 (3 of 12 returns may go
+(chance); ψ read-out ≥ 0.75 untrained and trained. The thresholds below leave these margins: recall ≥ 0.75 (3 of 12
+returns may go
 wrong), FramePack ≤ 0.67 (chance 0.5; a FramePack above it would mean the scorer or the world leaks the
 identity into the recent history), read-out ≥ 0.75 on 12 held-out videos. Training on CPU is
 deterministic, so a failure is a change in behaviour, not noise. Select with `pytest -k science_guard`.
@@ -48,8 +49,14 @@ def _trained(world: World, memory: bool):
         v = world.video(1_000_000 + step)
         return v.clips(), world.conditioning(v)
 
-    config = LocalTrainConfig(stage=1, steps=STEPS, lr=1e-3, memory_lr=1e-4 if memory else None, seed=0,
-                              forcing=ForcingConfig(mode="teacher", memory_grad_window=-1))
+    config = LocalTrainConfig(
+        stage=1,
+        steps=STEPS,
+        lr=1e-3,
+        memory_lr=1e-4 if memory else None,
+        seed=0,
+        forcing=ForcingConfig(mode="teacher", memory_grad_window=-1),
+    )
     train_in_process(model, video, config, pick_clip=lambda clips: clips - 1)  # the return section
     return model
 

@@ -27,11 +27,31 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GPU_GB = 80  # what a command that names no hardware is planned for: an 80 GB H100
 CPU_HOST_GB = 16  # a CPU command (the tiny preset's demo runs) must fit a laptop
 # GPU memory per GPU of the instance types the manifests may name (AWS)
-GPU_GB_BY_INSTANCE = {"p4d.24xlarge": 40, "p4de.24xlarge": 80, "p5.48xlarge": 80, "p5e.48xlarge": 141,
-                      "p5en.48xlarge": 141}
+GPU_GB_BY_INSTANCE = {
+    "p4d.24xlarge": 40,
+    "p4de.24xlarge": 80,
+    "p5.48xlarge": 80,
+    "p5e.48xlarge": 141,
+    "p5en.48xlarge": 141,
+}
 # flags that change where a run reads and writes, not what it holds in memory (the plan cache's key)
-NOT_MEMORY = ("data", "output", "init", "pretrained", "mlflow_uri", "experiment", "run_name", "checkpoint_every",
-              "max_failures", "cpus_per_worker", "log_every", "progress_every", "max_steps", "epochs", "lr")
+NOT_MEMORY = (
+    "data",
+    "output",
+    "init",
+    "pretrained",
+    "mlflow_uri",
+    "experiment",
+    "run_name",
+    "checkpoint_every",
+    "max_failures",
+    "cpus_per_worker",
+    "log_every",
+    "progress_every",
+    "max_steps",
+    "epochs",
+    "lr",
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,9 @@ def _group_hardware(groups: list[dict], where: str) -> Hardware:
     gpus, sizes = 0, []
     for g in groups:
         spec = g["template"]["spec"]
-        per_pod = max(int(str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)))
-                      for c in spec["containers"])
+        per_pod = max(
+            int(str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))) for c in spec["containers"]
+        )
         if per_pod:
             instance = spec.get("nodeSelector", {}).get("node.kubernetes.io/instance-type")
             sizes.append(GPU_GB_BY_INSTANCE[instance] if instance else DEFAULT_GPU_GB)
@@ -79,10 +100,15 @@ def _cluster_hardware() -> Hardware:
     nodes = [t for name, t in launcher["available_node_types"].items() if t["resources"].get("GPU")]
     launcher_gpus = sum(t["resources"]["GPU"] * t["max_workers"] for t in nodes)
     launcher_gb = min(GPU_GB_BY_INSTANCE[t["node_config"]["InstanceType"]] for t in nodes)
-    [kuberay] = [d for d in _yaml_docs(ROOT / "cluster" / "kuberay" / "raycluster.yaml") if d.get("kind") == "RayCluster"]
+    [kuberay] = [
+        d for d in _yaml_docs(ROOT / "cluster" / "kuberay" / "raycluster.yaml") if d.get("kind") == "RayCluster"
+    ]
     k = _group_hardware(kuberay["spec"]["workerGroupSpecs"], "raycluster.yaml")
-    return Hardware(min(launcher_gpus, k.gpus), min(launcher_gb, k.gb_per_gpu),
-                    "cluster/ray-cluster.yaml and cluster/kuberay/raycluster.yaml")
+    return Hardware(
+        min(launcher_gpus, k.gpus),
+        min(launcher_gb, k.gb_per_gpu),
+        "cluster/ray-cluster.yaml and cluster/kuberay/raycluster.yaml",
+    )
 
 
 def _markdown_commands(text: str) -> list[str]:
@@ -166,8 +192,12 @@ def test_commands_are_found_everywhere():
     """Zero commands would make every other test here pass vacuously."""
     places = {s.where for s in SHIPPED}
     assert len(SHIPPED) >= 10, SHIPPED
-    assert {"cluster/README.md", "cluster/kuberay/rayjob-train-stage1.yaml", "cluster/kuberay/rayjob-train-stage2.yaml",
-            "pipelines/demo.py"} <= places, places
+    assert {
+        "cluster/README.md",
+        "cluster/kuberay/rayjob-train-stage1.yaml",
+        "cluster/kuberay/rayjob-train-stage2.yaml",
+        "pipelines/demo.py",
+    } <= places, places
     assert any("--preset" in s.argv and "framepack-f1" in s.argv and s.hardware.gpus for s in SHIPPED)
 
 
@@ -182,14 +212,23 @@ def test_shipped_command_fits_its_hardware(shipped):
     assert config.num_workers <= hw.gpus, f"{shipped.where}: {config.num_workers} workers, {hw.gpus} GPUs ({hw.source})"
     gib = plan.total(config.gradient_checkpointing) / 2**30
     assert plan.fits(config.gradient_checkpointing, hw.gb_per_gpu), (
-        f"{shipped.where}: {' '.join(shipped.argv)} needs {gib:.1f} GiB per GPU, "
-        f"{hw.gb_per_gpu} GB GPUs ({hw.source})")
+        f"{shipped.where}: {' '.join(shipped.argv)} needs {gib:.1f} GiB per GPU, {hw.gb_per_gpu} GB GPUs ({hw.source})"
+    )
 
 
 def test_unfit_command_is_caught():
     """The check can fail: F1's stage 1 without gradient checkpointing does not fit 80 GB."""
-    argv = ("--stage", "1", "--use-gpu", "--num-workers", "8", "--preset", "framepack-f1",
-            "--deepspeed", "cluster/deepspeed/zero3_bf16.json")
+    argv = (
+        "--stage",
+        "1",
+        "--use-gpu",
+        "--num-workers",
+        "8",
+        "--preset",
+        "framepack-f1",
+        "--deepspeed",
+        "cluster/deepspeed/zero3_bf16.json",
+    )
     plan, config = plan_of(argv)
     assert not plan.fits(False, DEFAULT_GPU_GB)
     assert plan.fits(True, DEFAULT_GPU_GB)

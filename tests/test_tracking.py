@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray.train
 from mlflow.tracking import MlflowClient
 
 from mempack import tracking
@@ -81,8 +82,13 @@ def test_model_references_resolve_to_the_training_run(store, tmp_path):
     client.create_registered_model("mempack-f1")
     version = client.create_model_version("mempack-f1", f"runs:/{train_run}/model", run_id=train_run)
     client.set_registered_model_alias("mempack-f1", "champion", version.version)
-    for reference in (f"runs:/{train_run}/model", "models:/mempack-f1@champion", f"models:/mempack-f1/{version.version}",
-                      str(export), str(export.parent)):
+    for reference in (
+        f"runs:/{train_run}/model",
+        "models:/mempack-f1@champion",
+        f"models:/mempack-f1/{version.version}",
+        str(export),
+        str(export.parent),
+    ):
         assert tracking.resolve_model_run(reference, store) == train_run, reference
     assert tracking.resolve_model_run(tmp_path / "nowhere", store) is None
 
@@ -120,9 +126,21 @@ def test_evaluation_tags_the_model_run_and_a_failed_evaluation_ends_failed(store
     client.set_terminated(train_run)
     not_a_video = tmp_path / "broken.mp4"
     not_a_video.write_text("not a video\n")
-    result = subprocess.run([sys.executable, "pipelines/evaluate.py", str(not_a_video), "--mlflow-uri", store,
-                             "--model", f"runs:/{train_run}/model"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/evaluate.py",
+            str(not_a_video),
+            "--mlflow-uri",
+            store,
+            "--model",
+            f"runs:/{train_run}/model",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and result.stderr.startswith("error: ")
     experiment = client.get_experiment_by_name("mempack-eval")
     [run] = client.search_runs([experiment.experiment_id])
@@ -155,9 +173,18 @@ def test_training_that_fails_ends_failed_with_its_data_input_recorded(sample_pre
     prep_out = sample_prep[0]
     empty_weights = tmp_path / "weights"
     empty_weights.mkdir()  # exists (so setup passes) but holds no model: the workers fail to build it
-    config = TrainConfig(stage=1, data=str(prep_out), output=str(tmp_path / "run"), pretrained=str(empty_weights),
-                         num_workers=1, max_failures=0, max_steps=1, mlflow_uri=store, run_name="doomed")
-    with pytest.raises(Exception):
+    config = TrainConfig(
+        stage=1,
+        data=str(prep_out),
+        output=str(tmp_path / "run"),
+        pretrained=str(empty_weights),
+        num_workers=1,
+        max_failures=0,
+        max_steps=1,
+        mlflow_uri=store,
+        run_name="doomed",
+    )
+    with pytest.raises(ray.train.TrainingFailedError):
         run_training(config)
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("mempack-train").experiment_id])
@@ -172,9 +199,24 @@ def test_training_that_fails_ends_failed_with_its_data_input_recorded(sample_pre
 
 def _start_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -206,8 +248,9 @@ def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_pat
     try:
         wait_for(lambda: _up(f"{url}/health"), 120, "the MLflow server")
         client, run_id = tracking.create_run(url, "outage")
-        logger = MlflowRunLogger(url, run_id, retry_seconds=(0.5, 1.0), flush_timeout_s=60,
-                                 spill_path=tmp_path / "unsent.jsonl")
+        logger = MlflowRunLogger(
+            url, run_id, retry_seconds=(0.5, 1.0), flush_timeout_s=60, spill_path=tmp_path / "unsent.jsonl"
+        )
         logger.log({"loss": 1.0}, step=1)
         wait_for(lambda: logger.buffered == 0, 30, "the first metric sent")
         _stop(server)  # the server goes away mid-run
@@ -245,8 +288,7 @@ def test_metrics_that_cannot_be_sent_are_spilled_to_a_file_and_replayable(tmp_pa
     client, run_id = tracking.create_run(store, "spill")
     spill = tmp_path / "unsent.jsonl"
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    logger = MlflowRunLogger(dead, run_id, retry_seconds=(0.2,), flush_timeout_s=3, spill_path=spill,
-                             max_buffered=5)
+    logger = MlflowRunLogger(dead, run_id, retry_seconds=(0.2,), flush_timeout_s=3, spill_path=spill, max_buffered=5)
     for step in range(8):
         logger.log({"loss": float(step)}, step=step)
     logger.close()

@@ -40,18 +40,36 @@ def mlflow_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def stage1(sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage1")
-    config = TrainConfig(stage=1, data=str(sample_prep[0]), output=str(out), max_steps=80, lr=3e-3,
-                         checkpoint_every=40, mlflow_uri=mlflow_uri, register_model="mempack-stage1")
+    config = TrainConfig(
+        stage=1,
+        data=str(sample_prep[0]),
+        output=str(out),
+        max_steps=80,
+        lr=3e-3,
+        checkpoint_every=40,
+        mlflow_uri=mlflow_uri,
+        register_model="mempack-stage1",
+    )
     return run_training(config)
 
 
 @pytest.fixture(scope="module")
 def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage2")
-    config = TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
-                         max_steps=6, lr=1e-3, checkpoint_every=5, mlflow_uri=mlflow_uri,
-                         sample_every=6, sample_steps=2,  # one validation video, at the last step
-                         batch_size=2, ema_decay=0.9)  # the scale options, on the real Ray + DeepSpeed path
+    config = TrainConfig(
+        stage=2,
+        data=str(sample_prep[0]),
+        output=str(out),
+        init=str(Path(stage1["export"]).parent),
+        max_steps=6,
+        lr=1e-3,
+        checkpoint_every=5,
+        mlflow_uri=mlflow_uri,
+        sample_every=6,
+        sample_steps=2,  # one validation video, at the last step
+        batch_size=2,
+        ema_decay=0.9,
+    )  # the scale options, on the real Ray + DeepSpeed path
     return run_training(config)
 
 
@@ -75,13 +93,21 @@ def test_stage1_run_holds_params_metrics_and_model(stage1):
     ds = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert "config/deepspeed.json" in ds
     # the export is the run's MLflow Model (runs:/ID/model), logged once
-    [model] = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    [model] = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
     assert model.name == "model"
-    files = {str(f.relative_to(urlparse(model.artifact_location).path))
-             for f in Path(urlparse(model.artifact_location).path).rglob("*")}
-    assert {"artifacts/model/mempack.json", "artifacts/model/transformer", "artifacts/model/semantic_pack",
-            "artifacts/model/encoders.json", "MLmodel"} <= files
+    files = {
+        str(f.relative_to(urlparse(model.artifact_location).path))
+        for f in Path(urlparse(model.artifact_location).path).rglob("*")
+    }
+    assert {
+        "artifacts/model/mempack.json",
+        "artifacts/model/transformer",
+        "artifacts/model/semantic_pack",
+        "artifacts/model/encoders.json",
+        "MLmodel",
+    } <= files
 
 
 @pytest.mark.slow
@@ -111,8 +137,16 @@ def test_training_export_is_a_pipeline_that_generates(stage1):
 
     pipe = MemoryPackPipeline.from_pretrained(stage1["export"])
     pipe.set_progress_bar_config(disable=True)
-    frames = pipe(image=sample_image(32, 32), prompt="a kite", num_frames=5, num_inference_steps=1, height=32,
-                  width=32, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    frames = pipe(
+        image=sample_image(32, 32),
+        prompt="a kite",
+        num_frames=5,
+        num_inference_steps=1,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames[0]
     assert frames.shape == (5, 32, 32, 3) and pipe.model_config.preset == "tiny"
 
 
@@ -163,8 +197,13 @@ def test_stage2_batch_size_trains_two_videos_per_step(stage1, stage2, sample_pre
     uri = stage2["tracking_uri"]
     assert metric(uri, stage2["mlflow_run_id"], "videos_per_step") == [2] * 6
     # stage 1 (batch 1, teacher forcing) trains one clip of one video per step: its tokens per clip, per bucket
-    one_clip = set(zip(metric(uri, stage1["mlflow_run_id"], "clips_per_video"),
-                       metric(uri, stage1["mlflow_run_id"], "latent_tokens_per_step")))
+    one_clip = set(
+        zip(
+            metric(uri, stage1["mlflow_run_id"], "clips_per_video"),
+            metric(uri, stage1["mlflow_run_id"], "latent_tokens_per_step"),
+            strict=False,
+        )
+    )
     per_clip = dict(one_clip)
     assert len(per_clip) == len(one_clip) == 3 and all(v > 0 for v in per_clip.values())
     clips = metric(uri, stage2["mlflow_run_id"], "clips_per_video")
@@ -201,22 +240,27 @@ def test_stage2_ema_decay_exports_the_average_beside_the_model(stage1, stage2):
     step5 = torch.load(next(f for f in states if f not in final), weights_only=True)
     step6 = torch.load(final[0], weights_only=True)
     rank1 = torch.load(final[0].with_name("ema_rank1.pt"), weights_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(step6, rank1))  # ZeRO-2: every rank averaged the same weights
-    for name, e5, e6 in zip(names, step5, step6):
+    assert all(
+        torch.equal(a, b) for a, b in zip(step6, rank1, strict=True)
+    )  # ZeRO-2: every rank averaged the same weights
+    for name, e5, e6 in zip(names, step5, step6, strict=True):
         assert not torch.equal(e5, start[name])  # five updates already moved it
         torch.testing.assert_close(e6, e5.lerp(raw[name].float(), 0.1), atol=1e-7, rtol=0)
         assert torch.equal(e6, ema[name])
 
     # loads with the loader model/ loads with, into the same configuration
-    pipe, pipe_ema = MemoryPackPipeline.from_pretrained(stage2["export"]), MemoryPackPipeline.from_pretrained(
-        stage2["export_ema"])
+    pipe, pipe_ema = (
+        MemoryPackPipeline.from_pretrained(stage2["export"]),
+        MemoryPackPipeline.from_pretrained(stage2["export_ema"]),
+    )
     assert pipe_ema.model_config == pipe.model_config
     state = pipe_ema.transformer.state_dict()
     assert all(torch.equal(state[k], ema[k]) for k in HEAD)
     client = MlflowClient(stage2["tracking_uri"])
     run = client.get_run(stage2["mlflow_run_id"])
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
     assert sorted(m.name for m in models) == ["model", "model_ema"]  # both MLflow Models, each logged once
 
 
@@ -229,8 +273,10 @@ def test_checkpoints_go_straight_into_the_run_storage_and_stage2_s_hold_the_head
     from mempack.train.checkpoint import checkpoint_size, folder_bytes
 
     storage = Path(stage1["export"]).parent / "ray" / "stage1"
-    assert sorted(p.name for p in storage.glob("checkpoint_step*")) == ["checkpoint_step0000040_attempt0",
-                                                                    "checkpoint_step0000080_attempt0"]
+    assert sorted(p.name for p in storage.glob("checkpoint_step*")) == [
+        "checkpoint_step0000040_attempt0",
+        "checkpoint_step0000080_attempt0",
+    ]
     assert (storage / "checkpoint_step0000040_attempt0" / "state" / "mp_rank_00_model_states.pt").is_file()
     for run in (stage1, stage2):
         assert metric(run["tracking_uri"], run["mlflow_run_id"], "checkpoint_staged_bytes") == [0, 0]
@@ -253,9 +299,21 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
     from mempack.train.checkpoint import folder_bytes
 
     def config(out, steps, scratch=None):
-        return TrainConfig(stage=2, data=str(sample_prep[0]), output=str(out), init=str(Path(stage1["export"]).parent),
-                           max_steps=steps, lr=1e-3, checkpoint_every=2, num_workers=1, cpus_per_worker=1,
-                           zero_stage=3, mlflow_uri=mlflow_uri, run_name="resume", checkpoint_scratch=scratch)
+        return TrainConfig(
+            stage=2,
+            data=str(sample_prep[0]),
+            output=str(out),
+            init=str(Path(stage1["export"]).parent),
+            max_steps=steps,
+            lr=1e-3,
+            checkpoint_every=2,
+            num_workers=1,
+            cpus_per_worker=1,
+            zero_stage=3,
+            mlflow_uri=mlflow_uri,
+            run_name="resume",
+            checkpoint_scratch=scratch,
+        )
 
     whole = run_training(config(tmp_path / "whole", 4))
     # the interrupted run writes to a scratch disk that Ray uploads from in the background (ASYNC) and empties
@@ -278,8 +336,9 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "pipelines/train.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "pipelines/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -320,13 +379,28 @@ def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
     from mempack.train.config import ArchitectureConfig
     from mempack.train.loop import build_model
 
-    config = load_config(TrainConfig(stage=1), None, ["model.frames_4x=32", "model.structure=B",
-                                                       "model.memory_init=zero", "model.memorize_input=segment",
-                                                       "model.pooling=learned", "model.carry=false"])
+    config = load_config(
+        TrainConfig(stage=1),
+        None,
+        [
+            "model.frames_4x=32",
+            "model.structure=B",
+            "model.memory_init=zero",
+            "model.memorize_input=segment",
+            "model.pooling=learned",
+            "model.carry=false",
+        ],
+    )
     model = build_model(config)
     assert model.config.layout == HistoryLayout(1, 2, 32, 9)
     sp = model.semantic_pack.config
-    assert (sp.structure, sp.init, sp.memorize_input, sp.pooling, sp.carry) == ("B", "zero", "segment", "learned", False)
+    assert (sp.structure, sp.init, sp.memorize_input, sp.pooling, sp.carry) == (
+        "B",
+        "zero",
+        "segment",
+        "learned",
+        False,
+    )
     start, history = torch.randn(1, 16, 1, 8, 8), torch.randn(1, 16, 45, 8, 8)
     packed = pack_history(start, history, model.config.layout)
     assert packed.latents_4x.shape[2] == 32 and packed.indices_4x.tolist() == list(range(46 - 35, 46 - 3))

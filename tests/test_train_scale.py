@@ -30,7 +30,8 @@ import importlib, json, os, sys
 from pathlib import Path
 import torch
 rank, world, port, pretrained, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world),
+                  LOCAL_RANK=str(rank))
 import deepspeed
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
@@ -55,7 +56,8 @@ zero3.export_by_module({BACKBONE_DIR: model.backbone, SEMANTIC_PACK_DIR: model.s
 engine = loop._init_engine(model, ds, False, config.memory_lr)
 module = engine.module
 g = torch.Generator().manual_seed(1)
-cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
+cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
+                    torch.randn(1, 32, generator=g),
                     torch.randn(1, 4, 32, generator=g), torch.randn(1, 16, 1, 8, 8, generator=g))
 clips = torch.randn(2, 16, 9, 8, 8, generator=g)
 
@@ -96,9 +98,17 @@ def test_zero3_builds_partitioned_loads_pretrained_and_exports_by_module(tmp_pat
     source = MemoryPackTransformer.from_preset("tiny", seed=3)
     source.save_pretrained(pretrained)
     port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), "2", port, str(pretrained), str(tmp_path)],
-                              cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(r), "2", port, str(pretrained), str(tmp_path)],
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
     info = json.loads((tmp_path / "rank0.json").read_text())
@@ -147,7 +157,8 @@ ds = resolve(config)
 engine = loop._init_engine(loop.build_model(config, ds), ds, False, None)
 module = engine.module
 g = torch.Generator().manual_seed(1)
-cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64), torch.randn(1, 32, generator=g),
+cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
+                    torch.randn(1, 32, generator=g),
                     torch.randn(1, 4, 32, generator=g), torch.randn(1, 16, 1, 8, 8, generator=g))
 clips = torch.randn(1, 16, 9, 8, 8, generator=g)
 bad = clips.clone(); bad[0, 0, 0, 0, 0] = float("nan")
@@ -175,8 +186,14 @@ print("RESULT " + json.dumps({"events": events, "skipped": guard.skipped, "finit
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(zero_stage):
-    proc = subprocess.run([sys.executable, "-c", NONFINITE, str(_free_port()), str(zero_stage)], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", NONFINITE, str(_free_port()), str(zero_stage)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     events = result["events"]
@@ -257,26 +274,48 @@ for stage in (1, 2):
     ref_loss, ref_norm = reference(stage)
     print("RESULT " + json.dumps({"stage": stage, "reference": [ref_loss, ref_norm],
           "old": [old["loss"], old["grad_norm"]], "new": [new["loss"], new["grad_norm"]],
-          "max_weight_diff": float((old["weights"] - new["weights"]).abs().max()), "moved": [old["moved"], new["moved"]],
-          "engine_forwards": [old["engine_forwards"], new["engine_forwards"]], "optimizer_steps": [old["steps"], new["steps"]]}))
+          "max_weight_diff": float((old["weights"] - new["weights"]).abs().max()),
+          "moved": [old["moved"], new["moved"]],
+          "engine_forwards": [old["engine_forwards"], new["engine_forwards"]],
+          "optimizer_steps": [old["steps"], new["steps"]]}))
 """
 
 
-@pytest.mark.parametrize("zero_stage", [2, pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
-    "open: since ψ's context gate joined, stage 1 under ZeRO-3 differs from plain PyTorch by 1e-5 in the loss "
-    "and 0.45 % in the gradient norm (the engine and module paths agree with each other); passed before the gate")))])
+@pytest.mark.parametrize(
+    "zero_stage",
+    [
+        2,
+        pytest.param(
+            3,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "open: since ψ's context gate joined, stage 1 under ZeRO-3 differs from plain PyTorch by 1e-5 "
+                    "in the loss and 0.45 % in the gradient norm (the engine and module paths agree with each "
+                    "other); passed before the gate"
+                ),
+            ),
+        ),
+    ],
+)
 def test_the_training_forward_goes_through_the_engine_and_gives_the_true_gradient(zero_stage):
     """Issue 20: the loop calls the engine (`engine(...)`: DeepSpeed's forward and its backward hooks), not
     `engine.module(...)`. One optimizer step's loss and gradient norm equal plain PyTorch's gradient of the mean
     clip loss (stage 1: all weights through ψ's graph; stage 2: the head over a 3-clip video, gradient
     accumulation 3). Under ZeRO-2 the old path gave the same step; under ZeRO-3 with accumulation it kept only the
     last clip's gradient (stage 2 here: norm 0.120 where the true one is 0.298), which the engine's forward fixes."""
-    proc = subprocess.run([sys.executable, "-c", ENGINE_FORWARD, str(_free_port()), str(zero_stage)], cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", ENGINE_FORWARD, str(_free_port()), str(zero_stage)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert [r["stage"] for r in results] == [1, 2]
-    for result, clips in zip(results, (1, 3)):
+    for result, clips in zip(results, (1, 3), strict=True):
         assert result["engine_forwards"] == [0, clips]  # the new path called the engine once per trained clip
         assert result["optimizer_steps"] == [1, 1] and min(result["moved"]) > 1e-4  # a real step each
         (ref_loss, ref_norm), (new_loss, new_norm) = result["reference"], result["new"]
@@ -289,8 +328,10 @@ def test_the_training_forward_goes_through_the_engine_and_gives_the_true_gradien
 def test_schedule_clipping_and_overflow_checks_reach_deepspeed():
     ds = resolve(TrainConfig(stage=1, lr=2e-4, grad_clip=0.5, warmup_steps=100))
     assert ds["gradient_clipping"] == 0.5
-    assert ds["scheduler"] == {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 2e-4,
-                                                              "warmup_num_steps": 100, "warmup_type": "linear"}}
+    assert ds["scheduler"] == {
+        "type": "WarmupLR",
+        "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 2e-4, "warmup_num_steps": 100, "warmup_type": "linear"},
+    }
     assert "scheduler" not in resolve(TrainConfig(stage=1))  # constant LR by default (the paper's)
     gpu = resolve(TrainConfig(stage=1, use_gpu=True, deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json")))
     assert gpu["bf16"]["enabled"] and gpu["bf16"]["check_grad_overflow"] is True
@@ -390,18 +431,22 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
         validate(TrainConfig(stage=1, data=str(dropped)))
 
     wide = _copy_prep(sample_prep, tmp_path / "b")
+
     def widen(t):
         i = t.schema.get_field_index("prompt_embeds_shape")
         shapes = [[s[0], 99] for s in t.column("prompt_embeds_shape").to_pylist()]
         return t.set_column(i, "prompt_embeds_shape", pa.array(shapes, t.schema.field(i).type))
+
     _rewrite(wide / "videos", widen)
     with pytest.raises(TrainSetupError, match=r"does not fit preset tiny: prompt_embeds \[\d+, 99\]"):
         validate(TrainConfig(stage=1, data=str(wide)))
 
     cut = _copy_prep(sample_prep, tmp_path / "c")
+
     def truncate(t):
         i = t.schema.get_field_index("latents")
         return t.set_column(i, "latents", pa.array([b[:-2] for b in t.column("latents").to_pylist()], pa.binary()))
+
     _rewrite(cut / "clips", truncate)
     video_id = validate(TrainConfig(stage=1, data=str(cut)))  # shapes alone still agree...
     first = next(iter(video_id.values()))[0]
@@ -410,8 +455,8 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
 
 
 def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
-    from mempack.train.data import check_dataset
     from mempack.train.checkpoint import DIGEST_FILE, ResumeMismatchError, check_or_write
+    from mempack.train.data import check_dataset
 
     data = _copy_prep(sample_prep, tmp_path)
     out = tmp_path / "run"
@@ -422,8 +467,12 @@ def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
     longer = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=20, checkpoint_every=5)
     check_or_write(longer, index, out, resume=True)  # more steps, other checkpoint interval: the same run
     with pytest.raises(ResumeMismatchError, match="^--resume: lr, preset differ"):
-        check_or_write(TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-3, preset="framepack-f1"),
-                       index, out, resume=True)
+        check_or_write(
+            TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-3, preset="framepack-f1"),
+            index,
+            out,
+            resume=True,
+        )
     files = sorted((data / "videos").rglob("*.parquet"))
     if len(files) > 1:
         files[-1].unlink()  # one video fewer
@@ -434,16 +483,20 @@ def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
 
 
 def test_videos_of_one_layout_batch_and_mixed_layouts_are_refused():
-    from mempack.schema import DataContractError
     from mempack.model import Conditioning
+    from mempack.schema import DataContractError
     from mempack.train.data import collate_videos
     from mempack.train.loop import _steps
 
     def video(n, h, seed):
         g = torch.Generator().manual_seed(seed)
-        cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
-                            torch.randn(1, 32, generator=g), torch.randn(1, 4, 32, generator=g),
-                            torch.randn(1, 16, 1, h, 8, generator=g))
+        cond = Conditioning(
+            torch.randn(1, 16, 32, generator=g),
+            torch.ones(1, 16, dtype=torch.int64),
+            torch.randn(1, 32, generator=g),
+            torch.randn(1, 4, 32, generator=g),
+            torch.randn(1, 16, 1, h, 8, generator=g),
+        )
         return torch.randn(n, 16, 9, h, 8, generator=g), cond
 
     a, b = video(2, 8, 0), video(2, 8, 1)

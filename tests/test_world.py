@@ -88,7 +88,12 @@ def test_a_moving_camera_leaves_no_frame_equal_to_the_start_latent(moving, world
     for seed in range(6):
         video, still = moving.video(seed), world.video(seed)
         assert (video.identity, video.enter, video.leave, video.returns, video.positions) == (
-            still.identity, still.enter, still.leave, still.returns, still.positions)
+            still.identity,
+            still.enter,
+            still.leave,
+            still.returns,
+            still.positions,
+        )
         torch.testing.assert_close(video.latents[:, 0], still.latents[:, 0])  # the same start latent
         truth = moving.backgrounds(video, video.latents.shape[1])
         change = (truth - video.latents[:, :1]).square().sum(dim=(0, 2, 3))  # per frame
@@ -136,7 +141,7 @@ def test_minus_start_latent_is_the_object_alone_only_while_the_camera_stands_sti
             mask = torch.zeros(difference.shape[1:], dtype=torch.bool)
             for k, f in enumerate(range(frames.start, frames.stop)):
                 y, x = video.positions[f]
-                mask[k, y: y + OBJECT, x: x + OBJECT] = True
+                mask[k, y : y + OBJECT, x : x + OBJECT] = True
             energy = difference.square().sum(dim=0)
             shares[name] = float(energy[mask].sum() / energy.sum())
         assert shares["static"] == pytest.approx(1.0, abs=1e-6), (seed, shares)
@@ -162,10 +167,10 @@ def test_every_knob_is_checked():
 def _small_model(world, oracle: bool):
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
+    from mempack.fidelity.oracle import OracleMemoryTransformer
     from mempack.model import MemoryPackTransformer, SemanticPack
     from mempack.model.memorypack import MemoryPackConfig
     from mempack.presets import TINY
-    from mempack.fidelity.oracle import OracleMemoryTransformer
 
     torch.manual_seed(0)
     backbone = HunyuanVideoFramepackTransformer3DModel(**TINY.transformer)
@@ -208,7 +213,11 @@ def test_a_forced_identity_changes_only_the_object_s_code(world):
         forced = world.video(21, absence=4, identity=k)
         assert forced.identity == k
         assert (forced.enter, forced.leave, forced.returns, forced.positions) == (
-            drawn.enter, drawn.leave, drawn.returns, drawn.positions)
+            drawn.enter,
+            drawn.leave,
+            drawn.returns,
+            drawn.positions,
+        )
         object_cells = torch.tensor([pos is not None for pos in forced.positions])
         torch.testing.assert_close(forced.background, drawn.background)
         same = (forced.latents == drawn.latents).all(dim=0).flatten(1).all(dim=1)  # per frame
@@ -284,6 +293,12 @@ def test_exposure_gap_compares_own_and_true_history_under_the_same_noise(world):
     own = generate(model, cond, GenerationConfig(sections=2, steps=2, seed=3), progress=False).latents
     generator = torch.Generator().manual_seed(3)
     torch.randn((1, CHANNELS, SECTION, *own.shape[3:]), generator=generator)
-    again = generate(model, cond, GenerationConfig(sections=1, steps=2), progress=False,
-                     prefix=own[:, :, 1:1 + SECTION], generator=generator).latents
-    torch.testing.assert_close(again[:, :, 1 + SECTION:], own[:, :, 1 + SECTION:])
+    again = generate(
+        model,
+        cond,
+        GenerationConfig(sections=1, steps=2),
+        progress=False,
+        prefix=own[:, :, 1 : 1 + SECTION],
+        generator=generator,
+    ).latents
+    torch.testing.assert_close(again[:, :, 1 + SECTION :], own[:, :, 1 + SECTION :])

@@ -7,7 +7,20 @@ from .metrics import evaluate_video, load_frames
 from .motion import FlowStats, dynamic_threshold, flow_stats, motion_smoothness
 
 __all__ = [
-    "ClipFeatures", "DinoFeatures", "FeatureExtractor", "FlowStats", "PixelFeatures", "brightness",
-    "consistency_to_first", "drift", "dynamic_threshold", "evaluate_video", "flow_stats", "l2_normalize",
-    "load_frames", "motion_smoothness", "sharpness", "vbench_consistency",
+    "ClipFeatures",
+    "DinoFeatures",
+    "FeatureExtractor",
+    "FlowStats",
+    "PixelFeatures",
+    "brightness",
+    "consistency_to_first",
+    "drift",
+    "dynamic_threshold",
+    "evaluate_video",
+    "flow_stats",
+    "l2_normalize",
+    "load_frames",
+    "motion_smoothness",
+    "sharpness",
+    "vbench_consistency",
 ]

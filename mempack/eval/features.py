@@ -69,7 +69,9 @@ def _require_folder(path: str | os.PathLike, what: str) -> Path:
     """Fail with a clear message instead of letting transformers try (and fail) to download."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what} model folder not found: {folder} (weights are loaded from a local folder only)")
+        raise FileNotFoundError(
+            f"{what} model folder not found: {folder} (weights are loaded from a local folder only)"
+        )
     return folder
 
 
@@ -92,7 +94,7 @@ class _TorchFeatures:
         out = []
         with torch.no_grad():
             for start in range(0, len(frames), self.batch_size):
-                batch = list(frames[start:start + self.batch_size])
+                batch = list(frames[start : start + self.batch_size])
                 inputs = self.processor(images=batch, return_tensors="pt")
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
                 out.append(self._embed(inputs).float().cpu().numpy())

@@ -32,9 +32,13 @@ def load_frames(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     return check_frames(frames), fps
 
 
-def evaluate_video(video: str | os.PathLike | np.ndarray, fps: float | None = None,
-                   dino: FeatureExtractor | None = None, clip: FeatureExtractor | None = None,
-                   drift_fraction: float = 0.15) -> dict[str, float]:
+def evaluate_video(
+    video: str | os.PathLike | np.ndarray,
+    fps: float | None = None,
+    dino: FeatureExtractor | None = None,
+    clip: FeatureExtractor | None = None,
+    drift_fraction: float = 0.15,
+) -> dict[str, float]:
     """All metrics of one video (a path or uint8 frames (T, H, W, 3)).
 
     Subject consistency uses `dino`, background consistency `clip`; either falls back to PixelFeatures.

@@ -64,8 +64,9 @@ def pair_flow_magnitude(a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarra
     ga, gb = _gray_small(a, scale), _gray_small(b, scale)
     if np.array_equal(ga, gb):
         return np.zeros(ga.shape, dtype=np.float64)
-    flow = cv2.calcOpticalFlowFarneback(ga, gb, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3,
-                                        poly_n=5, poly_sigma=1.2, flags=0)
+    flow = cv2.calcOpticalFlowFarneback(
+        ga, gb, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0
+    )
     return np.linalg.norm(flow.astype(np.float64), axis=-1) / scale
 
 
@@ -82,15 +83,18 @@ def flow_stats(frames: np.ndarray, fps: float | None = None) -> FlowStats:
     short, diag = min(h, w), float(np.hypot(h, w))
     scale = min(1.0, MAX_SHORT_SIDE / short)
     means, tops = [], []
-    for a, b in zip(frames[:-1], frames[1:]):
+    for a, b in zip(frames[:-1], frames[1:], strict=True):
         mag = np.sort(pair_flow_magnitude(a, b, scale).ravel())
         k = max(1, int(np.ceil(TOP_FRACTION * mag.size)))
         means.append(float(mag.mean()))
         tops.append(float(mag[-k:].mean()))
     moving = np.asarray(tops) > dynamic_threshold(short)
-    return FlowStats(flow_magnitude=float(np.mean(means)) / diag, flow_top5=float(np.mean(tops)) / diag,
-                     moving_pairs=float(moving.mean()),
-                     dynamic_degree=float(moving.sum() >= moving_pairs_needed(len(frames))))
+    return FlowStats(
+        flow_magnitude=float(np.mean(means)) / diag,
+        flow_top5=float(np.mean(tops)) / diag,
+        moving_pairs=float(moving.mean()),
+        dynamic_degree=float(moving.sum() >= moving_pairs_needed(len(frames))),
+    )
 
 
 def motion_smoothness(frames: np.ndarray) -> float:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from mempack.eval.drift import drift
-from mempack.sampling import GenerationConfig, generate
-from mempack.model import MemoryPackTransformer
 from mempack.fidelity.world import OBJECT, World
+from mempack.model import MemoryPackTransformer
+from mempack.sampling import GenerationConfig, generate
 
 
 @dataclass
@@ -49,8 +49,14 @@ class RecallResult:
 
 
 def memory_recall(
-    model: MemoryPackTransformer, world: World, absences: list[int], events: int, *, seed: int,
-    steps: int = 10, guidance: float = 1.0,
+    model: MemoryPackTransformer,
+    world: World,
+    absences: list[int],
+    events: int,
+    *,
+    seed: int,
+    steps: int = 10,
+    guidance: float = 1.0,
 ) -> RecallResult:
     """Recall of the identity after `L` absent sections, for each L, over `events` held-out videos each."""
     lane = (world.config.height - OBJECT, world.config.height)
@@ -60,10 +66,14 @@ def memory_recall(
         counts = [0] * world.config.identities
         for e in range(events):
             video = world.video(seed + 1000 * absence + e, absence=absence, identity=e % world.config.identities)
-            prefix = video.latents[:, 1: video.section_frames(video.returns).start]
-            out = generate(model, world.conditioning(video),
-                           GenerationConfig(sections=1, steps=steps, guidance=guidance, seed=seed + e),
-                           progress=False, prefix=prefix[None]).latents[0]
+            prefix = video.latents[:, 1 : video.section_frames(video.returns).start]
+            out = generate(
+                model,
+                world.conditioning(video),
+                GenerationConfig(sections=1, steps=steps, guidance=guidance, seed=seed + e),
+                progress=False,
+                prefix=prefix[None],
+            ).latents[0]
             seen = world.identity_in(out, video.section_frames(video.returns), rows=lane)
             came_back += seen is not None
             right += seen == video.identity
@@ -85,16 +95,26 @@ class DriftResult:
 
 
 def rollout_drift(
-    model: MemoryPackTransformer, world: World, sections: int, rollouts: int, *, seed: int,
-    steps: int = 10, guidance: float = 1.0, keep_latents: bool = False,
+    model: MemoryPackTransformer,
+    world: World,
+    sections: int,
+    rollouts: int,
+    *,
+    seed: int,
+    steps: int = 10,
+    guidance: float = 1.0,
+    keep_latents: bool = False,
 ) -> tuple[DriftResult, list[torch.Tensor]]:
     """Roll out `sections` from held-out start latents; drift of the world error over the frames."""
     per, curves, kept = [], [], []
     for r in range(rollouts):
         video = world.video(seed + r)
-        out = generate(model, world.conditioning(video),
-                       GenerationConfig(sections=sections, steps=steps, guidance=guidance, seed=seed + r),
-                       progress=False).latents[0]
+        out = generate(
+            model,
+            world.conditioning(video),
+            GenerationConfig(sections=sections, steps=steps, guidance=guidance, seed=seed + r),
+            progress=False,
+        ).latents[0]
         truth = world.backgrounds(video, out.shape[1])
         errors = world.frame_errors(out[:, 1:], truth[:, 1:])["total"]  # the model's own frames only
         per.append(drift(errors))
@@ -115,8 +135,14 @@ class ExposureResult:
 
 
 def exposure_gap(
-    model: MemoryPackTransformer, world: World, videos: int, *, seed: int, steps: int = 10,
-    guidance: float = 1.0, absence: int | None = None,
+    model: MemoryPackTransformer,
+    world: World,
+    videos: int,
+    *,
+    seed: int,
+    steps: int = 10,
+    guidance: float = 1.0,
+    absence: int | None = None,
 ) -> ExposureResult:
     """Own history against true history, section by section, on `videos` held-out videos.
 
@@ -139,21 +165,32 @@ def exposure_gap(
             generator = torch.Generator().manual_seed(seed + v)
             for _ in range(k):  # the noises of the rollout's sections before k (generate draws one per section)
                 torch.randn(noise_shape, generator=generator)
-            prefix = video.latents[None, :, 1:video.section_frames(k).start] if k else None
-            out = generate(model, cond, GenerationConfig(sections=1, steps=steps, guidance=guidance),
-                           progress=False, prefix=prefix, generator=generator).latents[0]
+            prefix = video.latents[None, :, 1 : video.section_frames(k).start] if k else None
+            out = generate(
+                model,
+                cond,
+                GenerationConfig(sections=1, steps=steps, guidance=guidance),
+                progress=False,
+                prefix=prefix,
+                generator=generator,
+            ).latents[0]
             frames = video.section_frames(k)
             teacher[k] = world.frame_errors(out[:, frames], truth[:, frames])["total"].mean()
         rollouts.append(rollout)
         teachers.append(teacher)
         per.append(float((rollout[1:] - teacher[1:]).mean()) if n > 1 else 0.0)
     common = min(len(r) for r in rollouts)  # videos differ in length (entrance, time in view)
-    return ExposureResult(float(np.mean(per)), per, np.mean([r[:common] for r in rollouts], axis=0).tolist(),
-                          np.mean([t[:common] for t in teachers], axis=0).tolist())
+    return ExposureResult(
+        float(np.mean(per)),
+        per,
+        np.mean([r[:common] for r in rollouts], axis=0).tolist(),
+        np.mean([t[:common] for t in teachers], axis=0).tolist(),
+    )
 
 
-def psi_tokens(model: MemoryPackTransformer, world: World, absence: int, *, seed: int, videos: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def psi_tokens(
+    model: MemoryPackTransformer, world: World, absence: int, *, seed: int, videos: int
+) -> tuple[np.ndarray, np.ndarray]:
     """ψ's context tokens [videos, M, D] after the object left view for `absence` sections, and the identities.
 
     ψ is built from ground-truth sections up to (not including) the return, exactly as `memory_recall`'s
@@ -172,8 +209,14 @@ def psi_tokens(model: MemoryPackTransformer, world: World, absence: int, *, seed
 
 
 def memory_probe(
-    model: MemoryPackTransformer, world: World, absences: list[int], *, seed: int, videos: int = 160,
-    train_fraction: float = 0.75, ridge: float = 10.0,
+    model: MemoryPackTransformer,
+    world: World,
+    absences: list[int],
+    *,
+    seed: int,
+    videos: int = 160,
+    train_fraction: float = 0.75,
+    ridge: float = 10.0,
 ) -> dict[int, float] | None:
     """Held-out accuracy of a ridge read-out of the identity from ψ after L absent sections, per L.
 
@@ -182,13 +225,20 @@ def memory_probe(
     """
     if not model.uses_memory:
         return None
-    return {absence: readout_accuracy(*psi_tokens(model, world, absence, seed=seed, videos=videos),
-                                      world.config.identities, train_fraction=train_fraction, ridge=ridge)
-            for absence in absences}
+    return {
+        absence: readout_accuracy(
+            *psi_tokens(model, world, absence, seed=seed, videos=videos),
+            world.config.identities,
+            train_fraction=train_fraction,
+            ridge=ridge,
+        )
+        for absence in absences
+    }
 
 
-def readout_accuracy(tokens: np.ndarray, labels: np.ndarray, identities: int, *, train_fraction: float = 0.75,
-                     ridge: float = 10.0) -> float:
+def readout_accuracy(
+    tokens: np.ndarray, labels: np.ndarray, identities: int, *, train_fraction: float = 0.75, ridge: float = 10.0
+) -> float:
     """Held-out accuracy of a ridge classifier of `labels` from `tokens` [videos, M, D], every feature
     standardised over the first `train_fraction` of the videos (which fit it)."""
     videos = tokens.shape[0]
@@ -201,7 +251,12 @@ def readout_accuracy(tokens: np.ndarray, labels: np.ndarray, identities: int, *,
 
 
 def memory_energy(
-    model: MemoryPackTransformer, world: World, absences: list[int], *, seed: int, videos: int = 160,
+    model: MemoryPackTransformer,
+    world: World,
+    absences: list[int],
+    *,
+    seed: int,
+    videos: int = 160,
 ) -> dict[int, dict[str, float]] | None:
     """How loudly ψ holds the identity: shares of its context tokens' energy (mean square), per L.
 
@@ -213,8 +268,9 @@ def memory_energy(
     """
     if not model.uses_memory:
         return None
-    return {absence: energy_shares(*psi_tokens(model, world, absence, seed=seed, videos=videos))
-            for absence in absences}
+    return {
+        absence: energy_shares(*psi_tokens(model, world, absence, seed=seed, videos=videos)) for absence in absences
+    }
 
 
 def energy_shares(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -226,4 +282,7 @@ def energy_shares(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     means = np.stack([g.mean(0) for g in groups])
     # the spread of K sample means includes (K − 1)/K · within-identity variance / n: remove it (one-way ANOVA)
     noise = (len(groups) - 1) / len(groups) * float(np.mean([g.var(0, ddof=1).mean() / len(g) for g in groups]))
-    return {"varying": float(x.var(0).mean()) / energy, "identity": max(0.0, float(means.var(0).mean()) - noise) / energy}
+    return {
+        "varying": float(x.var(0).mean()) / energy,
+        "identity": max(0.0, float(means.var(0).mean()) - noise) / energy,
+    }

@@ -9,8 +9,9 @@ from mempack.model.memorypack import MemoryPackConfig
 from mempack.presets import world_preset
 
 
-def world_model(width: int = 128, layers: int = 2, *, memory: bool = True, seed: int = 0,
-                **semantic_pack: object) -> MemoryPackTransformer:
+def world_model(
+    width: int = 128, layers: int = 2, *, memory: bool = True, seed: int = 0, **semantic_pack: object
+) -> MemoryPackTransformer:
     """MemoryPack (or FramePack alone, `memory=False`) at `mempack.presets.world_preset(width, layers)`,
     its weights drawn from `seed`; `semantic_pack` overrides SemanticPack's options (ablations).
 

@@ -89,7 +89,7 @@ DEVELOPMENT_WORLD_SEEDS = (0,)
 
 
 def world_role(config: WorldConfig) -> str:
-    """"development" (choices were made on this world: its numbers are not evidence) or "report"."""
+    """ "development" (choices were made on this world: its numbers are not evidence) or "report"."""
     return "development" if config.seed in DEVELOPMENT_WORLD_SEEDS else "report"
 
 
@@ -114,12 +114,17 @@ class Camera:
     light_period: float
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> "Camera":
+    def draw(cls, rng: np.random.Generator) -> Camera:
         """Pan 0.4–0.7 cells per latent frame in any direction (3.2–5.6 pixels at the VAE's 8×), zoom ±10–25 %
         over 3–6 sections, lighting ±10–20 % over 4–8 sections."""
         angle, speed = rng.uniform(0, 2 * math.pi), rng.uniform(0.4, 0.7)
-        return cls((speed * math.sin(angle), speed * math.cos(angle)), rng.uniform(0.1, 0.25),
-                   rng.uniform(3, 6) * SECTION, rng.uniform(0.1, 0.2), rng.uniform(4, 8) * SECTION)
+        return cls(
+            (speed * math.sin(angle), speed * math.cos(angle)),
+            rng.uniform(0.1, 0.25),
+            rng.uniform(3, 6) * SECTION,
+            rng.uniform(0.1, 0.2),
+            rng.uniform(4, 8) * SECTION,
+        )
 
 
 @dataclass
@@ -215,8 +220,9 @@ class World:
             xs = _bounce(frames - 1 + phase, cfg.width - OBJECT, 1)[phase:]
             for f in range(1, frames):
                 self._draw(latents, f, (row, xs[f - 1]), self.codes[k])
-        return WorldVideo(latents, background, identity, enter, leave, returns, positions, distractor_ids,
-                          pattern, camera)
+        return WorldVideo(
+            latents, background, identity, enter, leave, returns, positions, distractor_ids, pattern, camera
+        )
 
     def backgrounds(self, video: WorldVideo, frames: int) -> torch.Tensor:
         """The true background of latent frames 0 … frames − 1 [C, frames, h, w] (frame 0: the start latent),
@@ -234,13 +240,15 @@ class World:
         params = torch.from_numpy(rng.uniform(0, 1, size=(CHANNELS, 3, 4))).float()
         for c in range(CHANNELS):
             for fy, fx, phase, amp in params[c]:
-                out[c] += (amp - 0.5) * torch.cos(math.pi * (fy * y / cfg.height + fx * x / cfg.width) * 2 + 6.28 * phase)
+                out[c] += (amp - 0.5) * torch.cos(
+                    math.pi * (fy * y / cfg.height + fx * x / cfg.width) * 2 + 6.28 * phase
+                )
         return out / out.std().clamp_min(1e-6) * cfg.background_scale, params
 
     @staticmethod
     def _draw(latents: torch.Tensor, frame: int, pos: tuple[int, int], code: torch.Tensor) -> None:
         y, x = pos
-        latents[:, frame, y: y + OBJECT, x: x + OBJECT] = code[:, None, None]
+        latents[:, frame, y : y + OBJECT, x : x + OBJECT] = code[:, None, None]
 
     def conditioning(self, video: WorldVideo) -> Conditioning:
         """Prompt (the same sentence for every video: it never names the identity), image features of
@@ -286,7 +294,8 @@ class World:
         """Per-frame error of a latent video [C, T, h, w] against this world's truth.
 
         `background` is the true background, [C, h, w] (static camera) or per frame [C, T, h, w]
-        (`backgrounds`). `background`: mean squared error over cells where no object was detected. `object`: over detected object cells, 1 − cosine to the nearest code (how
+        (`backgrounds`). `background`: mean squared error over cells where no object was detected. `object`: over
+        detected object cells, 1 − cosine to the nearest code (how
         far objects are from a clean identity); 0 when none is seen. `total` is their sum.
         """
         bg, obj = [], []
@@ -329,8 +338,9 @@ def _bounce(steps: int, span: int, speed: int) -> list[int]:
     return out
 
 
-def _moving_background(pattern: torch.Tensor, camera: Camera, frames: int, cfg: WorldConfig,
-                       start: torch.Tensor) -> torch.Tensor:
+def _moving_background(
+    pattern: torch.Tensor, camera: Camera, frames: int, cfg: WorldConfig, start: torch.Tensor
+) -> torch.Tensor:
     """The pattern seen through `camera` in latent frames 0 … frames − 1 [C, frames, h, w], scaled as the
     start latent (`start`, the static pattern) was, so frame 0 is the start latent."""
     t = torch.arange(frames, dtype=torch.float64)[:, None, None]

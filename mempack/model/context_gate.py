@@ -87,18 +87,20 @@ class GatedMemoryAttnProcessor(HunyuanVideoAttnProcessor2_0):
         memory = slice(latent, latent + state.tokens)  # ψ leads the context: the image_projection hook puts it first
 
         def f1_part(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x[:, :latent], x[:, memory.stop:]], dim=1)
+            return torch.cat([x[:, :latent], x[:, memory.stop :]], dim=1)
 
         mask_f1 = mask_memory = None
         if attention_mask is not None:  # [B, 1, 1, keys] (a batch of different prompt lengths)
-            mask_f1 = torch.cat([attention_mask[..., :latent], attention_mask[..., memory.stop:]], dim=-1)
+            mask_f1 = torch.cat([attention_mask[..., :latent], attention_mask[..., memory.stop :]], dim=-1)
             mask_memory = attention_mask[..., memory]
-        attend = dict(dropout_p=0.0, is_causal=False, backend=self._attention_backend,
-                      parallel_config=self._parallel_config)
+        attend = dict(
+            dropout_p=0.0, is_causal=False, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
         out = dispatch_attention_fn(query, f1_part(key), f1_part(value), attn_mask=mask_f1, **attend)
         # ψ's keys and values as copies (M tokens): views would keep the whole sequence's k and v alive for backward
-        read = dispatch_attention_fn(query, key[:, memory].clone(), value[:, memory].clone(), attn_mask=mask_memory,
-                                     **attend)
+        read = dispatch_attention_fn(
+            query, key[:, memory].clone(), value[:, memory].clone(), attn_mask=mask_memory, **attend
+        )
         out = (out + state.gate.to(out.dtype) * read).flatten(2, 3).to(query.dtype)
         out, context = out[:, :latent], out[:, latent:]
         if getattr(attn, "to_out", None) is not None:
@@ -114,9 +116,11 @@ def _joint_qkv(attn, hidden: torch.Tensor, context: torch.Tensor, rope) -> tuple
     context through their own (`add_*`) projections, the single-stream blocks' through the shared ones."""
     latent, separate = hidden.shape[1], attn.add_q_proj is not None
     x = hidden if separate else torch.cat([hidden, context], dim=1)
-    parts = ((attn.to_q, attn.norm_q, attn.add_q_proj, attn.norm_added_q),
-             (attn.to_k, attn.norm_k, attn.add_k_proj, attn.norm_added_k),
-             (attn.to_v, None, attn.add_v_proj, None))
+    parts = (
+        (attn.to_q, attn.norm_q, attn.add_q_proj, attn.norm_added_q),
+        (attn.to_k, attn.norm_k, attn.add_k_proj, attn.norm_added_k),
+        (attn.to_v, None, attn.add_v_proj, None),
+    )
     out = []
     for project, norm, project_context, norm_context in parts:
         t = project(x).unflatten(2, (attn.heads, -1))
@@ -148,4 +152,5 @@ def install(backbone: nn.Module) -> int:
 def _feed(processor: GatedMemoryAttnProcessor):
     def hook(module: nn.Module, args: tuple) -> None:
         processor.state = getattr(args[2], TAG, None) if len(args) > 2 else None  # (hidden, context, temb, …)
+
     return hook

@@ -56,7 +56,7 @@ class PackedHistory:
     indices_4x: torch.Tensor
     indices_latents: torch.Tensor
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "PackedHistory":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PackedHistory:
         """Move latents to device/dtype; indices keep their integer dtype."""
         moved = {}
         for f in fields(self):
@@ -78,9 +78,7 @@ class PackedHistory:
         )
 
 
-def rope_indices(
-    context_length: int, layout: HistoryLayout, mode: RopeMode = "absolute"
-) -> dict[str, torch.Tensor]:
+def rope_indices(context_length: int, layout: HistoryLayout, mode: RopeMode = "absolute") -> dict[str, torch.Tensor]:
     """RoPE time indices of each stream for a section whose context holds `context_length` frames.
 
     `context_length` counts the start latent, so the first section has context_length = 1.

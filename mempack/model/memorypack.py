@@ -30,7 +30,7 @@ from torch import nn
 from mempack import flow
 from mempack.model import context_gate
 from mempack.model.context_gate import GateState
-from mempack.model.history import HistoryLayout, PackedHistory, RopeMode
+from mempack.model.history import HistoryLayout, PackedHistory
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
 from mempack.presets import PRESETS, Preset, get_preset
 
@@ -51,7 +51,7 @@ class Conditioning:
     image_embeds: torch.Tensor  # [B, N, image_dim]
     start_latent: torch.Tensor  # [B, C, 1, h, w]
 
-    def to(self, device=None, dtype=None) -> "Conditioning":
+    def to(self, device=None, dtype=None) -> Conditioning:
         return Conditioning(
             self.prompt_embeds.to(device=device, dtype=dtype),
             self.prompt_mask.to(device=device),
@@ -110,8 +110,9 @@ def default_dtype(dtype: torch.dtype | None):
         torch.set_default_dtype(old)
 
 
-def build_backbone(preset: "str | Preset", device: torch.device | str = "cpu",
-                   dtype: torch.dtype | None = None) -> HunyuanVideoFramepackTransformer3DModel:
+def build_backbone(
+    preset: str | Preset, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> HunyuanVideoFramepackTransformer3DModel:
     """A randomly initialised backbone of a preset's size (device="meta" allocates nothing)."""
     with torch.device(device), default_dtype(dtype):
         return HunyuanVideoFramepackTransformer3DModel(**get_preset(preset).transformer)
@@ -151,8 +152,10 @@ def _preset_matching(backbone: HunyuanVideoFramepackTransformer3DModel) -> str:
     for name, preset in PRESETS.items():
         if all(preset.transformer[k] == backbone.config[k] for k in keys):
             return name
-    raise ValueError(f"no preset matches this backbone's widths ({', '.join(f'{k}={backbone.config[k]}' for k in keys)});"
-                     " pass preset=... and semantic_pack_overrides")
+    raise ValueError(
+        f"no preset matches this backbone's widths ({', '.join(f'{k}={backbone.config[k]}' for k in keys)});"
+        " pass preset=... and semantic_pack_overrides"
+    )
 
 
 def _join_memory_tokens(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
@@ -204,10 +207,16 @@ class MemoryPackTransformer(nn.Module):
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
     def from_preset(
-        cls, preset: "str | Preset" = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0,
-        dtype: torch.dtype | None = None, semantic_pack_overrides: dict | None = None, backbone_context=None,
+        cls,
+        preset: str | Preset = "tiny",
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = 0,
+        dtype: torch.dtype | None = None,
+        semantic_pack_overrides: dict | None = None,
+        backbone_context=None,
         **config_overrides,
-    ) -> "MemoryPackTransformer":
+    ) -> MemoryPackTransformer:
         """Random-init model of a named size, created directly in `dtype` (default: torch's default);
         `framepack-f1` on device="meta" for sizing. `backbone_context` (e.g. `deepspeed.zero.Init`) is
         entered while the backbone is built; SemanticPack, small and built with deep copies of its
@@ -225,9 +234,15 @@ class MemoryPackTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-        semantic_pack_overrides: dict | None = None, backbone_context=None, **config_overrides,
-    ) -> "MemoryPackTransformer":
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        semantic_pack_overrides: dict | None = None,
+        backbone_context=None,
+        **config_overrides,
+    ) -> MemoryPackTransformer:
         """Load an exported MemoryPack model, or plain FramePack-F1 weights in diffusers layout.
 
         `path` may be our export (mempack.json + transformer/ + semantic_pack/), or a diffusers
@@ -245,7 +260,8 @@ class MemoryPackTransformer(nn.Module):
         else:
             with backbone_context, torch.device(device), default_dtype(dtype):
                 backbone = HunyuanVideoFramepackTransformer3DModel.from_config(
-                    HunyuanVideoFramepackTransformer3DModel.load_config(folders.backbone))
+                    HunyuanVideoFramepackTransformer3DModel.load_config(folders.backbone)
+                )
         if not folders.saved_config and "preset" not in config_overrides:
             config_overrides["preset"] = _preset_matching(backbone)
         config = MemoryPackConfig(**{**folders.saved_config, **config_overrides})
@@ -283,8 +299,9 @@ class MemoryPackTransformer(nn.Module):
         """ψ₀ from the prompt and image features (None when SemanticPack is off)."""
         if not self.uses_memory:
             return None
-        return self.semantic_pack.initial_memory(cond.prompt_embeds, cond.prompt_mask, cond.image_embeds,
-                                                 cond.start_latent)
+        return self.semantic_pack.initial_memory(
+            cond.prompt_embeds, cond.prompt_mask, cond.image_embeds, cond.start_latent
+        )
 
     def update_memory(self, memory: SemanticMemory | None, segment_latents: torch.Tensor) -> SemanticMemory | None:
         """ψₙ₊₁ = Squeeze(ψₙ, Memorize(xⁿ)), once per finished section."""

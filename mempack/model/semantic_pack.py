@@ -24,7 +24,8 @@ load (`OPTION_ALIASES`).
   literally (`"segment"`), ψ's video-to-video variation is mostly the static background, which the
   backbone learns to ignore, and the rest of ψ goes with it.
 * `pooling="input_energy"`: each window's pooling attention is biased by the log of each token's input
-  energy (the energy of what Memorize reads: the difference from the start latent by default), so a small new object is not averaged away among dozens of unchanged tokens (`"learned"`:
+  energy (the energy of what Memorize reads: the difference from the start latent by default), so a small new object
+  is not averaged away among dozens of unchanged tokens (`"learned"`:
   queries alone, which at initialisation pool almost uniformly: an object covering 1/16 of a frame
   held 0.1 % of ψ's energy).
 * `carry=True`: ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 whenever both have the same tokens (structure
@@ -76,7 +77,7 @@ class SemanticMemory:
     step: int = 0
     anchor: torch.Tensor | None = None
 
-    def detach(self) -> "SemanticMemory":
+    def detach(self) -> SemanticMemory:
         """Cut the graph between clips (stage 2 trains only the head; stage 1 may keep a window)."""
         return SemanticMemory(self.tokens.detach(), self.mask, self.step, self.anchor)
 
@@ -98,7 +99,7 @@ def sincos_positions(frames: int, height: int, width: int, dim: int, device=None
         emb = torch.cat([angle.sin(), angle.cos()], dim=-1)  # [size, share]
         shape = [1, 1, 1, share]
         shape[axis] = size
-        out[..., axis * share:(axis + 1) * share] += emb.reshape(shape)
+        out[..., axis * share : (axis + 1) * share] += emb.reshape(shape)
     return out.reshape(frames, height * width, dim).to(dtype)
 
 
@@ -125,7 +126,9 @@ class Memorize(nn.Module):
         self.pool = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int], salience: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, grid: tuple[int, int], salience: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """tokens [B, T, N, D] (frames × spatial tokens of a `grid` = (h, w)), optional salience [B, T, N]
         (≥ 0) → [B, windows · tokens_per_window, D]."""
         b, t, n, d = tokens.shape
@@ -133,7 +136,7 @@ class Memorize(nn.Module):
         windows = tokens.split(self.window_frames, dim=1)
         saliences = [None] * len(windows) if salience is None else salience.split(self.window_frames, dim=1)
         pooled = []
-        for window, energy in zip(windows, saliences):
+        for window, energy in zip(windows, saliences, strict=True):
             frames = window.shape[1]
             x = self.blocks((window + positions[:frames]).reshape(b, frames * n, d))
             query = self.queries.to(x.dtype)[None].repeat(b, 1, 1)  # a copy: no-grad views of a leaf still require grad
@@ -218,7 +221,7 @@ class SemanticPack(ModelMixin, ConfigMixin):
         self.gate = ContextGate(gate_gain) if context_gate else None
 
     @classmethod
-    def from_pretrained(cls, path, *args, **kwargs) -> "SemanticPack":
+    def from_pretrained(cls, path, *args, **kwargs) -> SemanticPack:
         """diffusers' loader, with an export written before the gate existed read as it was trained: ungated."""
         config = Path(path) / "config.json"
         if config.is_file() and "context_gate" not in json.loads(config.read_text()):
@@ -226,7 +229,10 @@ class SemanticPack(ModelMixin, ConfigMixin):
         return super().from_pretrained(path, *args, **kwargs)
 
     def initial_memory(
-        self, prompt_embeds: torch.Tensor, prompt_mask: torch.Tensor, image_embeds: torch.Tensor,
+        self,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        image_embeds: torch.Tensor,
         start_latent: torch.Tensor | None = None,
     ) -> SemanticMemory:
         """ψ₀ = [text_in(prompt tokens) ; image_in(image tokens)] — timestep-independent features — and
@@ -248,8 +254,9 @@ class SemanticPack(ModelMixin, ConfigMixin):
         x = segment_latents.to(self.dtype)
         if self.config.memorize_input == "minus_start_latent":
             if anchor is None:
-                raise ValueError("memorize_input='minus_start_latent' needs the start latent (ψ₀ from initial_memory "
-                                 "carries it)")
+                raise ValueError(
+                    "memorize_input='minus_start_latent' needs the start latent (ψ₀ from initial_memory carries it)"
+                )
             x = x - anchor.to(x)
         salience = None
         if self.config.pooling == "input_energy":

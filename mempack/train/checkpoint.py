@@ -25,25 +25,66 @@ from mempack.layout import DIGEST_FILE
 from mempack.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
-MAY_CHANGE_ON_RESUME = frozenset({
-    # how long, where, and how often a checkpoint is kept
-    "output", "max_steps", "epochs", "checkpoint_every", "checkpoint_minutes", "checkpoint_scratch", "max_failures",
-    "max_nonfinite_steps",
-    # how the run is watched: tracking and validation videos
-    "mlflow_uri", "experiment", "run_name", "log_every", "progress_every", "system_metrics", "register_model",
-    "mlflow_weights",  # upload the export or log a reference: how the run is reported
-    "sample_every", "sample_image", "sample_prompt", "sample_sections", "sample_steps",
-    # Ray placement
-    "cpus_per_worker", "placement_strategy",
-})
-MUST_MATCH_ON_RESUME = frozenset({
-    # what is trained, from what, on what
-    "stage", "data", "preset", "pretrained", "model", "init", "seed", "forcing", "curriculum", "stage1_clips",
-    # the optimisation
-    "lr", "memory_lr", "trainable", "weight_decay", "grad_clip", "warmup_steps", "ema_decay", "batch_size",
-    # the distributed layout a checkpoint is written in
-    "num_workers", "use_gpu", "deepspeed", "zero_stage", "gradient_checkpointing",
-})
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        # how long, where, and how often a checkpoint is kept
+        "output",
+        "max_steps",
+        "epochs",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "checkpoint_scratch",
+        "max_failures",
+        "max_nonfinite_steps",
+        # how the run is watched: tracking and validation videos
+        "mlflow_uri",
+        "experiment",
+        "run_name",
+        "log_every",
+        "progress_every",
+        "system_metrics",
+        "register_model",
+        "mlflow_weights",  # upload the export or log a reference: how the run is reported
+        "sample_every",
+        "sample_image",
+        "sample_prompt",
+        "sample_sections",
+        "sample_steps",
+        # Ray placement
+        "cpus_per_worker",
+        "placement_strategy",
+    }
+)
+MUST_MATCH_ON_RESUME = frozenset(
+    {
+        # what is trained, from what, on what
+        "stage",
+        "data",
+        "preset",
+        "pretrained",
+        "model",
+        "init",
+        "seed",
+        "forcing",
+        "curriculum",
+        "stage1_clips",
+        # the optimisation
+        "lr",
+        "memory_lr",
+        "trainable",
+        "weight_decay",
+        "grad_clip",
+        "warmup_steps",
+        "ema_decay",
+        "batch_size",
+        # the distributed layout a checkpoint is written in
+        "num_workers",
+        "use_gpu",
+        "deepspeed",
+        "zero_stage",
+        "gradient_checkpointing",
+    }
+)
 
 
 def _sha(value) -> str:
@@ -63,8 +104,11 @@ def data_digest(root: str | Path, index: dict[int, list[str]]) -> str:
     """The curriculum index (video ids and clip counts) and every Parquet file's name and size: a rewritten
     prep output changes it, reading it costs directory listings only."""
     root = Path(root)
-    files = sorted((str(p.relative_to(root)), p.stat().st_size)
-                   for table in ("clips", "videos") for p in (root / table).rglob("*.parquet"))
+    files = sorted(
+        (str(p.relative_to(root)), p.stat().st_size)
+        for table in ("clips", "videos")
+        for p in (root / table).rglob("*.parquet")
+    )
     return _sha({"index": {str(k): v for k, v in index.items()}, "files": files})
 
 
@@ -78,20 +122,25 @@ def check_or_write(config: TrainConfig, index: dict[int, list[str]], out: Path, 
     current = {"data": data_digest(config.data, index), "config": config_digest(config)}
     if not resume or not path.is_file():
         if resume:
-            log.warning("%s has no %s (a run from an older mempack): cannot check what it was trained on", out,
-                        DIGEST_FILE)
+            log.warning(
+                "%s has no %s (a run from an older mempack): cannot check what it was trained on", out, DIGEST_FILE
+            )
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(current, indent=2))
         return
     saved = json.loads(path.read_text())
     if saved.get("data") != current["data"]:
-        raise ResumeMismatchError(f"--resume: the data at {config.data} is not the data this run started with "
-                                  "(videos or Parquet files changed); resume with that data or start a new run")
+        raise ResumeMismatchError(
+            f"--resume: the data at {config.data} is not the data this run started with "
+            "(videos or Parquet files changed); resume with that data or start a new run"
+        )
     # only the settings that must match: a digest written before a setting moved to MAY_CHANGE still resumes
     changed = sorted(k for k in current["config"] if saved.get("config", {}).get(k) != current["config"][k])
     if changed:
-        raise ResumeMismatchError(f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
-                                  "use the run's settings or start a new run")
+        raise ResumeMismatchError(
+            f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
+            "use the run's settings or start a new run"
+        )
 
 
 # ----- where checkpoints are written, how often, and how big they are ---------------------------------
@@ -150,7 +199,7 @@ class CheckpointSchedule:
         self.last = self.clock()
 
 
-def rank0_decides(device) -> "callable":
+def rank0_decides(device) -> callable:
     """A `CheckpointSchedule.sync`: every rank takes rank 0's answer (one 1-element broadcast per step)."""
     import torch
     import torch.distributed as dist
@@ -161,6 +210,7 @@ def rank0_decides(device) -> "callable":
         t = torch.tensor([int(flag)], device=device)
         dist.broadcast(t, src=0)
         return bool(t.item())
+
     return sync
 
 
@@ -184,8 +234,9 @@ class CheckpointSize:
         return CHECKPOINTS_ON_DISK * self.checkpoint + self.export * (2 if self.ema else 1)
 
 
-def checkpoint_size(total: int, trained: int, weight_bytes: int, zero_stage: int, ema: bool,
-                    world: int = 1) -> CheckpointSize:
+def checkpoint_size(
+    total: int, trained: int, weight_bytes: int, zero_stage: int, ema: bool, world: int = 1
+) -> CheckpointSize:
     """What `engine.save_checkpoint(..., exclude_frozen_parameters=True)` (+ the EMA) writes, summed over ranks.
 
     Frozen parameters are never written (resume rebuilds them from the run's init weights). Under ZeRO-3
@@ -195,17 +246,23 @@ def checkpoint_size(total: int, trained: int, weight_bytes: int, zero_stage: int
     """
     weights = 0 if zero_stage == 3 else weight_bytes * trained
     ema_copies = 0 if not ema else (1 if zero_stage == 3 else world)
-    return CheckpointSize(weights, OPTIMIZER_BYTES_PER_TRAINED * trained, EMA_BYTES_PER_TRAINED * trained * ema_copies,
-                          weight_bytes * total)
+    return CheckpointSize(
+        weights,
+        OPTIMIZER_BYTES_PER_TRAINED * trained,
+        EMA_BYTES_PER_TRAINED * trained * ema_copies,
+        weight_bytes * total,
+    )
 
 
 def format_checkpoint_size(size: CheckpointSize) -> str:
     """The --plan lines: one checkpoint, and the storage the run folder needs."""
     gb = 1e9
-    return (f"  checkpoint        {size.checkpoint / gb:8.2f} GB each ({size.weights / gb:.2f} weights + "
-            f"{size.optimizer / gb:.2f} optimizer + {size.ema / gb:.2f} EMA; frozen weights are not saved)\n"
-            f"  run storage       {size.run_storage / gb:8.2f} GB ({CHECKPOINTS_ON_DISK} checkpoints + the export, "
-            f"{size.export / gb:.2f} GB{' x 2 with the EMA' if size.ema else ''})")
+    return (
+        f"  checkpoint        {size.checkpoint / gb:8.2f} GB each ({size.weights / gb:.2f} weights + "
+        f"{size.optimizer / gb:.2f} optimizer + {size.ema / gb:.2f} EMA; frozen weights are not saved)\n"
+        f"  run storage       {size.run_storage / gb:8.2f} GB ({CHECKPOINTS_ON_DISK} checkpoints + the export, "
+        f"{size.export / gb:.2f} GB{' x 2 with the EMA' if size.ema else ''})"
+    )
 
 
 def plan_checkpoint_size(plan, ema: bool) -> CheckpointSize:

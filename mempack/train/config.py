@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from mempack import layout
-from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.model.history import HistoryLayout
 from mempack.model.semantic_pack import MEMORIZE_INPUTS, POOLINGS, canonical_option
+from mempack.train.forcing import ForcingConfig, resolve_mode
 from mempack.train.optim import resolve_trainable
 from mempack.train.step import check_stage1_clips
 
@@ -37,21 +37,32 @@ class ArchitectureConfig:
         HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x)  # raises on an empty stream
         self.memorize_input = canonical_option("memorize_input", self.memorize_input)
         self.pooling = canonical_option("pooling", self.pooling)
-        for name, value, allowed in (("rope", self.rope, ("absolute", "relative")),
-                                     ("structure", self.structure, ("A", "B", "C")),
-                                     ("memory_init", self.memory_init, ("prompt_image", "zero")),
-                                     ("memorize_input", self.memorize_input, MEMORIZE_INPUTS),
-                                     ("pooling", self.pooling, POOLINGS)):
+        for name, value, allowed in (
+            ("rope", self.rope, ("absolute", "relative")),
+            ("structure", self.structure, ("A", "B", "C")),
+            ("memory_init", self.memory_init, ("prompt_image", "zero")),
+            ("memorize_input", self.memorize_input, MEMORIZE_INPUTS),
+            ("pooling", self.pooling, POOLINGS),
+        ):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
 
     def model_overrides(self) -> dict:
         """Keyword arguments of `MemoryPackTransformer.from_preset` / `from_pretrained`."""
-        return dict(frames_1x=self.frames_1x, frames_2x=self.frames_2x, frames_4x=self.frames_4x, rope=self.rope,
-                    use_semantic_pack=self.semantic_pack,
-                    semantic_pack_overrides=dict(structure=self.structure, init=self.memory_init,
-                                                 memorize_input=self.memorize_input, pooling=self.pooling,
-                                                 carry=self.carry))
+        return dict(
+            frames_1x=self.frames_1x,
+            frames_2x=self.frames_2x,
+            frames_4x=self.frames_4x,
+            rope=self.rope,
+            use_semantic_pack=self.semantic_pack,
+            semantic_pack_overrides=dict(
+                structure=self.structure,
+                init=self.memory_init,
+                memorize_input=self.memorize_input,
+                pooling=self.pooling,
+                carry=self.carry,
+            ),
+        )
 
 
 @dataclass

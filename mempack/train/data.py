@@ -22,6 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
+from mempack.model import Conditioning
 from mempack.schema import (
     CLIP_COLUMNS,
     VIDEO_COLUMNS,
@@ -32,7 +33,6 @@ from mempack.schema import (
     read_video_index,
     unpack_checked,
 )
-from mempack.model import Conditioning
 
 
 class EmptyDatasetError(ValueError):
@@ -65,7 +65,7 @@ def video_index(root: str | Path) -> dict[Bucket, list[str]]:
         raise EmptyDatasetError(f"{root} holds no training videos")
     buckets: dict[Bucket, list[str]] = defaultdict(list)
     columns = (videos.column(c).to_pylist() for c in ("video_id", "num_clips", "height", "width"))
-    for vid, n, h, w in zip(*columns):
+    for vid, n, h, w in zip(*columns, strict=True):
         buckets[Bucket(int(n), int(h), int(w))].append(vid)
     return {k: sorted(v) for k, v in sorted(buckets.items())}
 
@@ -92,8 +92,12 @@ def locate_videos(root: str | Path) -> dict[str, VideoRows]:
                 ids = parquet.read_row_group(group, columns=["video_id"]).column(0).unique().to_pylist()
                 for vid in ids:
                     found[vid][table].setdefault(name, []).append(group)
-    return {vid: VideoRows(list(where["clips"]), list(where["clips"].values()), list(where["videos"]),
-                           list(where["videos"].values())) for vid, where in found.items()}
+    return {
+        vid: VideoRows(
+            list(where["clips"]), list(where["clips"].values()), list(where["videos"]), list(where["videos"].values())
+        )
+        for vid, where in found.items()
+    }
 
 
 _CLIP_READ = ["video_id", "schema_version", "clip_index", "latents", "latents_shape"]
@@ -107,17 +111,19 @@ def _scan(folder: Path, video_id: str, columns: list[str], filesystem) -> pa.Tab
     return dataset.to_table(filter=pc.field("video_id") == video_id, columns=[*columns, "num_clips"])
 
 
-def _read_groups(root: Path, files: list[str], groups: list[list[int]], video_id: str, columns: list[str],
-                 filesystem) -> pa.Table:
+def _read_groups(
+    root: Path, files: list[str], groups: list[list[int]], video_id: str, columns: list[str], filesystem
+) -> pa.Table:
     """The video's rows from the listed row groups only (num_clips from each file's `num_clips=K` folder)."""
     parts = []
-    for name, wanted in zip(files, groups):
+    for name, wanted in zip(files, groups, strict=True):
         parquet = pq.ParquetFile(str(root / name), filesystem=filesystem)
         table = parquet.read_row_groups([int(g) for g in wanted], columns=columns)
         table = table.filter(pc.equal(table.column("video_id"), video_id))
         folder = next(p for p in Path(name).parts if p.startswith("num_clips="))
-        parts.append(table.append_column("num_clips", pa.array([int(folder.split("=")[1])] * table.num_rows,
-                                                               pa.int32())))
+        parts.append(
+            table.append_column("num_clips", pa.array([int(folder.split("=")[1])] * table.num_rows, pa.int32()))
+        )
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in [*columns, "num_clips"]})
 
 
@@ -129,8 +135,10 @@ def load_video(root: str | Path, video_id: str, rows: VideoRows | None = None, f
     `video_id` filter (a one-off read). `filesystem`: a pyarrow filesystem (default: local)."""
     root = Path(root)
     if rows is None:
-        clips, videos = _scan(root / "clips", video_id, _CLIP_READ, filesystem), _scan(
-            root / "videos", video_id, _VIDEO_READ, filesystem)
+        clips, videos = (
+            _scan(root / "clips", video_id, _CLIP_READ, filesystem),
+            _scan(root / "videos", video_id, _VIDEO_READ, filesystem),
+        )
     else:
         clips = _read_groups(root, rows.clip_files, rows.clip_groups, video_id, _CLIP_READ, filesystem)
         videos = _read_groups(root, rows.video_files, rows.video_groups, video_id, _VIDEO_READ, filesystem)
@@ -152,8 +160,10 @@ def _assemble(root: Path, video_id: str, clips: pa.Table, videos: pa.Table) -> d
     video = videos.to_pylist()[0]
     check_version(root / "videos", [video["schema_version"]])
     if [r["clip_index"] for r in rows] != list(range(int(video["num_clips"]))):
-        raise ValueError(f"video {video_id} has clips {[r['clip_index'] for r in rows]}, expected "
-                         f"0..{int(video['num_clips']) - 1}: the prep output is incomplete (re-run pipelines/prep.py)")
+        raise ValueError(
+            f"video {video_id} has clips {[r['clip_index'] for r in rows]}, expected "
+            f"0..{int(video['num_clips']) - 1}: the prep output is incomplete (re-run pipelines/prep.py)"
+        )
     out = {"video_id": video_id, "clips": latents}
     for name in _CONDITIONS:
         out[name] = unpack_checked(name, video[name], video[f"{name}_shape"])
@@ -162,6 +172,7 @@ def _assemble(root: Path, video_id: str, clips: pa.Table, videos: pa.Table) -> d
 
 def to_training_inputs(row: dict, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, Conditioning]:
     """A loaded video row → (clips [N, C, T, H, W], batch-1 Conditioning) on `device`."""
+
     def t(name):
         return torch.as_tensor(np.asarray(row[name])).unsqueeze(0)
 
@@ -187,8 +198,10 @@ def collate_videos(items: list[tuple[torch.Tensor, Conditioning]]) -> tuple[torc
     prompts = {tuple(cond.prompt_embeds.shape[1:]) for _, cond in items}
     images = {tuple(cond.image_embeds.shape[1:]) for _, cond in items}
     if len(shapes) != 1 or len(prompts) != 1 or len(images) != 1:
-        raise DataContractError(f"a batch mixes layouts (clips {sorted(shapes)}, prompts {sorted(prompts)}, "
-                                f"images {sorted(images)}): batch_size > 1 needs videos of one layout per bucket")
+        raise DataContractError(
+            f"a batch mixes layouts (clips {sorted(shapes)}, prompts {sorted(prompts)}, "
+            f"images {sorted(images)}): batch_size > 1 needs videos of one layout per bucket"
+        )
     conds = [cond for _, cond in items]
     return torch.stack(clips), Conditioning(
         prompt_embeds=torch.cat([c.prompt_embeds for c in conds]),
@@ -216,9 +229,17 @@ def check_shapes(root: str | Path, preset) -> None:
     root = Path(root)
     check_columns(root, "videos", VIDEO_COLUMNS)
     check_columns(root, "clips", CLIP_COLUMNS)
-    shape_cols = ["video_id", "prompt_embeds_shape", "prompt_mask_shape", "pooled_prompt_embeds_shape",
-                  "image_embeds_shape", "image_latent_shape"]
-    videos = pads.dataset(root / "videos", format="parquet", partitioning="hive").to_table(columns=shape_cols).to_pylist()
+    shape_cols = [
+        "video_id",
+        "prompt_embeds_shape",
+        "prompt_mask_shape",
+        "pooled_prompt_embeds_shape",
+        "image_embeds_shape",
+        "image_latent_shape",
+    ]
+    videos = (
+        pads.dataset(root / "videos", format="parquet", partitioning="hive").to_table(columns=shape_cols).to_pylist()
+    )
     start: dict[str, tuple[int, ...]] = {}
     for v in videos:
         vid = v["video_id"]
@@ -238,13 +259,18 @@ def check_shapes(root: str | Path, preset) -> None:
         if problems:
             raise DataContractError(f"video {vid} does not fit preset {preset.name}: {'; '.join(problems)}")
         start[vid] = tuple(latent)
-    clips = pads.dataset(root / "clips", format="parquet", partitioning="hive").to_table(
-        columns=["video_id", "latents_shape"]).to_pylist()
+    clips = (
+        pads.dataset(root / "clips", format="parquet", partitioning="hive")
+        .to_table(columns=["video_id", "latents_shape"])
+        .to_pylist()
+    )
     for c in clips:
         shape, first = c["latents_shape"], start.get(c["video_id"])
         if not (shape and len(shape) == 4 and first and shape[0] == first[0] and tuple(shape[2:]) == first[2:]):
-            raise DataContractError(f"a clip of video {c['video_id']} has latents {shape}, which do not match its "
-                                    f"start latent {list(first) if first else 'missing'}")
+            raise DataContractError(
+                f"a clip of video {c['video_id']} has latents {shape}, which do not match its "
+                f"start latent {list(first) if first else 'missing'}"
+            )
 
 
 CURRICULA = ("progression", "cycle")
@@ -261,8 +287,9 @@ class Step(NamedTuple):
     videos: tuple[str, ...]
 
 
-def curriculum(index: dict[Bucket, list[str]], max_steps: int, epochs: int, group: int,
-               kind: str = "progression") -> list[Step]:
+def curriculum(
+    index: dict[Bucket, list[str]], max_steps: int, epochs: int, group: int, kind: str = "progression"
+) -> list[Step]:
     """The run's steps in order: buckets by ascending clips (`index`'s order), `group` (= workers × batch)
     videos of one bucket per step, so every rank takes the same number of steps in every bucket.
 
@@ -290,11 +317,12 @@ def curriculum(index: dict[Bucket, list[str]], max_steps: int, epochs: int, grou
     shares = [int(x) for x in exact]
     for i in sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])[: total - sum(shares)]:
         shares[i] += 1
-    return [step(b, ids, k, n) for (b, ids, n), share in zip(passes, shares) for k in range(share)]
+    return [step(b, ids, k, n) for (b, ids, n), share in zip(passes, shares, strict=True) for k in range(share)]
 
 
-def worker_videos(root: str | Path, steps: list[Step], rank: int, world: int,
-                  locations: dict[str, VideoRows], start: int = 0):
+def worker_videos(
+    root: str | Path, steps: list[Step], rank: int, world: int, locations: dict[str, VideoRows], start: int = 0
+):
     """A Ray Dataset of this rank's videos from step `start` on, loaded in Ray Data tasks, in step order.
 
     One dataset per worker, built in the worker, for the whole run: each rank's videos (and so every rank's
@@ -304,14 +332,21 @@ def worker_videos(root: str | Path, steps: list[Step], rank: int, world: int,
     import ray
 
     root = str(Path(root).resolve())
-    items = [{"step": i, "bucket": s.bucket, "video_id": vid, **locations[vid]._asdict()}
-             for i, s in enumerate(steps[start:], start) for vid in s.videos[rank::world]]
+    items = [
+        {"step": i, "bucket": s.bucket, "video_id": vid, **locations[vid]._asdict()}
+        for i, s in enumerate(steps[start:], start)
+        for vid in s.videos[rank::world]
+    ]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // VIDEOS_PER_TASK)))
     ds.context.execution_options.preserve_order = True  # one consumer: rows arrive in step order
 
     def load(row: dict, root: str = root) -> dict:
-        where = VideoRows([str(f) for f in row["clip_files"]], [[int(g) for g in gs] for gs in row["clip_groups"]],
-                          [str(f) for f in row["video_files"]], [[int(g) for g in gs] for gs in row["video_groups"]])
+        where = VideoRows(
+            [str(f) for f in row["clip_files"]],
+            [[int(g) for g in gs] for gs in row["clip_groups"]],
+            [str(f) for f in row["video_files"]],
+            [[int(g) for g in gs] for gs in row["video_groups"]],
+        )
         return {**load_video(root, row["video_id"], where), "step": row["step"], "bucket": row["bucket"]}
 
     return ds.map(load)

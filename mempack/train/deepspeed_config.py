@@ -20,8 +20,10 @@ def default_config(use_gpu: bool, zero_stage: int = 2) -> dict:
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": 0.0, "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "torch_adam": True},
+        },
         "zero_optimization": {"stage": zero_stage, "overlap_comm": use_gpu, "contiguous_gradients": True},
         "gradient_clipping": 1.0,
         "bf16": {"enabled": use_gpu},
@@ -53,9 +55,15 @@ def resolve(config: TrainConfig) -> dict:
         # and in fp32 under ZeRO): the loop counts skipped steps and stops after too many in a row
         ds["bf16"]["check_grad_overflow"] = True
     if config.warmup_steps > 0:
-        ds["scheduler"] = {"type": "WarmupLR", "params": {
-            "warmup_min_lr": 0.0, "warmup_max_lr": config.lr, "warmup_num_steps": config.warmup_steps,
-            "warmup_type": "linear"}}
+        ds["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": config.lr,
+                "warmup_num_steps": config.warmup_steps,
+                "warmup_type": "linear",
+            },
+        }
     else:
         ds.pop("scheduler", None)  # constant LR, the paper's
     ds["train_micro_batch_size_per_gpu"] = 1

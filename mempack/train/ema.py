@@ -30,7 +30,7 @@ class ParameterEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for p, e in zip(self.params, self.shadow):
+        for p, e in zip(self.params, self.shadow, strict=True):
             e.lerp_(local_tensor(p).float(), 1.0 - self.decay)
 
     @contextmanager
@@ -38,13 +38,13 @@ class ParameterEMA:
         """The parameters hold the EMA values inside the block, their trained values after it."""
         saved = [local_tensor(p).detach().clone() for p in self.params]
         with torch.no_grad():
-            for p, e in zip(self.params, self.shadow):
+            for p, e in zip(self.params, self.shadow, strict=True):
                 local_tensor(p).copy_(e.to(local_tensor(p).dtype))
         try:
             yield
         finally:
             with torch.no_grad():
-                for p, s in zip(self.params, saved):
+                for p, s in zip(self.params, saved, strict=True):
                     local_tensor(p).copy_(s)
 
     def save(self, folder: str | Path, rank: int) -> None:

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from mempack import flow
-from mempack.sampling import DEFAULT_SAMPLING_GUIDANCE, sample_section, section_times
 from mempack.model import Conditioning, MemoryPackTransformer, pack_history
 from mempack.model.semantic_pack import SemanticMemory
+from mempack.sampling import DEFAULT_SAMPLING_GUIDANCE, sample_section, section_times
 
 FORCING_MODES: tuple[str, ...] = ("teacher", "direct", "student")
 TRAIN_GUIDANCE = 1.0  # the guidance embedding of the training forward (musubi-tuner trains F1 at 1.0)
@@ -180,8 +180,14 @@ def video_clip_steps(
         if only_clip is None:
             memory = _truncate(memory, window)
         packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
-        t = flow.sample_training_times(x.shape[0], shift=config.time_shift, logit_mean=config.logit_mean,
-                                       logit_std=config.logit_std, generator=generator, device=device)
+        t = flow.sample_training_times(
+            x.shape[0],
+            shift=config.time_shift,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            generator=generator,
+            device=device,
+        )
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
         x_t = flow.interpolate(x, noise, t)
         velocity = (model if forward is None else forward)(x_t, t, cond, packed, memory, config.guidance)
@@ -189,9 +195,17 @@ def video_clip_steps(
         estimate = flow.one_step_estimate(x_t, velocity.detach().to(x_t.dtype), t)
         more = i + 1 < last
         retain = more and memory is not None and memory.tokens.requires_grad and window != 0
-        yield ClipStep(i, loss, t, x_t.detach(), velocity.detach(), estimate,
-                       None if history is None else history.detach(), tokens=_tokens(model, x),
-                       retain_graph=retain)
+        yield ClipStep(
+            i,
+            loss,
+            t,
+            x_t.detach(),
+            velocity.detach(),
+            estimate,
+            None if history is None else history.detach(),
+            tokens=_tokens(model, x),
+            retain_graph=retain,
+        )
         if not more:
             break
         if mode == "teacher":
@@ -199,8 +213,9 @@ def video_clip_steps(
         elif mode == "direct":
             made = estimate
         else:
-            made = student_sample(model, cond, history, memory, tuple(x.shape), config.student_steps,
-                                  config.sample_guidance, generator)
+            made = student_sample(
+                model, cond, history, memory, tuple(x.shape), config.student_steps, config.sample_guidance, generator
+            )
         memory = _update_memory(model, memory, made.detach(), keep_graph=window != 0)
         history = _cat_history(history, made.detach())
 

@@ -39,12 +39,17 @@ class NonFiniteSteps:
             return True
         self.skipped += 1
         self.in_a_row += 1
-        log.warning("step %d skipped: non-finite %s (%d in a row)", step,
-                    "loss" if not math.isfinite(loss) else "gradients", self.in_a_row)
+        log.warning(
+            "step %d skipped: non-finite %s (%d in a row)",
+            step,
+            "loss" if not math.isfinite(loss) else "gradients",
+            self.in_a_row,
+        )
         if self.in_a_row >= self.limit:
             raise NonFiniteTrainingError(
                 f"{self.in_a_row} steps in a row had a non-finite loss or gradients (last at step {step}); "
-                "stopping without saving: lower the learning rate, check the data, or raise max_nonfinite_steps")
+                "stopping without saving: lower the learning rate, check the data, or raise max_nonfinite_steps"
+            )
         return False
 
 

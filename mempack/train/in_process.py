@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.train.data import curriculum
 from mempack.train.forcing import ForcingConfig, resolve_mode
-from mempack.model import Conditioning, MemoryPackTransformer
 from mempack.train.optim import parameter_groups, resolve_trainable
 from mempack.train.step import check_stage1_clips, clips_trained_per_video, train_video, trained_clip
 
@@ -92,8 +92,9 @@ def train_in_process(
             param.requires_grad_(False)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.memory_lr),
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.lr, config.memory_lr), weight_decay=config.weight_decay
+    )
     order = _curriculum(videos, config.steps) if not callable(videos) else None
     losses: list[float] = []
     clips_seen = skipped = 0
@@ -107,7 +108,7 @@ def train_in_process(
         if pick_clip is not None and only is not None:
             only = pick_clip(num_clips)
 
-        def backward(loss: torch.Tensor, last: bool, retain: bool) -> None:
+        def backward(loss: torch.Tensor, last: bool, retain: bool, scale: float = scale) -> None:
             if torch.isfinite(loss):
                 (loss * scale).backward(retain_graph=retain)
 

@@ -1,7 +1,8 @@
 """The Ray Train worker loop: DeepSpeed engine, curriculum buckets, forcing, checkpoints, metrics.
 
 The run's steps are `mempack.train.data.curriculum` (buckets short → long, the same list on every
-rank); each worker streams its share of each step's videos (`worker_videos`). Per video (one Ray Data row), `mempack.train.step.train_video` makes one step: stage 1 samples one
+rank); each worker streams its share of each step's videos (`worker_videos`). Per video (one Ray Data row),
+`mempack.train.step.train_video` makes one step: stage 1 samples one
 clip and trains it with teacher forcing (history and ψ from the ground truth of the earlier clips,
 ψ's graph kept through `forcing.memory_grad_window` updates); stage 2 runs Direct Forcing (or the
 teacher/student controls) over all clips in order. Each clip's loss is back-propagated at once, and
@@ -32,20 +33,25 @@ from pathlib import Path
 import torch
 
 from mempack.layout import EXPORT_DIR, EXPORT_EMA_DIR, SAMPLES_DIR
-from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.model import MemoryPackTransformer
-from mempack.model.memorypack import SEMANTIC_PACK_DIR, BACKBONE_DIR, pretrained_folders
+from mempack.model.memorypack import BACKBONE_DIR, SEMANTIC_PACK_DIR, pretrained_folders
 from mempack.train import zero3
-from mempack.train.checkpoint import (CHECKPOINT_TAG, CheckpointSchedule, checkpoint_dir_name, checkpoint_folder,
-                                      folder_bytes, rank0_decides)
+from mempack.train.checkpoint import (
+    CHECKPOINT_TAG,
+    CheckpointSchedule,
+    checkpoint_dir_name,
+    checkpoint_folder,
+    folder_bytes,
+    rank0_decides,
+)
+from mempack.train.config import TrainConfig
+from mempack.train.data import Bucket, collate_videos, curriculum, to_training_inputs, worker_videos
 from mempack.train.deepspeed_config import with_group_rates
 from mempack.train.ema import ParameterEMA
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, weights_finite
-from mempack.train.config import TrainConfig
-from mempack.train.data import Bucket, collate_videos, curriculum, to_training_inputs, worker_videos
-from mempack.train.metrics import worker_logger
+from mempack.train.metrics import ProgressLine, console_logger, worker_logger
 from mempack.train.optim import parameter_groups
-from mempack.train.metrics import ProgressLine, console_logger
+from mempack.train.step import clips_trained_per_video, train_video, trained_clip
 from mempack.train.validation import SampleSettings, ValidationSampler
 
 log = logging.getLogger(__name__)
@@ -69,8 +75,9 @@ def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | 
     if source:
         model = MemoryPackTransformer.from_pretrained(source, dtype=dtype, backbone_context=context, **overrides)
     else:
-        model = MemoryPackTransformer.from_preset(config.preset, seed=config.seed, dtype=dtype,
-                                                  backbone_context=context, **overrides)
+        model = MemoryPackTransformer.from_preset(
+            config.preset, seed=config.seed, dtype=dtype, backbone_context=context, **overrides
+        )
     if sharded:
         zero3.register_directly_used_parameters(model)
         if source:
@@ -88,8 +95,9 @@ def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool, m
         # (importlib: `import deepspeed.comm.torch as m` binds deepspeed.comm's attribute `torch`, the torch package)
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     groups = parameter_groups(model, ds_config["optimizer"]["params"]["lr"], memory_lr)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups,
-                                           config=with_group_rates(ds_config, groups), dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=groups, config=with_group_rates(ds_config, groups), dist_init_required=False
+    )
     return engine
 
 
@@ -137,8 +145,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     engine = _init_engine(model, ds_config, config.use_gpu, config.memory_lr)
     module: MemoryPackTransformer = engine.module
     dtype = next(module.parameters()).dtype
-    logger = worker_logger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank,
-                           config.system_metrics)
+    logger = worker_logger(
+        loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank, config.system_metrics
+    )
 
     ema = ParameterEMA(module, config.ema_decay) if config.ema_decay > 0 else None
     state = {"step": 0, "restarts": 0, "skipped_steps": 0}
@@ -147,7 +156,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             # pickle inside: only ever our own run folder's checkpoints (README: trust boundary); frozen
             # parameters are not in it (exclude_frozen_parameters): they are the init weights build_model loaded
-            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_module_strict=False)
+            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_module_strict=True)
             if ema is not None:
                 ema.load(folder, rank)
         state.update({k: client_state[k] for k in state if k in client_state})
@@ -163,14 +172,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         if not weights_finite(module):
-            raise NonFiniteTrainingError(f"weights are non-finite at step {state['step']}: "
-                                         "not checkpointing or exporting them")
+            raise NonFiniteTrainingError(
+                f"weights are non-finite at step {state['step']}: not checkpointing or exporting them"
+            )
         name = checkpoint_dir_name(state["step"], state["restarts"])
         folder, upload = checkpoint_folder(loop_config["run_storage"], config.checkpoint_scratch, name, rank)
         started = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(str(folder), tag=CHECKPOINT_TAG, client_state=dict(state),
-                               exclude_frozen_parameters=True)
+        engine.save_checkpoint(
+            str(folder), tag=CHECKPOINT_TAG, client_state=dict(state), exclude_frozen_parameters=True
+        )
         if ema is not None:
             ema.save(folder, rank)
         if final:
@@ -184,13 +195,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log(written, step=state["step"])
         metrics = {**metrics, **written}
         mode = CheckpointUploadMode.ASYNC if upload else CheckpointUploadMode.NO_UPLOAD
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name,
-                         checkpoint_upload_mode=mode)
+        ray.train.report(
+            metrics,
+            checkpoint=Checkpoint.from_directory(str(folder)),
+            checkpoint_dir_name=name,
+            checkpoint_upload_mode=mode,
+        )
         schedule.saved()
 
     steps = curriculum(index, config.max_steps, config.epochs, world * config.batch_size, config.curriculum)
-    stream = worker_videos(config.data, steps, rank, world, loop_config["locations"],
-                           state["step"]).iter_rows() if state["step"] < len(steps) else []
+    stream = (
+        worker_videos(config.data, steps, rank, world, loop_config["locations"], state["step"]).iter_rows()
+        if state["step"] < len(steps)
+        else []
+    )
     last_metrics: dict = {}
     train_batch = None
     for step, rows in _steps(stream, config.batch_size, state["step"]):
@@ -212,8 +230,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             engine.backward(loss, retain_graph=retain)
             engine.step()
 
-        stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g,
-                            forward=engine)
+        stats = train_video(module, clips, cond, forcing, backward, only_clip=only, generator=g, forward=engine)
         applied = nonfinite.record(stats.loss, engine.was_step_applied(), state["step"] + 1)
         state["skipped_steps"] = nonfinite.skipped
         if applied and ema is not None:
@@ -222,12 +239,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         seconds = time.perf_counter() - started
         grad_norm = engine.get_global_grad_norm()
         last_metrics = {
-            "loss": stats.loss if applied else None, "lr": engine.get_lr()[0],
+            "loss": stats.loss if applied else None,
+            "lr": engine.get_lr()[0],
             "skipped_steps": state["skipped_steps"],
             "grad_norm": float(grad_norm) if grad_norm is not None and applied else None,
-            "clips_per_s": stats.clips / seconds, "latent_tokens_per_s": stats.tokens / seconds,
-            "videos_per_step": len(rows), "latent_tokens_per_step": stats.tokens,  # per worker; batch × clips
-            "clips_per_video": num_clips, "optimizer_steps": engine.global_steps,
+            "clips_per_s": stats.clips / seconds,
+            "latent_tokens_per_s": stats.tokens / seconds,
+            "videos_per_step": len(rows),
+            "latent_tokens_per_step": stats.tokens,  # per worker; batch × clips
+            "clips_per_video": num_clips,
+            "optimizer_steps": engine.global_steps,
             "curriculum_bucket": steps[step].bucket,
         }
         if state["step"] % config.log_every == 0:
@@ -246,13 +267,15 @@ def _validation_sampler(config: TrainConfig, rank: int, zero3_sharded: bool, wor
     sampler; rank 0 encodes the prompt and image once on the CPU and shares the embeddings."""
     if config.sample_every <= 0 or (rank != 0 and not zero3_sharded):
         return None
-    settings = SampleSettings(config.sample_image, config.sample_prompt, config.sample_sections, config.sample_steps,
-                              config.seed)
+    settings = SampleSettings(
+        config.sample_image, config.sample_prompt, config.sample_sections, config.sample_steps, config.seed
+    )
     return ValidationSampler(config.data, config.preset, settings, rank=rank, share=zero3_sharded and world > 1)
 
 
-def _validation_sample(module: MemoryPackTransformer, sampler: ValidationSampler | None, output: str, step: int,
-                       logger) -> None:
+def _validation_sample(
+    module: MemoryPackTransformer, sampler: ValidationSampler | None, output: str, step: int, logger
+) -> None:
     """Render a validation video and queue it for MLflow (`samples/`). Under ZeRO-3 every rank runs the
     sampling forwards (DeepSpeed gathers one module at a time, never the whole model) and rank 0 writes
     the video; otherwise rank 0 renders alone and the others wait at the next collective."""

@@ -38,9 +38,18 @@ class MlflowRunLogger:
     this process's node into the same run (opt-in: `--system-metrics`).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, enabled: bool = True, *, max_buffered: int = 200_000,
-                 retry_seconds: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0), flush_timeout_s: float = 60.0,
-                 spill_path: str | Path | None = None, system_metrics_node: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        enabled: bool = True,
+        *,
+        max_buffered: int = 200_000,
+        retry_seconds: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0),
+        flush_timeout_s: float = 60.0,
+        spill_path: str | Path | None = None,
+        system_metrics_node: str | None = None,
+    ):
         self.enabled = enabled
         self.run_id = run_id
         self.tracking_uri = tracking_uri
@@ -112,12 +121,20 @@ class MlflowRunLogger:
             files = [path for path, _ in self._artifacts]
             self._artifacts.clear()
         if files:
-            log.warning("MLflow: %d files were not uploaded to run %s (they stay on disk): %s", len(files),
-                        self.run_id, ", ".join(files))
+            log.warning(
+                "MLflow: %d files were not uploaded to run %s (they stay on disk): %s",
+                len(files),
+                self.run_id,
+                ", ".join(files),
+            )
         if left:
             where = self._spill(left)
-            log.warning("MLflow: %d metrics of run %s could not be sent%s", len(left), self.run_id,
-                        f"; written to {where}" if where else "")
+            log.warning(
+                "MLflow: %d metrics of run %s could not be sent%s",
+                len(left),
+                self.run_id,
+                f"; written to {where}" if where else "",
+            )
         if self.dropped:
             log.warning("MLflow: the outage outlasted the buffer, %d oldest metrics were dropped", self.dropped)
         self._thread = None
@@ -144,8 +161,10 @@ class MlflowRunLogger:
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
                     self.outages += 1
-                    log.warning("MLflow unreachable (%s); training goes on, metrics are kept and retried",
-                                " ".join(str(err).split())[:300])
+                    log.warning(
+                        "MLflow unreachable (%s); training goes on, metrics are kept and retried",
+                        " ".join(str(err).split())[:300],
+                    )
                 pause = self.retry_seconds[min(attempt - 1, len(self.retry_seconds) - 1)]
                 with self._lock:
                     if self._closing:
@@ -160,8 +179,10 @@ class MlflowRunLogger:
                     self._artifacts.popleft()
                 self.sent += len(batch)
             if self._failing_since is not None:
-                log.warning("MLflow reachable again after %.0f s; sending the kept metrics",
-                            time.monotonic() - self._failing_since)
+                log.warning(
+                    "MLflow reachable again after %.0f s; sending the kept metrics",
+                    time.monotonic() - self._failing_since,
+                )
                 self._failing_since = None
             attempt = 0
 
@@ -172,8 +193,18 @@ class MlflowRunLogger:
             self.spill_path.parent.mkdir(parents=True, exist_ok=True)
             with self.spill_path.open("a") as f:
                 for m in metrics:
-                    f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
-                                        "timestamp": m.timestamp, "step": m.step}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "run_id": self.run_id,
+                                "key": m.key,
+                                "value": m.value,
+                                "timestamp": m.timestamp,
+                                "step": m.step,
+                            }
+                        )
+                        + "\n"
+                    )
         except OSError as err:
             log.warning("MLflow: could not write unsent metrics to %s: %s", self.spill_path, err)
             return None
@@ -183,8 +214,9 @@ class MlflowRunLogger:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-            monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.tracking_uri, node_id=node,
-                                           resume_logging=True)
+            monitor = SystemMetricsMonitor(
+                self.run_id, tracking_uri=self.tracking_uri, node_id=node, resume_logging=True
+            )
             monitor.start()
             return monitor
         except Exception as err:  # noqa: BLE001 - opt-in extra: warn, never fail training
@@ -201,14 +233,16 @@ def replay_spilled(tracking_uri: str, spill_path: str | Path) -> int:
         by_run.setdefault(r["run_id"], []).append(Metric(r["key"], r["value"], r["timestamp"], r["step"]))
     for run_id, metrics in by_run.items():
         for start in range(0, len(metrics), BATCH):
-            client.log_batch(run_id, metrics=metrics[start:start + BATCH])
+            client.log_batch(run_id, metrics=metrics[start : start + BATCH])
     return len(rows)
 
 
 UNSENT_METRICS = "mlflow_unsent_metrics.jsonl"  # in the run folder: what an outage kept from the server
 
 
-def worker_logger(tracking_uri: str, run_id: str, output: str | Path, rank: int, system_metrics: bool) -> MlflowRunLogger:
+def worker_logger(
+    tracking_uri: str, run_id: str, output: str | Path, rank: int, system_metrics: bool
+) -> MlflowRunLogger:
     """The logger of one Ray Train worker: metrics from rank 0; with `system_metrics`, one monitor per node
     (its local rank 0), named `node<N>` in the run's system metrics."""
     node = None
@@ -218,8 +252,9 @@ def worker_logger(tracking_uri: str, run_id: str, output: str | Path, rank: int,
         context = ray.train.get_context()
         if context.get_local_rank() == 0:
             node = f"node{context.get_node_rank()}"
-    return MlflowRunLogger(tracking_uri, run_id, enabled=rank == 0, spill_path=Path(output) / UNSENT_METRICS,
-                           system_metrics_node=node)
+    return MlflowRunLogger(
+        tracking_uri, run_id, enabled=rank == 0, spill_path=Path(output) / UNSENT_METRICS, system_metrics_node=node
+    )
 
 
 # The console side of a run's metrics: a rank-0 line every N steps.
@@ -262,8 +297,10 @@ class ProgressLine:
         now = self.clock()
         per_step = (now - self._since) / max(1, step - self._since_step)
         mean_loss = sum(self._losses) / len(self._losses)
-        line = (f"step {step}/{self.max_steps} | loss {mean_loss:.4f} | {per_step:.2f} s/step | "
-                f"ETA {format_duration(per_step * max(0, self.max_steps - step))}")
+        line = (
+            f"step {step}/{self.max_steps} | loss {mean_loss:.4f} | {per_step:.2f} s/step | "
+            f"ETA {format_duration(per_step * max(0, self.max_steps - step))}"
+        )
         self._since_step, self._since, self._losses = step, now, []
         console_logger().info(line)
         return line

@@ -48,6 +48,8 @@ def parameter_groups(model: MemoryPackTransformer, lr: float, memory_lr: float |
     dropped (stage 2 trains the head only: one group). `memory_lr` None: one rate for everything."""
     writer = {id(p) for p in memory_writer_parameters(model)}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in writer], "lr": lr},
-              {"params": [p for p in trainable if id(p) in writer], "lr": lr if memory_lr is None else memory_lr}]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in writer], "lr": lr},
+        {"params": [p for p in trainable if id(p) in writer], "lr": lr if memory_lr is None else memory_lr},
+    ]
     return [g for g in groups if g["params"]]

@@ -8,7 +8,8 @@ Two parts, each from the thing that decides it rather than a rule of thumb:
   `estimate_zero3_model_states_mem_needs`); the split into parts uses the multipliers those estimators
   are built from (2 bytes of 16-bit weights, 2 + 4 bytes of gradients, 4 + 8 bytes of fp32 master
   weights and Adam moments per parameter; ZeRO-3's estimator counts 18 bytes in all, i.e. 4 of
-  gradients, plus 4 bytes per parameter of the largest layer, gathered whole). In fp32 (the CPU path) DeepSpeed's ZeRO optimizer still clones the fp32 partition it
+  gradients, plus 4 bytes per parameter of the largest layer, gathered whole). In fp32 (the CPU path) DeepSpeed's
+  ZeRO optimizer still clones the fp32 partition it
   steps on, so states are 4 (weights) + 4 (gradients) + 4 (master) + 8 (Adam) bytes per parameter.
 * **Activations** come from tracing one training forward of the real network on PyTorch's `meta`
   device: nothing is allocated, but every tensor autograd saves for backward is seen with its real shape
@@ -62,7 +63,7 @@ class ParameterCounts:
     largest_layer: int
 
     @classmethod
-    def of(cls, model: nn.Module) -> "ParameterCounts":
+    def of(cls, model: nn.Module) -> ParameterCounts:
         """Counted by tensor, not by storage: meta tensors all share data_ptr 0, which DeepSpeed's own
         `model_to_params` would collapse into one."""
         total = sum(p.numel() for p in model.parameters())
@@ -91,8 +92,14 @@ def _gpu_layout(world: int) -> tuple[int, int]:
     return per_node, math.ceil(world / per_node)
 
 
-def model_state_bytes(counts: ParameterCounts, world: int, zero_stage: int, mixed_precision: bool,
-                      offload_optimizer: bool = False, offload_params: bool = False) -> ModelStates:
+def model_state_bytes(
+    counts: ParameterCounts,
+    world: int,
+    zero_stage: int,
+    mixed_precision: bool,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+) -> ModelStates:
     """Per-GPU bytes of the model states of one rank.
 
     Frozen parameters (stage 2 trains only the head) hold their weights alone, partitioned under ZeRO-3.
@@ -109,15 +116,22 @@ def model_state_bytes(counts: ParameterCounts, world: int, zero_stage: int, mixe
         optimizer = (12 if zero_stage >= 1 else 8) * p // (n if zero_stage >= 1 else 1)
         if offload_optimizer:
             grads, optimizer = 0 if zero_stage >= 2 else grads, 0
-        return ModelStates(params + frozen_bytes, grads, optimizer,
-                           "fp32: 4 weights + 4 grads + 4 master + 8 Adam bytes/param")
+        return ModelStates(
+            params + frozen_bytes, grads, optimizer, "fp32: 4 weights + 4 grads + 4 master + 8 Adam bytes/param"
+        )
     per_node, nodes = _gpu_layout(n)
     if zero_stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
         _, total, gather = estimate_zero3_model_states_mem_needs(
-            p, counts.largest_layer, num_gpus_per_node=per_node, num_nodes=nodes,
-            cpu_offload=offload_optimizer, cpu_offload_params=offload_params, zero_init=True)
+            p,
+            counts.largest_layer,
+            num_gpus_per_node=per_node,
+            num_nodes=nodes,
+            cpu_offload=offload_optimizer,
+            cpu_offload_params=offload_params,
+            zero_init=True,
+        )
         if offload_optimizer and offload_params:
             params, grads, optimizer = gather, 0, 0
         elif offload_optimizer:
@@ -128,14 +142,15 @@ def model_state_bytes(counts: ParameterCounts, world: int, zero_stage: int, mixe
     elif zero_stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-        _, total = estimate_zero2_model_states_mem_needs(p, num_gpus_per_node=per_node, num_nodes=nodes,
-                                                         cpu_offload=offload_optimizer)
+        _, total = estimate_zero2_model_states_mem_needs(
+            p, num_gpus_per_node=per_node, num_nodes=nodes, cpu_offload=offload_optimizer
+        )
         params, grads, optimizer = (2 * p, 0, 0) if offload_optimizer else (2 * p, 6 * p // n, 12 * p // n)
         source = "deepspeed estimate_zero2_model_states_mem_needs"
     else:  # ZeRO-1 / 0 have no DeepSpeed estimator: the same multipliers, gradients unpartitioned
         total = None
         params, grads, optimizer = 2 * p, 2 * p + 4 * p // n, 12 * p // (n if zero_stage == 1 else 1)
-        source = "16-bit weights + 16/32-bit grads + fp32 master and Adam (ZeRO-%d)" % zero_stage
+        source = f"16-bit weights + 16/32-bit grads + fp32 master and Adam (ZeRO-{zero_stage})"
     if total is not None and abs(params + grads + optimizer - total) > 8:
         raise AssertionError(f"state split {params + grads + optimizer} disagrees with DeepSpeed's {total}")
     return ModelStates(params + frozen_bytes, grads, optimizer, source)
@@ -226,9 +241,16 @@ def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: tuple[int, int], *,
-                      batch: int = 1, image_tokens: int = SIGLIP_IMAGE_TOKENS,
-                      prompt_tokens: int | None = None, memory_updates: int = 1) -> ActivationTrace:
+def trace_activations(
+    model: MemoryPackTransformer,
+    preset: Preset,
+    latent_hw: tuple[int, int],
+    *,
+    batch: int = 1,
+    image_tokens: int = SIGLIP_IMAGE_TOKENS,
+    prompt_tokens: int | None = None,
+    memory_updates: int = 1,
+) -> ActivationTrace:
     """Trace one teacher-forced training forward (full history, ψ₀ and `memory_updates` ψ updates with
     their graphs: the back-propagation window, see `graphed_memory_updates`) and count what autograd
     saves. `model` may live on any device; meta allocates nothing. Each storage is counted once."""
@@ -242,10 +264,13 @@ def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: t
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype)
 
-    cond = Conditioning(rand(batch, prompt_tokens, preset.text_embed_dim),
-                        torch.ones(batch, prompt_tokens, dtype=torch.int64, device=device),
-                        rand(batch, preset.pooled_dim), rand(batch, image_tokens, preset.image_embed_dim),
-                        rand(batch, c, 1, h, w))
+    cond = Conditioning(
+        rand(batch, prompt_tokens, preset.text_embed_dim),
+        torch.ones(batch, prompt_tokens, dtype=torch.int64, device=device),
+        rand(batch, preset.pooled_dim),
+        rand(batch, image_tokens, preset.image_embed_dim),
+        rand(batch, c, 1, h, w),
+    )
     history = rand(batch, c, model.config.layout.context_frames, h, w)
     section = rand(batch, c, window, h, w)
 
@@ -277,6 +302,7 @@ def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: t
             trace.block_inputs[i] = sum(a.numel() * a.element_size() for a in args[:2] if isinstance(a, torch.Tensor))
             if i == 0:
                 trace.sequence_tokens = sum(a.shape[1] for a in args[:2])
+
         return hook
 
     def leave(module, args, output):
@@ -288,8 +314,13 @@ def trace_activations(model: MemoryPackTransformer, preset: Preset, latent_hw: t
     was_checkpointing = model.backbone.gradient_checkpointing
     model.backbone.gradient_checkpointing = False
     try:
-        with _meta_boolean_masks(), _FullPromptScalars(image_tokens + prompt_tokens), _FusedAttention(), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+        with (
+            _meta_boolean_masks(),
+            _FullPromptScalars(image_tokens + prompt_tokens),
+            _FusedAttention(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.enable_grad(),
+        ):
             if memory_updates:
                 memory = model.initial_memory(cond)
             else:  # ψ still has its updated size (structure A: the Memorize tokens), only without a graph
@@ -373,8 +404,14 @@ class _LiveBytes(TorchDispatchMode):
             self.live -= nbytes
 
 
-def trace_sampling(model: MemoryPackTransformer, preset: Preset, latent_hw: tuple[int, int], *,
-                   image_tokens: int = SIGLIP_IMAGE_TOKENS, prompt_tokens: int | None = None) -> int:
+def trace_sampling(
+    model: MemoryPackTransformer,
+    preset: Preset,
+    latent_hw: tuple[int, int],
+    *,
+    image_tokens: int = SIGLIP_IMAGE_TOKENS,
+    prompt_tokens: int | None = None,
+) -> int:
     """Peak bytes of rendering a validation video with the trained model (mempack/train/validation.py):
     the conditioning embeddings, a full history, one no-grad denoising forward and one ψ update, as
     `mempack.sampling.generate` runs them section after section (batch 1; F1's guidance is distilled, so
@@ -390,13 +427,20 @@ def trace_sampling(model: MemoryPackTransformer, preset: Preset, latent_hw: tupl
     was_training = model.training
     model.eval()
     try:
-        with _meta_boolean_masks(), _FullPromptScalars(image_tokens + prompt_tokens), _FusedAttention(), \
-                tracker, torch.no_grad():
-            cond = Conditioning(torch.randn(1, prompt_tokens, preset.text_embed_dim, device=device, dtype=dtype),
-                                torch.ones(1, prompt_tokens, dtype=torch.int64, device=device),
-                                torch.randn(1, preset.pooled_dim, device=device, dtype=dtype),
-                                torch.randn(1, image_tokens, preset.image_embed_dim, device=device, dtype=dtype),
-                                torch.randn(1, c, 1, h, w, device=device, dtype=torch.float32))
+        with (
+            _meta_boolean_masks(),
+            _FullPromptScalars(image_tokens + prompt_tokens),
+            _FusedAttention(),
+            tracker,
+            torch.no_grad(),
+        ):
+            cond = Conditioning(
+                torch.randn(1, prompt_tokens, preset.text_embed_dim, device=device, dtype=dtype),
+                torch.ones(1, prompt_tokens, dtype=torch.int64, device=device),
+                torch.randn(1, preset.pooled_dim, device=device, dtype=dtype),
+                torch.randn(1, image_tokens, preset.image_embed_dim, device=device, dtype=dtype),
+                torch.randn(1, c, 1, h, w, device=device, dtype=torch.float32),
+            )
             history = torch.randn(1, c, model.config.layout.context_frames, h, w, device=device)
             memory = model.initial_memory(cond)
             packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
@@ -444,17 +488,30 @@ class MemoryPlan:
         return self.total(checkpointing) + RUNTIME_MARGIN_BYTES <= gpu_gb * GB
 
     def to_dict(self) -> dict:
-        out = {"preset": self.preset, "stage": self.stage, "workers": self.world, "zero_stage": self.zero_stage,
-               "dtype": self.dtype, "pixel_size": list(self.pixel_size), "latent_size": list(self.latent_size),
-               "batch_per_worker": self.batch, "parameters": self.counts.total,
-               "trainable_parameters": self.counts.trainable, "params_bytes": self.states.params,
-               "grads_bytes": self.states.grads, "optimizer_bytes": self.states.optimizer,
-               "states_source": self.states.source,
-               "activations_bytes": self.activations.without_checkpointing,
-               "activations_checkpointed_bytes": self.activations.with_checkpointing,
-               "sequence_tokens": self.activations.sequence_tokens, "tokens_per_step": self.tokens_per_step,
-               "gradient_checkpointing": self.gradient_checkpointing, "memory_updates": self.memory_updates,
-               "ema_bytes": self.ema, "validation_bytes": self.validation}
+        out = {
+            "preset": self.preset,
+            "stage": self.stage,
+            "workers": self.world,
+            "zero_stage": self.zero_stage,
+            "dtype": self.dtype,
+            "pixel_size": list(self.pixel_size),
+            "latent_size": list(self.latent_size),
+            "batch_per_worker": self.batch,
+            "parameters": self.counts.total,
+            "trainable_parameters": self.counts.trainable,
+            "params_bytes": self.states.params,
+            "grads_bytes": self.states.grads,
+            "optimizer_bytes": self.states.optimizer,
+            "states_source": self.states.source,
+            "activations_bytes": self.activations.without_checkpointing,
+            "activations_checkpointed_bytes": self.activations.with_checkpointing,
+            "sequence_tokens": self.activations.sequence_tokens,
+            "tokens_per_step": self.tokens_per_step,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "memory_updates": self.memory_updates,
+            "ema_bytes": self.ema,
+            "validation_bytes": self.validation,
+        }
         for ckpt in (False, True):
             key = "checkpointed" if ckpt else "plain"
             out[f"total_{key}_bytes"] = self.total(ckpt)
@@ -477,10 +534,18 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int | None]:
 
     root = Path(root)
     try:
-        shapes = pads.dataset(root / "clips", format="parquet", partitioning="hive").to_table(
-            columns=["latents_shape"]).column("latents_shape").to_pylist()
-        clips = pads.dataset(root / "videos", format="parquet", partitioning="hive").to_table(
-            columns=["num_clips"]).column("num_clips").to_pylist()
+        shapes = (
+            pads.dataset(root / "clips", format="parquet", partitioning="hive")
+            .to_table(columns=["latents_shape"])
+            .column("latents_shape")
+            .to_pylist()
+        )
+        clips = (
+            pads.dataset(root / "videos", format="parquet", partitioning="hive")
+            .to_table(columns=["num_clips"])
+            .column("num_clips")
+            .to_pylist()
+        )
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         log.info("no prep output to size the plan from at %s (%s)", root, err)
         return None, None
@@ -490,9 +555,15 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int | None]:
     return (h, w), max(int(n) for n in clips) if clips else None
 
 
-def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None, *,
-             clips_per_video: int | None = None, batch: int | None = None,
-             image_tokens: int | None = None) -> MemoryPlan:
+def plan_run(
+    config,
+    ds_config: dict,
+    pixel_size: tuple[int, int] | None = None,
+    *,
+    clips_per_video: int | None = None,
+    batch: int | None = None,
+    image_tokens: int | None = None,
+) -> MemoryPlan:
     """The plan of a `TrainConfig` run with its resolved DeepSpeed config (what `deepspeed_config.resolve`
     returns): its backbone, ψ's back-propagation window, batch, EMA and validation videos.
     `clips_per_video` is the data's longest video (None: unknown, the window is assumed full); stage 2
@@ -518,8 +589,9 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     updates = graphed_memory_updates(config.stage, forcing.mode, forcing.memory_grad_window, clips_per_video)
     if not model.uses_memory:
         updates = 0
-    activations = trace_activations(model, preset, latent_hw, batch=batch, image_tokens=image_tokens,
-                                    memory_updates=updates)
+    activations = trace_activations(
+        model, preset, latent_hw, batch=batch, image_tokens=image_tokens, memory_updates=updates
+    )
     from mempack.train.step import clips_trained_per_video
 
     clips = clips_trained_per_video(config.stage, forcing.mode, clips_per_video or 1)
@@ -527,9 +599,25 @@ def plan_run(config, ds_config: dict, pixel_size: tuple[int, int] | None = None,
     validation = 0
     if config.sample_every > 0:
         validation = trace_sampling(model, preset, latent_hw, image_tokens=image_tokens)
-    return MemoryPlan(preset.name, config.stage, config.num_workers, zero_stage, str(dtype).replace("torch.", ""),
-                      pixel_size, latent_hw, batch, counts, states, activations, config.gradient_checkpointing,
-                      clips, activations.noisy_tokens * clips * config.num_workers, updates, ema, validation)
+    return MemoryPlan(
+        preset.name,
+        config.stage,
+        config.num_workers,
+        zero_stage,
+        str(dtype).replace("torch.", ""),
+        pixel_size,
+        latent_hw,
+        batch,
+        counts,
+        states,
+        activations,
+        config.gradient_checkpointing,
+        clips,
+        activations.noisy_tokens * clips * config.num_workers,
+        updates,
+        ema,
+        validation,
+    )
 
 
 def _meta_model(config) -> MemoryPackTransformer:
@@ -547,13 +635,15 @@ def _meta_model(config) -> MemoryPackTransformer:
 
 def format_plan(plan: MemoryPlan) -> str:
     """The table `train.py --plan` prints."""
+
     def gib(b):
         return f"{b / GIB:8.2f} GiB" if b >= GIB else f"{b / 2**20:8.1f} MiB"
 
     act, ck = plan.activations.without_checkpointing, plan.activations.with_checkpointing
     lines = [
         f"memory plan: preset {plan.preset}, stage {plan.stage}, {plan.world} worker(s), ZeRO-{plan.zero_stage}, "
-        f"{plan.dtype}, {plan.pixel_size[0]}x{plan.pixel_size[1]} px (latent {plan.latent_size[0]}x{plan.latent_size[1]}), "
+        f"{plan.dtype}, {plan.pixel_size[0]}x{plan.pixel_size[1]} px "
+        f"(latent {plan.latent_size[0]}x{plan.latent_size[1]}), "
         f"batch {plan.batch}/worker",
         f"  parameters        {plan.counts.total:,} ({plan.counts.trainable:,} trained)",
         f"  weights           {gib(plan.states.params)}  per GPU",
@@ -563,8 +653,8 @@ def format_plan(plan: MemoryPlan) -> str:
         f"  activations       {gib(act)}  without gradient checkpointing "
         f"(batch {plan.batch}, {plan.memory_updates} ψ update(s) back-propagated)",
         f"                    {gib(ck)}  with gradient checkpointing",
-        f"  validation video  {gib(plan.validation)}" + ("  between steps, instead of the activations"
-                                                        if plan.validation else "   (off: --sample-every)"),
+        f"  validation video  {gib(plan.validation)}"
+        + ("  between steps, instead of the activations" if plan.validation else "   (off: --sample-every)"),
         f"  attention tokens  {plan.activations.sequence_tokens:,} per section; "
         f"{plan.tokens_per_step:,} noisy latent tokens per optimizer step ({plan.clips_per_step} section(s)/worker)",
         f"  total per GPU     {gib(plan.total(False))} plain, {gib(plan.total(True))} checkpointed "

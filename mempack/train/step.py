@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mempack.train.forcing import ForcingConfig, video_clip_steps
 from mempack.model import Conditioning, MemoryPackTransformer
+from mempack.train.forcing import ForcingConfig, video_clip_steps
 
 Backward = Callable[[torch.Tensor, bool, bool], None]  # (loss, is the video's last clip, retain graph)
 
@@ -59,8 +59,9 @@ def clips_trained_per_video(stage: int, mode: str, num_clips: int, policy: str =
     return 1 if samples_one_clip(stage, mode, policy) else num_clips
 
 
-def trained_clip(stage: int, mode: str, num_clips: int, generator: torch.Generator,
-                 policy: str = "uniform") -> int | None:
+def trained_clip(
+    stage: int, mode: str, num_clips: int, generator: torch.Generator, policy: str = "uniform"
+) -> int | None:
     """The one clip stage-1 teacher forcing trains (drawn from `generator` under `policy`), or None for all.
 
     The generator must be the same on every rank: clip 0 has no ψ update, so its step leaves
@@ -94,8 +95,9 @@ def train_video(
     planned = 1 if only_clip is not None else num_clips
     losses: list[float] = []
     tokens = 0
-    for n, step in enumerate(video_clip_steps(model, clips, cond, forcing, generator=generator, only_clip=only_clip,
-                                                   forward=forward)):
+    for n, step in enumerate(
+        video_clip_steps(model, clips, cond, forcing, generator=generator, only_clip=only_clip, forward=forward)
+    ):
         backward(step.loss, n == planned - 1, step.retain_graph)
         losses.append(step.loss.item())
         tokens += step.tokens

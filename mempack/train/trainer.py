@@ -19,11 +19,11 @@ from pathlib import Path
 from mempack import layout, tracking
 from mempack.layout import RUN_FILE
 from mempack.model.memorypack import MemoryPackConfig
-from mempack.train.config import ArchitectureConfig, TrainConfig
 from mempack.presets import get_preset
 from mempack.schema import summary_path
-from mempack.train.data import check_dataset, check_shapes
 from mempack.train.checkpoint import ResumeMismatchError, check_or_write
+from mempack.train.config import ArchitectureConfig, TrainConfig
+from mempack.train.data import check_dataset, check_shapes
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ def validate(config: TrainConfig) -> dict:
             raise TrainSetupError(f"stage 2 needs stage-1 weights: none at {init} (run --stage 1 first or pass --init)")
         config.init = str(init.resolve())
     if config.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
-        raise TrainSetupError("--register-model needs mempack.mlflow_model (the MLflow pyfunc model), "
-                              "which this build does not have")
+        raise TrainSetupError(
+            "--register-model needs mempack.mlflow_model (the MLflow pyfunc model), which this build does not have"
+        )
     if config.sample_image:
         if not Path(config.sample_image).is_file():
             raise TrainSetupError(f"--sample-image not found: {config.sample_image}")
@@ -91,8 +92,13 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
         run_id = json.loads(run_file.read_text())["run_id"]
         client.set_terminated(run_id, status="RUNNING")
         return run_id
-    client, run_id = tracking.create_run(uri, config.experiment, run_name=config.run_name or f"stage{config.stage}",
-                                         tags={"stage": str(config.stage)}, entry_point="pipelines/train.py")
+    client, run_id = tracking.create_run(
+        uri,
+        config.experiment,
+        run_name=config.run_name or f"stage{config.stage}",
+        tags={"stage": str(config.stage)},
+        entry_point="pipelines/train.py",
+    )
     with tracking.run_status(client, run_id, finish=False):  # a run that cannot start ends FAILED
         flat = _flatten(asdict(config))
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
@@ -145,8 +151,9 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
         return _fit_and_export(config, index, ds_config, uri, run_id, out, name, storage)
 
 
-def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str, run_id: str, out: Path,
-                    name: str, storage: Path) -> dict:
+def _fit_and_export(
+    config: TrainConfig, index: dict, ds_config: dict, uri: str, run_id: str, out: Path, name: str, storage: Path
+) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -161,16 +168,29 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "deepspeed": ds_config, "index": index, "locations": locations,
-                           "mlflow_uri": uri, "mlflow_run_id": run_id, "run_storage": str(storage / name)},
+        train_loop_config={
+            "config": config,
+            "deepspeed": ds_config,
+            "index": index,
+            "locations": locations,
+            "mlflow_uri": uri,
+            "mlflow_run_id": run_id,
+            "run_storage": str(storage / name),
+        },
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=config.placement_strategy),
-        run_config=RunConfig(name=name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=config.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             worker_runtime_env={"env_vars": _worker_env()}),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=config.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": _worker_env()},
+        ),
     )
     result = trainer.fit()
     if result.error:
@@ -192,12 +212,18 @@ def _fit_and_export(config: TrainConfig, index: dict, ds_config: dict, uri: str,
     _log_mlflow_model(config, uri, run_id, export, EXPORT_DIR, config.register_model)
     if export_ema is not None:
         _log_mlflow_model(config, uri, run_id, export_ema, EXPORT_EMA_DIR, None)
-    return {"export": str(export), "export_ema": str(export_ema) if export_ema else None, "mlflow_run_id": run_id,
-            "tracking_uri": uri, "metrics": result.metrics}
+    return {
+        "export": str(export),
+        "export_ema": str(export_ema) if export_ema else None,
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+        "metrics": result.metrics,
+    }
 
 
-def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path, name: str,
-                      register: str | None) -> None:
+def _log_mlflow_model(
+    config: TrainConfig, uri: str, run_id: str, export: Path, name: str, register: str | None
+) -> None:
     """Log the export once, as the run's MLflow Model `name` (pyfunc: `runs:/ID/name`), registered as
     `register` if given. Its artifacts are the export itself, or with --mlflow-weights reference only a small
     file naming the export in the run's storage (at 12.9 B the export is 25.8 GB per copy).
@@ -216,8 +242,9 @@ def _log_mlflow_model(config: TrainConfig, uri: str, run_id: str, export: Path, 
 
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # the fluent API inside our already-open run
-        log_pipeline_model(str(export), registered_model_name=register, name=name,
-                           reference=config.mlflow_weights == "reference")
+        log_pipeline_model(
+            str(export), registered_model_name=register, name=name, reference=config.mlflow_weights == "reference"
+        )
     # start_run(run_id=...) ends the run FINISHED on exit: the caller's run_status decides the final state
     mlflow.tracking.MlflowClient(uri).set_terminated(run_id, status="RUNNING")
 
@@ -228,5 +255,8 @@ def _worker_env() -> dict[str, str]:
     cache = Path.home() / ".cache" / "mempack" / "torch_extensions"
     # the workers' MLflow client fails fast in an outage; MlflowRunLogger buffers and retries instead
     mlflow_env = {k: os.environ.get(k, v) for k, v in FAST_FAIL_ENV.items()}
-    return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache)),
-            "TOKENIZERS_PARALLELISM": "false", **mlflow_env}
+    return {
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache)),
+        "TOKENIZERS_PARALLELISM": "false",
+        **mlflow_env,
+    }

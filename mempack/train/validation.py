@@ -67,8 +67,7 @@ class ValidationSampler:
     device: see the module docstring. Build it on every rank that takes part in sampling (all ranks under
     ZeRO-3, rank 0 otherwise); `share` sends rank 0's embeddings to the others (a collective)."""
 
-    def __init__(self, data: str | Path, preset: str, settings: SampleSettings, *, rank: int = 0,
-                 share: bool = False):
+    def __init__(self, data: str | Path, preset: str, settings: SampleSettings, *, rank: int = 0, share: bool = False):
         self.settings = settings
         self.rank = rank
         self.decoder = None
@@ -96,8 +95,9 @@ class ValidationSampler:
         model.eval()
         try:
             with torch.random.fork_rng(devices=[]):
-                config = GenerationConfig(sections=self.settings.sections, steps=self.settings.steps,
-                                          seed=self.settings.seed)
+                config = GenerationConfig(
+                    sections=self.settings.sections, steps=self.settings.steps, seed=self.settings.seed
+                )
                 latents = generate(model, self.cond.to(param.device, param.dtype), config, progress=False).latents
         finally:
             model.train(was_training)

@@ -133,7 +133,8 @@ def load_into_partitions(model: nn.Module, sources: dict[str, Path], rank: int) 
     for module_name, module in model.named_modules():
         skip = getattr(module, "_non_persistent_buffers_set", set())
         own = list(module.named_parameters(recurse=False)) + [
-            (n, b) for n, b in module.named_buffers(recurse=False) if n not in skip]
+            (n, b) for n, b in module.named_buffers(recurse=False) if n not in skip
+        ]
         if not own:
             continue
         full = f"{module_name}." if module_name else ""
@@ -141,13 +142,13 @@ def load_into_partitions(model: nn.Module, sources: dict[str, Path], rank: int) 
         if prefix is None:
             continue
         folder = folders[prefix]
-        keys = {name: full[len(prefix):] + name for name, _ in own}
+        keys = {name: full[len(prefix) :] + name for name, _ in own}
         missing = [k for k in keys.values() if k not in folder]
         if missing:
             raise KeyError(f"pretrained weights lack {missing[:3]} (part {prefix.rstrip('.')})")
         params = [t for _, t in own if isinstance(t, nn.Parameter)]
         partitioned = [p for p in params if _is_partitioned(p)]
-        with (_gathered(partitioned, modifier_rank=0) if partitioned else nullcontext()):
+        with _gathered(partitioned, modifier_rank=0) if partitioned else nullcontext():
             for name, tensor in own:
                 # partitioned parameters: rank 0 writes, DeepSpeed broadcasts on release; everything
                 # else (ZeRO-1/2, buffers) is filled on every rank
@@ -155,7 +156,9 @@ def load_into_partitions(model: nn.Module, sources: dict[str, Path], rank: int) 
                     continue
                 value = folder.get(keys[name])
                 if tuple(value.shape) != tuple(tensor.shape):
-                    raise ValueError(f"{keys[name]}: pretrained shape {tuple(value.shape)} != model {tuple(tensor.shape)}")
+                    raise ValueError(
+                        f"{keys[name]}: pretrained shape {tuple(value.shape)} != model {tuple(tensor.shape)}"
+                    )
                 with torch.no_grad():
                     tensor.data.copy_(value.to(tensor.dtype))
                 loaded += 1
@@ -194,19 +197,24 @@ class _ShardWriter:
         if self.pending or not self.shards:
             self._flush()
         n = len(self.shards)
-        names = [WEIGHTS_NAME] if n == 1 else [WEIGHTS_NAME.replace(".safetensors", f"-{i + 1:05d}-of-{n:05d}.safetensors")
-                                                for i in range(n)]
+        names = (
+            [WEIGHTS_NAME]
+            if n == 1
+            else [WEIGHTS_NAME.replace(".safetensors", f"-{i + 1:05d}-of-{n:05d}.safetensors") for i in range(n)]
+        )
         weight_map = {}
-        for i, (keys, name) in enumerate(zip(self.shards, names)):
+        for i, (keys, name) in enumerate(zip(self.shards, names, strict=True)):
             (self.folder / f"part-{i:05d}.tmp").rename(self.folder / name)
             weight_map.update({k: name for k in keys})
         if n > 1:
-            (self.folder / INDEX_NAME).write_text(json.dumps(
-                {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+            (self.folder / INDEX_NAME).write_text(
+                json.dumps(
+                    {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2
+                )
+            )
 
 
-def export_by_module(parts: dict[str, nn.Module], folder: Path, rank: int,
-                     max_shard_bytes: int | None = None) -> None:
+def export_by_module(parts: dict[str, nn.Module], folder: Path, rank: int, max_shard_bytes: int | None = None) -> None:
     """Write each part (`{"transformer": backbone, "semantic_pack": sp}`) as diffusers weights + config
     under `folder/<part>`, gathering one module at a time. Every rank calls this; rank 0 writes."""
     for part, module in parts.items():
@@ -216,7 +224,7 @@ def export_by_module(parts: dict[str, nn.Module], folder: Path, rank: int,
             if not own:
                 continue
             partitioned = [t for _, t in own if isinstance(t, nn.Parameter) and _is_partitioned(t)]
-            with (_gathered(partitioned, modifier_rank=None) if partitioned else nullcontext()):
+            with _gathered(partitioned, modifier_rank=None) if partitioned else nullcontext():
                 if writer is not None:
                     for name, tensor in own:
                         if name in getattr(sub, "_non_persistent_buffers_set", set()):
