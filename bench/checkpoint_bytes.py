@@ -52,7 +52,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work
     from mempack.presets import get_preset
     from mempack.train import loop
     from mempack.train.checkpoint import CHECKPOINT_TAG
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.forcing import ForcingConfig
     from mempack.train.guards import local_tensor
@@ -70,8 +70,13 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work
     results = []
     for stage, zero_stage in CASES:
         source = {"pretrained": pretrained} if stage == 1 else {"init": pretrained}
-        config = TrainConfig(stage=stage, preset=preset, zero_stage=zero_stage, num_workers=world, **source)
-        ds = resolve(config)
+        config = TrainConfig(
+            stage=stage,
+            preset=preset,
+            **source,
+            distributed=DistributedConfig(zero_stage=zero_stage, num_workers=world),
+        )
+        ds = resolve(config.distributed, config.optim)
         ds["bf16"] = {"enabled": dtype == "bf16"}
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
 

@@ -188,7 +188,7 @@ def zero3_step(
     from torch.utils.flop_counter import FlopCounterMode
 
     from mempack.train import loop
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.forcing import ForcingConfig, video_clip_steps
     from mempack.train.plan import latent_size, plan_run
@@ -196,16 +196,18 @@ def zero3_step(
     cuda = device.type == "cuda"
     _init_one_rank(cuda)
     config = TrainConfig(
-        stage=1, preset=preset.name, zero_stage=3, num_workers=1, use_gpu=cuda, gradient_checkpointing=checkpointing
+        stage=1,
+        preset=preset.name,
+        distributed=DistributedConfig(zero_stage=3, num_workers=1, use_gpu=cuda, gradient_checkpointing=checkpointing),
     )
-    ds = resolve(config)
+    ds = resolve(config.distributed, config.optim)
     # on a GPU the run's bf16 (resolve's GPU default); on CPU resolve's fp32 (CPU kernels lack bf16 avg_pool3d)
     dtype = torch.bfloat16 if cuda else torch.float32
     plan = plan_run(config, ds, pixel_size, image_tokens=_image_tokens(preset))
     memory = Memory(device)
     memory.start()
     model = loop.build_model(config, ds, 0)
-    engine = loop._init_engine(model, ds, cuda, config.memory_lr)
+    engine = loop._init_engine(model, ds, cuda, config.optim.memory_lr)
     module = engine.module
     if checkpointing:
         module.backbone.enable_gradient_checkpointing()

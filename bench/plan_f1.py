@@ -19,16 +19,18 @@ GIB = 2**30
 
 
 def cases():
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.forcing import ForcingConfig
 
     stage1 = TrainConfig(
         stage=1,
         preset="framepack-f1",
-        use_gpu=True,
-        num_workers=8,
-        gradient_checkpointing=True,
-        deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json"),
+        distributed=DistributedConfig(
+            use_gpu=True,
+            num_workers=8,
+            gradient_checkpointing=True,
+            deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json"),
+        ),
     )
     stage2 = replace(stage1, stage=2, deepspeed=str(ROOT / "cluster/deepspeed/zero2_bf16.json"))
     return {
@@ -49,7 +51,7 @@ def main() -> dict:
 
     rows = {}
     for label, config in cases().items():
-        plan = plan_run(config, resolve(config), (480, 832))
+        plan = plan_run(config, resolve(config.distributed, config.optim), (480, 832))
         rows[label] = plan.to_dict()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "plan_f1.json"

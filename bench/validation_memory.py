@@ -47,7 +47,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
     from zero3_memory import scaled_preset
 
     from mempack.train import loop, rss
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.validation import SampleSettings, ValidationSampler
 
@@ -57,8 +57,8 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
     libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
-    config = TrainConfig(stage=1, preset=preset, zero_stage=3, num_workers=world)
-    ds_config = resolve(config)
+    config = TrainConfig(stage=1, preset=preset, distributed=DistributedConfig(zero_stage=3, num_workers=world))
+    ds_config = resolve(config.distributed, config.optim)
     ds_config["zero_optimization"].update(stage3_param_persistence_threshold=0)
     torch.manual_seed(0)
     model = loop.build_model(config, ds_config, rank)

@@ -58,7 +58,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import get_preset
     from mempack.train import loop, rss
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.forcing import ForcingConfig, video_clip_steps
 
@@ -68,7 +68,12 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as the loop does: no C++ build
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
-    config = TrainConfig(stage=1, preset=preset, pretrained=pretrained or None, zero_stage=3, num_workers=world)
+    config = TrainConfig(
+        stage=1,
+        preset=preset,
+        pretrained=pretrained or None,
+        distributed=DistributedConfig(zero_stage=3, num_workers=world),
+    )
     try:  # shards in the same proportion to the model as SHARD_BYTES to framepack-f1's bf16 weights
         from mempack.train import zero3
 
@@ -77,7 +82,7 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
         zero3.SHARD_BYTES = int(zero3.SHARD_BYTES * params / f1)
     except ImportError:  # the code before this change has no zero3 module
         pass
-    ds_config = resolve(config)
+    ds_config = resolve(config.distributed, config.optim)
     ds_config["zero_optimization"].update(stage3_param_persistence_threshold=0)
     torch.manual_seed(0)
     result: dict = {"rank": rank, "phases": {}}
@@ -147,7 +152,7 @@ def make_pretrained(preset, folder: Path) -> int:
 
 def _plan_f1() -> dict:
     """The planner's per-GPU figures for framepack-f1 stage 1 on 8 GPUs, ZeRO-3 bf16 (the README's case)."""
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.plan import plan_run
 
@@ -155,12 +160,14 @@ def _plan_f1() -> dict:
     config = TrainConfig(
         stage=1,
         preset="framepack-f1",
-        use_gpu=True,
-        num_workers=8,
-        gradient_checkpointing=True,
-        deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"),
+        distributed=DistributedConfig(
+            use_gpu=True,
+            num_workers=8,
+            gradient_checkpointing=True,
+            deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"),
+        ),
     )
-    return plan_run(config, resolve(config), (480, 832)).to_dict()
+    return plan_run(config, resolve(config.distributed, config.optim), (480, 832)).to_dict()
 
 
 def _free_port() -> int:

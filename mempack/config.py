@@ -13,6 +13,10 @@ nested dataclasses); OmegaConf would add a package (and its pinned ANTLR runtime
 Nested dataclasses are addressed with dots (`clip.max_shot_seconds=30`). `add_config_arguments` generates
 one CLI flag per key from the dataclass itself (`--lr`, `--clip.max-shot-seconds`), with the field's
 trailing source comment as its help, so a field added to a config is a flag without touching the CLI.
+
+A config that was split into parts keeps its old flat keys: a class attribute `ALIASES` ({old key: dotted
+key}, e.g. TrainConfig's {"lr": "optim.lr"}) makes `--lr`, `--set lr=...` and `lr:` in a config file
+mean `optim.lr`, so the flags users type and the files they wrote keep working.
 """
 
 from __future__ import annotations
@@ -156,6 +160,24 @@ def config_keys(cls: type, prefix: str = "") -> Iterator[ConfigKey]:
             yield ConfigKey(f"{prefix}{f.name}", tp, _field_default(f), comments.get(f.name, ""))
 
 
+def aliases(cls: type) -> dict[str, str]:
+    """{old flat key: dotted key} of a config split into parts (its `ALIASES` class attribute), else {}."""
+    return dict(getattr(cls, "ALIASES", {}))
+
+
+def canonical_key(cls: type, key: str) -> str:
+    """The dotted key an old flat key now is (`lr` → `optim.lr`); other keys as given.
+
+    An alias that is also the name of a part (`data`, now the part with `data.path`) means the old leaf
+    whenever it is given a value rather than a mapping, i.e. always on the command line.
+    """
+    target = aliases(cls).get(key)
+    if target is None:
+        return key
+    fields = {f.name: _hints(cls)[f.name] for f in dataclasses.fields(cls) if f.init}
+    return target if key not in fields or _dataclass_of(fields[key]) is not None else key
+
+
 def key_type(cls: type, dotted: str) -> Any:
     """The declared type of a dotted key; ConfigError for an unknown one."""
     parts = dotted.split(".")
@@ -185,6 +207,13 @@ def _normalise(cls: type, data: dict, where: str = "") -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config key {where.rstrip('.') or '(top level)'!r} needs a mapping, got {data!r}")
     hints = {f.name: _hints(cls)[f.name] for f in dataclasses.fields(cls) if f.init}
+    old = aliases(cls)
+    if old:  # a file written with the flat keys of before the split: each key to its part
+        moved: dict = {}
+        for key, value in data.items():
+            target = canonical_key(cls, key) if key in old and not isinstance(value, dict) else key
+            moved = _deep_update(moved, _nest(target, value))
+        data = moved
     out = {}
     for key, value in data.items():
         if key not in hints:
@@ -303,9 +332,10 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not key=value")
-        key = key.strip()
+        key = canonical_key(cls, key.strip())
         merged = _deep_update(merged, _nest(key, parse_value(cls, key, raw)))
     for key, value in (values or {}).items():
+        key = canonical_key(cls, key)
         key_type(cls, key)
         merged = _deep_update(merged, _nest(key, parse_value(cls, key, value) if isinstance(value, str) else value))
     return build_config(cls, merged)
@@ -337,6 +367,7 @@ def add_config_arguments(
     title: str | None = None,
 ) -> None:
     """One flag per key of `cls`: `--KEY VALUE` (booleans: `--KEY/--no-KEY`), default None = not given.
+    A key with an old flat name (`cls.ALIASES`) has that flag first (`--lr`, then `--optim.lr`).
 
     Values stay strings here and are typed by `load_config`, so a flag and `--set` convert and
     fail the same way. `skip`: keys the CLI handles itself; `choices`: allowed values shown in --help
@@ -348,9 +379,12 @@ def add_config_arguments(
         or f"{cls.__name__} keys (also settable with --set KEY=VALUE "
         "or a --config file; --print-config shows the resolved values)"
     )
+    old_names = {dotted: flat for flat, dotted in aliases(cls).items()}
     for key in config_keys(cls):
         if key.name in skip:
             continue
+        flags = [flag_name(old_names[key.name])] if key.name in old_names else []
+        flags.append(flag_name(key.name))
         default = "" if key.default is dataclasses.MISSING else f", default: {key.default!r}"
         help_text = f"{key.help + ' ' if key.help else ''}({type_name(key.type)}{default})".replace("%", "%%")
         kwargs: dict[str, Any] = dict(dest=FLAG_PREFIX + key.name, default=None, help=help_text)
@@ -367,7 +401,7 @@ def add_config_arguments(
                 kwargs.pop("metavar")
         if key.name in required:
             kwargs["required"] = True
-        group.add_argument(flag_name(key.name), **kwargs)
+        group.add_argument(*flags, **kwargs)
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -59,10 +59,10 @@ def build_parser() -> ArgumentParser:
         choices={
             "stage": (1, 2),
             "preset": tuple(PRESETS),
-            "placement_strategy": PLACEMENT_STRATEGIES,
+            "placement.strategy": PLACEMENT_STRATEGIES,
             "forcing.mode": FORCING_MODES,
-            "trainable": TRAINABLE_SCOPES,
-            "mlflow_weights": MLFLOW_WEIGHTS,
+            "optim.trainable": TRAINABLE_SCOPES,
+            "tracking.mlflow_weights": MLFLOW_WEIGHTS,
         },
     )
     return p
@@ -75,10 +75,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, TrainConfig]:
     config = config_from_args(p, TrainConfig, args, {k: v for k, v in aliases.items() if v is not None})
     if args.student_steps is not None and (config.forcing.mode or "") != "student":
         p.error("--student-steps needs --conditioning student")
-    for name in ("num_workers", "max_steps", "epochs"):
-        if getattr(config, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if config.lr <= 0:
+    for flag, value in (
+        ("--num-workers", config.distributed.num_workers),
+        ("--max-steps", config.schedule.max_steps),
+        ("--epochs", config.schedule.epochs),
+    ):
+        if value < 1:
+            p.error(f"{flag} must be >= 1")
+    if config.optim.lr <= 0:
         p.error("--lr must be > 0")
     if args.plan_size is not None:
         try:
@@ -96,14 +100,14 @@ def plan(config: TrainConfig, plan_size: tuple[int, int] | None):
     from mempack.train import deepspeed_config
     from mempack.train.plan import data_shapes, latent_size, plan_run
 
-    latent, clips = data_shapes(config.data)
+    latent, clips = data_shapes(config.data.path)
     if plan_size is None and latent is not None:
         spatial = get_preset(config.preset).vae_spatial
         plan_size = (latent[0] * spatial, latent[1] * spatial)
     try:
         if plan_size is not None:
             latent_size(get_preset(config.preset), plan_size)
-        ds_config = deepspeed_config.resolve(config)
+        ds_config = deepspeed_config.resolve(config.distributed, config.optim)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     return plan_run(config, ds_config, plan_size, clips_per_video=clips)
@@ -116,7 +120,7 @@ def print_plan(config: TrainConfig, plan_size: tuple[int, int] | None) -> None:
 
     memory = plan(config, plan_size)
     print(format_plan(memory))
-    print(format_checkpoint_size(plan_checkpoint_size(memory, config.ema_decay > 0)))
+    print(format_checkpoint_size(plan_checkpoint_size(memory, config.optim.ema_decay > 0)))
 
 
 def main(argv=None) -> None:

@@ -87,8 +87,9 @@ def _check_command(argv: list[str], where: str) -> None:
             _, config = _load_train_parse_args()(args)
         except SystemExit as err:  # argparse: unknown flag, bad choice, bad --set key
             pytest.fail(f"{where}: pipelines/train.py rejects {shlex.join(args)} ({err})")
-        if config.deepspeed:
-            assert (ROOT / config.deepspeed).is_file(), f"{where}: {config.deepspeed} does not exist"
+        if config.distributed.deepspeed:
+            deepspeed = config.distributed.deepspeed
+            assert (ROOT / deepspeed).is_file(), f"{where}: {deepspeed} does not exist"
     else:  # the parser and the typed config, without the checks that need the cluster's files
         from data_prep.job import PrepConfig
         from mempack.config import config_from_args
@@ -293,14 +294,14 @@ def test_deepspeed_json(path):
 def test_deepspeed_json_through_resolve(path):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import DistributedConfig, OptimConfig
     from mempack.train.deepspeed_config import resolve
 
-    ds = resolve(TrainConfig(deepspeed=str(path), use_gpu=True))
+    ds = resolve(DistributedConfig(deepspeed=str(path), use_gpu=True), OptimConfig())
     assert ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"] == json.loads(path.read_text())["zero_optimization"]
     DeepSpeedConfig(ds)
-    cpu = resolve(TrainConfig(deepspeed=str(path), use_gpu=False))  # the same JSON on a CPU run: fp32
+    cpu = resolve(DistributedConfig(deepspeed=str(path), use_gpu=False), OptimConfig())  # a CPU run: fp32
     assert cpu["bf16"] == {"enabled": False}
 
 

@@ -101,17 +101,17 @@ def test_paper_learning_rate_from_yaml_which_reads_it_as_a_string(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("lr: 1e-5\nforcing:\n  mode: direct\nrun_name: 2024\n")
     config = load_config(TrainConfig, path, ["stage=2"])
-    assert config.lr == 1e-5 and config.forcing.mode == "direct"
-    assert config.run_name == "2024"  # a str key keeps YAML's number as its text
+    assert config.optim.lr == 1e-5 and config.forcing.mode == "direct"
+    assert config.tracking.run_name == "2024"  # a str key keeps YAML's number as its text
     assert config.output == "outputs/train/stage2"  # the stage-derived default follows the override
 
 
 @pytest.mark.parametrize(
     "override, needle",
     [
-        ("lr=fast", "config key 'lr'"),
-        ("max_steps=1.5", "config key 'max_steps'"),
-        ("use_gpu=maybe", "config key 'use_gpu'"),
+        ("lr=fast", "config key 'optim.lr'"),
+        ("max_steps=1.5", "config key 'schedule.max_steps'"),
+        ("use_gpu=maybe", "config key 'distributed.use_gpu'"),
         ("forcing.student_steps=x", "config key 'forcing.student_steps'"),
         ("forcing.mode=sideways", "forcing mode must be one of"),
         ("nonsense=1", "unknown config key 'nonsense'"),
@@ -173,5 +173,85 @@ def test_train_flags_set_and_aliases_resolve_in_order():
             "2",
         ]
     )
-    assert (config.lr, config.forcing.mode, config.forcing.student_steps, config.use_gpu) == (3e-5, "student", 3, False)
+    assert (config.optim.lr, config.forcing.mode, config.forcing.student_steps) == (3e-5, "student", 3)
+    assert config.distributed.use_gpu is False
     assert config.forcing.guidance == 2.0 and config.output == "outputs/train/stage2"
+
+
+# what a config file written before TrainConfig had parts looks like (`--print-config` of then): flat keys
+FLAT_YAML = """\
+stage: 1
+data: /data/prep
+lr: 1e-5
+memory_lr: 2.0e-6
+batch_size: 2
+max_steps: 400
+curriculum: cycle
+forcing:
+  mode: teacher
+stage1_clips: late
+num_workers: 8
+use_gpu: true
+placement_strategy: SPREAD
+zero_stage: 3
+gradient_checkpointing: true
+checkpoint_every: 0
+checkpoint_minutes: 20
+checkpoint_scratch: /scratch
+mlflow_uri: null
+sample_every: 50
+sample_prompt: a kite
+sample_steps: 4
+mlflow_weights: reference
+"""
+
+
+def test_a_config_file_with_the_flat_keys_of_before_the_parts_loads_into_the_parts(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(FLAT_YAML)
+    config = load_config(TrainConfig, path)
+    assert config.data == type(config.data)(path="/data/prep", curriculum="cycle", batch_size=2, stage1_clips="late")
+    assert (config.optim.lr, config.optim.memory_lr, config.schedule.max_steps) == (1e-5, 2e-6, 400)
+    d, p, c = config.distributed, config.placement, config.checkpoint
+    assert (d.num_workers, d.use_gpu, d.zero_stage, d.gradient_checkpointing) == (8, True, 3, True)
+    assert p.strategy == "SPREAD" and (c.every_steps, c.every_minutes, c.scratch) == (0, 20.0, "/scratch")
+    v = config.validation
+    assert (v.every, v.prompt, v.steps, config.tracking.mlflow_weights) == (50, "a kite", 4, "reference")
+    assert config.forcing.mode == "teacher"
+    # the same file in the new layout (what --print-config writes now) is the same config
+    printed = tmp_path / "new.yaml"
+    printed.write_text(dump_config(config))
+    assert "optim" in yaml.safe_load(printed.read_text()) and load_config(TrainConfig, printed) == config
+    # old keys in --set and as overrides of a file
+    again = load_config(TrainConfig, path, ["lr=3e-5", "data=/other", "sample_every=0"])
+    assert (again.optim.lr, again.data.path, again.validation.every, again.data.batch_size) == (3e-5, "/other", 0, 2)
+
+
+def test_the_flat_flags_users_type_set_the_parts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_train_cli_flat_flags", ROOT / "pipelines" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flat = "--stage 1 --lr 2e-4 --max-steps 9 --num-workers 4 --checkpoint-minutes 15 --sample-every 3"
+    flat += " --mlflow-uri sqlite:///x.db --zero-stage 3 --gradient-checkpointing --stage1-clips all --curriculum cycle"
+    _, config = module.parse_args([*flat.split(), "--data", "/d", "--placement-strategy", "SPREAD"])
+    _, dotted = module.parse_args(
+        "--stage 1 --optim.lr 2e-4 --schedule.max-steps 9 --distributed.num-workers 4 --checkpoint.every-minutes 15 "
+        "--validation.every 3 --tracking.mlflow-uri sqlite:///x.db --distributed.zero-stage 3 "
+        "--distributed.gradient-checkpointing --data.stage1-clips all --data.curriculum cycle --data.path /d "
+        "--placement.strategy SPREAD".split()
+    )
+    assert config == dotted
+    assert (config.optim.lr, config.schedule.max_steps, config.distributed.num_workers) == (2e-4, 9, 4)
+    assert (config.checkpoint.every_minutes, config.validation.every, config.tracking.mlflow_uri) == (
+        15.0,
+        3,
+        "sqlite:///x.db",
+    )
+    assert (config.distributed.zero_stage, config.distributed.gradient_checkpointing) == (3, True)
+    assert (config.data.stage1_clips, config.data.curriculum, config.data.path) == ("all", "cycle", "/d")
+    assert config.placement.strategy == "SPREAD"
+    assert config.lr == 2e-4  # read-only flat attribute for code written against the flat config
+    with pytest.raises(AttributeError, match="optim.lr"):
+        config.lr = 1.0

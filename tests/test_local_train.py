@@ -6,7 +6,7 @@ import torch
 
 from mempack.fidelity.world import World, WorldConfig
 from mempack.model import MemoryPackTransformer
-from mempack.train.config import TrainConfig
+from mempack.train.config import DataConfig, OptimConfig, TrainConfig
 from mempack.train.forcing import ForcingConfig
 from mempack.train.in_process import LocalTrainConfig, train_in_process
 from mempack.train.step import clips_trained_per_video, samples_one_clip, trained_clip
@@ -74,9 +74,9 @@ def test_stage_two_can_train_the_whole_network_on_the_same_clips(world):
     assert "backbone.proj_out.weight" in changed and "backbone.x_embedder.proj.weight" in changed
     assert any(n.startswith("backbone.transformer_blocks.") for n in changed)
     assert TrainConfig(stage=2).resolved_trainable() == "head" and TrainConfig(stage=1).resolved_trainable() == "all"
-    assert TrainConfig(stage=2, trainable="all").resolved_trainable() == "all"
+    assert TrainConfig(stage=2, optim=OptimConfig(trainable="all")).resolved_trainable() == "all"
     with pytest.raises(ValueError, match="trainable must be one of"):
-        TrainConfig(stage=2, trainable="backbone")
+        TrainConfig(stage=2, optim=OptimConfig(trainable="backbone"))
 
 
 def test_which_clips_a_step_trains_follows_stage_and_mode():
@@ -133,7 +133,10 @@ def test_stage_one_clip_policies_need_no_knowledge_of_the_video(world):
         LocalTrainConfig(stage=1, steps=1, lr=1e-3, stage1_clips="all"),
     )
     assert result.clips == video.sections  # every clip of the video, teacher-forced
-    assert TrainConfig(stage1_clips="late").stage1_clips == "late"
-    for bad in (lambda: TrainConfig(stage1_clips="return"), lambda: LocalTrainConfig(stage1_clips="return")):
+    assert TrainConfig(data=DataConfig(stage1_clips="late")).data.stage1_clips == "late"
+    for bad in (
+        lambda: TrainConfig(data=DataConfig(stage1_clips="return")),
+        lambda: LocalTrainConfig(stage1_clips="return"),
+    ):
         with pytest.raises(ValueError, match="stage1_clips must be one of"):
             bad()

@@ -204,14 +204,15 @@ def test_commands_are_found_everywhere():
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda s: f"{s.where}:{' '.join(s.argv[:6])}")
 def test_shipped_command_fits_its_hardware(shipped):
     plan, config = plan_of(shipped.argv)
-    hw = shipped.hardware
+    hw, distributed = shipped.hardware, config.distributed
     if hw.gpus == 0:
-        assert not config.use_gpu
-        assert plan.total(config.gradient_checkpointing) <= hw.gb_per_gpu * 10**9, (shipped, plan.to_dict())
+        assert not distributed.use_gpu
+        assert plan.total(distributed.gradient_checkpointing) <= hw.gb_per_gpu * 10**9, (shipped, plan.to_dict())
         return
-    assert config.num_workers <= hw.gpus, f"{shipped.where}: {config.num_workers} workers, {hw.gpus} GPUs ({hw.source})"
-    gib = plan.total(config.gradient_checkpointing) / 2**30
-    assert plan.fits(config.gradient_checkpointing, hw.gb_per_gpu), (
+    workers = distributed.num_workers
+    assert workers <= hw.gpus, f"{shipped.where}: {workers} workers, {hw.gpus} GPUs ({hw.source})"
+    gib = plan.total(distributed.gradient_checkpointing) / 2**30
+    assert plan.fits(distributed.gradient_checkpointing, hw.gb_per_gpu), (
         f"{shipped.where}: {' '.join(shipped.argv)} needs {gib:.1f} GiB per GPU, {hw.gb_per_gpu} GB GPUs ({hw.source})"
     )
 

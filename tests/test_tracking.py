@@ -166,7 +166,14 @@ def test_prep_that_fails_ends_its_run_failed(store, tmp_path):
 
 @pytest.mark.slow
 def test_training_that_fails_ends_failed_with_its_data_input_recorded(sample_prep, tmp_path, store):
-    from mempack.train.config import TrainConfig
+    from mempack.train.config import (
+        CheckpointConfig,
+        DataConfig,
+        DistributedConfig,
+        ScheduleConfig,
+        TrackingConfig,
+        TrainConfig,
+    )
     from mempack.train.trainer import run_training
 
     _make_store(store)
@@ -175,14 +182,13 @@ def test_training_that_fails_ends_failed_with_its_data_input_recorded(sample_pre
     empty_weights.mkdir()  # exists (so setup passes) but holds no model: the workers fail to build it
     config = TrainConfig(
         stage=1,
-        data=str(prep_out),
         output=str(tmp_path / "run"),
         pretrained=str(empty_weights),
-        num_workers=1,
-        max_failures=0,
-        max_steps=1,
-        mlflow_uri=store,
-        run_name="doomed",
+        data=DataConfig(path=str(prep_out)),
+        schedule=ScheduleConfig(max_steps=1),
+        distributed=DistributedConfig(num_workers=1),
+        checkpoint=CheckpointConfig(max_failures=0),
+        tracking=TrackingConfig(mlflow_uri=store, run_name="doomed"),
     )
     with pytest.raises(ray.train.TrainingFailedError):
         run_training(config)

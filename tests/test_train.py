@@ -16,7 +16,17 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from mempack.train.config import TrainConfig
+from mempack.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    DistributedConfig,
+    OptimConfig,
+    PlacementConfig,
+    ScheduleConfig,
+    TrackingConfig,
+    TrainConfig,
+    ValidationConfig,
+)
 from mempack.train.trainer import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +52,12 @@ def stage1(sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage1")
     config = TrainConfig(
         stage=1,
-        data=str(sample_prep[0]),
         output=str(out),
-        max_steps=80,
-        lr=3e-3,
-        checkpoint_every=40,
-        mlflow_uri=mlflow_uri,
-        register_model="mempack-stage1",
+        data=DataConfig(path=str(sample_prep[0])),
+        optim=OptimConfig(lr=3e-3),
+        schedule=ScheduleConfig(max_steps=80),
+        checkpoint=CheckpointConfig(every_steps=40),
+        tracking=TrackingConfig(mlflow_uri=mlflow_uri, register_model="mempack-stage1"),
     )
     return run_training(config)
 
@@ -58,17 +67,14 @@ def stage2(stage1, sample_prep, tmp_path_factory, mlflow_uri):
     out = tmp_path_factory.mktemp("stage2")
     config = TrainConfig(
         stage=2,
-        data=str(sample_prep[0]),
         output=str(out),
         init=str(Path(stage1["export"]).parent),
-        max_steps=6,
-        lr=1e-3,
-        checkpoint_every=5,
-        mlflow_uri=mlflow_uri,
-        sample_every=6,
-        sample_steps=2,  # one validation video, at the last step
-        batch_size=2,
-        ema_decay=0.9,
+        data=DataConfig(path=str(sample_prep[0]), batch_size=2),
+        optim=OptimConfig(lr=1e-3, ema_decay=0.9),
+        schedule=ScheduleConfig(max_steps=6),
+        checkpoint=CheckpointConfig(every_steps=5),
+        tracking=TrackingConfig(mlflow_uri=mlflow_uri),
+        validation=ValidationConfig(every=6, steps=2),  # one validation video, at the last step
     )  # the scale options, on the real Ray + DeepSpeed path
     return run_training(config)
 
@@ -301,18 +307,15 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
     def config(out, steps, scratch=None):
         return TrainConfig(
             stage=2,
-            data=str(sample_prep[0]),
             output=str(out),
             init=str(Path(stage1["export"]).parent),
-            max_steps=steps,
-            lr=1e-3,
-            checkpoint_every=2,
-            num_workers=1,
-            cpus_per_worker=1,
-            zero_stage=3,
-            mlflow_uri=mlflow_uri,
-            run_name="resume",
-            checkpoint_scratch=scratch,
+            data=DataConfig(path=str(sample_prep[0])),
+            optim=OptimConfig(lr=1e-3),
+            schedule=ScheduleConfig(max_steps=steps),
+            distributed=DistributedConfig(num_workers=1, zero_stage=3),
+            placement=PlacementConfig(cpus_per_worker=1),
+            checkpoint=CheckpointConfig(every_steps=2, scratch=scratch),
+            tracking=TrackingConfig(mlflow_uri=mlflow_uri, run_name="resume"),
         )
 
     whole = run_training(config(tmp_path / "whole", 4))

@@ -19,8 +19,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mempack.config import load_config
 from mempack.model import MemoryPackTransformer
-from mempack.train.config import TrainConfig
+from mempack.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    DistributedConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
 from mempack.train.deepspeed_config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +47,18 @@ from mempack.train.forcing import ForcingConfig
 from mempack.model import Conditioning
 from mempack.model.memorypack import BACKBONE_DIR, SEMANTIC_PACK_DIR
 from mempack.train import loop, zero3
-from mempack.train.config import TrainConfig
+from mempack.train.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig
 from mempack.train.deepspeed_config import resolve
 from mempack.train.step import train_video
 
 torch.manual_seed(0)
-config = TrainConfig(stage=1, pretrained=pretrained, zero_stage=3, num_workers=world, lr=1e-2, memory_lr=1e-3)
-ds = resolve(config)
+config = TrainConfig(
+    stage=1,
+    pretrained=pretrained,
+    optim=OptimConfig(lr=1e-2, memory_lr=1e-3),
+    distributed=DistributedConfig(zero_stage=3, num_workers=world),
+)
+ds = resolve(config.distributed, config.optim)
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
 model = loop.build_model(config, ds, rank)
 partitioned = all(hasattr(p, "ds_id") and p.ds_tensor.numel() < max(p.ds_numel, 2) and p.numel() == 0
@@ -53,7 +66,7 @@ partitioned = all(hasattr(p, "ds_id") and p.ds_tensor.numel() < max(p.ds_numel, 
 # export straight after loading: must equal the pretrained weights; small shards force the sharded layout
 zero3.export_by_module({BACKBONE_DIR: model.backbone, SEMANTIC_PACK_DIR: model.semantic_pack}, out / "loaded", rank,
                        max_shard_bytes=64 * 1024)
-engine = loop._init_engine(model, ds, False, config.memory_lr)
+engine = loop._init_engine(model, ds, False, config.optim.memory_lr)
 module = engine.module
 g = torch.Generator().manual_seed(1)
 cond = Conditioning(torch.randn(1, 16, 32, generator=g), torch.ones(1, 16, dtype=torch.int64),
@@ -147,13 +160,18 @@ deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
 from mempack.train.forcing import ForcingConfig
 from mempack.model import Conditioning
 from mempack.train import loop
-from mempack.train.config import TrainConfig
+from mempack.train.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig
 from mempack.train.deepspeed_config import resolve
 from mempack.train.guards import NonFiniteSteps, NonFiniteTrainingError, local_tensor, weights_finite
 from mempack.train.step import train_video
 
-config = TrainConfig(stage=1, num_workers=1, lr=1e-2, max_nonfinite_steps=3, zero_stage=int(sys.argv[2]))
-ds = resolve(config)
+config = TrainConfig(
+    stage=1,
+    optim=OptimConfig(lr=1e-2),
+    schedule=ScheduleConfig(max_nonfinite_steps=3),
+    distributed=DistributedConfig(num_workers=1, zero_stage=int(sys.argv[2])),
+)
+ds = resolve(config.distributed, config.optim)
 engine = loop._init_engine(loop.build_model(config, ds), ds, False, None)
 module = engine.module
 g = torch.Generator().manual_seed(1)
@@ -168,7 +186,7 @@ def backward(loss, last, retain):
     engine.backward(loss, retain_graph=retain)
     engine.step()
 
-guard = NonFiniteSteps(config.max_nonfinite_steps)
+guard = NonFiniteSteps(config.schedule.max_nonfinite_steps)
 before = [local_tensor(p).detach().clone() for p in module.parameters()]
 events = []
 for step, video in enumerate([clips, bad, bad, clips, bad, bad, bad, clips], start=1):
@@ -214,13 +232,15 @@ deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
 from mempack.train.forcing import ForcingConfig
 from mempack.model import Conditioning
 from mempack.train import loop
-from mempack.train.config import TrainConfig
+from mempack.train.config import DistributedConfig, OptimConfig, ScheduleConfig, TrainConfig
 from mempack.train.deepspeed_config import resolve
 from mempack.train.guards import local_tensor
 from mempack.train.step import train_video
 
-config = TrainConfig(stage=1, num_workers=1, lr=1e-2, zero_stage=int(sys.argv[2]))
-ds = resolve(config)
+config = TrainConfig(
+    stage=1, optim=OptimConfig(lr=1e-2), distributed=DistributedConfig(num_workers=1, zero_stage=int(sys.argv[2]))
+)
+ds = resolve(config.distributed, config.optim)
 ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
 # stage 1: everything trains on one sampled clip (teacher forcing, ψ's graph through the clip before it);
 # stage 2: the head trains on all three clips (direct forcing), DeepSpeed accumulating gradients over 3
@@ -326,18 +346,20 @@ def test_the_training_forward_goes_through_the_engine_and_gives_the_true_gradien
 
 
 def test_schedule_clipping_and_overflow_checks_reach_deepspeed():
-    ds = resolve(TrainConfig(stage=1, lr=2e-4, grad_clip=0.5, warmup_steps=100))
+    ds = resolve(DistributedConfig(), OptimConfig(lr=2e-4, grad_clip=0.5, warmup_steps=100))
     assert ds["gradient_clipping"] == 0.5
     assert ds["scheduler"] == {
         "type": "WarmupLR",
         "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 2e-4, "warmup_num_steps": 100, "warmup_type": "linear"},
     }
-    assert "scheduler" not in resolve(TrainConfig(stage=1))  # constant LR by default (the paper's)
-    gpu = resolve(TrainConfig(stage=1, use_gpu=True, deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json")))
+    assert "scheduler" not in resolve(DistributedConfig(), OptimConfig())  # constant LR by default (the paper's)
+    gpu = resolve(
+        DistributedConfig(use_gpu=True, deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json")), OptimConfig()
+    )
     assert gpu["bf16"]["enabled"] and gpu["bf16"]["check_grad_overflow"] is True
     for bad in ({"warmup_steps": -1}, {"ema_decay": 1.0}, {"max_nonfinite_steps": 0}, {"grad_clip": -1.0}):
         with pytest.raises(ValueError):
-            TrainConfig(stage=1, **bad)
+            load_config(TrainConfig, values={"stage": 1, **bad})  # the flat names users type
 
 
 def test_warm_up_ramps_each_parameter_group_to_its_own_rate():
@@ -348,9 +370,9 @@ def test_warm_up_ramps_each_parameter_group_to_its_own_rate():
 
     model = MemoryPackTransformer.from_preset("tiny")
     model.set_trainable("all")
-    config = TrainConfig(stage=1, lr=2e-4, memory_lr=2e-5, warmup_steps=4)
-    groups = parameter_groups(model, config.lr, config.memory_lr)
-    single = resolve(config)
+    config = TrainConfig(stage=1, optim=OptimConfig(lr=2e-4, memory_lr=2e-5, warmup_steps=4))
+    groups = parameter_groups(model, config.optim.lr, config.optim.memory_lr)
+    single = resolve(config.distributed, config.optim)
     ds = with_group_rates(single, groups)
     assert single["scheduler"]["params"]["warmup_max_lr"] == 2e-4  # the input is left as it was
     optimizer = torch.optim.AdamW(groups)
@@ -360,8 +382,9 @@ def test_warm_up_ramps_each_parameter_group_to_its_own_rate():
         scheduler.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([2e-4, 2e-5])
     model.set_trainable("head")  # stage 2: one group, the scheduler config untouched
-    head = parameter_groups(model, config.lr, config.memory_lr)
-    assert len(head) == 1 and with_group_rates(resolve(config), head) == resolve(config)
+    head = parameter_groups(model, config.optim.lr, config.optim.memory_lr)
+    ds = resolve(config.distributed, config.optim)
+    assert len(head) == 1 and with_group_rates(ds, head) == ds
 
 
 def test_parameter_groups_give_what_writes_psi_its_own_rate():
@@ -379,7 +402,7 @@ def test_parameter_groups_give_what_writes_psi_its_own_rate():
     assert len(backbone["params"]) + len(memory["params"]) == len(list(model.parameters()))
     assert [g["lr"] for g in parameter_groups(model, 1e-3, None)] == [1e-3, 1e-3]
     with pytest.raises(ValueError, match="memory_lr"):
-        TrainConfig(stage=1, memory_lr=0.0)
+        TrainConfig(stage=1, optim=OptimConfig(memory_lr=0.0))
 
 
 def test_ema_averages_and_swaps_back():
@@ -428,7 +451,7 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
     dropped = _copy_prep(sample_prep, tmp_path / "a")
     _rewrite(dropped / "videos", lambda t: t.drop_columns(["image_embeds_shape"]))
     with pytest.raises(TrainSetupError, match="lacks column.*image_embeds_shape"):
-        validate(TrainConfig(stage=1, data=str(dropped)))
+        validate(TrainConfig(stage=1, data=DataConfig(path=str(dropped))))
 
     wide = _copy_prep(sample_prep, tmp_path / "b")
 
@@ -439,7 +462,7 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
 
     _rewrite(wide / "videos", widen)
     with pytest.raises(TrainSetupError, match=r"does not fit preset tiny: prompt_embeds \[\d+, 99\]"):
-        validate(TrainConfig(stage=1, data=str(wide)))
+        validate(TrainConfig(stage=1, data=DataConfig(path=str(wide))))
 
     cut = _copy_prep(sample_prep, tmp_path / "c")
 
@@ -448,7 +471,7 @@ def test_reader_checks_columns_and_shapes_not_only_the_version(sample_prep, tmp_
         return t.set_column(i, "latents", pa.array([b[:-2] for b in t.column("latents").to_pylist()], pa.binary()))
 
     _rewrite(cut / "clips", truncate)
-    video_id = validate(TrainConfig(stage=1, data=str(cut)))  # shapes alone still agree...
+    video_id = validate(TrainConfig(stage=1, data=DataConfig(path=str(cut))))  # shapes alone still agree...
     first = next(iter(video_id.values()))[0]
     with pytest.raises(DataContractError, match="bytes do not hold shape"):
         load_video(cut, first)  # ...the tensor bytes do not
@@ -460,15 +483,34 @@ def test_resume_refuses_other_data_or_settings(sample_prep, tmp_path):
 
     data = _copy_prep(sample_prep, tmp_path)
     out = tmp_path / "run"
-    config = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=10)
+    config = TrainConfig(
+        stage=1,
+        output=str(out),
+        data=DataConfig(path=str(data)),
+        optim=OptimConfig(lr=1e-4),
+        schedule=ScheduleConfig(max_steps=10),
+    )
     index = check_dataset(data)
     check_or_write(config, index, out, resume=False)
     assert (out / DIGEST_FILE).is_file()
-    longer = TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-4, max_steps=20, checkpoint_every=5)
+    longer = TrainConfig(
+        stage=1,
+        output=str(out),
+        data=DataConfig(path=str(data)),
+        optim=OptimConfig(lr=1e-4),
+        schedule=ScheduleConfig(max_steps=20),
+        checkpoint=CheckpointConfig(every_steps=5),
+    )
     check_or_write(longer, index, out, resume=True)  # more steps, other checkpoint interval: the same run
-    with pytest.raises(ResumeMismatchError, match="^--resume: lr, preset differ"):
+    with pytest.raises(ResumeMismatchError, match=r"^--resume: optim.lr \(--lr\), preset \(--preset\) differ from"):
         check_or_write(
-            TrainConfig(stage=1, data=str(data), output=str(out), lr=1e-3, preset="framepack-f1"),
+            TrainConfig(
+                stage=1,
+                output=str(out),
+                preset="framepack-f1",
+                data=DataConfig(path=str(data)),
+                optim=OptimConfig(lr=1e-3),
+            ),
             index,
             out,
             resume=True,

@@ -3,9 +3,11 @@
 `--resume` continues a run from its last checkpoint and skips the videos it had trained on; with other
 data or another learning rate, model, stage or ZeRO layout the result would silently be neither run.
 A new run writes a digest of both beside its MLflow run file; a resume compares and refuses a mismatch
-with one line naming what changed. Settings that only say how long or how the run is watched (steps,
-epochs, checkpoint interval, tracking, validation samples, Ray placement) may change on resume; the rest
-must match. Every setting is in exactly one of the two lists, so a new one needs a decision.
+with one line naming what changed. The rule is by part of TrainConfig: the parts that only say how long or
+how the run is watched (schedule, checkpoint, tracking, validation, placement, and the output folder) may
+change on resume; the parts that say what is trained and how (model, forcing, data, optim, distributed, and
+stage, preset, weights, seed) must match. Every part is in exactly one of the two sets, so a new one needs
+a decision.
 
 Checkpoints at real size (docs/checkpoints.md): written by every rank straight into the run's storage (or a
 scratch disk the user names, uploaded by Ray in the background), only what trains plus what resuming needs,
@@ -17,87 +19,92 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 from mempack.layout import DIGEST_FILE
 from mempack.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+# By part of TrainConfig (and its top-level settings): every one is in exactly one set, so a new part needs a
+# decision, and a setting added to a part follows its part's rule.
 MAY_CHANGE_ON_RESUME = frozenset(
     {
-        # how long, where, and how often a checkpoint is kept
-        "output",
-        "max_steps",
-        "epochs",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "checkpoint_scratch",
-        "max_failures",
-        "max_nonfinite_steps",
-        # how the run is watched: tracking and validation videos
-        "mlflow_uri",
-        "experiment",
-        "run_name",
-        "log_every",
-        "progress_every",
-        "system_metrics",
-        "register_model",
-        "mlflow_weights",  # upload the export or log a reference: how the run is reported
-        "sample_every",
-        "sample_image",
-        "sample_prompt",
-        "sample_sections",
-        "sample_steps",
-        # Ray placement
-        "cpus_per_worker",
-        "placement_strategy",
+        "output",  # where the run's folder is
+        "schedule",  # how long: steps, epochs, tolerated non-finite steps
+        "checkpoint",  # how often a checkpoint is kept, where it is staged, how many failures are survived
+        "tracking",  # how the run is watched and reported
+        "validation",  # the validation videos
+        "placement",  # where Ray places the workers
     }
 )
 MUST_MATCH_ON_RESUME = frozenset(
     {
         # what is trained, from what, on what
         "stage",
-        "data",
         "preset",
         "pretrained",
-        "model",
         "init",
         "seed",
+        "model",
         "forcing",
-        "curriculum",
-        "stage1_clips",
+        "data",
         # the optimisation
-        "lr",
-        "memory_lr",
-        "trainable",
-        "weight_decay",
-        "grad_clip",
-        "warmup_steps",
-        "ema_decay",
-        "batch_size",
+        "optim",
         # the distributed layout a checkpoint is written in
-        "num_workers",
-        "use_gpu",
-        "deepspeed",
-        "zero_stage",
-        "gradient_checkpointing",
+        "distributed",
     }
 )
+DIGEST_VERSION = 2  # 2: one hash per leaf of the must-match parts ("settings"); 1: per flat setting ("config")
 
 
 def _sha(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _leaves(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config_digest(config: TrainConfig) -> dict[str, str]:
-    """One short hash per setting that defines the run (MUST_MATCH_ON_RESUME)."""
+    """One short hash per leaf setting of the parts that define the run (MUST_MATCH_ON_RESUME), dotted."""
     settings = asdict(config)
     undecided = set(settings) - MAY_CHANGE_ON_RESUME - MUST_MATCH_ON_RESUME
-    if undecided:  # a new setting: say whether a resume may change it before any run can use it
+    if undecided:  # a new part: say whether a resume may change it before any run can use it
         raise RuntimeError(f"{sorted(undecided)}: in neither MAY_CHANGE_ON_RESUME nor MUST_MATCH_ON_RESUME")
-    return {k: _sha(settings[k]) for k in sorted(MUST_MATCH_ON_RESUME)}
+    must = {k: v for k, v in settings.items() if k in MUST_MATCH_ON_RESUME}
+    return {k: _sha(v) for k, v in sorted(_leaves(must).items())}
+
+
+def _flat_digest_changes(saved: dict[str, str], config: TrainConfig) -> list[str]:
+    """The settings that differ from a version-1 digest (flat names, one hash each, `model` and `forcing`
+    hashed whole), skipping those whose part may now change."""
+    changed = []
+    for name, digest in saved.items():
+        dotted = TrainConfig.ALIASES.get(name, name)
+        if dotted.split(".")[0] in MAY_CHANGE_ON_RESUME:
+            continue
+        try:
+            value = operator.attrgetter(dotted)(config)
+        except AttributeError:  # a setting this mempack no longer has: nothing to compare
+            continue
+        if _sha(asdict(value) if is_dataclass(value) else value) != digest:
+            changed.append(dotted)
+    return changed
+
+
+def _flag(dotted: str) -> str:
+    """How the user sets `dotted`: its flat flag where it has one (`optim.lr` → `--lr`)."""
+    flat = {v: k for k, v in TrainConfig.ALIASES.items()}.get(dotted, dotted)
+    return "--" + flat.replace("_", "-")
 
 
 def data_digest(root: str | Path, index: dict[int, list[str]]) -> str:
@@ -119,7 +126,11 @@ class ResumeMismatchError(ValueError):
 def check_or_write(config: TrainConfig, index: dict[int, list[str]], out: Path, resume: bool) -> None:
     """New run: write the digest. Resume: compare with the one written when the run started."""
     path = out / DIGEST_FILE
-    current = {"data": data_digest(config.data, index), "config": config_digest(config)}
+    current = {
+        "version": DIGEST_VERSION,
+        "data": data_digest(config.data.path, index),
+        "settings": config_digest(config),
+    }
     if not resume or not path.is_file():
         if resume:
             log.warning(
@@ -131,14 +142,18 @@ def check_or_write(config: TrainConfig, index: dict[int, list[str]], out: Path, 
     saved = json.loads(path.read_text())
     if saved.get("data") != current["data"]:
         raise ResumeMismatchError(
-            f"--resume: the data at {config.data} is not the data this run started with "
+            f"--resume: the data at {config.data.path} is not the data this run started with "
             "(videos or Parquet files changed); resume with that data or start a new run"
         )
-    # only the settings that must match: a digest written before a setting moved to MAY_CHANGE still resumes
-    changed = sorted(k for k in current["config"] if saved.get("config", {}).get(k) != current["config"][k])
+    if "settings" in saved:
+        # a leaf the saved run has no hash of (a setting added since) differs too: its old behaviour is unknown
+        changed = [k for k, v in current["settings"].items() if saved["settings"].get(k) != v]
+    else:  # a digest written before the config had parts
+        changed = _flat_digest_changes(saved.get("config", {}), config)
     if changed:
+        named = ", ".join(f"{k} ({_flag(k)})" for k in changed)
         raise ResumeMismatchError(
-            f"--resume: {', '.join(changed)} differ(s) from the run being resumed; "
+            f"--resume: {named} {'differs' if len(changed) == 1 else 'differ'} from the run being resumed; "
             "use the run's settings or start a new run"
         )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mempack.train.config import TrainConfig
+from mempack.train.config import DistributedConfig, OptimConfig
 
 
 def default_config(use_gpu: bool, zero_stage: int = 2) -> dict:
@@ -32,35 +32,36 @@ def default_config(use_gpu: bool, zero_stage: int = 2) -> dict:
     }
 
 
-def resolve(config: TrainConfig) -> dict:
-    """The DeepSpeed config a run uses: the JSON file or the default, with the run's lr/clipping."""
-    if config.deepspeed:
-        path = Path(config.deepspeed)
+def resolve(distributed: DistributedConfig, optim: OptimConfig) -> dict:
+    """The DeepSpeed config a run uses: the JSON file or the default (its `distributed` part), with the
+    run's lr, weight decay, clipping and warm-up (its `optim` part)."""
+    if distributed.deepspeed:
+        path = Path(distributed.deepspeed)
         if not path.is_file():
             raise FileNotFoundError(f"DeepSpeed config not found: {path}")
         ds = json.loads(path.read_text())
     else:
-        ds = default_config(config.use_gpu, config.zero_stage)
+        ds = default_config(distributed.use_gpu, distributed.zero_stage)
     if "auto" in json.dumps(ds):
         raise ValueError("DeepSpeed config holds 'auto' values, which only HF Trainer/Accelerate resolve")
-    if not config.use_gpu:
+    if not distributed.use_gpu:
         ds.pop("fp16", None)
         ds["bf16"] = {"enabled": False}  # fp32 on CPU: exact, and fp16 is unsupported there
-    ds.setdefault("optimizer", default_config(config.use_gpu)["optimizer"])
-    ds["optimizer"].setdefault("params", {})["lr"] = config.lr
-    ds["optimizer"]["params"]["weight_decay"] = config.weight_decay
-    ds["gradient_clipping"] = float(config.grad_clip)
+    ds.setdefault("optimizer", default_config(distributed.use_gpu)["optimizer"])
+    ds["optimizer"].setdefault("params", {})["lr"] = optim.lr
+    ds["optimizer"]["params"]["weight_decay"] = optim.weight_decay
+    ds["gradient_clipping"] = float(optim.grad_clip)
     if ds.get("bf16", {}).get("enabled"):
         # DeepSpeed skips a step whose gradient norm is inf/NaN only when asked to in bf16 (always in fp16,
         # and in fp32 under ZeRO): the loop counts skipped steps and stops after too many in a row
         ds["bf16"]["check_grad_overflow"] = True
-    if config.warmup_steps > 0:
+    if optim.warmup_steps > 0:
         ds["scheduler"] = {
             "type": "WarmupLR",
             "params": {
                 "warmup_min_lr": 0.0,
-                "warmup_max_lr": config.lr,
-                "warmup_num_steps": config.warmup_steps,
+                "warmup_max_lr": optim.lr,
+                "warmup_num_steps": optim.warmup_steps,
                 "warmup_type": "linear",
             },
         }

@@ -133,23 +133,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     buckets = list(index)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data, optim, schedule, tracked = config.data, config.optim, config.schedule, config.tracking
     torch.manual_seed(config.seed)
-    device = torch.device(f"cuda:{ctx.get_local_rank()}" if config.use_gpu else "cpu")
-    if config.use_gpu:
+    device = torch.device(f"cuda:{ctx.get_local_rank()}" if config.distributed.use_gpu else "cpu")
+    if config.distributed.use_gpu:
         torch.cuda.set_device(device)
 
     model = build_model(config, ds_config, rank)
     model.set_trainable(config.resolved_trainable())
-    if config.gradient_checkpointing:
+    if config.distributed.gradient_checkpointing:
         model.backbone.enable_gradient_checkpointing()
-    engine = _init_engine(model, ds_config, config.use_gpu, config.memory_lr)
+    engine = _init_engine(model, ds_config, config.distributed.use_gpu, optim.memory_lr)
     module: MemoryPackTransformer = engine.module
     dtype = next(module.parameters()).dtype
     logger = worker_logger(
-        loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank, config.system_metrics
+        loop_config["mlflow_uri"], loop_config["mlflow_run_id"], config.output, rank, tracked.system_metrics
     )
 
-    ema = ParameterEMA(module, config.ema_decay) if config.ema_decay > 0 else None
+    ema = ParameterEMA(module, optim.ema_decay) if optim.ema_decay > 0 else None
     state = {"step": 0, "restarts": 0, "skipped_steps": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -165,10 +166,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.info("rank %d resumed at step %d", rank, state["step"])
 
     forcing = config.resolved_forcing()
-    nonfinite = NonFiniteSteps(config.max_nonfinite_steps, skipped=state["skipped_steps"])
-    progress = ProgressLine(config.max_steps, config.progress_every if rank == 0 else 0, state["step"])
+    nonfinite = NonFiniteSteps(schedule.max_nonfinite_steps, skipped=state["skipped_steps"])
+    progress = ProgressLine(schedule.max_steps, tracked.progress_every if rank == 0 else 0, state["step"])
     sampler = _validation_sampler(config, rank, engine.zero_optimization_stage() == 3, world)
-    schedule = CheckpointSchedule(config.checkpoint_every, config.checkpoint_minutes, rank0_decides(device))
+    checkpoints = config.checkpoint
+    saving = CheckpointSchedule(checkpoints.every_steps, checkpoints.every_minutes, rank0_decides(device))
 
     def save_and_report(metrics: dict, final: bool = False) -> None:
         if not weights_finite(module):
@@ -176,7 +178,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 f"weights are non-finite at step {state['step']}: not checkpointing or exporting them"
             )
         name = checkpoint_dir_name(state["step"], state["restarts"])
-        folder, upload = checkpoint_folder(loop_config["run_storage"], config.checkpoint_scratch, name, rank)
+        folder, upload = checkpoint_folder(loop_config["run_storage"], checkpoints.scratch, name, rank)
         started = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
         engine.save_checkpoint(
@@ -201,19 +203,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
             checkpoint_dir_name=name,
             checkpoint_upload_mode=mode,
         )
-        schedule.saved()
+        saving.saved()
 
-    steps = curriculum(index, config.max_steps, config.epochs, world * config.batch_size, config.curriculum)
+    steps = curriculum(index, schedule.max_steps, schedule.epochs, world * data.batch_size, data.curriculum)
     stream = (
-        worker_videos(config.data, steps, rank, world, loop_config["locations"], state["step"]).iter_rows()
+        worker_videos(data.path, steps, rank, world, loop_config["locations"], state["step"]).iter_rows()
         if state["step"] < len(steps)
         else []
     )
     last_metrics: dict = {}
     train_batch = None
-    for step, rows in _steps(stream, config.batch_size, state["step"]):
+    for step, rows in _steps(stream, data.batch_size, state["step"]):
         num_clips = buckets[steps[step].bucket].num_clips
-        batch = clips_trained_per_video(config.stage, forcing.mode, num_clips, config.stage1_clips) * world
+        batch = clips_trained_per_video(config.stage, forcing.mode, num_clips, data.stage1_clips) * world
         if batch != train_batch:
             train_batch = batch
             engine.set_train_batch_size(train_batch)
@@ -221,7 +223,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         clips, cond = collate_videos([to_training_inputs(row, device, dtype) for row in rows])
         g = _generator(config.seed, step, rank)
         shared = _generator(config.seed, step)
-        only = trained_clip(config.stage, forcing.mode, num_clips, shared, config.stage1_clips)
+        only = trained_clip(config.stage, forcing.mode, num_clips, shared, data.stage1_clips)
 
         def backward(loss, last: bool, retain: bool) -> None:
             # the video's last clip is the accumulation boundary, whatever DeepSpeed's micro-step
@@ -251,12 +253,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "optimizer_steps": engine.global_steps,
             "curriculum_bucket": steps[step].bucket,
         }
-        if state["step"] % config.log_every == 0:
+        if state["step"] % tracked.log_every == 0:
             logger.log(last_metrics, step=state["step"])
         progress.update(state["step"], stats.loss)  # nan on a skipped step
-        if config.sample_every > 0 and state["step"] % config.sample_every == 0:
+        if config.validation.every > 0 and state["step"] % config.validation.every == 0:
             _validation_sample(module, sampler, config.output, state["step"], logger)
-        if state["step"] < len(steps) and schedule.due(state["step"]):
+        if state["step"] < len(steps) and saving.due(state["step"]):
             save_and_report({**last_metrics, "step": state["step"]})
     save_and_report({**last_metrics, "step": state["step"], "optimizer_steps": engine.global_steps}, final=True)
     logger.close()
@@ -265,12 +267,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def _validation_sampler(config: TrainConfig, rank: int, zero3_sharded: bool, world: int) -> ValidationSampler | None:
     """The ranks that render (all under ZeRO-3, whose forwards are collectives; rank 0 otherwise) get a
     sampler; rank 0 encodes the prompt and image once on the CPU and shares the embeddings."""
-    if config.sample_every <= 0 or (rank != 0 and not zero3_sharded):
+    video = config.validation
+    if video.every <= 0 or (rank != 0 and not zero3_sharded):
         return None
-    settings = SampleSettings(
-        config.sample_image, config.sample_prompt, config.sample_sections, config.sample_steps, config.seed
-    )
-    return ValidationSampler(config.data, config.preset, settings, rank=rank, share=zero3_sharded and world > 1)
+    settings = SampleSettings(video.image, video.prompt, video.sections, video.steps, config.seed)
+    return ValidationSampler(config.data.path, config.preset, settings, rank=rank, share=zero3_sharded and world > 1)
 
 
 def _validation_sample(

@@ -22,7 +22,7 @@ from mempack.model.memorypack import MemoryPackConfig
 from mempack.presets import get_preset
 from mempack.schema import summary_path
 from mempack.train.checkpoint import ResumeMismatchError, check_or_write
-from mempack.train.config import ArchitectureConfig, TrainConfig
+from mempack.train.config import ArchitectureConfig, TrackingConfig, TrainConfig
 from mempack.train.data import check_dataset, check_shapes
 
 log = logging.getLogger(__name__)
@@ -46,29 +46,30 @@ def validate(config: TrainConfig) -> dict:
         if not MemoryPackConfig.saved_in(init) and not (init / "config.json").is_file():
             raise TrainSetupError(f"stage 2 needs stage-1 weights: none at {init} (run --stage 1 first or pass --init)")
         config.init = str(init.resolve())
-    if config.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
+    tracked, validation = config.tracking, config.validation
+    if tracked.register_model and importlib.util.find_spec("mempack.mlflow_model") is None:
         raise TrainSetupError(
             "--register-model needs mempack.mlflow_model (the MLflow pyfunc model), which this build does not have"
         )
-    if config.sample_image:
-        if not Path(config.sample_image).is_file():
-            raise TrainSetupError(f"--sample-image not found: {config.sample_image}")
-        config.sample_image = str(Path(config.sample_image).resolve())
-    for name in ("sample_every", "progress_every"):
-        if getattr(config, name) < 0:
-            raise TrainSetupError(f"--{name.replace('_', '-')} must be >= 0 (0: off)")
-    if config.sample_sections < 1 or config.sample_steps < 1:
+    if validation.image:
+        if not Path(validation.image).is_file():
+            raise TrainSetupError(f"--sample-image not found: {validation.image}")
+        validation.image = str(Path(validation.image).resolve())
+    for flag, value in (("--sample-every", validation.every), ("--progress-every", tracked.progress_every)):
+        if value < 0:
+            raise TrainSetupError(f"{flag} must be >= 0 (0: off)")
+    if validation.sections < 1 or validation.steps < 1:
         raise TrainSetupError("--sample-sections and --sample-steps must be >= 1")
     if config.pretrained and not Path(config.pretrained).is_dir():
         raise TrainSetupError(f"--pretrained folder not found: {config.pretrained}")
     # workers run in their own working directories: every path they read must be absolute
-    config.data = str(Path(config.data).resolve())
+    config.data.path = str(Path(config.data.path).resolve())
     config.output = str(Path(config.output).resolve())
     if config.pretrained:
         config.pretrained = str(Path(config.pretrained).resolve())
     try:
-        index = check_dataset(config.data)
-        check_shapes(config.data, get_preset(_model_preset(config)))
+        index = check_dataset(config.data.path)
+        check_shapes(config.data.path, get_preset(_model_preset(config)))
     except (FileNotFoundError, EmptyDatasetError, SchemaVersionError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
     return index
@@ -94,20 +95,20 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
         return run_id
     client, run_id = tracking.create_run(
         uri,
-        config.experiment,
-        run_name=config.run_name or f"stage{config.stage}",
+        config.tracking.experiment,
+        run_name=config.tracking.run_name or f"stage{config.stage}",
         tags={"stage": str(config.stage)},
         entry_point="pipelines/train.py",
     )
     with tracking.run_status(client, run_id, finish=False):  # a run that cannot start ends FAILED
-        flat = _flatten(asdict(config))
+        flat = _params(config)
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flat.items()])
         client.log_dict(run_id, asdict(config), "config/train_config.json")
         client.log_dict(run_id, ds_config, "config/deepspeed.json")
-        summary = summary_path(config.data)
+        summary = summary_path(config.data.path)
         if summary.is_file():
             client.log_artifact(run_id, str(summary), "data")
-        tracking.log_prep_input(client, run_id, config.data)
+        tracking.log_prep_input(client, run_id, config.data.path)
         tracking.write_run_file(out, run_id, uri)
     return run_id
 
@@ -122,13 +123,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _params(config: TrainConfig) -> dict:
+    """The run's MLflow params, a part's leaf under its flag's name (`lr`, not `optim.lr`): runs from before
+    the config had parts compare with newer ones in the MLflow UI."""
+    flat_name = {dotted: flat for flat, dotted in TrainConfig.ALIASES.items()}
+    return {flat_name.get(k, k): v for k, v in _flatten(asdict(config)).items()}
+
+
 def run_training(config: TrainConfig, resume: bool = False) -> dict:
     """Train one stage on the current Ray cluster; returns {"export", "mlflow_run_id", "metrics"}."""
     from mempack.train import deepspeed_config
 
     index = validate(config)
     out = Path(config.output).resolve()
-    name = config.run_name or f"stage{config.stage}"
+    name = config.tracking.run_name or f"stage{config.stage}"
     storage = out / layout.RAY_DIR
     if not resume:
         shutil.rmtree(storage / name, ignore_errors=True)
@@ -139,10 +147,10 @@ def run_training(config: TrainConfig, resume: bool = False) -> dict:
     except ResumeMismatchError as err:
         raise TrainSetupError(str(err)) from None
     try:
-        ds_config = deepspeed_config.resolve(config)
+        ds_config = deepspeed_config.resolve(config.distributed, config.optim)
     except (FileNotFoundError, ValueError) as err:
         raise TrainSetupError(str(err)) from None
-    uri = config.mlflow_uri or tracking.default_tracking_uri()
+    uri = config.tracking.mlflow_uri or tracking.default_tracking_uri()
     run_id = _mlflow_run(config, uri, out, resume, ds_config)
     from mlflow.tracking import MlflowClient
 
@@ -162,9 +170,10 @@ def _fit_and_export(
     from mempack.train.loop import train_loop_per_worker
 
     # where each video's rows are, read once here; every worker streams its own videos (data.worker_videos)
-    locations = locate_videos(config.data)
-    resources = {"CPU": config.cpus_per_worker}
-    if config.use_gpu:
+    locations = locate_videos(config.data.path)
+    distributed = config.distributed
+    resources = {"CPU": config.placement.cpus_per_worker}
+    if distributed.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -177,17 +186,17 @@ def _fit_and_export(
             "mlflow_run_id": run_id,
             "run_storage": str(storage / name),
         },
-        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if distributed.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
+            num_workers=distributed.num_workers,
+            use_gpu=distributed.use_gpu,
             resources_per_worker=resources,
-            placement_strategy=config.placement_strategy,
+            placement_strategy=config.placement.strategy,
         ),
         run_config=RunConfig(
             name=name,
             storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            failure_config=FailureConfig(max_failures=config.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": _worker_env()},
         ),
@@ -199,19 +208,19 @@ def _fit_and_export(
 
     # a complete pipeline folder (weights + the encoders that made the data), swapped in atomically
     # (--ema-decay: the EMA weights too, as a second pipeline folder model_ema/ beside model/)
-    encoders = encoders_of_prep(config.data, config.preset)
+    encoders = encoders_of_prep(config.data.path, config.preset)
     export_ema = None
     with result.checkpoint.as_directory() as folder:
         export = export_pipeline(Path(folder) / EXPORT_DIR, out / EXPORT_DIR, encoders)
-        if config.ema_decay > 0:
+        if config.optim.ema_decay > 0:
             export_ema = export_pipeline(Path(folder) / EXPORT_EMA_DIR, out / EXPORT_EMA_DIR, encoders)
     if export_ema is None and (out / EXPORT_EMA_DIR).exists():
         # an earlier run's EMA must not sit beside weights it was never averaged from
         log.info("removing %s: this run keeps no EMA", out / EXPORT_EMA_DIR)
         shutil.rmtree(out / EXPORT_EMA_DIR)
-    _log_mlflow_model(config, uri, run_id, export, EXPORT_DIR, config.register_model)
+    _log_mlflow_model(config.tracking, uri, run_id, export, EXPORT_DIR, config.tracking.register_model)
     if export_ema is not None:
-        _log_mlflow_model(config, uri, run_id, export_ema, EXPORT_EMA_DIR, None)
+        _log_mlflow_model(config.tracking, uri, run_id, export_ema, EXPORT_EMA_DIR, None)
     return {
         "export": str(export),
         "export_ema": str(export_ema) if export_ema else None,
@@ -222,7 +231,7 @@ def _fit_and_export(
 
 
 def _log_mlflow_model(
-    config: TrainConfig, uri: str, run_id: str, export: Path, name: str, register: str | None
+    settings: TrackingConfig, uri: str, run_id: str, export: Path, name: str, register: str | None
 ) -> None:
     """Log the export once, as the run's MLflow Model `name` (pyfunc: `runs:/ID/name`), registered as
     `register` if given. Its artifacts are the export itself, or with --mlflow-weights reference only a small
@@ -243,7 +252,7 @@ def _log_mlflow_model(
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):  # the fluent API inside our already-open run
         log_pipeline_model(
-            str(export), registered_model_name=register, name=name, reference=config.mlflow_weights == "reference"
+            str(export), registered_model_name=register, name=name, reference=settings.mlflow_weights == "reference"
         )
     # start_run(run_id=...) ends the run FINISHED on exit: the caller's run_status decides the final state
     mlflow.tracking.MlflowClient(uri).set_terminated(run_id, status="RUNNING")
