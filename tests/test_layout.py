@@ -30,7 +30,7 @@ def test_every_default_of_every_stage_lies_under_the_one_root(tmp_path):
 
     defaults = {
         "prep output": PrepConfig().output,
-        "train data": TrainConfig(stage=1).data,
+        "train data": TrainConfig(stage=1).data.path,
         "stage 1 output": TrainConfig(stage=1).output,
         "stage 2 output": TrainConfig(stage=2).output,
         "infer out": InferenceRequest().out,
