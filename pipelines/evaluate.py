@@ -4,12 +4,12 @@
                                  [--mlflow-uri URI] [--experiment NAME] [--run-name NAME] [--model MODEL]
 
 A folder means every *.mp4 in it (sorted). Without --dino/--clip the consistency metrics use weights-free
-pixel features; model folders are read locally only, never downloaded.
+pixel features; model folders are read locally only, never downloaded. The flags are EvalConfig's keys
+(mempack/eval/config.py), also settable with --set KEY=VALUE or a --config file.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -21,26 +21,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mempack.config import ArgumentParser
+from mempack.config import ArgumentParser, add_config_arguments, add_config_file_arguments, config_from_args
 from mempack.eval import ClipFeatures, DinoFeatures, evaluate_video, load_frames
+from mempack.eval.config import EvalConfig
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[list[str], EvalConfig]:
+    """(the videos and folders to evaluate, the evaluation's config)."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR", help="video files or folders of *.mp4")
-    p.add_argument("--json", help="write {'videos': {path: metrics}, 'mean': metrics} here")
-    p.add_argument("--dino", help="local folder of a DINO model (subject consistency)")
-    p.add_argument("--clip", help="local folder of a CLIP vision model (background consistency)")
-    p.add_argument("--mlflow-uri", help="log metrics, params and the JSON to this MLflow tracking URI")
-    p.add_argument("--experiment", default="mempack-eval", help="MLflow experiment (default: %(default)s)")
-    p.add_argument("--run-name", help="MLflow run name")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal by default)")
-    p.add_argument(
-        "--model",
-        help="the model the videos came from (export folder, runs:/ID/model or "
-        "models:/NAME@ALIAS): the MLflow run is tagged with it and with its training run",
-    )
-    return p.parse_args(argv)
+    add_config_file_arguments(p, EvalConfig)
+    add_config_arguments(p, EvalConfig)
+    args = p.parse_args(argv)
+    return args.inputs, config_from_args(p, EvalConfig, args)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -117,7 +110,7 @@ def metric_prefixes(videos: list[Path]) -> list[str]:
 
 
 def log_mlflow(
-    client, run_id: str, args: argparse.Namespace, videos: list[Path], payload: dict, json_path: Path
+    client, run_id: str, config: EvalConfig, inputs: list[str], videos: list[Path], payload: dict, json_path: Path
 ) -> None:
     """Mean metrics, per-video metrics prefixed by stem, params, and the JSON artifact, into an open run."""
     from mlflow.entities import Metric, Param
@@ -127,48 +120,51 @@ def log_mlflow(
         metrics += [Metric(f"{prefix}.{k}", v, 0, 0) for k, v in payload["videos"][str(video)].items()]
     params = [
         Param("videos", str(len(videos))),
-        Param("dino", args.dino or "pixel"),
-        Param("clip", args.clip or "pixel"),
-        Param("inputs", ",".join(args.inputs)[:500]),
+        Param("dino", config.dino or "pixel"),
+        Param("clip", config.clip or "pixel"),
+        Param("inputs", ",".join(inputs)[:500]),
     ]
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
     client.log_artifact(run_id, str(json_path))
 
 
-def evaluate_and_report(args: argparse.Namespace, videos: list[Path], json_path: Path) -> dict:
+def evaluate_and_report(config: EvalConfig, inputs: list[str], videos: list[Path], json_path: Path) -> dict:
     """Evaluate, print the table, write the JSON; inside an MLflow run (FAILED if this fails) with --mlflow-uri."""
-    if not args.mlflow_uri:
-        return _evaluate_to_json(args, videos, json_path)
+    if not config.mlflow_uri:
+        return _evaluate_to_json(config, videos, json_path)
     from mempack import tracking
 
     default_name = f"eval-{videos[0].stem}" if len(videos) == 1 else f"eval-{len(videos)}-videos"
     with tracking.tracked_run(
-        args.mlflow_uri, args.experiment, run_name=args.run_name or default_name, entry_point="pipelines/evaluate.py"
+        config.mlflow_uri,
+        config.experiment,
+        run_name=config.run_name or default_name,
+        entry_point="pipelines/evaluate.py",
     ) as (client, run_id):
-        tracking.tag_model_used(client, run_id, args.model, args.mlflow_uri)
-        payload = _evaluate_to_json(args, videos, json_path)
-        log_mlflow(client, run_id, args, videos, payload, json_path)
-    print(f"mlflow run {run_id} in experiment {args.experiment!r} at {args.mlflow_uri}")
+        tracking.tag_model_used(client, run_id, config.model, config.mlflow_uri)
+        payload = _evaluate_to_json(config, videos, json_path)
+        log_mlflow(client, run_id, config, inputs, videos, payload, json_path)
+    print(f"mlflow run {run_id} in experiment {config.experiment!r} at {config.mlflow_uri}")
     return payload
 
 
-def _evaluate_to_json(args: argparse.Namespace, videos: list[Path], json_path: Path) -> dict:
-    payload = run(args, videos)
+def _evaluate_to_json(config: EvalConfig, videos: list[Path], json_path: Path) -> dict:
+    payload = run(config, videos)
     print(format_table(payload["videos"], payload["mean"]))
     write_json_atomic(payload, json_path)
-    if args.json:
+    if config.json:
         print(f"wrote {json_path}")
     return payload
 
 
-def run(args: argparse.Namespace, videos: list[Path]) -> dict:
+def run(config: EvalConfig, videos: list[Path]) -> dict:
     """Evaluate every video; returns the JSON payload."""
-    dino = DinoFeatures(args.dino) if args.dino else None
-    clip = ClipFeatures(args.clip) if args.clip else None
+    dino = DinoFeatures(config.dino) if config.dino else None
+    clip = ClipFeatures(config.clip) if config.clip else None
     results: dict[str, dict[str, float]] = {}
     # on a terminal only (disable=None), so captured logs and one-line errors stay clean
-    bar = tqdm(videos, desc="evaluating", unit="video", disable=True if args.quiet else None)
+    bar = tqdm(videos, desc="evaluating", unit="video", disable=True if config.quiet else None)
     for video in bar:
         bar.set_postfix_str(f"{video.name}: decoding")
         with quiet_stderr():  # restored before any error propagates to main's one-line report
@@ -183,11 +179,12 @@ def run(args: argparse.Namespace, videos: list[Path]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    inputs, config = parse_args(argv)
     try:
-        videos = expand_inputs(args.inputs)
+        videos = expand_inputs(inputs)
         with tempfile.TemporaryDirectory() as tmp:
-            evaluate_and_report(args, videos, Path(args.json) if args.json else Path(tmp) / "eval.json")
+            json_path = Path(config.json) if config.json else Path(tmp) / "eval.json"
+            evaluate_and_report(config, inputs, videos, json_path)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

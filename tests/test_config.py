@@ -15,12 +15,13 @@ import yaml
 from data_prep.job import PrepConfig
 from data_prep.process import ClipSpec
 from mempack.config import ConfigError, config_keys, dump_config, flag_name, load_config
+from mempack.eval.config import EvalConfig
 from mempack.sampling import GenerationConfig
 from mempack.train.config import TrainConfig
 from mempack.train.forcing import ForcingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [TrainConfig, PrepConfig, ClipSpec, ForcingConfig, GenerationConfig]
+CONFIGS = [TrainConfig, PrepConfig, ClipSpec, ForcingConfig, GenerationConfig, EvalConfig]
 
 
 def _text_for(tp, default):
@@ -255,3 +256,16 @@ def test_the_flat_flags_users_type_set_the_parts():
     assert config.lr == 2e-4  # read-only flat attribute for code written against the flat config
     with pytest.raises(AttributeError, match="optim.lr"):
         config.lr = 1.0
+
+
+def test_evaluate_flags_are_eval_config_keys():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_eval_cli_for_config_test", ROOT / "pipelines" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    inputs, config = module.parse_args(
+        ["a.mp4", "b", "--dino", "/d", "--quiet", "--set", "experiment=e", "--json", "j"]
+    )
+    assert inputs == ["a.mp4", "b"]
+    assert config == EvalConfig(json="j", dino="/d", experiment="e", quiet=True)
