@@ -20,14 +20,15 @@ Node-local disk: before, every checkpoint was written into a temporary folder on
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = (  # (stage, ZeRO stage)
@@ -36,6 +37,20 @@ CASES = (  # (stage, ZeRO stage)
     (2, 2),
     (2, 3),
 )
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    preset: str = "f1-scaled"
+    double_layers: int = 1
+    single_layers: int = 3
+    dtype: Literal["bf16", "fp32"] = (
+        "bf16"  # training dtype (bf16: what the GPU configs use; DeepSpeed runs it on CPU too)
+    )
+    workers: int = 2
+    out: str = str(RESULTS / "checkpoint_bytes.json")
 
 
 def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, work: str, out_json: str) -> None:
@@ -176,19 +191,9 @@ def _projection(row: dict, f1_total: int, f1_trained: int, weight_bytes: int) ->
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="f1-scaled")
-    parser.add_argument("--double-layers", type=int, default=1)
-    parser.add_argument("--single-layers", type=int, default=3)
-    parser.add_argument(
-        "--dtype",
-        choices=("bf16", "fp32"),
-        default="bf16",
-        help="training dtype (bf16: what the GPU configs use; DeepSpeed runs it on CPU too)",
-    )
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default=str(RESULTS / "checkpoint_bytes.json"))
-    args = parser.parse_args(argv)
+    from mempack.config import parse_config
+
+    args = parse_config(Options, argv, __doc__.splitlines()[0])
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from zero3_memory import make_pretrained, scaled_preset

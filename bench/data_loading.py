@@ -20,13 +20,13 @@ Prints a table and writes bench/results/data_loading.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,22 @@ from fsspec.implementations.local import LocalFileSystem
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LATENT = (16, 9, 2, 2)  # tiny: the layout of real clip rows, not their size
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    lengths: int = 50  # clip counts 1..N
+    resolutions: int = 10
+    per_bucket: int = 4  # videos per (clips, resolution) bucket
+    videos_per_file: int = 1  # shots per encoder batch (prep: 1)
+    scan_videos: int = 3  # videos read by full scan (slow)
+    located_videos: int = 200
+    sample_buckets: int = 5  # old per-bucket datasets executed
+    workers: int = 8  # workers the curriculum is planned for
+    steps: int = 20_000
+    json: str = str(RESULTS / "data_loading.json")
 
 
 class _CountingLocal(LocalFileSystem):
@@ -236,18 +252,9 @@ def startup(root: Path, sample_buckets: int, workers: int, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", type=int, default=50, help="clip counts 1..N")
-    p.add_argument("--resolutions", type=int, default=10)
-    p.add_argument("--per-bucket", type=int, default=4, help="videos per (clips, resolution) bucket")
-    p.add_argument("--videos-per-file", type=int, default=1, help="shots per encoder batch (prep: 1)")
-    p.add_argument("--scan-videos", type=int, default=3, help="videos read by full scan (slow)")
-    p.add_argument("--located-videos", type=int, default=200)
-    p.add_argument("--sample-buckets", type=int, default=5, help="old per-bucket datasets executed")
-    p.add_argument("--workers", type=int, default=8, help="workers the curriculum is planned for")
-    p.add_argument("--steps", type=int, default=20_000)
-    p.add_argument("--json", default=str(RESULTS / "data_loading.json"))
-    args = p.parse_args(argv)
+    from mempack.config import parse_config
+
+    args = parse_config(Options, argv, __doc__.splitlines()[0])
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:

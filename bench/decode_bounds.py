@@ -14,13 +14,13 @@ Prints a table; writes bench/results/decode_bounds.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 FPS, GOP = 30, 60
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    repeats: int = 3
+    seconds_4k: float = 5.0  # length of the 4K source
 
 
 def write_video(path: Path, seconds: float, height: int, width: int) -> Path:
@@ -85,10 +93,9 @@ def peak_rss(path: Path, max_side: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seconds-4k", type=float, default=5.0, help="length of the 4K source (default: %(default)s)")
-    args = parser.parse_args()
+    from mempack.config import parse_config
+
+    args = parse_config(Options, None, __doc__.splitlines()[0])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         long = write_video(tmp / "long_720p.mp4", 60, 720, 1280)

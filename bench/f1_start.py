@@ -20,6 +20,7 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,16 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(argv=None):
-    from mempack.config import ArgumentParser
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=32, help="pixel side of the VAE check's frames (multiple of 8)")
-    p.add_argument("--json", default=str(RESULTS / "f1_start.json"))
-    args = p.parse_args(argv)
-    if args.size < 16 or args.size % 8:
-        p.error("--size must be a multiple of 8, at least 16")
-    return args
+    size: int = 32  # pixel side of the VAE check's frames (multiple of 8)
+    json: str = str(RESULTS / "f1_start.json")
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.size % 8:
+            raise ValueError("--size must be a multiple of 8, at least 16")
+
+
+def parse_args(argv=None):
+    from mempack.config import parse_config
+
+    return parse_config(Options, argv, __doc__.splitlines()[0])
 
 
 def gate_effect() -> list[dict]:

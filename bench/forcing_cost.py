@@ -12,16 +12,27 @@ bench/results/forcing_cost.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    clips: int = 4
+    student_steps: int = 5
+    repeats: int = 5
+    size: int = 64  # frame side in pixels (latent side = size / 8)
+    preset: str = "tiny"
 
 
 def one_video(model, clips, cond, config, seed: int) -> None:
@@ -50,13 +61,9 @@ def measure(mode: str, model, clips, cond, student_steps: int, repeats: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=4)
-    parser.add_argument("--student-steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (latent side = size / 8)")
-    parser.add_argument("--preset", default="tiny")
-    args = parser.parse_args()
+    from mempack.config import parse_config
+
+    args = parse_config(Options, None, __doc__.splitlines()[0])
 
     from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import SECTION_LATENT_FRAMES, get_preset

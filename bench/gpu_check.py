@@ -33,6 +33,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,21 +45,27 @@ TINY_SIZE = (32, 32)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H20": 148e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
 
-def parse_args(argv=None):
-    from mempack.config import ArgumentParser
+@dataclass
+class Options:
+    """The check's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="tiny presets at a small size (automatic without CUDA)")
-    p.add_argument("--double-layers", type=int, default=2, help="dual-stream blocks of the ZeRO-3 model (F1: 20)")
-    p.add_argument("--single-layers", type=int, default=2, help="single-stream blocks of the ZeRO-3 model (F1: 40)")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps of the generated section (F1's default)")
-    p.add_argument("--vae", help="a folder with real HunyuanVideo VAE weights (diffusers layout)")
-    p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 TFLOP/s for MFU (default: by name)")
-    p.add_argument("--json", default=str(RESULTS / "gpu_check.json"))
-    args = p.parse_args(argv)
-    if min(args.double_layers, args.single_layers) < 1 or args.steps < 1:
-        p.error("--double-layers, --single-layers and --steps must be >= 1")
-    return args
+    tiny: bool = False  # tiny presets at a small size (automatic without CUDA)
+    double_layers: int = 2  # dual-stream blocks of the ZeRO-3 model (F1: 20)
+    single_layers: int = 2  # single-stream blocks of the ZeRO-3 model (F1: 40)
+    steps: int = 25  # sampling steps of the generated section (F1's default)
+    vae: str | None = None  # a folder with real HunyuanVideo VAE weights (diffusers layout)
+    peak_tflops: float | None = None  # the GPU's dense bf16 TFLOP/s for MFU (default: by name)
+    json: str = str(RESULTS / "gpu_check.json")
+
+    def __post_init__(self) -> None:
+        if min(self.double_layers, self.single_layers) < 1 or self.steps < 1:
+            raise ValueError("--double-layers, --single-layers and --steps must be >= 1")
+
+
+def parse_args(argv=None):
+    from mempack.config import parse_config
+
+    return parse_config(Options, argv, __doc__.splitlines()[0])
 
 
 # ----- environment ---------------------------------------------------------------------------------

@@ -11,16 +11,30 @@ and writes bench/results/infer_scaling.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    sections: int = 40
+    steps: int = 10
+    size: int = 64  # frame side in pixels
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.sections < 10:
+            raise ValueError("--sections must be >= 10 (first and last five sections are compared)")
 
 
 def ours(model, cond, sections: int, steps: int) -> list[float]:
@@ -87,14 +101,9 @@ def summarise(seconds: list[float], window: int = 5) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    if args.sections < 10:
-        parser.error("--sections must be >= 10 (first and last five sections are compared)")
+    from mempack.config import parse_config
+
+    args = parse_config(Options, None, __doc__.splitlines()[0])
 
     from mempack.encoders import VideoEncoders
     from mempack.inference import conditioning

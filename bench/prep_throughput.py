@@ -12,17 +12,31 @@ Input: the built-in sample (or --input DIR). Prints a table; writes bench/result
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    input: str | None = None  # folder of videos (default: the built-in sample)
+    repeats: int = 3
+    size: str = "96x128"  # HxW of the built-in sample
+
+    def __post_init__(self) -> None:
+        parts = self.size.lower().split("x")
+        if len(parts) != 2 or not all(v.isdigit() and int(v) >= 32 for v in parts):
+            raise ValueError(f"--size must be HxW with sides >= 32, e.g. 360x640; got {self.size!r}")
 
 
 def input_minutes(inputs) -> float:
@@ -63,14 +77,10 @@ print(json.dumps({{"seconds": time.perf_counter() - started, "clips": summary["c
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", help="folder of videos (default: the built-in sample)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--size", default="96x128", help="HxW of the built-in sample (default: %(default)s)")
-    args = parser.parse_args()
+    from mempack.config import parse_config
+
+    args = parse_config(Options, None, __doc__.splitlines()[0])
     parts = args.size.lower().split("x")
-    if len(parts) != 2 or not all(v.isdigit() and int(v) >= 32 for v in parts):
-        parser.error(f"--size must be HxW with sides >= 32, e.g. 360x640; got {args.size!r}")
     size = (int(parts[0]), int(parts[1]))
 
     from data_prep.decode import decode_frames

@@ -16,10 +16,10 @@ floor for the real VAE's per-tile memory; the point measured here is that it doe
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,16 @@ print(json.dumps({{"base": base, "peak": peak, "seconds": seconds, "latent_bytes
 """
 
 
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    size: str = "96x160"  # HxW of the length sweep
+    frames: str = "37,145,361"  # stream lengths (1 + 36·n)
+    no_tile: bool = False  # skip (b), the 480x832 tile (about a minute on 2 cores)
+    out: str = str(RESULTS / "stream_encode.json")
+
+
 def measure(frames: int, height: int, width: int) -> dict:
     """Peak RSS (bytes) above the process's RSS after building the encoders, for one encode."""
     code = _CHILD.format(root=str(ROOT), n=frames, h=height, w=width)
@@ -60,12 +70,9 @@ def measure(frames: int, height: int, width: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="96x160", help="HxW of the length sweep (default: %(default)s)")
-    p.add_argument("--frames", default="37,145,361", help="stream lengths (1 + 36·n; default: %(default)s)")
-    p.add_argument("--no-tile", action="store_true", help="skip (b), the 480x832 tile (about a minute on 2 cores)")
-    p.add_argument("--out", default=str(RESULTS / "stream_encode.json"))
-    args = p.parse_args()
+    from mempack.config import parse_config
+
+    args = parse_config(Options, None, __doc__.splitlines()[0])
     height, width = (int(v) for v in args.size.lower().split("x"))
     sweep = [measure(int(n), height, width) for n in args.frames.split(",")]
     print(f"one-stream VAE encode, tiny VAE, CPU, {height}x{width}")

@@ -19,34 +19,41 @@ Prints a table and writes bench/results/validation_memory.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENCODER_PRESET = "tiny"  # f1-scaled has tiny's encoder widths: its random encoders need no weights
 
 
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    preset: str = "f1-scaled"
+    workers: int = 2
+    double_layers: int = 2
+    single_layers: int = 4
+    sections: int = 2
+    steps: int = 2
+    out: str = str(RESULTS / "validation_memory.json")
+
+
 def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
-    import ctypes
     import importlib
 
     import deepspeed
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from zero3_memory import scaled_preset
-
-    from mempack.train import loop, rss
+    from bench.rss import PhaseProbe
+    from bench.zero3_memory import scaled_preset
+    from mempack.train import loop
     from mempack.train.config import DistributedConfig, TrainConfig
     from mempack.train.deepspeed_config import resolve
     from mempack.train.validation import SampleSettings, ValidationSampler
@@ -54,7 +61,6 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
     name, double_layers, single_layers, sections, steps = json.loads(spec)
     preset = scaled_preset(name, double_layers, single_layers)
     torch.set_num_threads(1)
-    libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
     config = TrainConfig(stage=1, preset=preset, distributed=DistributedConfig(zero_stage=3, num_workers=world))
@@ -65,23 +71,8 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
     engine = loop._init_engine(model, ds_config, False, None)
     module = engine.module
     settings = SampleSettings(None, "", sections=sections, steps=steps, seed=0)
-    result: dict = {"rank": rank, "phases": {}}
-
-    def phase(label, fn):
-        torch.distributed.barrier()
-        libc.malloc_trim(0)
-        before = rss.current_bytes()
-        rss.reset_peak()
-        started = time.perf_counter()
-        value = fn()
-        torch.distributed.barrier()
-        libc.malloc_trim(0)
-        result["phases"][label] = {
-            "rise_bytes": rss.peak_bytes() - before,
-            "kept_bytes": rss.current_bytes() - before,
-            "seconds": time.perf_counter() - started,
-        }
-        return value
+    phase = PhaseProbe(torch.distributed.barrier)
+    result: dict = {"rank": rank, "phases": phase.phases}
 
     with tempfile.TemporaryDirectory() as tmp:
         # --- before: VideoEncoders on the training device for the whole run, every parameter gathered everywhere
@@ -130,47 +121,20 @@ def rank_main(rank: int, world: int, port: int, spec: str, out_json: str) -> Non
     Path(out_json).write_text(json.dumps(result))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _above(rank: dict, phase: str, key: str) -> int:
+    """How far a phase's peak (rise) or its end (kept) is above the RSS it started from."""
+    return rank["phases"][phase][key] - rank["phases"][phase]["before_bytes"]
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="f1-scaled")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--double-layers", type=int, default=2)
-    parser.add_argument("--single-layers", type=int, default=4)
-    parser.add_argument("--sections", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--out", default=str(RESULTS / "validation_memory.json"))
-    args = parser.parse_args(argv)
+    from mempack.config import parse_config
+
+    args = parse_config(Options, argv, __doc__.splitlines()[0])
+
+    from bench.rss import run_ranks
 
     spec = json.dumps([args.preset, args.double_layers, args.single_layers, args.sections, args.steps])
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": "65536",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]),
-    }
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import validation_memory as b; "
-        "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, str(r), str(args.workers), str(port), spec, str(outs[r])], env=env
-            )
-            for r in range(args.workers)
-        ]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            raise SystemExit(f"error: a rank failed (exit codes {codes})")
-        ranks = [json.loads(o.read_text()) for o in outs]
+    ranks = run_ranks("bench.validation_memory", args.workers, spec)
     params = ranks[0]["parameters"]
     mib = 2**20
     run = {
@@ -181,8 +145,8 @@ def main(argv=None) -> dict:
         "sections": args.sections,
         "steps": args.steps,
         "ranks": ranks,
-        "rise_mib": {ph: [round(r["phases"][ph]["rise_bytes"] / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
-        "kept_mib": {ph: [round(r["phases"][ph]["kept_bytes"] / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
+        "rise_mib": {ph: [round(_above(r, ph, "peak_bytes") / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
+        "kept_mib": {ph: [round(_above(r, ph, "after_bytes") / mib, 1) for r in ranks] for ph in ranks[0]["phases"]},
         "fp32_model_mib": round(4 * params / mib, 1),
     }
     out = Path(args.out)

@@ -14,19 +14,29 @@ file can hold a before/after pair).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("build", "engine", "step", "checkpoint", "export")
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    preset: str = "f1-scaled"
+    workers: int = 2
+    double_layers: int | None = None  # dual-stream blocks (default: the preset's)
+    single_layers: int | None = None  # single-stream blocks (default: the preset's)
+    label: str = "after"  # key of this run in the JSON (e.g. before / after)
+    pretrained: str | None = None  # existing export to start from (default: made in a temp folder)
+    from_preset: bool = False  # random init (stage 1 without --pretrained)
+    out: str = str(RESULTS / "zero3_memory.json")
 
 
 def scaled_preset(name: str, double_layers: int | None, single_layers: int | None):
@@ -49,12 +59,12 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
-    import ctypes
     import importlib
 
     import deepspeed
     import torch
 
+    from bench.rss import PhaseProbe
     from mempack.model import Conditioning, MemoryPackTransformer
     from mempack.presets import get_preset
     from mempack.train import loop, rss
@@ -65,7 +75,6 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     name, double_layers, single_layers = json.loads(spec)
     preset = scaled_preset(name, double_layers, single_layers)
     torch.set_num_threads(1)
-    libc = ctypes.CDLL("libc.so.6")
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # as the loop does: no C++ build
     deepspeed.init_distributed("gloo", auto_mpi_discovery=False)
     config = TrainConfig(
@@ -85,23 +94,8 @@ def rank_main(rank: int, world: int, port: int, spec: str, pretrained: str, out_
     ds_config = resolve(config.distributed, config.optim)
     ds_config["zero_optimization"].update(stage3_param_persistence_threshold=0)
     torch.manual_seed(0)
-    result: dict = {"rank": rank, "phases": {}}
-
-    def phase(name, fn):
-        libc.malloc_trim(0)
-        before = rss.current_bytes()
-        rss.reset_peak()
-        started = time.perf_counter()
-        value = fn()
-        torch.distributed.barrier()
-        result["phases"][name] = {
-            "peak_bytes": rss.peak_bytes(),
-            "before_bytes": before,
-            "after_bytes": rss.current_bytes(),
-            "seconds": time.perf_counter() - started,
-        }
-        return value
-
+    phase = PhaseProbe(torch.distributed.barrier)
+    result: dict = {"rank": rank, "phases": phase.phases}
     result["baseline_bytes"] = rss.current_bytes()
     takes_ds = "ds_config" in inspect.signature(loop.build_model).parameters
     model = phase("build", lambda: loop.build_model(config, ds_config, rank) if takes_ds else loop.build_model(config))
@@ -170,52 +164,19 @@ def _plan_f1() -> dict:
     return plan_run(config, resolve(config.distributed, config.optim), (480, 832)).to_dict()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="f1-scaled")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--double-layers", type=int, help="dual-stream blocks (default: the preset's)")
-    parser.add_argument("--single-layers", type=int, help="single-stream blocks (default: the preset's)")
-    parser.add_argument("--label", default="after", help="key of this run in the JSON (e.g. before / after)")
-    parser.add_argument("--pretrained", help="existing export to start from (default: made in a temp folder)")
-    parser.add_argument("--from-preset", action="store_true", help="random init (stage 1 without --pretrained)")
-    parser.add_argument("--out", default=str(RESULTS / "zero3_memory.json"))
-    args = parser.parse_args(argv)
+    from mempack.config import parse_config
+
+    args = parse_config(Options, argv, __doc__.splitlines()[0])
+    from bench.rss import run_ranks
 
     preset = scaled_preset(args.preset, args.double_layers, args.single_layers)
     spec = json.dumps([args.preset, args.double_layers, args.single_layers])
     with tempfile.TemporaryDirectory() as tmp:
         pretrained = Path(args.pretrained) if args.pretrained else Path(tmp) / "pretrained"
         params = None if args.pretrained or args.from_preset else make_pretrained(preset, pretrained)
-        port = _free_port()
-        env = {
-            **os.environ,
-            "MALLOC_MMAP_THRESHOLD_": "65536",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
-        }
-        outs = [Path(tmp) / f"rank{r}.json" for r in range(args.workers)]
-        code = (
-            "import sys; from bench import zero3_memory as b; "
-            "b.rank_main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])"
-        )
         source = "" if args.from_preset else str(pretrained)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, str(r), str(args.workers), str(port), spec, source, str(outs[r])], env=env
-            )
-            for r in range(args.workers)
-        ]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            raise SystemExit(f"error: a rank failed (exit codes {codes})")
-        ranks = [json.loads(o.read_text()) for o in outs]
+        ranks = run_ranks("bench.zero3_memory", args.workers, spec, source)
 
     from mempack.model import MemoryPackTransformer
 

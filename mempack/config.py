@@ -292,12 +292,13 @@ def read_config_file(path: str | Path) -> dict:
 def _format_error(err: Exception) -> str:
     """The first problem of a pydantic ValidationError as one line: `key: what (got value)`."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(config)"
+    key = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     shown = first.get("input")
     got = "" if isinstance(shown, dict) else f" (got {shown!r})"
     more = len(err.errors()) - 1
-    return f"config key {key!r}: {message}{got}" + (f" [and {more} more]" if more else "")
+    where = f"config key {key!r}: " if key else ""  # a whole config's own check names its keys itself
+    return f"{where}{message}{got}" + (f" [and {more} more]" if more else "")
 
 
 def build_config(cls: type[T], values: dict) -> T:
@@ -445,3 +446,12 @@ def config_from_args(
         sys.stdout.write(dump_config(config))
         sys.exit(0)
     return config
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None, **flags: Any) -> T:
+    """A whole command line made from one dataclass: its keys as flags (`flags`: add_config_arguments'
+    skip/choices/required), `--config`, `--set` and `--print-config`; what the bench/ scripts parse with."""
+    parser = ArgumentParser(description=description)
+    add_config_file_arguments(parser, cls)
+    add_config_arguments(parser, cls, **flags)
+    return config_from_args(parser, cls, parser.parse_args(argv))

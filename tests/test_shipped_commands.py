@@ -54,6 +54,13 @@ NOT_MEMORY = (
 )
 
 
+def _leaves(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 @dataclass(frozen=True)
 class Hardware:
     gpus: int  # 0: a CPU run
@@ -182,7 +189,8 @@ def plan_of(argv: tuple[str, ...]):
     memory: F1's trace takes seconds)."""
     cli = _train_cli()
     args, config = cli.parse_args(list(argv))
-    key = repr(sorted((k, v) for k, v in asdict(config).items() if k not in NOT_MEMORY)) + repr(args.plan_size)
+    skip = {type(config).ALIASES.get(k, k) for k in NOT_MEMORY}  # the flag names as dotted keys (data.path)
+    key = repr(sorted((k, v) for k, v in _leaves(asdict(config)).items() if k not in skip)) + repr(args.plan_size)
     if key not in _PLANS:
         _PLANS[key] = cli.plan(config, args.plan_size)
     return _PLANS[key], config
