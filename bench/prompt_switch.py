@@ -25,11 +25,39 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("no_switch", "keep", "reanchor")
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    model: str  # a MemoryPackTransformer folder trained on the world
+    results: str  # the method_fidelity JSON that trained it (world settings)
+    absence: str = "2,4,8"  # absent sections before the return, comma-separated
+    events: int = 12  # return events per absence (identities balanced)
+    steps: int | None = None  # Euler steps (default: the training run's sample steps)
+    json: str = "bench/results/prompt_switch.json"
+
+    @property
+    def absences(self) -> list[int]:
+        return sorted({int(a) for a in self.absence.split(",") if a.strip()})
+
+    def __post_init__(self) -> None:
+        try:
+            absences = self.absences
+        except ValueError:
+            absences = []
+        if not absences:
+            raise ValueError(f"--absence must be integers, got {self.absence!r}")
+        for path in (self.model, self.results):
+            if not Path(path).exists():
+                raise ValueError(f"not found: {path}")
 
 
 def switched(cond, seed: int):
@@ -78,23 +106,10 @@ def recall_under_switch(model, world, absences: list[int], events: int, *, seed:
 
 
 def main(argv=None) -> dict:
-    from mempack.config import ArgumentParser
+    from mempack.config import parse_config
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a MemoryPackTransformer folder trained on the world")
-    p.add_argument("--results", required=True, help="the method_fidelity JSON that trained it (world settings)")
-    p.add_argument("--absence", default="2,4,8", help="absent sections before the return, comma-separated")
-    p.add_argument("--events", type=int, default=12, help="return events per absence (identities balanced)")
-    p.add_argument("--steps", type=int, help="Euler steps (default: the training run's sample steps)")
-    p.add_argument("--json", default="bench/results/prompt_switch.json")
-    args = p.parse_args(argv)
-    try:
-        absences = sorted({int(a) for a in args.absence.split(",") if a.strip()})
-    except ValueError:
-        p.error(f"--absence must be integers, got {args.absence!r}")
-    for path in (args.model, args.results):
-        if not Path(path).exists():
-            p.error(f"not found: {path}")
+    args = parse_config(Options, argv, __doc__.splitlines()[0], required=("model", "results"))
+    absences = args.absences
     import torch
 
     from bench.method_fidelity import settings_from_dict, world_for
