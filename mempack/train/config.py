@@ -1,5 +1,10 @@
-"""The training config: one dataclass per part (data, optim, schedule, ...), defaults that run offline on the
-built-in sample."""
+"""The training config, in parts: one dataclass per component (data, optim, schedule, distributed, placement,
+checkpoint, tracking, validation), defaults that run offline on the built-in sample.
+
+Each component is handed its own part, not the whole run, so what it can read is what it depends on, and
+`--resume` decides by part (mempack/train/checkpoint.py): a setting added to a part follows its part's rule.
+The flat names of before the parts (`--lr`, `lr:` in a file) stay valid through `TrainConfig.ALIASES`.
+"""
 
 from __future__ import annotations
 
