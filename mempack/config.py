@@ -342,6 +342,17 @@ def load_config(
     return build_config(cls, merged)
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """A nested mapping (a config's `to_dict`) as {dotted key: leaf value}."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def to_dict(config: Any) -> dict:
     """A config as plain data (for logging to MLflow and summary files)."""
     return dataclasses.asdict(config)

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mempack.config import flatten
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GPU_GB = 80  # what a command that names no hardware is planned for: an 80 GB H100
 CPU_HOST_GB = 16  # a CPU command (the tiny preset's demo runs) must fit a laptop
@@ -52,13 +54,6 @@ NOT_MEMORY = (
     "epochs",
     "lr",
 )
-
-
-def _leaves(settings: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in settings.items():
-        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 @dataclass(frozen=True)
@@ -190,7 +185,7 @@ def plan_of(argv: tuple[str, ...]):
     cli = _train_cli()
     args, config = cli.parse_args(list(argv))
     skip = {type(config).ALIASES.get(k, k) for k in NOT_MEMORY}  # the flag names as dotted keys (data.path)
-    key = repr(sorted((k, v) for k, v in _leaves(asdict(config)).items() if k not in skip)) + repr(args.plan_size)
+    key = repr(sorted((k, v) for k, v in flatten(asdict(config)).items() if k not in skip)) + repr(args.plan_size)
     if key not in _PLANS:
         _PLANS[key] = cli.plan(config, args.plan_size)
     return _PLANS[key], config

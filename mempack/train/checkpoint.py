@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
+from mempack.config import flatten
 from mempack.layout import DIGEST_FILE
 from mempack.train.config import TrainConfig
 
@@ -64,16 +65,6 @@ def _sha(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _leaves(settings: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in settings.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_digest(config: TrainConfig) -> dict[str, str]:
     """One short hash per leaf setting of the parts that define the run (MUST_MATCH_ON_RESUME), dotted."""
     settings = asdict(config)
@@ -81,7 +72,7 @@ def config_digest(config: TrainConfig) -> dict[str, str]:
     if undecided:  # a new part: say whether a resume may change it before any run can use it
         raise RuntimeError(f"{sorted(undecided)}: in neither MAY_CHANGE_ON_RESUME nor MUST_MATCH_ON_RESUME")
     must = {k: v for k, v in settings.items() if k in MUST_MATCH_ON_RESUME}
-    return {k: _sha(v) for k, v in sorted(_leaves(must).items())}
+    return {k: _sha(v) for k, v in sorted(flatten(must).items())}
 
 
 def _flat_digest_changes(saved: dict[str, str], config: TrainConfig) -> list[str]:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mempack import layout, tracking
+from mempack.config import flatten
 from mempack.layout import RUN_FILE
 from mempack.model.memorypack import MemoryPackConfig
 from mempack.presets import get_preset
@@ -113,21 +114,11 @@ def _mlflow_run(config: TrainConfig, uri: str, out: Path, resume: bool, ds_confi
     return run_id
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _params(config: TrainConfig) -> dict:
     """The run's MLflow params, a part's leaf under its flag's name (`lr`, not `optim.lr`): runs from before
     the config had parts compare with newer ones in the MLflow UI."""
     flat_name = {dotted: flat for flat, dotted in TrainConfig.ALIASES.items()}
-    return {flat_name.get(k, k): v for k, v in _flatten(asdict(config)).items()}
+    return {flat_name.get(k, k): v for k, v in flatten(asdict(config)).items()}
 
 
 def run_training(config: TrainConfig, resume: bool = False) -> dict:
