@@ -4,6 +4,7 @@ reads it; the curriculum every worker follows (one progression, or the old cycle
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _bench():
     spec = importlib.util.spec_from_file_location("data_loading", ROOT / "bench" / "data_loading.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass (the flags) resolves its annotations through its module
     spec.loader.exec_module(module)
     return module
 
