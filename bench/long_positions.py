@@ -21,8 +21,12 @@ differ only after it (same start latents, same noise): the per-seed differences 
 
 Prints a table of mean ± std over training seeds and writes JSON (default docs/results/long_positions.json).
 
-    nice -n 10 python bench/long_positions.py --world-seed 1      # the report run (3 seeds)
+    nice -n 10 python bench/long_positions.py --world-seed 1      # the report run (3 seeds, ~2 CPU-hours)
     python bench/long_positions.py --quick --workers 0             # plumbing smoke run (seconds)
+    python bench/long_positions.py --models bench/results/long_positions   # re-evaluate its exports, no training
+
+docs/results/long_positions.json is a reduced run (--width 64 --layers 1 --train-steps 150 --train-absence 4
+--rollouts 1 --events 4 --sample-steps 4): docs/long_videos.md says why and what it can and cannot show.
 """
 
 from __future__ import annotations
@@ -103,24 +107,37 @@ def evaluate(model, s: Settings, positions: str, L: int, absence: int) -> dict:
     }
 
 
-def run_seed(seed: int, s: Settings, options: list[str], absence: int) -> dict:
-    """Train memorypack for one seed (the method-fidelity benchmark's own run), evaluate each option."""
+def run_seed(seed: int, s: Settings, options: list[str], absence: int, models: str | None = None) -> dict:
+    """Train memorypack for one seed (the method-fidelity benchmark's own run), or take the export an earlier
+    run left under `models`, and evaluate each option."""
     import torch
 
     torch.set_num_threads(1)
     from mempack.model import MemoryPackTransformer
 
     began = time.perf_counter()
-    trained = run_variant("memorypack", seed, s, None)
+    if models is None:
+        trained = run_variant("memorypack", seed, s, None)
+        export, recall = trained["export"], trained["recall_by_absence"]
+    else:
+        export, recall = Path(models) / "models" / f"memorypack-seed{seed}", None
     train_seconds = time.perf_counter() - began
-    model = MemoryPackTransformer.from_pretrained(trained["export"]).eval()
+    model = MemoryPackTransformer.from_pretrained(export).eval()
     L = trained_sections(s)
-    out = {"seed": seed, "train_seconds": train_seconds, "recall_in_training_range": trained["recall_by_absence"]}
+    out = {"seed": seed, "export": str(export), "train_seconds": train_seconds, "recall_in_training_range": recall}
     for option in options:
         t = time.perf_counter()
         out[option] = evaluate(model, s, option, L, absence)
         out[option]["seconds"] = time.perf_counter() - t
+        print(f"  seed {seed} {option}: {_brief(out[option])}", flush=True)
     return out
+
+
+def _brief(e: dict) -> str:
+    return (
+        f"drift 2L {e['drift'][2]:.4f} 4L {e['drift'][4]:.4f}, last-L error {e['late_error']:.4f}, "
+        f"recall {e['recall']} ({e['seconds']:.0f} s)"
+    )
 
 
 def summarise(runs: list[dict], options: list[str], s: Settings, L: int, absence: int) -> dict:
@@ -194,22 +211,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--positions", default=",".join(POSITIONS), help=f"options to compare, from {POSITIONS}")
     p.add_argument("--absence", type=int, default=4, help="absent sections before each evaluated return")
     p.add_argument("--train-steps", type=int, default=2000, help="stage-1 optimizer steps (one video each)")
+    p.add_argument(
+        "--train-absence",
+        type=int,
+        default=8,
+        help="longest absence in training videos (sections; the method-fidelity default 8): sets L",
+    )
     p.add_argument("--rollouts", type=int, default=2, help="drift rollouts of 4L sections per option and seed")
     p.add_argument("--events", type=int, default=8, help="return events per position (a multiple of K)")
     p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
+    p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32; the method-fidelity size)")
+    p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
     p.add_argument("--workers", type=int, default=2, help="parallel seeds (0: in this process)")
     p.add_argument("--out", default="bench/results/long_positions", help="models and rollouts")
+    p.add_argument(
+        "--models",
+        help="evaluate the exports an earlier run of this benchmark left (its --out; same settings), no training",
+    )
     p.add_argument("--json", default="docs/results/long_positions.json")
     args = p.parse_args(argv)
     args.positions = [o.strip() for o in args.positions.split(",") if o.strip()]
     unknown = [o for o in args.positions if o not in POSITIONS]
     if unknown or not args.positions:
         p.error(f"--positions takes options from {POSITIONS}, got {unknown or 'none'}")
-    if args.seeds < 1 or args.workers < 0 or args.rollouts < 1 or args.identities < 2 or args.absence < 1:
+    if (
+        args.seeds < 1
+        or args.workers < 0
+        or args.rollouts < 1
+        or args.identities < 2
+        or min(args.absence, args.train_absence) < 1
+    ):
         p.error("--seeds, --rollouts, --absence >= 1, --identities >= 2, --workers >= 0")
     args.events = -(-max(args.events, 1) // args.identities) * args.identities  # identities return equally often
+    if args.width % 32 or args.width < 64 or args.layers < 1:
+        p.error("--width must be a multiple of 32, at least 64; --layers at least 1")
     if args.quick:
         args.seeds, args.train_steps, args.rollouts, args.sample_steps = 1, 4, 1, 1
+        args.width, args.layers, args.train_absence = 64, 1, 2
         args.events, args.absence = args.identities, 1
     return args
 
@@ -232,13 +270,13 @@ def settings(args: argparse.Namespace) -> Settings:
         drift_sections=1,
         rollouts=args.rollouts,
         sample_steps=args.sample_steps,
-        width=64 if quick else 128,
-        layers=1 if quick else 2,
+        width=args.width,
+        layers=args.layers,
         student_steps=5,
         memory_grad_window=-1,
         out=str(Path(args.out).resolve()),
         mlflow_uri=None,
-        train_absence=(1, 2) if quick else (1, 8),  # the method-fidelity default (1 … its longest absence)
+        train_absence=(1, args.train_absence),
         probe_videos=8,
         memory_lr=1e-4,
         stage1_clip="return",
@@ -255,14 +293,22 @@ def main(argv=None) -> dict:
         world_for(s, 1)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    if args.models:
+        missing = [
+            seed for seed in range(args.seeds) if not (Path(args.models) / "models" / f"memorypack-seed{seed}").is_dir()
+        ]
+        if missing:
+            raise SystemExit(f"error: no memorypack-seed{missing[0]} export under {args.models}/models")
     L = trained_sections(s)
     began = time.perf_counter()
     runs = []
     if args.workers == 0:
-        runs = [run_seed(seed, s, args.positions, args.absence) for seed in range(args.seeds)]
+        runs = [run_seed(seed, s, args.positions, args.absence, args.models) for seed in range(args.seeds)]
     else:
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            futures = [pool.submit(run_seed, seed, s, args.positions, args.absence) for seed in range(args.seeds)]
+            futures = [
+                pool.submit(run_seed, seed, s, args.positions, args.absence, args.models) for seed in range(args.seeds)
+            ]
             for done in as_completed(futures):
                 r = done.result()
                 print(f"  done seed {r['seed']} (training {r['train_seconds']:.0f} s)", flush=True)
