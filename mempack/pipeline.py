@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from mempack import flow, video_io
 from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
+from mempack.model.history import POSITIONS
 from mempack.model.memorypack import _preset_matching
 from mempack.presets import BUCKET_MULTIPLE, PRESETS, get_preset, nearest_bucket, section_start_seconds
 from mempack.sampling import GenerationConfig, generate_sections, sections_for_frames
@@ -422,6 +423,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         guidance_scale: float = 10.0,
         generator: torch.Generator | None = None,
         use_memory: bool = True,
+        positions: str | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -440,6 +442,8 @@ class MemoryPackPipeline(DiffusionPipeline):
         callback_on_step_end(pipe, step, timestep, {"latents": ...}) runs after every Euler step of every
         section (step counts across sections); latents it returns replace the current ones, except after
         a section's last step (ψ has already read them); `pipe._interrupt = True` skips the rest.
+        positions: the RoPE positions of sections past the model's trained length, "absolute", "shift" or
+        "wrap" (None: the model's `mempack.json`, "shift" by default; docs/long_videos.md).
         `sections(...)` yields the same video section by section.
         """
         # 1. Check inputs
@@ -461,7 +465,14 @@ class MemoryPackPipeline(DiffusionPipeline):
         latent = output_type == "latent"
         chunks, latents, seconds = [], [], []
         for section in self._sections(
-            request, generator, use_memory, num_inference_steps, guidance_scale, callback_on_step_end, decode=not latent
+            request,
+            generator,
+            use_memory,
+            num_inference_steps,
+            guidance_scale,
+            callback_on_step_end,
+            decode=not latent,
+            positions=positions,
         ):
             seconds.append(section.elapsed)
             if latent:
@@ -504,6 +515,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         guidance_scale: float = 10.0,
         generator=None,
         use_memory: bool = True,
+        positions: str | None = None,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         decode: bool = True,
@@ -542,6 +554,7 @@ class MemoryPackPipeline(DiffusionPipeline):
             callback_on_step_end,
             decode,
             frames_desc,
+            positions,
         )
 
     def _sections(
@@ -554,8 +567,11 @@ class MemoryPackPipeline(DiffusionPipeline):
         callback,
         decode: bool = True,
         frames_desc: str = "decoding frames",
+        positions: str | None = None,
     ) -> Iterator[PipelineSection]:
         """Steps 2-5 of a call, on a checked request."""
+        if positions is not None and positions not in POSITIONS:  # before any encoder runs
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         self._interrupt = False
         encoders = self.encoders()
         # 2. Encode the first prompt and the first frame (ψ₀ reads both)
@@ -585,6 +601,7 @@ class MemoryPackPipeline(DiffusionPipeline):
             callback,
             decode,
             frames_desc,
+            positions,
         )
         self.maybe_free_model_hooks()
 
@@ -602,6 +619,7 @@ class MemoryPackPipeline(DiffusionPipeline):
         callback,
         decode: bool,
         frames_desc: str,
+        positions: str | None = None,
     ) -> Iterator[PipelineSection]:
         """Drive `generate_sections`; decode each section as it comes and yield it."""
         model = self.memorypack
@@ -632,7 +650,9 @@ class MemoryPackPipeline(DiffusionPipeline):
         sections = request.sections
         stepper = _StepReporter(self, steps, sections, callback, request.callback_inputs)
         model.before_step = stepper.before_step
-        config = GenerationConfig(sections=sections, steps=steps, guidance=guidance, use_memory=use_memory)
+        config = GenerationConfig(
+            sections=sections, steps=steps, guidance=guidance, use_memory=use_memory, positions=positions
+        )
         log.info(
             "generating %d sections of %d latent frames (%dx%d, %d steps)",
             sections,

@@ -2,8 +2,9 @@
 
 One section = `layout.window` latent frames. For section n the sampler integrates the flow from
 noise (t = 0) to data (t = 1) with Euler steps, each a forward of the MemoryPack transformer
-conditioned on the packed recent history (1x/2x/4x, absolute RoPE indices) and on ψ. After the
-section, ψ ← Squeeze(ψ, Memorize(section)) and the section joins the history.
+conditioned on the packed recent history (1x/2x/4x, absolute RoPE indices; past the trained length,
+what `GenerationConfig.positions` says) and on ψ. After the section, ψ ← Squeeze(ψ, Memorize(section))
+and the section joins the history.
 
 Why the cost of a section is flat in the video's length: only the last `layout.context_frames`
 history frames are kept for packing (older ones are counted in `frames_before`, which keeps the
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mempack import flow
 from mempack.model import Conditioning, MemoryPackTransformer, PackedHistory, pack_history
+from mempack.model.history import POSITIONS
 from mempack.model.semantic_pack import SemanticMemory
 from mempack.presets import frames_for_sections, sections_for_frames  # noqa: F401  (re-export: the clock lives in presets)
 
@@ -47,12 +49,17 @@ class GenerationConfig:
     seed: int = 0
     use_memory: bool = True  # False: the FramePack-only ablation (no ψ tokens)
     dynamic_shift: bool = True  # F1's resolution-dependent time shift (μ capped at log 7)
+    # RoPE positions past the model's trained length (mempack.model.history.POSITIONS; docs/long_videos.md);
+    # None: the model's own `config.positions`
+    positions: str | None = None
 
     def __post_init__(self) -> None:
         if self.sections < 1:
             raise ValueError(f"sections must be >= 1, got {self.sections}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.positions is not None and self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
 
 
 @dataclass
@@ -179,6 +186,9 @@ def generate_sections(
     default, measured in docs/generation.md) carries ψ across a switch: what was seen stays
     recallable. `"reanchor"` rebuilds ψ from the new prompt and lets it read the history tail the
     backbone still sees: a scene cut, where the memory of earlier sections is dropped.
+
+    Sections past the model's trained length (`model.config.trained_sections`) get the RoPE positions
+    `config.positions` says (`mempack.model.history.window_offset`); inside it, every option is absolute.
     """
     if memory_on_switch not in MEMORY_ON_SWITCH:
         raise ValueError(f"memory_on_switch must be one of {MEMORY_ON_SWITCH}, got {memory_on_switch!r}")
@@ -198,6 +208,7 @@ def generate_sections(
     if prefix is not None:
         memory, tail, frames_before = _read_prefix(model, memory, prefix.to(start), layout.window)
     previous = cond
+    positions = config.positions or model.config.positions
     for n in range(config.sections):
         began = time.perf_counter()
         here = cond if section_conds is None else section_conds[n]
@@ -205,7 +216,15 @@ def generate_sections(
             memory = _reanchored(model, here, tail, layout.window)
         previous = here
         history = torch.cat(tail, dim=2) if tail else None
-        packed = pack_history(start, history, layout, model.config.rope, frames_before=frames_before)
+        packed = pack_history(
+            start,
+            history,
+            layout,
+            model.config.rope,
+            frames_before=frames_before,
+            positions=positions,
+            trained_frames=model.config.trained_frames,
+        )
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         section = sample_section(model, here, packed, memory, noise, times, config.guidance)
         memory = model.update_memory(memory, section) if memory is not None else None

@@ -30,9 +30,9 @@ from torch import nn
 from mempack import flow
 from mempack.model import context_gate
 from mempack.model.context_gate import GateState
-from mempack.model.history import HistoryLayout, PackedHistory
+from mempack.model.history import DEFAULT_TRAINED_SECONDS, POSITIONS, HistoryLayout, PackedHistory
 from mempack.model.semantic_pack import SemanticMemory, SemanticPack
-from mempack.presets import PRESETS, Preset, get_preset
+from mempack.presets import FPS, PRESETS, VAE_TEMPORAL, Preset, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,29 @@ class MemoryPackConfig:
     frames_2x: int = 2
     frames_4x: int = 16
     window: int = 9
+    # Past the trained length (history.py, docs/long_videos.md): the positions a section gets beyond the
+    # longest training video (a generation call may override it), and that length in sections; None: the
+    # length prep cuts training videos to by default (60 s).
+    positions: str = "shift"
+    trained_sections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.trained_sections is not None and self.trained_sections < 1:
+            raise ValueError(f"trained_sections must be >= 1, got {self.trained_sections}")
 
     @property
     def layout(self) -> HistoryLayout:
         return HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x, self.window)
+
+    @property
+    def trained_frames(self) -> int:
+        """Latent frames of the longest training video, the start latent included (1 + window·sections)."""
+        sections = self.trained_sections
+        if sections is None:
+            sections = round(DEFAULT_TRAINED_SECONDS * FPS / (VAE_TEMPORAL * self.window))
+        return 1 + self.window * sections
 
     # The one reader and writer of mempack.json (diffusers' ConfigMixin with `config_name`, in small).
     def save(self, folder: str | Path) -> Path:
