@@ -21,6 +21,8 @@ alone. `memorypack` against `literal` on both cameras is the defaults decision o
         --seeds 2 --steps 1500 --every 500 --clip late --json docs/results/recipe_steps.json
     python bench/recipe_steps.py --collect --json docs/results/recipe_steps.json   # a stopped run's files
     python bench/recipe_steps.py --resume ...   # only the jobs whose files do not reach --steps yet
+    python bench/recipe_steps.py --steps 0 --psi-only --arms memorypack,literal,segment_input,learned_pooling,\
+        no_carry --out bench/results/psi_untrained --json docs/results/psi_untrained.json   # what ψ carries untrained
 
 Every job writes its curve under --out after each checkpoint, so a run stopped early still summarises
 (`--collect`); the summary counts the seeds behind each mean.
@@ -97,7 +99,9 @@ def run_job(camera: str, arm: str, seed: int, a: dict) -> dict:
 
     def evaluate(step: int) -> None:
         model.eval()
-        recall = memory_recall(model, world, a["eval"], a["events"], seed=900_000_000, steps=a["sample_steps"])
+        recall = None
+        if not a["psi_only"]:
+            recall = memory_recall(model, world, a["eval"], a["events"], seed=900_000_000, steps=a["sample_steps"])
         readout = energy = None
         if model.uses_memory:  # ψ built once per L for the read-out and its energy shares
             tokens = {L: psi_tokens(model, world, L, seed=920_000_000, videos=a["probe_videos"]) for L in a["eval"]}
@@ -108,10 +112,10 @@ def run_job(camera: str, arm: str, seed: int, a: dict) -> dict:
         curve.append(
             {
                 "step": step,
-                "recall": sum(recall.recall[L] for L in beyond) / len(beyond),
-                "recall_by_absence": recall.recall,
-                "returned_by_absence": recall.returned,
-                "drawn_by_absence": recall.drawn,
+                "recall": None if recall is None else sum(recall.recall[L] for L in beyond) / len(beyond),
+                "recall_by_absence": None if recall is None else recall.recall,
+                "returned_by_absence": None if recall is None else recall.returned,
+                "drawn_by_absence": None if recall is None else recall.drawn,
                 "psi_readout_by_absence": readout,
                 "psi_identity_share_by_absence": energy,
                 "loss": sum(window) / len(window) if window else None,
@@ -185,7 +189,13 @@ def summarise(records: list[dict], a: dict) -> dict:
             points = []
             for step in steps:
                 at = [(r["seed"], c) for r in rows for c in r["curve"] if c["step"] == step]
-                point = {"step": step, "seeds": [sd for sd, _ in at], "recall": _stats([c["recall"] for _, c in at])}
+                point = {"step": step, "seeds": [sd for sd, _ in at]}
+                recalled = [c for _, c in at if c["recall"] is not None]  # --psi-only: no recall
+                if recalled:
+                    point["recall"] = _stats([c["recall"] for c in recalled])
+                    point["returned"] = float(
+                        np.mean([np.mean(list(c["returned_by_absence"].values())) for c in recalled])
+                    )
                 if at[0][1]["psi_readout_by_absence"] is not None:
                     point["psi_readout"] = _stats(
                         [np.mean([c["psi_readout_by_absence"][str(L)] for L in beyond]) for _, c in at]
@@ -193,9 +203,8 @@ def summarise(records: list[dict], a: dict) -> dict:
                     point["psi_identity_share"] = _stats(
                         [np.mean([c["psi_identity_share_by_absence"][str(L)] for L in beyond]) for _, c in at]
                     )
-                point["returned"] = float(np.mean([np.mean(list(c["returned_by_absence"].values())) for _, c in at]))
                 points.append(point)
-            reached = [p["step"] for p in points if p["recall"]["mean"] >= TARGET]
+            reached = [p["step"] for p in points if "recall" in p and p["recall"]["mean"] >= TARGET]
             timed = [r["train_seconds_per_step"] for r in rows if "train_seconds_per_step" in r]  # finished jobs
             out["arms"][camera][arm] = {
                 "curve": points,
@@ -229,13 +238,11 @@ def _paired(by: dict, camera: str, beyond: list[int]) -> dict:
             def readout(c):
                 return np.mean([c["psi_readout_by_absence"][str(L)] for L in beyond])
 
-            rows.append(
-                {
-                    "step": step,
-                    "recall": _stats([m["recall"] - t["recall"] for m, t in pairs]),
-                    "psi_readout": _stats([readout(m) - readout(t) for m, t in pairs]),
-                }
-            )
+            row = {"step": step, "psi_readout": _stats([readout(m) - readout(t) for m, t in pairs])}
+            recalled = [(m, t) for m, t in pairs if m["recall"] is not None and t["recall"] is not None]
+            if recalled:
+                row["recall"] = _stats([m["recall"] - t["recall"] for m, t in recalled])
+            rows.append(row)
         diffs[f"{arm} - literal"] = rows
     return diffs
 
@@ -248,10 +255,12 @@ def print_table(summary: dict) -> None:
         for arm, e in arms.items():
             cells = []
             for p in e["curve"]:
-                cell = f"{p['step']}: {p['recall']['mean']:.2f}±{p['recall']['std']:.2f}"
+                cell = f"{p['step']}:"
+                if "recall" in p:
+                    cell += f" {p['recall']['mean']:.2f}±{p['recall']['std']:.2f}"
                 if "psi_readout" in p:
-                    cell += f" (ψ {p['psi_readout']['mean']:.2f})"
-                cells.append(cell + f" n={p['recall']['n']}")
+                    cell += f" (ψ {p['psi_readout']['mean']:.2f}±{p['psi_readout']['std']:.2f})"
+                cells.append(cell + f" n={len(p['seeds'])}")
             print(f"  {arm:<16} " + " | ".join(cells))
             print(f"  {'':<16} reaches {TARGET}: {e['steps_to_target'] or 'not within the steps run'}")
 
@@ -281,6 +290,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench/results/recipe_steps", help="one curve file per job")
     p.add_argument("--json", default="bench/results/recipe_steps.json")
     p.add_argument("--collect", action="store_true", help="only summarise the job files already under --out")
+    p.add_argument("--psi-only", action="store_true", help="evaluate ψ only (read-out, identity share), not recall")
     p.add_argument("--resume", action="store_true", help="skip jobs whose curve file under --out reaches --steps")
     args = p.parse_args(argv)
     try:
@@ -319,9 +329,8 @@ def main(argv=None) -> dict:
             for done in as_completed(pending):
                 c, arm, seed = pending[done]
                 last = done.result()["curve"][-1]
-                print(
-                    f"  done {c} {arm} seed {seed}: recall {last['recall']:.2f} ({last['seconds']:.0f} s)", flush=True
-                )
+                told = "ψ only" if last["recall"] is None else f"recall {last['recall']:.2f}"
+                print(f"  done {c} {arm} seed {seed}: {told} ({last['seconds']:.0f} s)", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(Path(a["out"]).glob("*-seed*.json"))]
     records = [r for r in records if r["camera"] in args.cameras and r["arm"] in args.arms]
     summary = summarise(records, a)

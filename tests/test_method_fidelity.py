@@ -248,6 +248,7 @@ def test_recipe_steps_summary_counts_seeds_and_pairs_arms_within_a_seed():
         },
         {"camera": "moving", "arm": "literal", "seed": 1, "curve": [_curve_row(0, 0.2, 0.25)]},
         {"camera": "moving", "arm": "framepack_only", "seed": 0, "curve": [_curve_row(0, 0.2, None)]},
+        {"camera": "moving", "arm": "no_carry", "seed": 0, "curve": [{**_curve_row(0, 0.0, 0.5), "recall": None}]},
     ]
     settings = {"identities": 5, "eval": [1, 4, 8], "world_seed": 1}
     summary = module.summarise(records, settings)
@@ -266,6 +267,12 @@ def test_recipe_steps_summary_counts_seeds_and_pairs_arms_within_a_seed():
     assert paired[0]["recall"]["per_seed"] == pytest.approx([0.0, 0.2])
     assert paired[0]["psi_readout"]["per_seed"] == pytest.approx([0.75, 0.25])
     assert paired[1]["recall"]["per_seed"] == pytest.approx([0.6]) and paired[1]["recall"]["n"] == 1
+    # --psi-only: ψ is summarised and paired, recall is absent rather than zero
+    psi_only = summary["arms"]["moving"]["no_carry"]
+    assert "recall" not in psi_only["curve"][0] and psi_only["curve"][0]["psi_readout"]["mean"] == 0.5
+    assert psi_only["steps_to_target"] is None
+    (row,) = summary["paired_vs_literal"]["moving"]["no_carry - literal"]
+    assert "recall" not in row and row["psi_readout"]["per_seed"] == pytest.approx([0.25])
 
 
 def test_recipe_steps_bad_flags_are_one_line(capsys):
