@@ -208,3 +208,78 @@ def test_the_benchmarks_say_which_world_is_a_report_world(tmp_path):
     bench = _bench()
     args = bench.parse_args(["--world-seed", "1", "--camera", "moving", "--stage1-clip", "late"])
     assert (args.world_seed, args.camera, args.stage1_clip) == (1, "moving", "late")
+
+
+def _recipe_steps():
+    spec = importlib.util.spec_from_file_location("recipe_steps", ROOT / "bench" / "recipe_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _curve_row(step: int, recall: float, readout: float | None) -> dict:
+    psi = None if readout is None else {"4": readout, "8": readout}
+    return {
+        "step": step,
+        "recall": recall,
+        "returned_by_absence": {"4": 1.0, "8": 0.5},
+        "psi_readout_by_absence": psi,
+        "psi_identity_share_by_absence": None if psi is None else {"4": 0.1, "8": 0.3},
+    }
+
+
+def test_recipe_steps_summary_counts_seeds_and_pairs_arms_within_a_seed():
+    """bench/recipe_steps.py's summary: mean ± std over the seeds that reached a checkpoint (a stopped run
+    has fewer at its last), the first checkpoint at the target, and arm − literal paired within a seed."""
+    module = _recipe_steps()
+    records = [
+        {
+            "camera": "moving",
+            "arm": "memorypack",
+            "seed": 0,
+            "curve": [_curve_row(0, 0.2, 1.0), _curve_row(500, 0.9, 1.0)],
+        },
+        {"camera": "moving", "arm": "memorypack", "seed": 1, "curve": [_curve_row(0, 0.4, 0.5)]},  # stopped early
+        {
+            "camera": "moving",
+            "arm": "literal",
+            "seed": 0,
+            "curve": [_curve_row(0, 0.2, 0.25), _curve_row(500, 0.3, 0.5)],
+        },
+        {"camera": "moving", "arm": "literal", "seed": 1, "curve": [_curve_row(0, 0.2, 0.25)]},
+        {"camera": "moving", "arm": "framepack_only", "seed": 0, "curve": [_curve_row(0, 0.2, None)]},
+        {"camera": "moving", "arm": "no_carry", "seed": 0, "curve": [{**_curve_row(0, 0.0, 0.5), "recall": None}]},
+    ]
+    settings = {"identities": 5, "eval": [1, 4, 8], "world_seed": 1}
+    summary = module.summarise(records, settings)
+    assert summary["recall_absences"] == [4, 8]  # L = 1 is inside FramePack's window
+    assert summary["worlds"]["moving"] == {"seed": 1, "identities": 5, "camera": "moving", "role": "report"}
+    memorypack = summary["arms"]["moving"]["memorypack"]
+    first, last = memorypack["curve"]
+    assert first["recall"]["n"] == 2 and first["recall"]["mean"] == pytest.approx(0.3)
+    assert first["recall"]["std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert last["recall"] == {"mean": 0.9, "std": 0.0, "n": 1, "per_seed": [0.9]}
+    assert first["psi_identity_share"]["mean"] == pytest.approx(0.2) and first["returned"] == 0.75
+    assert memorypack["steps_to_target"] == 500 and summary["arms"]["moving"]["literal"]["steps_to_target"] is None
+    assert "psi_readout" not in summary["arms"]["moving"]["framepack_only"]["curve"][0]
+    paired = summary["paired_vs_literal"]["moving"]["memorypack - literal"]
+    assert [row["step"] for row in paired] == [0, 500]
+    assert paired[0]["recall"]["per_seed"] == pytest.approx([0.0, 0.2])
+    assert paired[0]["psi_readout"]["per_seed"] == pytest.approx([0.75, 0.25])
+    assert paired[1]["recall"]["per_seed"] == pytest.approx([0.6]) and paired[1]["recall"]["n"] == 1
+    # --psi-only: ψ is summarised and paired, recall is absent rather than zero
+    psi_only = summary["arms"]["moving"]["no_carry"]
+    assert "recall" not in psi_only["curve"][0] and psi_only["curve"][0]["psi_readout"]["mean"] == 0.5
+    assert psi_only["steps_to_target"] is None
+    (row,) = summary["paired_vs_literal"]["moving"]["no_carry - literal"]
+    assert "recall" not in row and row["psi_readout"]["per_seed"] == pytest.approx([0.25])
+
+
+def test_recipe_steps_bad_flags_are_one_line(capsys):
+    module = _recipe_steps()
+    for argv, word in ((["--arms", "memorypack,oracle"], "oracle"), (["--cameras", "pan"], "pan")):
+        with pytest.raises(SystemExit) as exit_info:
+            module.parse_args(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and word in err[0]
