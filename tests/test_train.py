@@ -27,6 +27,7 @@ from mempack.train.config import (
     TrainConfig,
     ValidationConfig,
 )
+from mempack.train.data import video_index
 from mempack.train.trainer import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,13 +137,16 @@ def test_register_model_registers_the_run_s_mlflow_model_under_an_alias(stage1):
 
 
 @pytest.mark.slow
-def test_training_export_is_a_pipeline_that_generates(stage1):
+def test_training_export_is_a_pipeline_that_generates(stage1, sample_prep):
     """The export is a complete diffusers pipeline folder: loads by itself and samples a video."""
     from mempack import MemoryPackPipeline
     from mempack.sample import sample_image
 
     pipe = MemoryPackPipeline.from_pretrained(stage1["export"])
     pipe.set_progress_bar_config(disable=True)
+    # the export records the longest video the run trained on: generation past it moves positions
+    longest = max(b.num_clips for b in video_index(sample_prep[0]))
+    assert longest > 1 and pipe.transformer.config.trained_sections == longest
     frames = pipe(
         image=sample_image(32, 32),
         prompt="a kite",

@@ -206,6 +206,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         saving.saved()
 
     steps = curriculum(index, schedule.max_steps, schedule.epochs, world * data.batch_size, data.curriculum)
+    # the export records the longest video this run trains on (and its source's): generation past it
+    # moves positions by the model's `positions` rule (docs/long_videos.md)
+    longest = max((buckets[s.bucket].num_clips for s in steps), default=0)
+    module.config.trained_sections = max(module.config.trained_sections or 0, longest) or None
     stream = (
         worker_videos(data.path, steps, rank, world, loop_config["locations"], state["step"]).iter_rows()
         if state["step"] < len(steps)
