@@ -74,10 +74,7 @@ class MemoryPackPyfunc(_pyfunc_base()):
         from mempack.pipeline import MemoryPackPipeline
         from mempack.presets import get_preset
 
-        config = {**MODEL_CONFIG, **(getattr(context, "model_config", None) or {})}
-        unknown = set(config) - set(MODEL_CONFIG)
-        if unknown:
-            raise ValueError(f"unknown model_config keys {sorted(unknown)}; known: {sorted(MODEL_CONFIG)}")
+        config = {**MODEL_CONFIG, **(getattr(context, "model_config", None) or {})}  # MLflow drops unknown keys
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = compute_dtype(device)
         folder = follow_reference(context.artifacts[ARTIFACT_KEY])
@@ -219,6 +216,7 @@ def log_pipeline_model(
             artifacts={ARTIFACT_KEY: str(artifact)},
             code_paths=[str(code)],
             signature=signature(),
+            model_config=MODEL_CONFIG,  # the defaults; `load_model(uri, model_config=...)` overrides them
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
         )
