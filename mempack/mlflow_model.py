@@ -5,7 +5,9 @@ A pyfunc `PythonModel` over a `MemoryPackPipeline` folder (the folder is the mod
 Its signature: each input row is an image (PNG/JPEG bytes), a prompt (or a timeline written as
 "0s: a kite rises | 12s: it dives", mempack.timeline) and a length in seconds; each
 output row is the generated video as mp4 bytes. Sampling settings are pyfunc params (fps, steps,
-guidance, seed, crf, height, width; 0 means "the preset's default").
+guidance, seed, crf, height, width; 0 means "the preset's default"). The placement on the device is
+the model's `model_config` (offload, weights_dtype, gpu_gb, as `infer.py`'s flags), set when it loads:
+`mlflow.pyfunc.load_model(uri, model_config={"offload": "group"})`.
 
 `log_pipeline_model` logs it to the active MLflow run and, given a name, registers a version and
 points an alias at it (MLflow 3's registry uses aliases, not stages).
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "pipeline"
 REFERENCE_FILE = "pipeline_reference.json"  # the artifact of a model logged with reference=True
-DEFAULT_SECONDS = 5.0
 # what the model needs at load time (pinned to what logged it); pandas and mlflow come with pyfunc
 REQUIREMENTS = (
     "torch",
@@ -49,6 +50,8 @@ REQUIREMENTS = (
     "tqdm",
 )
 PARAMS = {"fps": 0.0, "steps": 25, "guidance": 10.0, "seed": 0, "crf": 18, "height": 0, "width": 0}
+# placement, fixed when the model loads (hooks are installed once): "" / 0 mean none / no GPU size
+MODEL_CONFIG = {"offload": "", "weights_dtype": "auto", "gpu_gb": 0.0}
 
 
 def _pyfunc_base():
@@ -61,14 +64,27 @@ class MemoryPackPyfunc(_pyfunc_base()):
     """(image bytes, prompt, seconds) rows → mp4 bytes rows, through `MemoryPackPipeline.write_video`."""
 
     def load_context(self, context) -> None:
+        """Load the pipeline and place it: `model_config` (given to `mlflow.pyfunc.load_model(uri,
+        model_config={...})`) may hold `offload`, `weights_dtype` and `gpu_gb`, as `infer.py`'s flags;
+        `gpu_gb` without `offload` plans at the preset's default bucket (mempack.inference.choose_offload)."""
         import torch
 
+        from mempack.inference import choose_offload, compute_dtype
+        from mempack.offload import apply_memory_settings
         from mempack.pipeline import MemoryPackPipeline
+        from mempack.presets import get_preset
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        config = {**MODEL_CONFIG, **(getattr(context, "model_config", None) or {})}  # MLflow drops unknown keys
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = compute_dtype(device)
         folder = follow_reference(context.artifacts[ARTIFACT_KEY])
-        self.pipe = MemoryPackPipeline.from_pretrained(folder, dtype=dtype).to(device)
+        self.pipe = MemoryPackPipeline.from_pretrained(folder, dtype=dtype)  # on the CPU: placed next
+        gpu_gb = float(config["gpu_gb"]) or None
+        size = get_preset(self.pipe.preset_name).default_bucket
+        offload = config["offload"] or choose_offload(
+            self.pipe.preset_name, size, dtype, config["weights_dtype"], gpu_gb
+        )
+        apply_memory_settings(self.pipe, device, offload, config["weights_dtype"])
         self.pipe.set_progress_bar_config(disable=True)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
@@ -76,6 +92,7 @@ class MemoryPackPyfunc(_pyfunc_base()):
         import torch
         from PIL import Image
 
+        from mempack.inference import DEFAULT_SECONDS
         from mempack.pipeline import DEFAULT_FPS
         from mempack.timeline import read_prompt
 
@@ -199,6 +216,7 @@ def log_pipeline_model(
             artifacts={ARTIFACT_KEY: str(artifact)},
             code_paths=[str(code)],
             signature=signature(),
+            model_config=MODEL_CONFIG,  # the defaults; `load_model(uri, model_config=...)` overrides them
             pip_requirements=_requirements(),
             registered_model_name=registered_model_name,
         )

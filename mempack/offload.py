@@ -48,7 +48,7 @@ def check_memory_settings(offload: str, weights_dtype: str) -> None:
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
     if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"weights dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+        raise ValueError(f"weights_dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
 
 
 def enable_fp8_weights(pipe, compute_dtype: torch.dtype | None = None) -> None:

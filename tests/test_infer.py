@@ -264,3 +264,86 @@ def test_a_failed_inference_ends_its_mlflow_run_failed(export, tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("mempack-infer").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "image not found" in runs[0].data.tags["mempack.error"]
+
+
+def test_offload_modes_give_the_plain_frames(export, tmp_path):
+    """Through `run_inference`, lossless mp4s (--crf 0): group offload writes the plain run's frames bit for
+    bit, and float8 weight storage moves them by its rounding only (at most 13/255, the 0.05 of the range
+    tests/test_offload.py states). `gpu_gb` between the group and the model offload's planned peaks
+    (+ margin) picks group; a size nothing fits in is one line. Model offload: the next test. Sequential
+    offload runs only on a GPU (accelerate's leaf hooks fail on a CPU device: tests/test_offload.py)."""
+    import torch
+
+    from mempack.inference import InferenceError
+    from mempack.inference_plan import INFERENCE_MARGIN_BYTES, plan_inference
+
+    base = dict(model_dir=str(export), sections=2, steps=2, crf=0, progress=False)
+
+    def run(name: str, **settings) -> tuple[str, np.ndarray]:
+        result = run_inference(InferenceRequest(**base, out=str(tmp_path / f"{name}.mp4"), **settings))
+        return result.offload, read_back(Path(result.path))[0]
+
+    plan = plan_inference("tiny", (64, 64), dtype=torch.float32)  # the export is tiny; a CPU computes in fp32
+    between = (INFERENCE_MARGIN_BYTES + (plan.peak("model")[0] + plan.peak("group")[0]) / 2) / 1e9
+    mode, plain = run("none")
+    assert mode == "none"
+    mode, frames = run("group", gpu_gb=between)
+    assert mode == "group"
+    np.testing.assert_array_equal(frames, plain)
+    mode, frames = run("fp8", weights_dtype="fp8")
+    diff = np.abs(frames.astype(int) - plain.astype(int))
+    print(f"fp8 weights vs plain, uint8 frames: max |d| {diff.max()}, mean {diff.mean():.3f}")
+    assert mode == "none" and 0 < diff.max() <= 13
+    with pytest.raises(InferenceError, match="does not fit 1 GB in any offload mode"):
+        run("small", gpu_gb=1)
+    assert not (tmp_path / "small.mp4").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: from an export loaded from disk, model offload's frames differ from the plain run's by "
+    "up to 3/255 in 6 of 37 frames (1 section, 1 step, 64x64; float rounding, the cause not found); "
+    "from a model built in memory they are bit-identical (tests/test_offload.py, and the pipeline at 64x64)",
+)
+def test_model_offload_gives_the_plain_frames_from_an_export(export, tmp_path):
+    base = dict(model_dir=str(export), sections=1, steps=1, crf=0, progress=False)
+    plain = run_inference(InferenceRequest(**base, out=str(tmp_path / "a.mp4")))
+    model = run_inference(InferenceRequest(**base, offload="model", out=str(tmp_path / "b.mp4")))
+    assert model.offload == "model"
+    np.testing.assert_array_equal(read_back(Path(model.path))[0], read_back(Path(plain.path))[0])
+
+
+def test_a_60_fps_video_continues_on_the_30_fps_clock(export, tmp_path):
+    """--video at 60 fps is read on the model's 30 fps clock (every other frame, as prep reads it):
+    continuing it gives the video that continuing the same motion recorded at 30 fps gives, frame for
+    frame. Read at its own rate it would hold 73 given frames, not 37, and play at half speed."""
+    from mempack.video_io import write_mp4
+
+    motion = read_back(
+        Path(
+            run_inference(
+                InferenceRequest(
+                    model_dir=str(export), sections=1, steps=1, crf=0, out=str(tmp_path / "m.mp4"), progress=False
+                )
+            ).path
+        )
+    )[0]
+    slow = write_mp4(motion, tmp_path / "slow.mp4", fps=30, crf=0)
+    fast = write_mp4(np.repeat(motion, 2, axis=0), tmp_path / "fast.mp4", fps=60, crf=0)
+    assert np.array_equal(read_back(fast)[0][::2], read_back(slow)[0]) and read_back(fast)[1] == 60.0
+
+    def continue_(video: Path, name: str) -> np.ndarray:
+        request = InferenceRequest(
+            model_dir=str(export),
+            video=str(video),
+            sections=1,
+            steps=1,
+            crf=0,
+            out=str(tmp_path / name),
+            progress=False,
+        )
+        return read_back(Path(run_inference(request).path))[0]
+
+    at_60, at_30 = continue_(fast, "c60.mp4"), continue_(slow, "c30.mp4")
+    assert len(motion) == 37 and len(at_60) == 37 + 36
+    np.testing.assert_array_equal(at_60, at_30)

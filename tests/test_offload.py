@@ -153,5 +153,5 @@ def test_fp8_weights_equal_the_run_with_fp8_rounded_weights(plain):
 def test_bad_settings_are_one_line():
     with pytest.raises(ValueError, match="offload must be one of"):
         apply_memory_settings(_pipe(), "cpu", offload="disk")
-    with pytest.raises(ValueError, match="weights dtype must be one of"):
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
         apply_memory_settings(_pipe(), "cpu", weights_dtype="int4")
