@@ -25,6 +25,7 @@ import torch
 from mempack import layout
 from mempack.encoders import resolve_vae_dtype
 from mempack.export import CheckpointError, load_pipeline  # noqa: F401 (the CLI catches both errors)
+from mempack.model.history import Positions
 from mempack.offload import check_memory_settings
 from mempack.pipeline import DEFAULT_FPS, SIDE_MULTIPLE, conditioning, image_to_array  # noqa: F401 (re-export)
 from mempack.presets import SECTION_LATENT_FRAMES
@@ -67,6 +68,7 @@ class InferenceRequest:
     guidance: float = 10.0  # distilled guidance scale
     seed: int = 0  # seed of the noise
     use_memory: bool = True  # False: SemanticPack off (the FramePack-only ablation)
+    positions: Positions | None = None  # past the trained length: absolute, shift or wrap (None: the model's)
     device: str = "auto"  # cpu, cuda, cuda:1 ... (auto: cuda if available)
     vae_dtype: str = "auto"  # VAE precision: auto (fp32 on a CPU, fp16 on a GPU), fp32, fp16 or bf16 (bands)
     offload: str | None = None  # none, model, group or sequential (mempack.offload; default none, or by gpu_gb)
@@ -345,6 +347,7 @@ def run_inference(request: InferenceRequest) -> InferenceResult:
             num_inference_steps=request.steps,
             guidance_scale=request.guidance,
             use_memory=request.use_memory,
+            positions=request.positions,
             generator=torch.Generator().manual_seed(request.seed),
         )
     except ValueError as err:

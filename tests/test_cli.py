@@ -20,6 +20,10 @@ CASES = [
     (["pipelines/prep.py", "--clip.max-shot-seconds", "long"], "config key 'clip.max_shot_seconds'"),
     (["pipelines/infer.py", "--seconds", "0"], "--seconds must be > 0"),
     (["pipelines/infer.py", "--seconds", "5", "--sections", "2"], "not allowed with argument"),
+    (
+        ["pipelines/infer.py", "--positions", "sideways", "--sections", "1", "--steps", "1"],
+        "Input should be 'absolute'",
+    ),
     (["pipelines/evaluate.py"], "the following arguments are required: VIDEO_OR_DIR"),
     (["pipelines/demo.py", "--sections", "0"], "--sections must be >= 1"),
 ]

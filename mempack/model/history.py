@@ -28,6 +28,7 @@ give the same indices.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -35,7 +36,7 @@ import torch
 
 RopeMode = Literal["absolute", "relative"]
 Positions = Literal["absolute", "shift", "wrap"]
-POSITIONS: tuple[str, ...] = ("absolute", "shift", "wrap")
+POSITIONS: tuple[str, ...] = typing.get_args(Positions)
 # Prep's default cap on a training video, data_prep.process.ClipSpec.max_shot_seconds (the paper's videos are
 # <= 1 min; tests/test_long_positions.py checks the two agree): what a model whose export does not record its
 # trained length is assumed to have seen.
