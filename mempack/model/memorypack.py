@@ -262,7 +262,13 @@ class MemoryPackTransformer(nn.Module):
                 with torch.device(device), default_dtype(dtype):
                     semantic_pack = SemanticPack(**kwargs)
             if sp_dir is not None and semantic_pack_overrides:
-                semantic_pack.register_to_config(**semantic_pack_overrides)
+                overrides = dict(semantic_pack_overrides)
+                if "context_gate" in overrides or "gate_gain" in overrides:  # modules, not only config
+                    semantic_pack.configure_gate(
+                        overrides.pop("context_gate", semantic_pack.gate is not None),
+                        overrides.pop("gate_gain", semantic_pack.config.gate_gain),
+                    )
+                semantic_pack.register_to_config(**overrides)
             semantic_pack = semantic_pack.to(device)
         return cls(backbone, semantic_pack, config)
 
