@@ -121,3 +121,33 @@ def test_the_backbone_weights_and_names_are_untouched():
     assert list(model.backbone.state_dict()) == list(plain.state_dict())
     sp_names = [n for n, _ in model.semantic_pack.named_parameters()]
     assert "gate.value" in sp_names and model.semantic_pack.gate.value.item() == 0.0
+
+
+def test_the_gate_is_an_architecture_setting_kept_by_the_export(tmp_path):
+    """`--set model.context_gate=false` / `model.gate_gain=G` build the model so, the export keeps them, and a
+    stage-1 run from that export with another gain computes what the export did (g = gain · value is kept)."""
+    from mempack.config import load_config
+    from mempack.train.config import ArchitectureConfig, TrainConfig
+    from mempack.train.loop import build_model
+
+    off = build_model(load_config(TrainConfig(stage=1), None, ["model.context_gate=false"]))
+    assert off.semantic_pack.gate is None and off.semantic_pack.config.context_gate is False
+    model = build_model(load_config(TrainConfig(stage=1), None, ["model.gate_gain=10"]))
+    assert model.semantic_pack.gate.gain == 10.0
+    with torch.no_grad():
+        model.semantic_pack.gate.value.fill_(0.03)  # g = 0.3: ψ reaches the output
+    folder = model.save_pretrained(tmp_path / "export")
+    assert json.loads((folder / "semantic_pack" / "config.json").read_text())["gate_gain"] == 10.0
+    cond, packed, noisy, _ = _inputs()
+
+    def output(m):
+        with torch.no_grad():
+            return m(noisy, torch.tensor([0.6]), cond, packed, m.initial_memory(cond))
+
+    again = build_model(TrainConfig(stage=1, pretrained=str(folder), model=ArchitectureConfig(gate_gain=100.0)))
+    assert again.semantic_pack.gate.gain == 100.0 and float(again.semantic_pack.gate().detach()) == pytest.approx(0.3)
+    torch.testing.assert_close(output(again), output(model), atol=ROUND_OFF, rtol=0)
+    ungated = build_model(TrainConfig(stage=1, pretrained=str(folder), model=ArchitectureConfig(context_gate=False)))
+    assert ungated.semantic_pack.gate is None and (output(ungated) - output(model)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="model.gate_gain"):
+        ArchitectureConfig(gate_gain=0.0)

@@ -121,12 +121,6 @@ def _run(code: str, *args: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: with ψ's context gate (its own attention over ψ's keys) the measured "
-    "checkpointed activations are 51.4 MiB against 42.1 planned (18 %): the planner's trace does not "
-    "yet count what the gated processor keeps; every other figure is within 15 %",
-)
 def test_plan_matches_measured_cpu_memory():
     """Planner vs one measured CPU run of a scaled preset: activation peak of a forward/backward with
     and without gradient checkpointing, and DeepSpeed ZeRO-2 model states after a step, within 15%."""
@@ -312,10 +306,10 @@ def test_plan_counts_what_users_turn_on():
     predicted = _predict_options()
     measured = _run(MEASURE_OPTIONS)
     report = {k: (round(predicted[k] / 2**20, 1), round(measured[k] / 2**20, 1)) for k in measured}
-    # open (issue 20): ψ's context gate runs its own attention over ψ's keys, whose copies the meta-device trace
-    # does not count yet; it shows where ψ's graphs or the sampling forward dominate (window 2: 14 %, the
-    # validation forward: 17 % under). Those two get 20 % until the trace counts the gated processor.
-    tolerance = {"window_2": 0.20, "validation": 0.20}
+    # validation: measured in a process that has trained and made its EMA, on the sampler's first call (allocator
+    # state and one-time costs: 26.3 MiB cold, 24.4 warm, 22.9 in a fresh process, against 21.4 planned). Not ψ's
+    # gate: the gated sampler plans 21.4 and measures 23.0 in a fresh process, the ungated 22.8 and 24.3.
+    tolerance = {"validation": 0.20}
     for key in measured:
         error = abs(predicted[key] - measured[key]) / measured[key]
         assert error <= tolerance.get(key, 0.15), f"{key}: planned vs measured MiB {report}"

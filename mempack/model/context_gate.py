@@ -19,12 +19,23 @@ cost is (ψ tokens / keys) of the backbone's attention per block, linear in the 
 How it reaches the blocks without forking diffusers: a `HunyuanVideoAttnProcessor2_0` subclass installed
 with diffusers' processor API on each dual- and single-stream block (processors are not modules, so the
 backbone's weights and names are untouched). The processor learns the number of ψ tokens and g from the
-forward's `temb` tensor, which `MemoryPackTransformer` tags and every block receives: gradient
-checkpointing re-runs a block with the same `temb`, so the recomputation sees the same gate.
+forward's `temb` tensor, the one object every block of a backbone forward receives: the first block's
+pre-hook tags it with the state `MemoryPackTransformer` holds pending (`gated`), and gradient checkpointing
+re-runs a block with the same `temb` object, so the recomputation, which runs after the forward has ended,
+sees the same gate.
+
+Why the tag goes on at the blocks and not where `temb` is made (`time_text_embed`'s output): under ZeRO-3
+DeepSpeed's own forward hooks replace every module's output tensors with new ones (its pre-backward
+functions), so a tag put on in an earlier forward hook is gone before the blocks see `temb`: ψ's tokens then
+joined F1's softmax ungated and the gate got no gradient (1e-5 in the loss, 0.45 % in the gradient norm of a
+tiny stage-1 step). The block pre-hook runs first (`prepend`), before DeepSpeed's, on the object the
+transformer's forward passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +45,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from torch import nn
 
 TAG = "_mempack_memory_gate"  # the attribute `temb` carries through the blocks
+PENDING = "_mempack_gate_pending"  # the backbone's `_Pending`, set by `install`
 
 
 class ContextGate(nn.Module):
@@ -64,8 +76,22 @@ class GateState:
     gate: torch.Tensor
 
 
-def tag(temb: torch.Tensor, state: GateState | None) -> None:
-    setattr(temb, TAG, state)
+class _Pending:
+    """The state the next backbone forward's blocks take: one per backbone, shared by its blocks' hooks (a plain
+    object, so the backbone's modules and weights are untouched)."""
+
+    state: GateState | None = None
+
+
+@contextmanager
+def gated(backbone: nn.Module, state: GateState | None) -> Iterator[None]:
+    """Backbone forwards inside this block attend to ψ's `state.tokens` leading tokens with weight `state.gate`."""
+    pending = getattr(backbone, PENDING)
+    pending.state = state
+    try:
+        yield
+    finally:
+        pending.state = None
 
 
 class GatedMemoryAttnProcessor(HunyuanVideoAttnProcessor2_0):
@@ -139,18 +165,26 @@ def install(backbone: nn.Module) -> int:
     (the same `temb` object comes back when gradient checkpointing recomputes the block). Returns the
     number of blocks."""
     blocks = list(backbone.transformer_blocks) + list(backbone.single_transformer_blocks)
-    if getattr(backbone, "_mempack_gate_installed", False):  # one set of processors and hooks per backbone
+    if hasattr(backbone, PENDING):  # one set of processors and hooks per backbone
         return len(blocks)
-    backbone._mempack_gate_installed = True
+    pending = _Pending()
+    setattr(backbone, PENDING, pending)
     for block in blocks:
         processor = GatedMemoryAttnProcessor()
         block.attn.set_processor(processor)
-        block.register_forward_pre_hook(_feed(processor))
+        # first among the block's pre-hooks: ZeRO-3's, registered later, replace the block's input tensors
+        block.register_forward_pre_hook(_feed(processor, pending), prepend=True)
     return len(blocks)
 
 
-def _feed(processor: GatedMemoryAttnProcessor):
+def _feed(processor: GatedMemoryAttnProcessor, pending: _Pending):
     def hook(module: nn.Module, args: tuple) -> None:
-        processor.state = getattr(args[2], TAG, None) if len(args) > 2 else None  # (hidden, context, temb, …)
+        temb = args[2] if len(args) > 2 else None  # (hidden, context, temb, …), as the backbone calls its blocks
+        if temb is None:
+            processor.state = None
+            return
+        if not hasattr(temb, TAG):  # the forward's first block; later blocks and recomputations find the tag
+            setattr(temb, TAG, pending.state)
+        processor.state = getattr(temb, TAG)
 
     return hook

@@ -192,19 +192,6 @@ def _own_memory_hook(projection: nn.Module) -> None:
         projection._mempack_hook = projection.register_forward_hook(_join_memory_tokens)
 
 
-def _tag_gate(module: nn.Module, args, output: tuple) -> None:
-    """`time_text_embed`'s forward hook: tags temb with the pending gate state (every block receives temb,
-    recomputation under gradient checkpointing too)."""
-    context_gate.tag(output[0], getattr(module, "_mempack_pending_gate", None))
-
-
-def _own_gate_hook(embed: nn.Module) -> None:
-    """One gate hook per backbone, as `_own_memory_hook`."""
-    if getattr(embed, "_mempack_gate_hook", None) is None:
-        embed._mempack_pending_gate = None
-        embed._mempack_gate_hook = embed.register_forward_hook(_tag_gate)
-
-
 class MemoryPackTransformer(nn.Module):
     """FramePack-F1 backbone with SemanticPack memory, speaking the paper's flow convention."""
 
@@ -221,7 +208,6 @@ class MemoryPackTransformer(nn.Module):
         _own_memory_hook(backbone.image_projection)
         if semantic_pack is not None and semantic_pack.gate is not None:
             context_gate.install(backbone)  # once per backbone
-            _own_gate_hook(backbone.time_text_embed)
 
     # ----- construction and persistence -------------------------------------------------------
     @classmethod
@@ -295,7 +281,13 @@ class MemoryPackTransformer(nn.Module):
                 with torch.device(device), default_dtype(dtype):
                     semantic_pack = SemanticPack(**kwargs)
             if sp_dir is not None and semantic_pack_overrides:
-                semantic_pack.register_to_config(**semantic_pack_overrides)
+                overrides = dict(semantic_pack_overrides)
+                if "context_gate" in overrides or "gate_gain" in overrides:  # modules, not only config
+                    semantic_pack.configure_gate(
+                        overrides.pop("context_gate", semantic_pack.gate is not None),
+                        overrides.pop("gate_gain", semantic_pack.config.gate_gain),
+                    )
+                semantic_pack.register_to_config(**overrides)
             semantic_pack = semantic_pack.to(device)
         return cls(backbone, semantic_pack, config)
 
@@ -336,15 +328,17 @@ class MemoryPackTransformer(nn.Module):
         tokens = self.semantic_pack.context_tokens(memory)
         if tokens.shape[0] == 1:
             tokens = tokens[:, memory.mask[0]]
-        projection, embed = self.backbone.image_projection, self.backbone.time_text_embed
+        projection = self.backbone.image_projection
+        gate = self.semantic_pack.gate
         projection._mempack_pending = tokens
-        if self.semantic_pack.gate is not None:
-            embed._mempack_pending_gate = GateState(tokens.shape[1], self.semantic_pack.gate())
         try:
-            yield
+            if gate is None:
+                yield
+            else:
+                with context_gate.gated(self.backbone, GateState(tokens.shape[1], gate())):
+                    yield
         finally:
             projection._mempack_pending = None
-            embed._mempack_pending_gate = None
 
     # ----- forward -----------------------------------------------------------------------------
     def forward(

@@ -220,6 +220,22 @@ class SemanticPack(ModelMixin, ConfigMixin):
         # tokens share F1's softmax ungated (exports written before the gate existed load that way)
         self.gate = ContextGate(gate_gain) if context_gate else None
 
+    def configure_gate(self, enabled: bool, gain: float) -> None:
+        """Set the gate of a loaded SemanticPack (stage 1 from one of our exports with `model.context_gate` /
+        `model.gate_gain`). A gain change keeps g = gain · value, so the loaded model computes what it did and
+        only the gate's pace under Adam changes; a gate added to an ungated export starts at 0 (ψ off, as for a
+        fresh SemanticPack); removing one lets ψ's tokens into F1's softmax ungated."""
+        if not enabled:
+            self.gate = None
+        elif self.gate is None:
+            param = next(self.parameters())
+            self.gate = ContextGate(gain).to(device=param.device, dtype=param.dtype)
+        elif gain != self.gate.gain:
+            with torch.no_grad():
+                self.gate.value.mul_(self.gate.gain / gain)
+            self.gate.gain = gain
+        self.register_to_config(context_gate=enabled, gate_gain=gain)
+
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs) -> SemanticPack:
         """diffusers' loader, with an export written before the gate existed read as it was trained: ungated."""

@@ -40,6 +40,8 @@ class ArchitectureConfig:
     memorize_input: str = "minus_start_latent"  # what Memorize reads; "segment": the section as is (old: novelty)
     pooling: str = "input_energy"  # Memorize's pooling biased by its input's energy; "learned": queries alone
     carry: bool = True  # ψₙ₊₁ = (Squeeze(ψₙ, Memorize(xⁿ)) + ψₙ)/√2 (semantic_pack.py says why each)
+    context_gate: bool = True  # ψ through a zero-initialised gate: stage 1 starts from F1 unchanged (context_gate.py)
+    gate_gain: float = 100.0  # g = gain · value: how fast the gate opens under Adam (ContextGate says why)
 
     def __post_init__(self) -> None:
         HistoryLayout(self.frames_1x, self.frames_2x, self.frames_4x)  # raises on an empty stream
@@ -54,6 +56,8 @@ class ArchitectureConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"model.{name} must be one of {allowed}, got {value!r}")
+        if not self.gate_gain > 0:
+            raise ValueError(f"model.gate_gain must be > 0, got {self.gate_gain!r}")
 
     def model_overrides(self) -> dict:
         """Keyword arguments of `MemoryPackTransformer.from_preset` / `from_pretrained`."""
@@ -69,6 +73,8 @@ class ArchitectureConfig:
                 memorize_input=self.memorize_input,
                 pooling=self.pooling,
                 carry=self.carry,
+                context_gate=self.context_gate,
+                gate_gain=self.gate_gain,
             ),
         )
 

@@ -15,9 +15,9 @@ Two parts, each from the thing that decides it rather than a rule of thumb:
   device: nothing is allocated, but every tensor autograd saves for backward is seen with its real shape
   and dtype. Attention is counted as a fused kernel (flash / memory-efficient attention, which saves q,
   k, v, the output and the log-sum-exp), as it runs on GPUs and in PyTorch's CPU SDPA — never the
-  sequence² matrix. The same trace gives the gradient-checkpointing figure: with the model's own
-  checkpointing only each transformer block's inputs stay alive, plus one block's activations while
-  it is recomputed in backward.
+  sequence² matrix. With the model's own gradient checkpointing the peak comes in backward (one block
+  recomputed, its gradients and its backward's temporaries alive beside every block's inputs), so that
+  figure is the live-bytes peak of a traced forward and backward on meta.
 
 Meta tensors have no data, so the one data-dependent step (the backbone trims padded prompt tokens by
 the mask's sum) is answered with the full prompt length: the plan is for prompts that fill the
@@ -159,12 +159,11 @@ def model_state_bytes(
 # ----- activations -------------------------------------------------------------------------------
 @dataclass
 class ActivationTrace:
-    """Bytes autograd keeps for backward in one training forward (per rank)."""
+    """Bytes of one training step's activations (per rank)."""
 
-    outside_blocks: int  # embedders, ψ, final norm/projection, loss
-    after_blocks: int = 0  # the part of outside_blocks saved after the last block (freed first in backward)
+    outside_blocks: int  # saved by embedders, ψ, final norm/projection, loss
     per_block: list[int] = field(default_factory=list)  # saved inside each transformer block
-    block_inputs: list[int] = field(default_factory=list)  # each block's input tensors
+    checkpointed_peak: int = 0  # the peak of a forward and backward with gradient checkpointing (traced)
     sequence_tokens: int = 0  # tokens every attention layer sees (video + history + context)
     noisy_tokens: int = 0  # tokens of the section being denoised (what the loss covers)
 
@@ -174,11 +173,7 @@ class ActivationTrace:
 
     @property
     def with_checkpointing(self) -> int:
-        """Block inputs stay alive; in backward one block's activations exist again while it is
-        recomputed, by when what was saved after the last block has been freed."""
-        end_of_forward = self.outside_blocks + sum(self.block_inputs)
-        recompute = self.outside_blocks - self.after_blocks + sum(self.block_inputs) + max(self.per_block, default=0)
-        return max(end_of_forward, recompute)
+        return self.checkpointed_peak
 
 
 def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -237,6 +232,14 @@ def _meta_boolean_masks():
         fx_config.meta_nonzero_assume_all_nonzero = old
 
 
+@contextmanager
+def _meta_shapes(scalar: int):
+    """What a meta trace of the network needs: boolean masks all True, `.item()` answered with `scalar` (the
+    full prompt), attention as the fused kernels run it."""
+    with _meta_boolean_masks(), _FullPromptScalars(scalar), _FusedAttention():
+        yield
+
+
 def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -251,15 +254,98 @@ def trace_activations(
     prompt_tokens: int | None = None,
     memory_updates: int = 1,
 ) -> ActivationTrace:
-    """Trace one teacher-forced training forward (full history, ψ₀ and `memory_updates` ψ updates with
-    their graphs: the back-propagation window, see `graphed_memory_updates`) and count what autograd
-    saves. `model` may live on any device; meta allocates nothing. Each storage is counted once."""
+    """Trace one teacher-forced training step (full history, ψ₀ and `memory_updates` ψ updates with their
+    graphs: the back-propagation window, see `graphed_memory_updates`) on a `model` on the meta device.
+
+    Without checkpointing the peak is the end of the forward: what autograd saves, each storage counted once.
+    With the model's own checkpointing, a block's inputs are all that it saves, and the peak comes in
+    backward, while one block is recomputed and back-propagated: its activations, its gradients in flight and
+    the temporaries its backward makes (ψ's gated attention, `context_gate.py`, runs a second attention
+    whose key/value gradients are scattered into full-size zeros). So that figure is the live-bytes peak of a
+    real forward and backward with checkpointing on meta, with the gradients already allocated (they are model
+    states, counted apart), not a sum of parts."""
+    prompt_tokens = prompt_tokens or preset.max_prompt_tokens
+    params = {_storage_key(p) for p in model.parameters()}
+    trace = ActivationTrace(outside_blocks=0)
+    seen: set[int] = set()
+    current: list[int | None] = [None]
+    blocks = list(model.backbone.transformer_blocks) + list(model.backbone.single_transformer_blocks)
+    trace.per_block = [0] * len(blocks)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key in params or key in seen:
+            return t
+        seen.add(key)
+        if current[0] is None:
+            trace.outside_blocks += t.untyped_storage().nbytes()
+        else:
+            trace.per_block[current[0]] += t.untyped_storage().nbytes()
+        return t
+
+    def enter(i):
+        def hook(module, args):
+            current[0] = i
+            if i == 0:
+                trace.sequence_tokens = sum(a.shape[1] for a in args[:2])
+
+        return hook
+
+    def leave(module, args, output):
+        current[0] = None
+
+    handles = [b.register_forward_pre_hook(enter(i)) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(leave) for b in blocks]
+    was_checkpointing = model.backbone.gradient_checkpointing
+    trained = [p for p in model.parameters() if p.requires_grad]
+    old_grads = [p.grad for p in trained]
+    args = (model, preset, latent_hw, batch, image_tokens, prompt_tokens, memory_updates)
+    try:
+        model.backbone.gradient_checkpointing = False
+        with (
+            _meta_shapes(image_tokens + prompt_tokens),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            torch.enable_grad(),
+        ):
+            _training_loss(*args)
+        while handles:
+            handles.pop().remove()
+        model.backbone.enable_gradient_checkpointing()
+        for p in trained:
+            p.grad = torch.zeros_like(p)
+        tracker = _LiveBytes(params | {_storage_key(p.grad) for p in trained})
+        with _meta_shapes(image_tokens + prompt_tokens), tracker, torch.enable_grad():
+            _training_loss(*args).backward()
+        trace.checkpointed_peak = tracker.peak
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, g in zip(trained, old_grads, strict=True):
+            p.grad = g
+        if was_checkpointing:
+            model.backbone.gradient_checkpointing = True
+        else:
+            model.backbone.disable_gradient_checkpointing()
+    h, w = latent_hw
+    p, pt = model.backbone.config.patch_size, model.backbone.config.patch_size_t
+    trace.noisy_tokens = batch * (model.config.window // pt) * (h // p) * (w // p)
+    return trace
+
+
+def _training_loss(
+    model: MemoryPackTransformer,
+    preset: Preset,
+    latent_hw: tuple[int, int],
+    batch: int,
+    image_tokens: int,
+    prompt_tokens: int,
+    memory_updates: int,
+) -> torch.Tensor:
+    """One teacher-forced training forward on random inputs of the run's shapes, to its loss."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     h, w = latent_hw
     c = preset.latent_channels
-    window = model.config.window
-    prompt_tokens = prompt_tokens or preset.max_prompt_tokens
 
     def rand(*shape):
         return torch.randn(*shape, device=device, dtype=dtype)
@@ -272,76 +358,19 @@ def trace_activations(
         rand(batch, c, 1, h, w),
     )
     history = rand(batch, c, model.config.layout.context_frames, h, w)
-    section = rand(batch, c, window, h, w)
-
-    params = {_storage_key(p) for p in model.parameters()}
-    trace = ActivationTrace(outside_blocks=0)
-    seen: set[int] = set()
-    current: list[int | None] = [None]
-    blocks_done = [False]
-    blocks = list(model.backbone.transformer_blocks) + list(model.backbone.single_transformer_blocks)
-    trace.per_block = [0] * len(blocks)
-    trace.block_inputs = [0] * len(blocks)
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
-        if key in params or key in seen:
-            return t
-        seen.add(key)
-        if current[0] is None:
-            trace.outside_blocks += t.untyped_storage().nbytes()
-            if blocks_done[0]:
-                trace.after_blocks += t.untyped_storage().nbytes()
-        else:
-            trace.per_block[current[0]] += t.untyped_storage().nbytes()
-        return t
-
-    def enter(i):
-        def hook(module, args):
-            current[0] = i
-            trace.block_inputs[i] = sum(a.numel() * a.element_size() for a in args[:2] if isinstance(a, torch.Tensor))
-            if i == 0:
-                trace.sequence_tokens = sum(a.shape[1] for a in args[:2])
-
-        return hook
-
-    def leave(module, args, output):
-        blocks_done[0] = current[0] == len(blocks) - 1
-        current[0] = None
-
-    handles = [b.register_forward_pre_hook(enter(i)) for i, b in enumerate(blocks)]
-    handles += [b.register_forward_hook(leave) for b in blocks]
-    was_checkpointing = model.backbone.gradient_checkpointing
-    model.backbone.gradient_checkpointing = False
-    try:
-        with (
-            _meta_boolean_masks(),
-            _FullPromptScalars(image_tokens + prompt_tokens),
-            _FusedAttention(),
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-            torch.enable_grad(),
-        ):
-            if memory_updates:
-                memory = model.initial_memory(cond)
-            else:  # ψ still has its updated size (structure A: the Memorize tokens), only without a graph
-                with torch.no_grad():
-                    memory = model.update_memory(model.initial_memory(cond), rand(*section.shape))
-            for _ in range(memory_updates):  # each update reads its own finished segment
-                memory = model.update_memory(memory, rand(*section.shape))
-            packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
-            t = torch.full((batch,), 0.5, device=device)
-            noise = rand(*section.shape)
-            x_t = section * 0.5 + noise * 0.5
-            velocity = model(x_t, t, cond, packed, memory)
-            loss = F.mse_loss(velocity.float(), (section - noise).float())
-            del loss
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.backbone.gradient_checkpointing = was_checkpointing
-    p, pt = model.backbone.config.patch_size, model.backbone.config.patch_size_t
-    trace.noisy_tokens = batch * (window // pt) * (h // p) * (w // p)
-    return trace
+    section = rand(batch, c, model.config.window, h, w)
+    if memory_updates:
+        memory = model.initial_memory(cond)
+    else:  # ψ still has its updated size (structure A: the Memorize tokens), only without a graph
+        with torch.no_grad():
+            memory = model.update_memory(model.initial_memory(cond), rand(*section.shape))
+    for _ in range(memory_updates):  # each update reads its own finished segment
+        memory = model.update_memory(memory, rand(*section.shape))
+    packed = pack_history(cond.start_latent, history, model.config.layout, model.config.rope)
+    t = torch.full((batch,), 0.5, device=device)
+    noise = rand(*section.shape)
+    velocity = model(section * 0.5 + noise * 0.5, t, cond, packed, memory)
+    return F.mse_loss(velocity.float(), (section - noise).float())
 
 
 def graphed_memory_updates(stage: int, mode: str, window: int, clips_per_video: int | None) -> int:
@@ -427,13 +456,7 @@ def trace_sampling(
     was_training = model.training
     model.eval()
     try:
-        with (
-            _meta_boolean_masks(),
-            _FullPromptScalars(image_tokens + prompt_tokens),
-            _FusedAttention(),
-            tracker,
-            torch.no_grad(),
-        ):
+        with _meta_shapes(image_tokens + prompt_tokens), tracker, torch.no_grad():
             cond = Conditioning(
                 torch.randn(1, prompt_tokens, preset.text_embed_dim, device=device, dtype=dtype),
                 torch.ones(1, prompt_tokens, dtype=torch.int64, device=device),
