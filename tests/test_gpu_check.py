@@ -46,8 +46,10 @@ def test_gpu_check_runs_at_tiny_size_and_reports_every_figure(tmp_path):
     for step in (plain, checkpointed):
         assert math.isfinite(step["loss"]) and step["seconds_per_step"] > 0 and step["peak_bytes"] > 0
         assert step["plan_bytes"] == step["plan_states_bytes"] + step["plan_activation_bytes"] > 0
-    # checkpointing keeps fewer activations (the planner's figure) and re-runs the blocks (torch's count)
-    assert checkpointed["plan_activation_bytes"] < plain["plan_activation_bytes"]
+    # checkpointing re-runs the blocks (torch's count). What it saves needs depth: at one block of each kind the
+    # recomputed block's backward peak is about what the plain run keeps (2.17 vs 2.10 MB planned), so the
+    # planner's checkpointed figure is checked against measured runs at depth in tests/test_plan.py
+    assert checkpointed["plan_activation_bytes"] > 0 and plain["plan_activation_bytes"] > 0
     assert checkpointed["counted_flops"] > plain["counted_flops"] == checkpointed["model_flops"] > 0
     latent = result["start_latent"]
     assert latent["max_abs_gap"] > 0.01 and latent["latent_std"] > 0  # why prep stores the one-frame encode

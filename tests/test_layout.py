@@ -22,7 +22,7 @@ def tree(root=layout.ROOT) -> dict[str, Path]:
     }
 
 
-def test_every_default_of_every_stage_lies_under_the_one_root(tmp_path):
+def test_every_default_of_every_stage_lies_under_the_one_root(tmp_path, monkeypatch):
     from data_prep.job import PrepConfig
     from mempack.inference import InferenceRequest
     from mempack.tracking import default_tracking_uri
@@ -38,6 +38,7 @@ def test_every_default_of_every_stage_lies_under_the_one_root(tmp_path):
     assert {k: Path(v).parts[0] for k, v in defaults.items()} == dict.fromkeys(defaults, "outputs")
     assert Path(defaults["prep output"]) == Path(defaults["train data"]) == layout.prep_dir()  # prep feeds training
     assert Path(defaults["stage 1 output"]).parent == Path(defaults["stage 2 output"]).parent == layout.train_dir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in an earlier test sets it
     assert default_tracking_uri(tmp_path) == f"sqlite:///{(tmp_path / 'outputs' / 'mlflow.db').resolve()}"
     assert all(p.parts[0] == "outputs" for p in tree().values())
     assert len(set(tree().values())) == len(tree())  # no two parts share a folder

@@ -69,8 +69,8 @@ def test_validation_sample_is_a_video_of_the_training_size_and_leaves_training_u
     assert frames.shape[0] == 4 * window + 1 and fps == pytest.approx(FPS)
 
 
-@pytest.mark.xfail(
-    strict=True,
+@pytest.mark.xfail(  # not strict: whether the leak happens depends on which files ran before in this process
+    strict=False,
     reason="open: in the whole suite a second sampler's render differs after frame 0; alone, and with this "
     "file, it passes (the strict xfail then fails): every conditioning field and the generated latents of two "
     "samplers are equal, generate ignores the global RNG and the thread count; the leak is from an earlier file",

@@ -146,7 +146,7 @@ def test_training_export_is_a_pipeline_that_generates(stage1, sample_prep):
     pipe.set_progress_bar_config(disable=True)
     # the export records the longest video the run trained on: generation past it moves positions
     longest = max(b.num_clips for b in video_index(sample_prep[0]))
-    assert longest > 1 and pipe.transformer.config.trained_sections == longest
+    assert longest > 1 and pipe.model_config.trained_sections == longest
     frames = pipe(
         image=sample_image(32, 32),
         prompt="a kite",
