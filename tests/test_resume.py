@@ -11,6 +11,7 @@ import json
 import typing
 
 import pytest
+import torch
 
 from mempack.config import config_keys, load_config
 from mempack.layout import DIGEST_FILE
@@ -137,3 +138,24 @@ def test_a_part_in_neither_set_cannot_start_a_run():
 
     with pytest.raises(RuntimeError, match="new_knob"):
         config_digest(WithANewPart())
+
+
+def test_a_checkpoint_without_frozen_weights_loads_and_anything_else_missing_is_refused():
+    """Checkpoints leave frozen weights out (stage 2's backbone): the module load accepts exactly that."""
+    from mempack.model import MemoryPackTransformer
+    from mempack.train.loop import load_trained_part
+
+    model = MemoryPackTransformer.from_preset("tiny", seed=0)
+    model.set_trainable("head")
+    source = MemoryPackTransformer.from_preset("tiny", seed=1)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    trained = {k: v for k, v in source.state_dict().items() if k not in frozen}  # what DeepSpeed writes
+    assert frozen and len(trained) < len(source.state_dict())
+    load_trained_part(trained, model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+    head = next(name for name, p in model.named_parameters() if p.requires_grad)
+    dropped = {k: v for k, v in trained.items() if k != head}
+    with pytest.raises(RuntimeError, match="missing"):
+        load_trained_part(dropped, model)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_trained_part({**trained, "not.a.weight": torch.zeros(1)}, model)

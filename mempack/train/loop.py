@@ -86,6 +86,19 @@ def build_model(config: TrainConfig, ds_config: dict | None = None, rank: int | 
     return model
 
 
+def load_trained_part(src: dict, dst: torch.nn.Module) -> None:
+    """DeepSpeed's module load, for checkpoints written with `exclude_frozen_parameters`: the frozen weights
+    are not in them (build_model loaded those from the init weights), and DeepSpeed's strict load would
+    refuse exactly those. Anything else missing, and any key the model does not have, is still an error."""
+    frozen = {name for name, p in dst.named_parameters() if not p.requires_grad}
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen)
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+
+
 def _init_engine(model: MemoryPackTransformer, ds_config: dict, use_gpu: bool, memory_lr: float | None):
     import deepspeed
 
@@ -157,7 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             # pickle inside: only ever our own run folder's checkpoints (README: trust boundary); frozen
             # parameters are not in it (exclude_frozen_parameters): they are the init weights build_model loaded
-            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, load_module_strict=True)
+            _, client_state = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG, custom_load_fn=load_trained_part)
             if ema is not None:
                 ema.load(folder, rank)
         state.update({k: client_state[k] for k in state if k in client_state})
