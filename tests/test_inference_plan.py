@@ -39,13 +39,20 @@ MEASURE = (
 import ctypes, json
 import torch
 from mempack.encoders import _tiny_components
-from mempack.inference_plan import section_inputs
+from mempack.inference_plan import PeakLiveBytes, section_inputs
 from mempack.model import MemoryPackTransformer
 from mempack.train import rss
 
 torch.set_num_threads(1)
 libc = ctypes.CDLL("libc.so.6")
 g = torch.Generator().manual_seed(0)
+
+def tensors(fn):
+    tracker = PeakLiveBytes()
+    with torch.no_grad(), tracker:
+        out = fn()
+    del out
+    return tracker.peak
 
 def peak(fn):
     libc.malloc_trim(0)
@@ -61,15 +68,20 @@ latent_hw = (PIXELS[0] // 8, PIXELS[1] // 8)
 cond, packed, section = section_inputs(model, PROBE, latent_hw, 4, device="cpu", dtype=torch.float32, generator=g)
 with torch.no_grad():
     memory = model.update_memory(model.initial_memory(cond), section)
-step = peak(lambda: model(section, torch.full((1,), 0.5), cond, packed, memory, 10.0))
-update = peak(lambda: model.update_memory(memory, section).tokens)
+step_fn = lambda: model(section, torch.full((1,), 0.5), cond, packed, memory, 10.0)
+update_fn = lambda: model.update_memory(memory, section).tokens
+step, update = peak(step_fn), peak(update_fn)
 vae = _tiny_components(PROBE, 0)["vae"].eval()
 frame = torch.randn(1, 3, 1, *PIXELS, generator=g)
 tile = torch.randn(1, PROBE.latent_channels, 5, *latent_hw, generator=g)
+decode_fn = lambda: vae.decoder(vae.post_quant_conv(tile))
 out = {
     "section": max(step, update),
+    "section_tensors": max(tensors(step_fn), tensors(update_fn)),
+    "decode_tensors": tensors(decode_fn),
+    "vae_encode_tensors": tensors(lambda: vae.quant_conv(vae.encoder(frame))),
     "vae_encode": peak(lambda: vae.quant_conv(vae.encoder(frame))),
-    "decode": peak(lambda: vae.decoder(vae.post_quant_conv(tile))),
+    "decode": peak(decode_fn),
     "transformer_weights": sum(p.numel() * p.element_size() for p in model.backbone.parameters()),
 }
 print("RESULT " + json.dumps(out))
@@ -100,38 +112,38 @@ def _run(code: str) -> dict:
 def planned_and_measured() -> tuple[dict, dict, dict]:
     """(planned, measured, report in MiB): one run of each side for the stage checks below."""
     predicted, measured = _run(PREDICT), _run(MEASURE)
-    report = {k: (round(predicted[k] / 2**20, 1), round(measured[k] / 2**20, 1)) for k in measured}
+    mib = lambda b: round(b / 2**20, 1)  # noqa: E731
+    report = {k: (mib(predicted[k.removesuffix("_tensors")]), mib(measured[k])) for k in measured}
     print("planned vs measured MiB:", report)
     return predicted, measured, report
 
 
-def _within(planned_and_measured, stage: str, tolerance: float = 0.15) -> None:
+@pytest.mark.parametrize("stage", ["section", "decode", "vae_encode"])
+def test_planned_stage_is_the_tensor_peak_of_the_same_call_on_the_cpu(planned_and_measured, stage):
+    """A section (one Euler step's forward with ψ's tokens, and ψ's update) and one streamed-decode tile
+    (5 latent frames → 17 frames): the meta trace's peak equals the peak of live tensor storage when the
+    same call runs on real CPU tensors (here 59.0 vs 59.0 MiB, 282.2 vs 282.2, and the start frame's encode
+    18.1 vs 18.1). Weights are counted exactly."""
     predicted, measured, report = planned_and_measured
-    assert measured[stage] > 4 * 2**20, report  # above the RSS noise of a few pages
-    error = abs(predicted[stage] - measured[stage]) / measured[stage]
-    assert error <= tolerance, f"{stage}: planned vs measured MiB {report}"
+    assert predicted["transformer_weights"] == measured["transformer_weights"]
+    assert measured[f"{stage}_tensors"] > 4 * 2**20, report
+    assert abs(predicted[stage] - measured[f"{stage}_tensors"]) <= 0.01 * measured[f"{stage}_tensors"], report
 
 
 @pytest.mark.parametrize("stage", ["section", "decode"])
-def test_planned_stage_matches_a_measured_cpu_run(planned_and_measured, stage):
-    """A section (one Euler step's forward with ψ's tokens, and ψ's update) and one streamed-decode tile
-    (5 latent frames → 17 frames): planned on meta vs the RSS peak of the same call on the CPU, within
-    15 % (here: section 59.0 planned vs 66.3 MiB measured, decode 282.2 vs 325.6). Weights are counted exactly."""
-    predicted, measured, _ = planned_and_measured
-    assert predicted["transformer_weights"] == measured["transformer_weights"]
-    _within(planned_and_measured, stage)
+def test_rss_above_the_plan_is_kernel_work_memory_within_a_quarter(planned_and_measured, stage):
+    """The RSS peak of the call adds what kernels allocate inside themselves (the CPU's attention and GEMM
+    buffers), which no tensor-level trace sees: measured 12-19 % above the plan for a section (66-70 MiB vs
+    59.0, noisy by a few MiB between machines) and 15 % for a decode tile (326 vs 282). The plan must never
+    be above the RSS (it would count something that is not there) nor more than 25 % below it; at
+    framepack-f1 size the 2 GB margin INFERENCE_MARGIN_BYTES holds such work memory.
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the start frame's VAE encode is planned at 18.1 MiB and measures 102.1 MiB on the CPU. "
-    "The gap is about one im2col buffer of the CPU's conv3d on a one-frame input (8 channels x 27 taps x "
-    "256x384 px x 4 B = 85 MB), work memory inside the kernel that a meta trace cannot see and that a "
-    "GPU's cuDNN sizes differently; at framepack-f1 size the encode (113 MiB planned) is far from "
-    "setting any peak (the decode tile is 2.45 GiB)",
-)
-def test_planned_vae_encode_matches_a_measured_cpu_run(planned_and_measured):
-    _within(planned_and_measured, "vae_encode")
+    The start frame's VAE encode is left out: its RSS (about 100 MiB vs 18.1 planned) is mostly one im2col
+    buffer of the CPU's conv3d on a one-frame input (8 channels x 27 taps x 256x384 px x 4 B = 85 MB), which a
+    GPU's cuDNN sizes differently; at framepack-f1 size the encode (113 MiB planned) sets no peak (the decode
+    tile is 2.45 GiB)."""
+    predicted, measured, report = planned_and_measured
+    assert predicted[stage] <= measured[stage] <= 1.25 * predicted[stage], f"{stage}: planned vs measured MiB {report}"
 
 
 def test_plan_picks_the_fastest_mode_that_fits():
