@@ -315,18 +315,39 @@ def test_offload_modes_give_the_plain_frames(export, tmp_path):
     assert not (tmp_path / "small.mp4").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: from an export loaded from disk, model offload's frames differ from the plain run's by "
-    "up to 3/255 in 6 of 37 frames (1 section, 1 step, 64x64; float rounding, the cause not found); "
-    "from a model built in memory they are bit-identical (tests/test_offload.py, and the pipeline at 64x64)",
-)
 def test_model_offload_gives_the_plain_frames_from_an_export(export, tmp_path):
+    """Model offload from an export on disk gives the plain run's latents and frames bit for bit, once the
+    weights sit in aligned memory. As loaded, safetensors maps them from the file at unaligned addresses
+    (56 mod 64 here), and the CPU's GEMM then rounds by the alignment of its operands, which the offload
+    hooks' allocations change: 4.8e-7 in a latent, 1/255 in a frame, up to 3/255 after the mp4's YUV
+    conversion (measured; the bound checked through `run_inference` below). On a GPU the weights are copied
+    to the device, aligned."""
+    import torch
+
+    from mempack.export import load_pipeline
+    from mempack.offload import apply_memory_settings
+
+    def sections(mode: str) -> list:
+        pipe = load_pipeline(str(export), device="cpu", dtype=torch.float32, vae_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    tensor.data = tensor.data.clone()  # out of the file's mapping, into aligned memory
+        apply_memory_settings(pipe, "cpu", mode)
+        generator = torch.Generator().manual_seed(0)
+        image = np.full((64, 64, 3), 128, np.uint8)
+        return list(pipe.sections(image=image, num_frames=37, num_inference_steps=1, generator=generator))
+
+    for plain, offloaded in zip(sections("none"), sections("model"), strict=True):
+        assert torch.equal(plain.latents, offloaded.latents)
+        np.testing.assert_array_equal(plain.frames, offloaded.frames)
     base = dict(model_dir=str(export), sections=1, steps=1, crf=0, progress=False)
-    plain = run_inference(InferenceRequest(**base, out=str(tmp_path / "a.mp4")))
-    model = run_inference(InferenceRequest(**base, offload="model", out=str(tmp_path / "b.mp4")))
-    assert model.offload == "model"
-    np.testing.assert_array_equal(read_back(Path(model.path))[0], read_back(Path(plain.path))[0])
+    a = run_inference(InferenceRequest(**base, out=str(tmp_path / "a.mp4")))
+    b = run_inference(InferenceRequest(**base, offload="model", out=str(tmp_path / "b.mp4")))
+    assert b.offload == "model"
+    diff = np.abs(read_back(Path(a.path))[0].astype(int) - read_back(Path(b.path))[0].astype(int))
+    assert diff.max() <= 3, diff.max()
 
 
 def test_a_60_fps_video_continues_on_the_30_fps_clock(export, tmp_path):
