@@ -9,17 +9,42 @@ are compared video by video (same start latent, same noise), pooled over the run
     python bench/exposure_recheck.py --run docs/results/method_fidelity_drift.json --videos 16
 """
 
-from __future__ import annotations
-
-import argparse
+# No `from __future__ import annotations`: tests load this file without registering it in sys.modules, and
+# a dataclass with string annotations needs its module there.
 import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 RECHECK_SEED = 940_000_000  # held-out videos method_fidelity never draws (it uses 900/910/920/930 million)
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    run: str  # a method_fidelity JSON whose settings.out holds the exports
+    pairs: str = "direct_all:teacher_all,direct:teacher_head"  # A:B,C:D pairs of variants (A − B is reported)
+    videos: int = 16  # fresh held-out videos per export
+    workers: int = 2  # parallel processes, one thread each (0: in this process)
+    json: str = "bench/results/exposure_recheck.json"
+
+    def __post_init__(self) -> None:
+        pairs = self.pair_list
+        if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
+            raise ValueError(f"--pairs must be A:B[,C:D...], got {self.pairs!r}")
+        if self.videos < 2 or self.workers < 0:
+            raise ValueError("--videos must be >= 2 and --workers >= 0")
+        if not Path(self.run).is_file():
+            raise ValueError(f"--run {self.run}: no such file")
+
+    @property
+    def pair_list(self) -> list[tuple[str, ...]]:
+        """--pairs as (A, B) tuples."""
+        return [tuple(pair.split(":")) for pair in self.pairs.split(",") if pair.strip()]
 
 
 def measure(export: str, settings: dict, videos: int) -> dict:
@@ -66,29 +91,10 @@ def summarise(measured: dict[tuple[str, int], dict], pairs: list[tuple[str, str]
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from mempack.config import ArgumentParser
+def parse_args(argv=None) -> Options:
+    from mempack.config import parse_config
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", required=True, help="a method_fidelity JSON whose settings.out holds the exports")
-    p.add_argument(
-        "--pairs",
-        default="direct_all:teacher_all,direct:teacher_head",
-        help="A:B pairs of variants, comma-separated (A − B is reported)",
-    )
-    p.add_argument("--videos", type=int, default=16, help="fresh held-out videos per export")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes, one thread each (0: in this process)")
-    p.add_argument("--json", default="bench/results/exposure_recheck.json")
-    args = p.parse_args(argv)
-    pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",") if pair.strip()]
-    if not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs):
-        p.error(f"--pairs must be A:B[,C:D...], got {args.pairs!r}")
-    args.pairs = pairs
-    if args.videos < 2 or args.workers < 0:
-        p.error("--videos must be >= 2 and --workers >= 0")
-    if not Path(args.run).is_file():
-        p.error(f"--run {args.run}: no such file")
-    return args
+    return parse_config(Options, argv, __doc__.splitlines()[0], required=("run",))
 
 
 def main(argv=None) -> dict:
@@ -96,7 +102,7 @@ def main(argv=None) -> dict:
     run = json.loads(Path(args.run).read_text())
     settings, seeds = run["settings"], list(range(run["seeds"]))
     models = Path(settings["out"]) / "models"
-    jobs = {(v, seed): str(models / f"{v}-seed{seed}") for pair in args.pairs for v in pair for seed in seeds}
+    jobs = {(v, seed): str(models / f"{v}-seed{seed}") for pair in args.pair_list for v in pair for seed in seeds}
     missing = [path for path in jobs.values() if not Path(path).is_dir()]
     if missing:
         raise SystemExit(f"error: no export at {missing[0]} (run method_fidelity with these --variants first)")
@@ -107,7 +113,7 @@ def main(argv=None) -> dict:
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             futures = {key: pool.submit(measure, path, settings, args.videos) for key, path in jobs.items()}
             measured = {key: future.result() for key, future in futures.items()}
-    summary = summarise(measured, args.pairs, seeds)
+    summary = summarise(measured, args.pair_list, seeds)
     summary.update(
         videos=args.videos,
         seeds=seeds,

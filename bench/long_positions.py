@@ -31,15 +31,16 @@ docs/results/long_positions.json is a reduced run (--width 64 --layers 1 --train
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -199,60 +200,66 @@ def print_table(summary: dict) -> None:
     print(f"chance = 1/K = {summary['chance']:.3f}; mean ± std over training seeds; drift: paper eq. 8 on world error")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from mempack.config import ArgumentParser
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config).
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="plumbing smoke run: 1 seed, a few steps, tiny model")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds (default 3)")
-    p.add_argument("--world-seed", type=int, default=1, help="the world; 0 is the development world (default 1)")
-    p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
-    p.add_argument("--camera", default="static", choices=("static", "moving"))
-    p.add_argument("--positions", default=",".join(POSITIONS), help=f"options to compare, from {POSITIONS}")
-    p.add_argument("--absence", type=int, default=4, help="absent sections before each evaluated return")
-    p.add_argument("--train-steps", type=int, default=2000, help="stage-1 optimizer steps (one video each)")
-    p.add_argument(
-        "--train-absence",
-        type=int,
-        default=8,
-        help="longest absence in training videos (sections; the method-fidelity default 8): sets L",
-    )
-    p.add_argument("--rollouts", type=int, default=2, help="drift rollouts of 4L sections per option and seed")
-    p.add_argument("--events", type=int, default=8, help="return events per position (a multiple of K)")
-    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
-    p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32; the method-fidelity size)")
-    p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
-    p.add_argument("--workers", type=int, default=2, help="parallel seeds (0: in this process)")
-    p.add_argument("--out", default="bench/results/long_positions", help="models and rollouts")
-    p.add_argument(
-        "--models",
-        help="evaluate the exports an earlier run of this benchmark left (its --out; same settings), no training",
-    )
-    p.add_argument("--json", default="docs/results/long_positions.json")
-    args = p.parse_args(argv)
-    args.positions = [o.strip() for o in args.positions.split(",") if o.strip()]
-    unknown = [o for o in args.positions if o not in POSITIONS]
-    if unknown or not args.positions:
-        p.error(f"--positions takes options from {POSITIONS}, got {unknown or 'none'}")
-    if (
-        args.seeds < 1
-        or args.workers < 0
-        or args.rollouts < 1
-        or args.identities < 2
-        or min(args.absence, args.train_absence) < 1
-    ):
-        p.error("--seeds, --rollouts, --absence >= 1, --identities >= 2, --workers >= 0")
-    args.events = -(-max(args.events, 1) // args.identities) * args.identities  # identities return equally often
-    if args.width % 32 or args.width < 64 or args.layers < 1:
-        p.error("--width must be a multiple of 32, at least 64; --layers at least 1")
-    if args.quick:
-        args.seeds, args.train_steps, args.rollouts, args.sample_steps = 1, 4, 1, 1
-        args.width, args.layers, args.train_absence = 64, 1, 2
-        args.events, args.absence = args.identities, 1
-    return args
+    `--quick` and the rounding of `--events` to a multiple of K are applied here, so --print-config shows
+    the values the run uses.
+    """
+
+    quick: bool = False  # plumbing smoke run: 1 seed, a few steps, tiny model
+    seeds: int = 3  # training seeds
+    world_seed: int = 1  # the world; 0 is the development world
+    identities: int = 4  # K object identities (chance = 1/K)
+    camera: Literal["static", "moving"] = "static"
+    positions: str = ",".join(POSITIONS)  # options to compare, comma-separated
+    absence: int = 4  # absent sections before each evaluated return
+    train_steps: int = 2000  # stage-1 optimizer steps (one video each)
+    train_absence: int = 8  # longest absence in training videos (sections; the method-fidelity default 8): sets L
+    rollouts: int = 2  # drift rollouts of 4L sections per option and seed
+    events: int = 8  # return events per position (a multiple of K)
+    sample_steps: int = 8  # Euler steps per generated section
+    width: int = 128  # backbone width (multiple of 32; the method-fidelity size)
+    layers: int = 2  # dual- and single-stream blocks each
+    workers: int = 2  # parallel seeds (0: in this process)
+    out: str = "bench/results/long_positions"  # models and rollouts
+    models: str | None = None  # evaluate the exports an earlier run left (its --out; same settings), no training
+    json: str = "docs/results/long_positions.json"
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.position_list if o not in POSITIONS]
+        if unknown or not self.position_list:
+            raise ValueError(f"--positions takes options from {POSITIONS}, got {unknown or 'none'}")
+        if (
+            self.seeds < 1
+            or self.workers < 0
+            or self.rollouts < 1
+            or self.identities < 2
+            or min(self.absence, self.train_absence) < 1
+        ):
+            raise ValueError("--seeds, --rollouts, --absence >= 1, --identities >= 2, --workers >= 0")
+        self.events = -(-max(self.events, 1) // self.identities) * self.identities  # identities return equally often
+        if self.width % 32 or self.width < 64 or self.layers < 1:
+            raise ValueError("--width must be a multiple of 32, at least 64; --layers at least 1")
+        if self.quick:
+            self.seeds, self.train_steps, self.rollouts, self.sample_steps = 1, 4, 1, 1
+            self.width, self.layers, self.train_absence = 64, 1, 2
+            self.events, self.absence = self.identities, 1
+
+    @property
+    def position_list(self) -> list[str]:
+        """--positions as a list."""
+        return [o.strip() for o in self.positions.split(",") if o.strip()]
 
 
-def settings(args: argparse.Namespace) -> Settings:
+def parse_args(argv=None) -> Options:
+    from mempack.config import parse_config
+
+    return parse_config(Options, argv, __doc__.splitlines()[0])
+
+
+def settings(args: Options) -> Settings:
     """The method-fidelity benchmark's settings for its `memorypack` run, with the return curriculum (the
     world's return section every step: the curriculum under which its memory is recalled at all in 2000
     steps, docs/method_fidelity.md) and its own evaluation shrunk to a smoke."""
@@ -303,17 +310,18 @@ def main(argv=None) -> dict:
     began = time.perf_counter()
     runs = []
     if args.workers == 0:
-        runs = [run_seed(seed, s, args.positions, args.absence, args.models) for seed in range(args.seeds)]
+        runs = [run_seed(seed, s, args.position_list, args.absence, args.models) for seed in range(args.seeds)]
     else:
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
             futures = [
-                pool.submit(run_seed, seed, s, args.positions, args.absence, args.models) for seed in range(args.seeds)
+                pool.submit(run_seed, seed, s, args.position_list, args.absence, args.models)
+                for seed in range(args.seeds)
             ]
             for done in as_completed(futures):
                 r = done.result()
                 print(f"  done seed {r['seed']} (training {r['train_seconds']:.0f} s)", flush=True)
                 runs.append(r)
-    summary = summarise(runs, args.positions, s, L, args.absence)
+    summary = summarise(runs, args.position_list, s, L, args.absence)
     summary.update(
         seconds=round(time.perf_counter() - began, 1),
         seeds=args.seeds,

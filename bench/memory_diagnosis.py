@@ -27,78 +27,78 @@ halves of the memory claim:
 Writes the curve as JSON (`--json`, default bench/results/memory_diagnosis.json).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: tests load this file without registering it in sys.modules, and
+# a dataclass with string annotations needs its module there.
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+Clip = Literal["uniform", "late", "all", "return"]  # the library's stage-1 clip policies, or the return section
 
 
-def parse_args(argv=None):
-    from mempack.config import ArgumentParser
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config)."""
+
+    variant: Literal["memorypack", "oracle_memory", "zero_memory"] = "memorypack"
+    clip: Clip = "uniform"  # which clip of a video trains: a library stage-1 clip policy, or the return section only
+    world_seed: int = 0  # the world; 0 is the development world
+    camera: Literal["static", "moving"] = "static"
+    freeze_memory: bool = False  # freeze SemanticPack except its projection
+    steps: int = 600
+    every: int = 200  # evaluate every N steps
+    identities: int = 4
+    absence: str = "1,8"  # absent sections in training videos, LO,HI
+    eval: str = "1,4"  # absences to evaluate, comma-separated
+    events: int = 12  # return events per L (identities cycle: use a multiple of K)
+    probe_videos: int = 160
+    lr: float = 1e-3
+    memory_lr: float | None = None  # learning rate of what writes psi: SemanticPack but to_context (default: --lr)
+    oracle_share: float = 1.0  # oracle_memory: the identity's share of its token's energy (the rest: the same)
+    memorize_input: str = "minus_start_latent"  # what Memorize reads (segment: the paper literally)
+    pooling: str = "input_energy"  # Memorize's window pooling: biased by its input's energy per token, or learned
+    carry: bool = True  # residual carry of psi between updates
+    width: int = 128
+    layers: int = 2
+    seed: int = 0
+    json: str = "bench/results/memory_diagnosis.json"
+
+    def __post_init__(self) -> None:
+        try:
+            absence, evaluated = self.absence_range, self.eval_absences
+        except ValueError:
+            raise ValueError("--absence is LO,HI and --eval a comma-separated list of integers") from None
+        if len(absence) != 2 or min(absence) < 1 or min(evaluated) < 1:
+            raise ValueError("--absence is LO,HI >= 1 and --eval positive integers")
+        if not 0.0 < self.oracle_share <= 1.0:
+            raise ValueError("--oracle-share must be in (0, 1]")
+        if self.steps < 0 or self.every < 1 or self.probe_videos < 8:
+            raise ValueError("--steps >= 0 (0: evaluate the untrained model only), --every >= 1, --probe-videos >= 8")
+
+    @property
+    def absence_range(self) -> tuple[int, ...]:
+        """--absence as integers (LO, HI)."""
+        return tuple(int(x) for x in self.absence.split(","))
+
+    @property
+    def eval_absences(self) -> list[int]:
+        """--eval as integers."""
+        return [int(x) for x in self.eval.split(",")]
+
+    def record(self) -> dict:
+        """The settings as the results JSON records them (the lists as lists)."""
+        return {**dataclasses.asdict(self), "absence": self.absence_range, "eval": self.eval_absences}
+
+
+def parse_args(argv=None) -> Options:
+    from mempack.config import parse_config
     from mempack.model.semantic_pack import MEMORIZE_INPUTS, POOLINGS
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variant", default="memorypack", choices=("memorypack", "oracle_memory", "zero_memory"))
-    p.add_argument(
-        "--clip",
-        default="uniform",
-        choices=("uniform", "late", "all", "return"),
-        help="which clip of a video trains: a stage-1 clip policy of the library, or the return "
-        "section only (an oracle curriculum)",
-    )
-    p.add_argument("--world-seed", type=int, default=0, help="the world; 0 is the development world")
-    p.add_argument("--camera", default="static", choices=("static", "moving"))
-    p.add_argument("--freeze-memory", action="store_true", help="freeze SemanticPack except its projection")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--every", type=int, default=200, help="evaluate every N steps")
-    p.add_argument("--identities", type=int, default=4)
-    p.add_argument("--absence", default="1,8", help="absent sections in training videos, LO,HI")
-    p.add_argument("--eval", default="1,4", help="absences to evaluate, comma-separated")
-    p.add_argument("--events", type=int, default=12, help="return events per L (identities cycle: use a multiple of K)")
-    p.add_argument("--probe-videos", type=int, default=160)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--memory-lr",
-        type=float,
-        help="learning rate of what writes psi: SemanticPack but its projection to_context (default: --lr)",
-    )
-    p.add_argument(
-        "--oracle-share",
-        type=float,
-        default=1.0,
-        help="oracle_memory: the identity's share of its token's energy (the rest is the same in every video)",
-    )
-    p.add_argument(
-        "--memorize-input",
-        default="minus_start_latent",
-        choices=MEMORIZE_INPUTS,
-        help="what Memorize reads: the segment minus the start latent, or the segment (the paper literally)",
-    )
-    p.add_argument(
-        "--pooling",
-        default="input_energy",
-        choices=POOLINGS,
-        help="Memorize's window pooling: biased by its input's energy per token, or learned queries alone",
-    )
-    p.add_argument("--no-carry", dest="carry", action="store_false", help="no residual carry of psi between updates")
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default="bench/results/memory_diagnosis.json")
-    args = p.parse_args(argv)
-    try:
-        args.absence = tuple(int(x) for x in args.absence.split(","))
-        args.eval = [int(x) for x in args.eval.split(",")]
-    except ValueError:
-        p.error("--absence is LO,HI and --eval a comma-separated list of integers")
-    if len(args.absence) != 2 or min(args.absence) < 1 or min(args.eval) < 1:
-        p.error("--absence is LO,HI >= 1 and --eval positive integers")
-    if not 0.0 < args.oracle_share <= 1.0:
-        p.error("--oracle-share must be in (0, 1]")
-    if args.steps < 0 or args.every < 1 or args.probe_videos < 8:
-        p.error("--steps >= 0 (0: evaluate the untrained model only), --every >= 1, --probe-videos >= 8")
-    return args
+    choices = {"memorize_input": MEMORIZE_INPUTS, "pooling": POOLINGS}
+    return parse_config(Options, argv, __doc__.splitlines()[0], choices=choices)
 
 
 def gradient_rms(model) -> dict[str, float]:
@@ -136,7 +136,7 @@ def main(argv=None) -> list[dict]:
 
     s = Settings(
         identities=args.identities,
-        absences=args.eval,
+        absences=args.eval_absences,
         world_seed=args.world_seed,
         train_steps=args.steps,
         stage2_steps=0,
@@ -153,7 +153,7 @@ def main(argv=None) -> list[dict]:
         memory_grad_window=-1,
         out="",
         mlflow_uri=None,
-        train_absence=args.absence,
+        train_absence=args.absence_range,
         probe_videos=args.probe_videos,
         camera=args.camera,
         semantic_pack=dict(memorize_input=args.memorize_input, pooling=args.pooling, carry=args.carry),
@@ -166,12 +166,14 @@ def main(argv=None) -> list[dict]:
 
     def evaluate(step: int) -> None:
         model.eval()
-        recall = memory_recall(model, world, args.eval, args.events, seed=900_000_000, steps=8)
+        recall = memory_recall(model, world, args.eval_absences, args.events, seed=900_000_000, steps=8)
         probe = energy = None
         if model.uses_memory:  # ψ built once per absence for both the read-out and its energy shares
-            tokens = {L: psi_tokens(model, world, L, seed=920_000_000, videos=args.probe_videos) for L in args.eval}
-            probe = {L: readout_accuracy(*tokens[L], world.config.identities) for L in args.eval}
-            energy = {L: energy_shares(*tokens[L]) for L in args.eval}
+            tokens = {
+                L: psi_tokens(model, world, L, seed=920_000_000, videos=args.probe_videos) for L in args.eval_absences
+            }
+            probe = {L: readout_accuracy(*tokens[L], world.config.identities) for L in args.eval_absences}
+            energy = {L: energy_shares(*tokens[L]) for L in args.eval_absences}
         model.train()
         window, grad_window = losses[-args.every :], grads[-args.every :]
         row = {
@@ -230,7 +232,7 @@ def main(argv=None) -> list[dict]:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
         json.dumps(
-            {"world": describe_world(world.config), "settings": vars(args), "curve": curve}, indent=2, default=str
+            {"world": describe_world(world.config), "settings": args.record(), "curve": curve}, indent=2, default=str
         )
     )
     return curve

@@ -20,9 +20,22 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# fields with flags of their own in parse_args: a list flag keeps its old syntax (`--sections 1 2 5`, where a
+# generated flag takes one YAML value, `--sections [1,2,5]`)
+HANDWRITTEN = ("sections",)
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config: also --set KEY=VALUE, --config, --print-config)."""
+
+    sections: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 40, 80, 120])  # history lengths
+    repeats: int = 5  # timed runs per configuration (the median is reported)
+    device: str = "cpu"  # torch device
 
 
 def measure(method: str, sections: int, repeats: int, device: str) -> dict:
@@ -92,19 +105,29 @@ def measure(method: str, sections: int, repeats: int, device: str) -> dict:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 5, 10, 20, 40, 80, 120])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
+def parse_args(argv=None) -> tuple[argparse.Namespace, Options]:
+    """The run's flags (and the internal --worker) and the benchmark's Options."""
+    from mempack.config import ArgumentParser, add_config_arguments, add_config_file_arguments, config_from_args
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_file_arguments(parser, Options)
+    parser.add_argument("--sections", type=int, nargs="+", help="history lengths in sections (default: 1 2 5 ... 120)")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "SECTIONS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_config_arguments(parser, Options, skip=HANDWRITTEN)
+    args = parser.parse_args(argv)
+    handwritten = {"sections": args.sections}
+    options = config_from_args(parser, Options, args, {k: v for k, v in handwritten.items() if v is not None})
+    return args, options
+
+
+def main(argv=None) -> None:
+    args, options = parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.repeats, args.device)))
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), options.repeats, options.device)))
         return
     rows = []
     for method in ("memorypack", "naive"):
-        for n in args.sections:
+        for n in options.sections:
             out = subprocess.run(
                 [
                     sys.executable,
@@ -113,9 +136,9 @@ def main() -> None:
                     method,
                     str(n),
                     "--repeats",
-                    str(args.repeats),
+                    str(options.repeats),
                     "--device",
-                    args.device,
+                    options.device,
                 ],
                 capture_output=True,
                 text=True,
@@ -133,13 +156,13 @@ def main() -> None:
         mine = [r for r in rows if r["method"] == method]
         first, last = mine[0], mine[-1]
         summary[method] = {k: last[k] / first[k] if first[k] else None for k in ("seconds", "gflops", "video_tokens")}
-    print(f"\nlast/first ({args.sections[0]} -> {args.sections[-1]} sections)")
+    print(f"\nlast/first ({options.sections[0]} -> {options.sections[-1]} sections)")
     print(f"{'method':>10} {'time':>8} {'flops':>8} {'tokens':>8}")
     for method, ratio in summary.items():
         print(f"{method:>10} {ratio['seconds']:8.2f} {ratio['gflops']:8.2f} {ratio['video_tokens']:8.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "memory_scaling.json"
-    out.write_text(json.dumps({"device": args.device, "rows": rows, "last_over_first": summary}, indent=2))
+    out.write_text(json.dumps({"device": options.device, "rows": rows, "last_over_first": summary}, indent=2))
     print(f"wrote {out}")
 
 

@@ -39,7 +39,6 @@ all: `mempack.train.step.STAGE1_CLIPS`) or `return`, the oracle curriculum (the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Literal
 
 STAGE1 = ("framepack_only", "zero_memory", "memorypack", "oracle_memory")
 # stage-2 variants: (forcing mode, what trains); the paper's Direct Forcing trains the head only
@@ -542,119 +542,118 @@ def _probe_cell(entry: dict, absences: list[int]) -> str:
     return "-" if probe is None else f"{np.mean([probe[L] for L in absences]):.2f}"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from mempack.config import ArgumentParser
+Camera = Literal["static", "moving"]
+Stage1Clip = Literal["uniform", "late", "all", "return"]
+RANGES = ("train_absence", "visible", "speed")  # the LO,HI flags
 
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="plumbing smoke run: 1 seed, few steps, small evaluation")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
-    p.add_argument("--identities", type=int, default=4, help="K object identities (chance = 1/K)")
-    p.add_argument("--absence", default="1,2,4,8", help="absent sections to evaluate, comma-separated")
-    p.add_argument(
-        "--world-seed",
-        type=int,
-        default=0,
-        help="the world (codes, palette); seed 0 is the development world, others are report worlds",
-    )
-    p.add_argument(
-        "--camera",
-        default="static",
-        choices=("static", "moving"),
-        help="static background, or a camera that pans, zooms and drifts in lighting",
-    )
-    p.add_argument("--train-absence", help="absent sections in training videos, LO,HI (default 1,max(--absence))")
-    p.add_argument("--visible", default="1,2", help="sections in view before leaving, LO,HI")
-    p.add_argument("--speed", default="2,2", help="object speed in latent cells per frame, LO,HI")
-    p.add_argument("--distractors", type=int, default=0, help="extra always-visible objects")
-    p.add_argument("--after-return", type=int, default=0, help="sections after the return (longer videos)")
-    p.add_argument(
-        "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all but the *_all pair)",
-    )
-    p.add_argument("--train-steps", type=int, default=2000, help="stage-1 optimizer steps (one video each)")
-    p.add_argument("--stage2-steps", type=int, default=96, help="stage-2 optimizer steps (one video each)")
-    p.add_argument("--stage2-videos", type=int, default=48)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--memory-lr",
-        type=float,
-        default=1e-4,
-        help="stage 1: learning rate of what writes psi (SemanticPack but its projection; --lr: one rate)",
-    )
-    p.add_argument(
-        "--stage1-clip",
-        default="uniform",
-        choices=("uniform", "late", "all", "return"),
-        help="which clip a stage-1 step trains: the library's policies (uniform, late: ∝ i + 1, all: "
-        "every clip), or return: the video's return section, an oracle curriculum (it reads the "
-        "world's layout, which no user's data tells)",
-    )
-    p.add_argument("--stage2-lr", type=float, default=2e-4)
-    p.add_argument(
-        "--events",
-        type=int,
-        default=12,
-        help="return events per absence length (rounded up to a multiple of K: identities are balanced)",
-    )
-    p.add_argument("--drift-sections", type=int, default=40)
-    p.add_argument("--rollouts", type=int, default=4, help="drift rollouts per variant and seed")
-    p.add_argument(
-        "--exposure-videos",
-        type=int,
-        default=4,
-        help="held-out videos for the exposure gap (own vs true history, section by section)",
-    )
-    p.add_argument("--probe-videos", type=int, default=160, help="videos per absence for the psi read-out")
-    p.add_argument("--sample-steps", type=int, default=8, help="Euler steps per generated section")
-    p.add_argument("--width", type=int, default=128, help="backbone width (multiple of 32)")
-    p.add_argument("--layers", type=int, default=2, help="dual- and single-stream blocks each")
-    p.add_argument("--student-steps", type=int, default=5)
-    p.add_argument("--memory-grad-window", type=int, default=-1, help="ψ updates a loss reaches (-1: all)")
-    p.add_argument(
-        "--workers", type=int, default=2, help="parallel training processes, one thread each (0: in this process)"
-    )
-    p.add_argument("--out", default="bench/results/method_fidelity", help="models and rollout mp4s")
-    p.add_argument("--json", default="bench/results/method_fidelity.json")
-    p.add_argument("--mlflow-uri", help="default: sqlite under --out; 'none' to skip")
-    args = p.parse_args(argv)
+
+def _lo_hi(raw: str | None, flag: str) -> tuple[int, int] | None:
+    """A LO,HI flag's value as two integers (None stays None)."""
+    if raw is None:
+        return None
     try:
-        args.absence = sorted({int(a) for a in args.absence.split(",") if a.strip()})
+        lo, hi = (int(x) for x in raw.split(","))
     except ValueError:
-        p.error(f"--absence must be integers, got {args.absence!r}")
-    for name in ("train_absence", "visible", "speed"):
-        raw = getattr(args, name)
-        if raw is None:
-            continue
+        raise ValueError(f"{flag} must be LO,HI, got {raw!r}") from None
+    return lo, hi
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config.parse_config: also --set KEY=VALUE, --config, --print-config).
+
+    `--quick` and the rounding of `--events` to a multiple of K are applied here, so --print-config shows
+    the values the run uses.
+    """
+
+    quick: bool = False  # plumbing smoke run: 1 seed, few steps, small evaluation
+    seeds: int = 3  # training seeds per variant
+    identities: int = 4  # K object identities (chance = 1/K)
+    absence: str = "1,2,4,8"  # absent sections to evaluate, comma-separated
+    world_seed: int = 0  # the world (codes, palette); seed 0 is the development world, others are report worlds
+    camera: Camera = "static"  # static background, or a camera that pans, zooms and drifts in lighting
+    train_absence: str | None = None  # absent sections in training videos, LO,HI (default 1,max(--absence))
+    visible: str = "1,2"  # sections in view before leaving, LO,HI
+    speed: str = "2,2"  # object speed in latent cells per frame, LO,HI
+    distractors: int = 0  # extra always-visible objects
+    after_return: int = 0  # sections after the return (longer videos)
+    variants: str = ",".join(DEFAULT_VARIANTS)  # comma-separated, from the default's and direct_all, teacher_all
+    train_steps: int = 2000  # stage-1 optimizer steps (one video each)
+    stage2_steps: int = 96  # stage-2 optimizer steps (one video each)
+    stage2_videos: int = 48
+    lr: float = 1e-3
+    memory_lr: float = 1e-4  # stage 1: learning rate of what writes psi (SemanticPack but its projection)
+    # which clip a stage-1 step trains: the library's policies (uniform, late: ∝ i + 1, all: every clip), or
+    # return: the video's return section, an oracle curriculum (it reads the world's layout, which no user's
+    # data tells)
+    stage1_clip: Stage1Clip = "uniform"  # a library clip policy, or return (an oracle curriculum)
+    stage2_lr: float = 2e-4
+    events: int = 12  # return events per absence length (rounded up to a multiple of K: identities are balanced)
+    drift_sections: int = 40
+    rollouts: int = 4  # drift rollouts per variant and seed
+    exposure_videos: int = 4  # held-out videos for the exposure gap (own vs true history, section by section)
+    probe_videos: int = 160  # videos per absence for the psi read-out
+    sample_steps: int = 8  # Euler steps per generated section
+    width: int = 128  # backbone width (multiple of 32)
+    layers: int = 2  # dual- and single-stream blocks each
+    student_steps: int = 5
+    memory_grad_window: int = -1  # ψ updates a loss reaches (-1: all)
+    workers: int = 2  # parallel training processes, one thread each (0: in this process)
+    out: str = "bench/results/method_fidelity"  # models and rollout mp4s
+    json: str = "bench/results/method_fidelity.json"
+    # a str, not `str | None`: "none" must stay the text (the config reads none/null as None)
+    mlflow_uri: str = ""  # MLflow tracking URI (default, empty: sqlite under --out; 'none' to skip)
+
+    def __post_init__(self) -> None:
+        absences = self.absences  # a malformed --absence or LO,HI flag raises its own error here
+        for name in RANGES:
+            _lo_hi(getattr(self, name), "--" + name.replace("_", "-"))
+        unknown = [v for v in self.variant_list if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        if not absences or min(absences) < 1:
+            raise ValueError("--absence needs positive section counts")
+        if self.width % 32 or self.width < 64:
+            raise ValueError("--width must be a multiple of 32, at least 64")
+        if self.probe_videos < 8:
+            raise ValueError("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
+        if self.rollouts < 1 or self.exposure_videos < 1:
+            raise ValueError("--rollouts and --exposure-videos must be >= 1")
+        if self.identities < 2 or self.seeds < 1 or self.workers < 0:
+            raise ValueError("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
+        if min(self.lr, self.memory_lr, self.stage2_lr) <= 0:
+            raise ValueError("--lr, --memory-lr and --stage2-lr must be > 0")
+        self.events = -(-self.events // self.identities) * self.identities  # each identity returns equally often
+        if self.quick:
+            self.seeds, self.train_steps, self.stage2_steps, self.stage2_videos = 1, 40, 6, 4
+            self.events, self.drift_sections, self.rollouts, self.sample_steps = self.identities, 4, 1, 2
+            self.exposure_videos = 1
+            self.probe_videos = 16
+            self.width, self.layers = 64, 1
+
+    @property
+    def absences(self) -> list[int]:
+        """--absence as sorted distinct integers."""
         try:
-            lo, hi = (int(x) for x in raw.split(","))
+            return sorted({int(a) for a in self.absence.split(",") if a.strip()})
         except ValueError:
-            p.error(f"--{name.replace('_', '-')} must be LO,HI, got {raw!r}")
-        setattr(args, name, (lo, hi))
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    if not args.absence or min(args.absence) < 1:
-        p.error("--absence needs positive section counts")
-    if args.width % 32 or args.width < 64:
-        p.error("--width must be a multiple of 32, at least 64")
-    if args.probe_videos < 8:
-        p.error("--probe-videos must be at least 8 (3/4 fit the read-out, 1/4 score it)")
-    if args.rollouts < 1 or args.exposure_videos < 1:
-        p.error("--rollouts and --exposure-videos must be >= 1")
-    if args.identities < 2 or args.seeds < 1 or args.workers < 0:
-        p.error("--identities >= 2, --seeds >= 1, --workers >= 0 (0: no worker processes)")
-    if min(args.lr, args.memory_lr, args.stage2_lr) <= 0:
-        p.error("--lr, --memory-lr and --stage2-lr must be > 0")
-    args.events = -(-args.events // args.identities) * args.identities  # each identity returns equally often
-    if args.quick:
-        args.seeds, args.train_steps, args.stage2_steps, args.stage2_videos = 1, 40, 6, 4
-        args.events, args.drift_sections, args.rollouts, args.sample_steps = args.identities, 4, 1, 2
-        args.exposure_videos = 1
-        args.probe_videos = 16
-        args.width, args.layers = 64, 1
-    return args
+            raise ValueError(f"--absence must be integers, got {self.absence!r}") from None
+
+    @property
+    def variant_list(self) -> list[str]:
+        """--variants as a list."""
+        return [v.strip() for v in self.variants.split(",") if v.strip()]
+
+    @property
+    def ranges(self) -> dict[str, tuple[int, int] | None]:
+        """--train-absence, --visible and --speed as (LO, HI) (train_absence None: the default)."""
+        return {name: _lo_hi(getattr(self, name), "--" + name.replace("_", "-")) for name in RANGES}
+
+
+def parse_args(argv=None) -> Options:
+    from mempack.config import parse_config
+
+    return parse_config(Options, argv, __doc__.splitlines()[0])
 
 
 def main(argv=None) -> dict:
@@ -664,9 +663,10 @@ def main(argv=None) -> dict:
     mlflow_uri = (
         None if args.mlflow_uri == "none" else (args.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}")
     )
+    ranges = args.ranges
     s = Settings(
         args.identities,
-        args.absence,
+        args.absences,
         args.world_seed,
         args.train_steps,
         args.stage2_steps,
@@ -683,9 +683,9 @@ def main(argv=None) -> dict:
         args.memory_grad_window,
         str(out.resolve()),
         mlflow_uri,
-        args.train_absence,
-        args.visible,
-        args.speed,
+        ranges["train_absence"],
+        ranges["visible"],
+        ranges["speed"],
         args.distractors,
         args.after_return,
         args.probe_videos,
@@ -707,13 +707,13 @@ def main(argv=None) -> dict:
     began = time.perf_counter()
 
     def write_partial(results: list[dict]) -> None:
-        partial = summarise(results, s, args.variants)
+        partial = summarise(results, s, args.variant_list)
         partial.update(partial=True, runs=results)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(partial, indent=2, default=_jsonable))
 
-    results = run_all(s, args.variants, list(range(args.seeds)), args.workers, on_result=write_partial)
-    summary = summarise(results, s, args.variants)
+    results = run_all(s, args.variant_list, list(range(args.seeds)), args.workers, on_result=write_partial)
+    summary = summarise(results, s, args.variant_list)
     summary.update(
         seconds=round(time.perf_counter() - began, 1),
         seeds=args.seeds,

@@ -13,15 +13,34 @@ Prints a table and writes bench/results/stream_memory.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+MODES = ("stream", "whole")
+# fields with flags of their own in parse_args: list flags keep their old syntax (`--minutes 1 10`, where a
+# generated flag takes one YAML value, `--minutes [1,10]`)
+HANDWRITTEN = ("minutes", "modes")
+
+
+@dataclass
+class Options:
+    """The benchmark's flags (mempack.config: also --set KEY=VALUE, --config, --print-config)."""
+
+    minutes: list[float] = field(default_factory=lambda: [1.0, 10.0])  # video lengths
+    modes: list[Literal["stream", "whole"]] = field(default_factory=lambda: list(MODES))
+    size: int = 64  # frame side in pixels (multiple of 16)
+    steps: int = 1  # Euler steps per section (memory does not depend on it)
+    fps: float | None = None  # frame rate (default: the preset's clock)
+    out: str = str(RESULTS / "stream_memory.json")
 
 
 def rss_mb() -> float:
@@ -79,24 +98,32 @@ def child(minutes: float, mode: str, size: int, steps: int, fps: float | None, o
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
-    parser.add_argument("--modes", nargs="+", default=["stream", "whole"], choices=["stream", "whole"])
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (multiple of 16)")
-    parser.add_argument("--steps", type=int, default=1, help="Euler steps per section (memory does not depend on it)")
-    parser.add_argument("--fps", type=float, help="frame rate (default: the preset's clock)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "stream_memory.json")
+def parse_args(argv=None) -> tuple[argparse.Namespace, Options]:
+    """The run's flags (and the internal --child) and the benchmark's Options."""
+    from mempack.config import ArgumentParser, add_config_arguments, add_config_file_arguments, config_from_args
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_file_arguments(parser, Options)
+    parser.add_argument("--minutes", type=float, nargs="+", help="video lengths in minutes (default: 1 10)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, help="what to measure (default: stream whole)")
     parser.add_argument("--child", nargs=2, metavar=("MINUTES", "MODE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_config_arguments(parser, Options, skip=HANDWRITTEN)
+    args = parser.parse_args(argv)
+    handwritten = {"minutes": args.minutes, "modes": args.modes}
+    options = config_from_args(parser, Options, args, {k: v for k, v in handwritten.items() if v is not None})
+    return args, options
+
+
+def main(argv=None) -> None:
+    args, options = parse_args(argv)
     video = RESULTS / "stream_memory.mp4"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(child(float(args.child[0]), args.child[1], args.size, args.steps, args.fps, video)))
+        print(json.dumps(child(float(args.child[0]), args.child[1], options.size, options.steps, options.fps, video)))
         return
     rows = []
-    for mode in args.modes:
-        for minutes in args.minutes:
+    for mode in options.modes:
+        for minutes in options.minutes:
             result = subprocess.run(
                 [
                     sys.executable,
@@ -105,10 +132,10 @@ def main() -> None:
                     str(minutes),
                     mode,
                     "--size",
-                    str(args.size),
+                    str(options.size),
                     "--steps",
-                    str(args.steps),
-                    *(["--fps", str(args.fps)] if args.fps else []),
+                    str(options.steps),
+                    *(["--fps", str(options.fps)] if options.fps else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -126,9 +153,11 @@ def main() -> None:
             f"{r['mode']:>7} {r['minutes']:8g} {r['frames']:7d} {r['rss_before_mb']:14.0f} {r['peak_rss_mb']:12.0f} "
             f"{r['growth_mb']:10.0f} {r['seconds']:8.0f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "runs": rows}, indent=2))
-    print(f"wrote {args.out}")
+    out = Path(options.out)
+    config = {**dataclasses.asdict(options), "out": out, "child": args.child}  # the keys the JSON has always had
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": {k: str(v) for k, v in config.items()}, "runs": rows}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
