@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 2**30
+ZERO2 = ROOT / "cluster/deepspeed/zero2_bf16.json"
 
 
 def cases():
@@ -32,17 +33,22 @@ def cases():
             deepspeed=str(ROOT / "cluster/deepspeed/zero3_bf16.json"),
         ),
     )
-    stage2 = replace(stage1, stage=2, deepspeed=str(ROOT / "cluster/deepspeed/zero2_bf16.json"))
+    stage2 = replace(stage1, stage=2, distributed=replace(stage1.distributed, deepspeed=str(ZERO2)))
     return {
         "stage 1 (window 16)": stage1,
         "stage 1, window 0": replace(stage1, forcing=ForcingConfig(memory_grad_window=0)),
         "stage 1, window 4": replace(stage1, forcing=ForcingConfig(memory_grad_window=4)),
-        "stage 1 + EMA": replace(stage1, ema_decay=0.999),
-        "stage 1 + validation": replace(stage1, sample_every=500),
-        "stage 1, batch 2": replace(stage1, batch_size=2),
+        "stage 1 + EMA": with_parts(stage1, optim={"ema_decay": 0.999}),
+        "stage 1 + validation": with_parts(stage1, validation={"every": 500}),
+        "stage 1, batch 2": with_parts(stage1, data={"batch_size": 2}),
         "stage 2 (head)": stage2,
-        "stage 2 + EMA + validation": replace(stage2, ema_decay=0.999, sample_every=500),
+        "stage 2 + EMA + validation": with_parts(stage2, optim={"ema_decay": 0.999}, validation={"every": 500}),
     }
+
+
+def with_parts(config, **parts: dict):
+    """`config` with some fields of some of its parts changed: with_parts(c, optim={"ema_decay": 0.999})."""
+    return replace(config, **{part: replace(getattr(config, part), **fields) for part, fields in parts.items()})
 
 
 def main() -> dict:

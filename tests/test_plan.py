@@ -323,3 +323,15 @@ def test_plan_counts_what_users_turn_on():
     per_update = [(d["window_4"] - d["window_2"]) / 2 for d in (predicted, measured)]
     assert per_update[1] > 0.1 * measured["window_2"], report  # each update is a real share of the step
     assert abs(per_update[0] - per_update[1]) <= 0.15 * per_update[1], (per_update, report)
+
+
+def test_plan_f1_cases_are_the_runs_docs_planning_quotes():
+    """bench/plan_f1.py builds its runs (docs/planning.md quotes its table), each differing as its label says."""
+    from bench.plan_f1 import cases
+
+    runs = cases()
+    base, stage2 = runs["stage 1 (window 16)"], runs["stage 2 (head)"]
+    assert runs["stage 1 + EMA"].optim.ema_decay == 0.999 and runs["stage 1 + validation"].validation.every == 500
+    assert runs["stage 1, batch 2"].data.batch_size == 2 and base.data.batch_size == 1
+    assert stage2.stage == 2 and stage2.distributed.deepspeed.endswith("zero2_bf16.json")
+    assert runs["stage 2 + EMA + validation"].distributed == stage2.distributed

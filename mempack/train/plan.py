@@ -578,6 +578,12 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int | None]:
     return (h, w), max(int(n) for n in clips) if clips else None
 
 
+# plan_run's traces by what they depend on (the model's config and trained parameters, dtype and shapes),
+# not by the run's workers, ZeRO stage or EMA: several plans in one process (the shipped-commands check,
+# bench/plan_f1.py) trace F1 once per shape
+_TRACES: dict[tuple, object] = {}
+
+
 def plan_run(
     config,
     ds_config: dict,
@@ -612,16 +618,23 @@ def plan_run(
     updates = graphed_memory_updates(config.stage, forcing.mode, forcing.memory_grad_window, clips_per_video)
     if not model.uses_memory:
         updates = 0
-    activations = trace_activations(
-        model, preset, latent_hw, batch=batch, image_tokens=image_tokens, memory_updates=updates
-    )
+    trained = tuple(n for n, p in model.named_parameters() if p.requires_grad)
+    key = (repr(model.config), str(dtype), trained, latent_hw, batch, image_tokens, updates)
+    if key not in _TRACES:  # one trace per model and shape: F1's takes ~30 s, and commands differ mostly elsewhere
+        _TRACES[key] = trace_activations(
+            model, preset, latent_hw, batch=batch, image_tokens=image_tokens, memory_updates=updates
+        )
+    activations = _TRACES[key]
     from mempack.train.step import clips_trained_per_video
 
     clips = clips_trained_per_video(config.stage, forcing.mode, clips_per_video or 1)
     ema = ema_bytes(counts, config.num_workers, zero_stage) if config.ema_decay > 0 else 0
     validation = 0
     if config.sample_every > 0:
-        validation = trace_sampling(model, preset, latent_hw, image_tokens=image_tokens)
+        key = ("sampling", repr(model.config), str(dtype), latent_hw, image_tokens)
+        if key not in _TRACES:
+            _TRACES[key] = trace_sampling(model, preset, latent_hw, image_tokens=image_tokens)
+        validation = _TRACES[key]
     return MemoryPlan(
         preset.name,
         config.stage,
