@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.entry_points import run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [
@@ -29,15 +31,30 @@ CASES = [
 ]
 
 
+def assert_one_error_line(status: int, stderr: str, needle: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and needle in lines[0] and "--help" in lines[0], lines[0]
+
+
 @pytest.mark.parametrize(
     "argv, needle", CASES, ids=[" ".join(a[0:1] + a[1:2]) + f"-{i}" for i, (a, _) in enumerate(CASES)]
 )
 def test_bad_argument_is_exactly_one_error_line(argv, needle):
+    status, _, stderr = run_main(argv)
+    assert_one_error_line(status, stderr, needle)
+
+
+@pytest.mark.parametrize("case", [0, 1, 7], ids=["prep", "train", "infer"])
+def test_a_real_process_answers_with_the_same_line(case):
+    """The cases above run each script's main in this process (a process each cost ~11 s of imports); one per
+    kind of check through a real interpreter shows the shell gets that same line and status."""
+    argv, needle = CASES[case]
     result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and needle in lines[0] and "--help" in lines[0], lines[0]
+    assert_one_error_line(result.returncode, result.stderr, needle)
+    status, _, stderr = run_main(argv)
+    assert (result.returncode, result.stderr.strip()) == (status, stderr.strip())
 
 
 def test_console_scripts_are_the_pipelines_entry_points():

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from mempack.eval.config import EvalConfig
 from mempack.sampling import GenerationConfig
 from mempack.train.config import TrainConfig
 from mempack.train.forcing import ForcingConfig
+from tests.entry_points import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [TrainConfig, PrepConfig, ClipSpec, ForcingConfig, GenerationConfig, EvalConfig]
@@ -138,17 +137,21 @@ def test_defaults_round_trip_through_print_config(cls, tmp_path):
     [("pipelines/train.py", TrainConfig, ["--stage", "1"]), ("pipelines/prep.py", PrepConfig, [])],
 )
 def test_every_key_is_a_flag_and_print_config_shows_the_resolved_values(script, cls, required):
-    help_text = subprocess.run(
-        [sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    """The script's main in this process (tests/entry_points.py)."""
+    help_text = _printed([script, "--help"])
     for key in config_keys(cls):
         assert flag_name(key.name) in help_text, key.name
     first_float = next(k for k in config_keys(cls) if k.type is float)
-    argv = [sys.executable, script, *required, flag_name(first_float.name), "2.5e-3", "--print-config"]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    out = _printed([script, *required, flag_name(first_float.name), "2.5e-3", "--print-config"])
     printed = _flat(yaml.safe_load(out))
     assert printed[first_float.name] == 2.5e-3
     assert set(printed) == {k.name for k in config_keys(cls)}
+
+
+def _printed(argv: list[str]) -> str:
+    status, out, err = run_main(argv)
+    assert status == 0, err
+    return out
 
 
 def test_train_flags_set_and_aliases_resolve_in_order():

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mempack.inference import InferenceRequest, run_inference
 from mempack.model import MemoryPackTransformer
+from tests.entry_points import error_line
 from tests.test_model import open_gate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,23 +167,9 @@ def huge_png(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def main_error(capsys, *args: str) -> str:
-    """`pipelines/infer.py`'s main run in this process: the one line it exits with (argparse's own errors
-    go to stderr and exit 2; the library's are the SystemExit message). Any other exception fails the test."""
-    from pipelines import infer
-
-    with pytest.raises(SystemExit) as exit_info:
-        infer.main(["--quiet", *args])
-    code = exit_info.value.code
-    message = code if isinstance(code, str) else capsys.readouterr().err
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    assert code != 0 and lines and lines[-1].startswith(("error:", "infer.py: error:")), message
-    return lines[-1]
-
-
-def test_bad_requests_are_one_clear_line(export, tmp_path, capsys):
-    """Each bad request through the CLI's main in this process (a process per case cost 12 s of imports);
-    one real process below proves the same line reaches a shell with no traceback."""
+def test_bad_requests_are_one_clear_line(export, tmp_path):
+    """Each bad request through the CLI's main in this process (tests/entry_points.py); one real process
+    below shows the same line reaches a shell with no traceback."""
     text = tmp_path / "photo.png"
     text.write_text("not an image")
     out = tmp_path / "x.mp4"
@@ -203,7 +190,7 @@ def test_bad_requests_are_one_clear_line(export, tmp_path, capsys):
         (("--out", str(blocker / "x.mp4")), "cannot create output folder"),
     ]
     for args, needle in cases:
-        line = main_error(capsys, "--checkpoint", str(export), "--out", str(out), *args)
+        line = error_line(["pipelines/infer.py", "--quiet", "--checkpoint", str(export), "--out", str(out), *args])
         assert needle in line, (args, line)
     assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(out), "--image", str(text)), "not an image")
     assert not out.exists() and not list(tmp_path.rglob("*.mp4"))

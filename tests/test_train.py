@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,6 +27,7 @@ from mempack.train.config import (
 )
 from mempack.train.data import video_index
 from mempack.train.trainer import run_training
+from tests.entry_points import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = {"norm_out.linear.weight", "norm_out.linear.bias", "proj_out.weight", "proj_out.bias"}
@@ -342,26 +341,20 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(stage1, sampl
     assert metric(mlflow_uri, resumed["mlflow_run_id"], "resumed_from_step") == [2]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "pipelines/train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+def assert_one_line_error(args: tuple[str, ...], needle: str) -> None:
+    """`pipelines/train.py ARGS` fails with exactly one `error:` line naming `needle` (its main, in this process)."""
+    status, _, stderr = run_main(["pipelines/train.py", *args])
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert status != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], stderr
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
-    assert_one_line_error(run_cli("--stage", "1", "--data", str(tmp_path / "nope")), "training data not found")
+    assert_one_line_error(("--stage", "1", "--data", str(tmp_path / "nope")), "training data not found")
 
 
 def test_empty_dataset_is_one_clear_line(tmp_path):
     (tmp_path / "videos").mkdir()
-    assert_one_line_error(run_cli("--stage", "1", "--data", str(tmp_path)), "no training videos")
+    assert_one_line_error(("--stage", "1", "--data", str(tmp_path)), "no training videos")
 
 
 def test_schema_mismatch_is_one_clear_line(sample_prep, tmp_path):
@@ -371,12 +364,12 @@ def test_schema_mismatch_is_one_clear_line(sample_prep, tmp_path):
         table = pq.read_table(f)
         i = table.schema.get_field_index("schema_version")
         pq.write_table(table.set_column(i, "schema_version", pa.array([7] * table.num_rows, pa.int32())), f)
-    assert_one_line_error(run_cli("--stage", "1", "--data", str(copy)), "re-run pipelines/prep.py")
+    assert_one_line_error(("--stage", "1", "--data", str(copy)), "re-run pipelines/prep.py")
 
 
 def test_stage2_without_stage1_weights_is_one_clear_line(sample_prep, tmp_path):
-    result = run_cli("--stage", "2", "--data", str(sample_prep[0]), "--init", str(tmp_path / "none"))
-    assert_one_line_error(result, "stage 2 needs stage-1 weights")
+    args = ("--stage", "2", "--data", str(sample_prep[0]), "--init", str(tmp_path / "none"))
+    assert_one_line_error(args, "stage 2 needs stage-1 weights")
 
 
 def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
@@ -429,5 +422,5 @@ def test_architecture_options_reach_the_model_its_export_and_stage_2(tmp_path):
 
 
 def test_stage2_architecture_settings_are_one_clear_line(tmp_path):
-    result = run_cli("--stage", "2", "--data", str(tmp_path), "--set", "model.frames_4x=32")
-    assert_one_line_error(result, "stage 2 keeps the stage-1 export's architecture")
+    args = ("--stage", "2", "--data", str(tmp_path), "--set", "model.frames_4x=32")
+    assert_one_line_error(args, "stage 2 keeps the stage-1 export's architecture")
