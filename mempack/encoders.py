@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 LLAMA_SKIP_LAYERS = 2  # HunyuanVideo reads hidden_states[-(2 + 1)]
 CLIP_MAX_TOKENS = 77
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder")
+COMPONENTS = (*SUBFOLDERS, "feature_extractor")  # a pipeline's encoder components, by their diffusers names
 # Above this many pixels per frame the VAE tiles spatially (diffusers' tiles are 256 px with overlap):
 # 480x832 sections decode in bounded memory; small clips stay untiled and bit-reproducible.
 TILE_ABOVE_PIXELS = 512 * 512
@@ -331,7 +332,7 @@ class VideoEncoders:
     def save_pretrained(self, root: str | Path) -> Path:
         """Write the real layout, so a saved tiny set loads through the same path as real weights."""
         root = Path(root)
-        for name in SUBFOLDERS + ("feature_extractor",):
+        for name in COMPONENTS:
             getattr(self, name).save_pretrained(root / name)
         return root
 

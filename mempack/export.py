@@ -159,18 +159,9 @@ def _build_encoders(spec: EncoderSpec, device, dtype, vae_dtype: torch.dtype) ->
 
 
 def _encoder_components(encoders) -> dict:
-    return {
-        name: getattr(encoders, name)
-        for name in (
-            "vae",
-            "text_encoder",
-            "tokenizer",
-            "text_encoder_2",
-            "tokenizer_2",
-            "image_encoder",
-            "feature_extractor",
-        )
-    }
+    from mempack.encoders import COMPONENTS
+
+    return {name: getattr(encoders, name) for name in COMPONENTS}
 
 
 def _first_line(err: BaseException) -> str:
@@ -208,15 +199,6 @@ def download_mlflow_model(uri: str, tracking_uri: str | None, dst: Path) -> Path
 
 
 MODEL_INDEX = "model_index.json"
-ENCODER_DIRS = (
-    "vae",
-    "text_encoder",
-    "tokenizer",
-    "text_encoder_2",
-    "tokenizer_2",
-    "image_encoder",
-    "feature_extractor",
-)
 SCHEDULER_DIR = "scheduler"
 
 

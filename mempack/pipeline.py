@@ -44,6 +44,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 
 from mempack import flow, video_io
+from mempack.encoders import COMPONENTS as ENCODER_COMPONENTS
 from mempack.encoders import VideoEncoders, resize_center_crop
 from mempack.model import Conditioning, MemoryPackConfig, MemoryPackTransformer
 from mempack.model.history import POSITIONS
@@ -300,18 +301,7 @@ class MemoryPackPipeline(DiffusionPipeline):
 
     def encoders(self) -> VideoEncoders:
         """The components as `VideoEncoders` on the execution device, placement left to the pipeline."""
-        components = {
-            name: getattr(self, name)
-            for name in (
-                "vae",
-                "text_encoder",
-                "tokenizer",
-                "text_encoder_2",
-                "tokenizer_2",
-                "image_encoder",
-                "feature_extractor",
-            )
-        }
+        components = {name: getattr(self, name) for name in ENCODER_COMPONENTS}
         return VideoEncoders(
             get_preset(self.preset_name),
             components,
