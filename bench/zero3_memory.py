@@ -145,22 +145,12 @@ def make_pretrained(preset, folder: Path) -> int:
 
 
 def _plan_f1() -> dict:
-    """The planner's per-GPU figures for framepack-f1 stage 1 on 8 GPUs, ZeRO-3 bf16 (the README's case)."""
-    from mempack.train.config import DistributedConfig, TrainConfig
+    """The planner's per-GPU figures for framepack-f1 stage 1 on 8 GPUs, ZeRO-3 bf16 (bench/plan_f1.py's first run)."""
+    from bench.plan_f1 import cases
     from mempack.train.deepspeed_config import resolve
     from mempack.train.plan import plan_run
 
-    root = Path(__file__).resolve().parents[1]
-    config = TrainConfig(
-        stage=1,
-        preset="framepack-f1",
-        distributed=DistributedConfig(
-            use_gpu=True,
-            num_workers=8,
-            gradient_checkpointing=True,
-            deepspeed=str(root / "cluster/deepspeed/zero3_bf16.json"),
-        ),
-    )
+    config = cases()["stage 1 (window 16)"]
     return plan_run(config, resolve(config.distributed, config.optim), (480, 832)).to_dict()
 
 
