@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mempack.inference import InferenceRequest, run_inference
 from mempack.model import MemoryPackTransformer
-from tests.entry_points import error_line
+from tests.entry_points import error_line, run_main
 from tests.test_model import open_gate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +34,14 @@ def read_back(path: Path) -> tuple[np.ndarray, float]:
     return reader.get_batch(list(range(len(reader)))).asnumpy(), reader.get_avg_fps()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "pipelines/infer.py", "--quiet", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+def run_cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """`pipelines/infer.py --quiet ARGS`: its main in this process (tests/entry_points.py), or with `process` a
+    real interpreter (for runs that set MLflow's global tracking URI, and where a fresh process is the point)."""
+    argv = ["pipelines/infer.py", "--quiet", *args]
+    if process:
+        return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    status, out, err = run_main(argv)
+    return subprocess.CompletedProcess(argv, status, out, err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -67,6 +71,7 @@ def test_cli_writes_the_requested_frames_size_and_fps(export, tmp_path):
         str(out),
         "--mlflow-uri",
         uri,
+        process=True,
     )
     assert result.returncode == 0, result.stderr
     frames, fps = read_back(out)
@@ -107,6 +112,7 @@ def test_same_seed_same_video_frame_for_frame(export, tmp_path):
             "0",
             "--out",
             str(out),
+            process=True,
         )
         assert result.returncode == 0, result.stderr
         return out
@@ -192,7 +198,8 @@ def test_bad_requests_are_one_clear_line(export, tmp_path):
     for args, needle in cases:
         line = error_line(["pipelines/infer.py", "--quiet", "--checkpoint", str(export), "--out", str(out), *args])
         assert needle in line, (args, line)
-    assert_one_line_error(run_cli("--checkpoint", str(export), "--out", str(out), "--image", str(text)), "not an image")
+    real = run_cli("--checkpoint", str(export), "--out", str(out), "--image", str(text), process=True)
+    assert_one_line_error(real, "not an image")
     assert not out.exists() and not list(tmp_path.rglob("*.mp4"))
 
 
@@ -261,7 +268,9 @@ def test_cli_continues_a_given_video(export, tmp_path):
 
 def test_a_failed_inference_ends_its_mlflow_run_failed(export, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli("--checkpoint", str(export), "--image", str(tmp_path / "missing.png"), "--mlflow-uri", uri)
+    result = run_cli(
+        "--checkpoint", str(export), "--image", str(tmp_path / "missing.png"), "--mlflow-uri", uri, process=True
+    )
     assert_one_line_error(result, "image not found")
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("mempack-infer").experiment_id])
