@@ -25,8 +25,9 @@ Prints a table of mean ± std over training seeds and writes JSON (default docs/
     python bench/long_positions.py --quick --workers 0             # plumbing smoke run (seconds)
     python bench/long_positions.py --models bench/results/long_positions   # re-evaluate its exports, no training
 
-docs/results/long_positions.json is a reduced run (--width 64 --layers 1 --train-steps 150 --train-absence 4
---rollouts 1 --events 4 --sample-steps 4): docs/long_videos.md says why and what it can and cannot show.
+docs/results/long_positions_full.json is the defaults with --seeds 2 (928 s on 2 cores); the earlier
+docs/results/long_positions.json a reduced run (--width 64 --layers 1 --train-steps 150 ...). docs/long_videos.md
+reads both.
 """
 
 from __future__ import annotations
