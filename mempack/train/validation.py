@@ -83,10 +83,10 @@ class ValidationSampler:
         (self.height, self.width), self.fps = payload[1], payload[2]
 
     @torch.no_grad()
-    def render(self, model, out: Path) -> Path | None:
+    def render(self, model, out: Path, crf: int = 18) -> Path | None:
         """Generate `settings.sections` sections with `model` on its own device; rank 0 decodes on the CPU
-        and writes `out` (mp4), other ranks return None. The training RNG and the model's train/eval mode
-        are left as they were."""
+        and writes `out` (mp4 at x264's `crf`; 0 is lossless), other ranks return None. The training RNG and
+        the model's train/eval mode are left as they were."""
         from mempack.sampling import GenerationConfig, generate
         from mempack.video_io import write_mp4
 
@@ -105,4 +105,4 @@ class ValidationSampler:
             return None
         video = self.decoder.decode_latents(latents.cpu())[0]
         out.parent.mkdir(parents=True, exist_ok=True)
-        return write_mp4(video, out, self.fps)
+        return write_mp4(video, out, self.fps, crf=crf)
