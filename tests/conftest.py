@@ -101,7 +101,8 @@ def tiny_export(tmp_path_factory):
 # `make test` runs two workers with --dist loadfile --no-loadscope-reorder, which hands out files in collection
 # order (xdist's default reorders them by test count, which put the few long cluster tests last: a 6-minute
 # tail on one worker): the files with the longest runs (multi-process Ray/DeepSpeed training, local clusters)
-# go first so that neither worker is left with a long file at the end. Measured per file on 2 cores (--durations); an unlisted file keeps its place.
+# go first so that neither worker is left with a long file at the end. Measured per file on 2 cores
+# (--durations); an unlisted file keeps its place.
 SLOW_FIRST = (
     "test_train.py",
     "test_cluster.py",
