@@ -9,7 +9,7 @@ demo: setup
 	$(PY) pipelines/demo.py
 
 test: setup
-	$(PY) -m pytest -q -x -n 2 --dist loadfile --no-loadscope-reorder --timeout=900 --durations=25
+	$(PY) -m pytest -q -x -n 2 --dist loadfile --timeout=900 --durations=25
 
 # lint: what CI checks (ruff's rules and formatting, config in pyproject.toml); format: fix what it can
 lint: setup
