@@ -584,6 +584,13 @@ def data_shapes(root: str | Path) -> tuple[tuple[int, int] | None, int | None]:
 _TRACES: dict[tuple, object] = {}
 
 
+def _traced(key: tuple, trace):
+    """`trace()`'s result, computed once per `key` in this process."""
+    if key not in _TRACES:
+        _TRACES[key] = trace()
+    return _TRACES[key]
+
+
 def plan_run(
     config,
     ds_config: dict,
@@ -619,22 +626,22 @@ def plan_run(
     if not model.uses_memory:
         updates = 0
     trained = tuple(n for n, p in model.named_parameters() if p.requires_grad)
-    key = (repr(model.config), str(dtype), trained, latent_hw, batch, image_tokens, updates)
-    if key not in _TRACES:  # one trace per model and shape: F1's takes ~30 s, and commands differ mostly elsewhere
-        _TRACES[key] = trace_activations(
+    activations = _traced(  # one trace per model and shape: F1's takes ~30 s; commands differ mostly elsewhere
+        (repr(model.config), str(dtype), trained, latent_hw, batch, image_tokens, updates),
+        lambda: trace_activations(
             model, preset, latent_hw, batch=batch, image_tokens=image_tokens, memory_updates=updates
-        )
-    activations = _TRACES[key]
+        ),
+    )
     from mempack.train.step import clips_trained_per_video
 
     clips = clips_trained_per_video(config.stage, forcing.mode, clips_per_video or 1)
     ema = ema_bytes(counts, config.num_workers, zero_stage) if config.ema_decay > 0 else 0
     validation = 0
     if config.sample_every > 0:
-        key = ("sampling", repr(model.config), str(dtype), latent_hw, image_tokens)
-        if key not in _TRACES:
-            _TRACES[key] = trace_sampling(model, preset, latent_hw, image_tokens=image_tokens)
-        validation = _TRACES[key]
+        validation = _traced(
+            ("sampling", repr(model.config), str(dtype), latent_hw, image_tokens),
+            lambda: trace_sampling(model, preset, latent_hw, image_tokens=image_tokens),
+        )
     return MemoryPlan(
         preset.name,
         config.stage,
