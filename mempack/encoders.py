@@ -345,7 +345,7 @@ class VideoEncoders:
         tile = self.vae_tiling if self.vae_tiling is not None else height * width > TILE_ABOVE_PIXELS
         self.vae.enable_tiling() if tile else self.vae.disable_tiling()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_video(self, frames) -> torch.Tensor:
         """uint8 frames [T,H,W,3] or [B,T,H,W,3] (T = 4k+1, sides multiples of 8) → [B, C, k+1, H/8, W/8].
 
@@ -413,7 +413,7 @@ class VideoEncoders:
             previous = tile
         return torch.cat(pieces, dim=2)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Scaled latents [B, C, T', h, w] → uint8 frames [B, 4(T'−1)+1, 8h, 8w, 3]."""
         s = self.preset.vae_spatial
@@ -421,12 +421,12 @@ class VideoEncoders:
         video = self.vae.decode(latents.to(self.device, self.vae_dtype) / self.scaling_factor).sample
         return pixels_to_uint8(video)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image_latent(self, images) -> torch.Tensor:
         """uint8 [B, H, W, 3] → the start latent [B, C, 1, H/8, W/8] (a one-frame video)."""
         return self.encode_video(_as_uint8_tensor(images, 4, "images").unsqueeze(1))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_prompt(self, prompts: list[str] | str) -> PromptEmbedding:
         """Llama states (template prefix cropped, padded to max_prompt_tokens) + mask, and CLIP's pooled output."""
         prompts = [prompts] if isinstance(prompts, str) else [p or "" for p in prompts]
@@ -459,7 +459,7 @@ class VideoEncoders:
                 max(over),
             )
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image(self, images) -> torch.Tensor:
         """uint8 [B, H, W, 3] (any size) → SigLIP tokens [B, N, image_embed_dim]."""
         arr = _as_uint8_tensor(images, 4, "images").cpu().numpy()

@@ -98,7 +98,7 @@ class SectionDecoder:
             self._drop_consumed()
         return np.concatenate(out) if out else self._empty()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _decode_tile(self, start: int) -> np.ndarray:
         """diffusers' `_temporal_tiled_decode` for one tile: decode, drop, blend, keep."""
         vae = self.vae

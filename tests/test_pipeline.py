@@ -186,6 +186,14 @@ def test_cpu_offload_hooks_give_the_same_video(model, encoders):
     assert hasattr(pipe.transformer, "_hf_hook") and hasattr(pipe.vae, "_hf_hook")
     assert torch.equal(pipe(generator=torch.Generator().manual_seed(1), **kw).frames, before)
     pipe.remove_all_hooks()
+    # the hooks re-create each weight when they move it; moved under `inference_mode` the weights would
+    # stay inference tensors and the next gradient through them would fail (a shared fixture did)
+    inference = [n for n, p in pipe.components.items() if isinstance(p, torch.nn.Module) and _any_inference(p)]
+    assert inference == []
+
+
+def _any_inference(module: torch.nn.Module) -> bool:
+    return any(t.is_inference() for t in [*module.parameters(), *module.buffers()])
 
 
 def test_export_is_a_portable_pipeline_folder(export, pipe, tmp_path):
