@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import free_port
+from servers import start_mlflow_server, stop_group, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,21 +53,11 @@ def http_json(url: str, payload: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(dashboard URL, MLflow URL, work folder): head + second node + MLflow server, all on 127.0.0.1."""
     work = tmp_path_factory.mktemp("cluster")
-    gcs, dashboard, mlflow_port = free_port(), free_port(), free_port()
+    gcs, dashboard = free_port(), free_port()
     server, nodes = None, []
     try:
         # `--block` keeps each node in the foreground of its own process group, so teardown stops exactly
@@ -91,28 +81,9 @@ def cluster(tmp_path_factory):
         dashboard_url = f"http://127.0.0.1:{dashboard}"
         wait_for(lambda: alive_nodes(dashboard_url) == 1, 120, "the head node")
         nodes.append(start_node("--address", f"127.0.0.1:{gcs}", "--resources", json.dumps({"second_node": 1})))
-        server = subprocess.Popen(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{work / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(work / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-                "--workers",
-                "1",
-            ],
-            env=cluster_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        server, mlflow_url = start_mlflow_server(
+            f"sqlite:///{work / 'mlflow.db'}", work / "artifacts", work / "mlflow.log", env=cluster_env()
         )
-        mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-        wait_for(lambda: _up(f"{mlflow_url}/health"), 120, "the MLflow server")
         wait_for(lambda: alive_nodes(dashboard_url) == 2, 120, "two alive nodes")
         yield dashboard_url, mlflow_url, work
     finally:
@@ -144,30 +115,12 @@ def start_node(*args: str) -> subprocess.Popen:
     )
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def alive_nodes(dashboard: str) -> int:
     try:
         summary = http_json(f"{dashboard}/nodes?view=summary")["data"]["summary"]
     except OSError:
         return 0
     return len([n for n in summary if n["raylet"]["state"] == "ALIVE"])
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def submit(dashboard: str, name: str, *command: str) -> str:

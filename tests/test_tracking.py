@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -203,63 +202,24 @@ def test_training_that_fails_ends_failed_with_its_data_input_recorded(sample_pre
 # ---------------------------------------------------------------- an MLflow server that really goes away
 
 
-def _start_server(backend: str, artifacts: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.mark.slow
 def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_path, monkeypatch, caplog):
-    from conftest import free_port
-    from test_cluster import _up, wait_for
+    from servers import start_mlflow_server, stop_group, wait_for
 
     from mempack.train.metrics import FAST_FAIL_ENV, MlflowRunLogger
 
     for key, value in FAST_FAIL_ENV.items():  # what the trainer gives its workers
         monkeypatch.setenv(key, value)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
-    server = _start_server(backend, tmp_path / "artifacts", port)
+    backend, artifacts, log = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path / "server.log"
+    server, url = start_mlflow_server(backend, artifacts, log)
     try:
-        wait_for(lambda: _up(f"{url}/health"), 120, "the MLflow server")
         client, run_id = tracking.create_run(url, "outage")
         logger = MlflowRunLogger(
             url, run_id, retry_seconds=(0.5, 1.0), flush_timeout_s=60, spill_path=tmp_path / "unsent.jsonl"
         )
         logger.log({"loss": 1.0}, step=1)
         wait_for(lambda: logger.buffered == 0, 30, "the first metric sent")
-        _stop(server)  # the server goes away mid-run
+        stop_group(server)  # the server goes away mid-run
         caplog.set_level(logging.WARNING, logger="mempack.train.metrics")
         slowest = 0.0
         for step in range(2, 12):  # training goes on: every log call returns at once
@@ -269,8 +229,7 @@ def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_pat
         wait_for(lambda: logger.outages == 1, 60, "the outage to be noticed")
         assert slowest < 0.5 and logger.buffered > 0
         assert sum("MLflow unreachable" in r.message for r in caplog.records) == 1  # warned once, not per step
-        server = _start_server(backend, tmp_path / "artifacts", port)  # the server comes back
-        wait_for(lambda: _up(f"{url}/health"), 120, "the MLflow server to come back")
+        server, _ = start_mlflow_server(backend, artifacts, log, port=int(url.rsplit(":", 1)[1]))  # it comes back
         wait_for(lambda: logger.buffered == 0, 60, "the kept metrics to be sent")
         logger.close()
         history = MlflowClient(url).get_metric_history(run_id, "loss")
@@ -278,7 +237,7 @@ def test_metrics_survive_a_tracking_server_that_goes_away_and_comes_back(tmp_pat
         assert any("reachable again" in r.message for r in caplog.records)
         assert not (tmp_path / "unsent.jsonl").exists() and logger.dropped == 0
     finally:
-        _stop(server)
+        stop_group(server)
 
 
 def test_metrics_that_cannot_be_sent_are_spilled_to_a_file_and_replayable(tmp_path, store, monkeypatch):
