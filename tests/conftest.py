@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -29,18 +30,30 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
-def sample_prep(ray_local, tmp_path_factory):
-    """The built-in sample prepped once per session: (output root, summary, config)."""
+def sample_prep(ray_local, tmp_path_factory, worker_id):
+    """The built-in sample prepped once per test run: (output root, summary, config, sample folder, videos).
+
+    One prep for all xdist workers (each would otherwise run its own: ~60 s of both cores): the first worker
+    to need it preps into the run's common temp folder under a file lock, the others read what it wrote.
+    The summary is the one on disk in every worker. Shared: tests must not change it (copy it first).
+    `ray_local` stays a dependency: the tests that use this fixture also use the worker's Ray."""
+    from filelock import FileLock
+
     from data_prep.job import PrepConfig, run_prep
     from data_prep.sources import load_inputs
-    from mempack.sample import make_sample
+    from mempack import layout
+    from mempack.sample import SAMPLE_VIDEOS, make_sample
 
-    folder = tmp_path_factory.mktemp("sample")
-    videos = make_sample(folder)
-    out = tmp_path_factory.mktemp("prep")
+    # under xdist the base temp is <run>/popen-gwN, and <run> is this run's alone (never an earlier run's)
+    shared = tmp_path_factory.getbasetemp().parent if worker_id != "master" else tmp_path_factory.mktemp("shared")
+    folder, out = shared / "sample", shared / "sample_prep"
     config = PrepConfig(output=str(out))
-    summary = run_prep(load_inputs(folder), config)
-    return out, summary, config, folder, videos
+    with FileLock(str(shared / "sample_prep.lock")):
+        if not (out / layout.SUMMARY_FILE).is_file():
+            make_sample(folder)
+            run_prep(load_inputs(folder), config)
+    summary = json.loads((out / layout.SUMMARY_FILE).read_text())
+    return out, summary, config, folder, list(SAMPLE_VIDEOS)
 
 
 @pytest.fixture(scope="session")
