@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from itertools import pairwise
@@ -127,9 +128,12 @@ def test_curriculum_partitions_hold_exactly_their_videos(prepped):
     assert {v["video_id"] for v in read_videos(out).to_pylist()} == set(read_clips(out).column("video_id").to_pylist())
 
 
-def test_a_second_run_replaces_instead_of_duplicating(ray_local, prepped, sample):
-    out, first, config = prepped
+def test_a_second_run_replaces_instead_of_duplicating(ray_local, prepped, sample, tmp_path):
+    shared, first, config = prepped
     folder, _ = sample
+    out = tmp_path / "prep"  # a copy: the other xdist worker may be training from the shared output now
+    shutil.copytree(shared, out)
+    config = dataclasses.replace(config, output=str(out))
     before = read_clips(out).num_rows
     (out / "my_notes.txt").write_text("the user's own file\n")
     again = run_prep(load_inputs(folder), config)
