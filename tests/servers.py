@@ -41,11 +41,13 @@ def url_up(url: str) -> bool:
         return False
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group a test started (SIGKILL after 60 s); a group already gone is fine."""
+def stop_group(process: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM the process group a test started, SIGKILL after `grace` s (a `ray start --block` node has
+    taken the whole minute the old grace gave it); a group already gone is fine. The group is the test's
+    own (`start_new_session`), so the SIGKILL leaves nothing of it behind."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
